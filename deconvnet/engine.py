@@ -1,0 +1,384 @@
+"""The deconvolution engine: project chosen activations back to pixels (Zeiler & Fergus, Fig. 1).
+
+For a unit of layer L: run the net up to L, recording the switches; keep that one activation,
+zero every other one of the layer; then go down layer by layer, reading the stack backwards:
+
+    ReLU    -> rectify                (the rule: deconvnet, guided or gradient)
+    MaxPool -> unpool                 (to the recorded switches, summing shared ones)
+    Conv2d  -> transposed conv        (the layer's own weights, flipped; no bias)
+
+down to an image-sized reconstruction. A single unit only reaches its receptive field, so every
+step works on a window: the unit's receptive field at that depth (1x1 at L, 163x163 on the
+image for AlexNet's conv5). The windows of T units are stacked into one batch, so projecting
+every channel of a layer is one batched pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deconvnet.errors import DeconvNetError
+from deconvnet.inverse import RULES, full_transposed_conv, phase_kernels, rectify, unpool
+from deconvnet.layers import Layer, feature_stack, name_layers, naming_style, resolve_layer
+from deconvnet.projection import Projection
+from deconvnet.receptive_field import ReceptiveField, map_size, receptive_field, step
+from deconvnet.selection import Target, Units, check_in_range, select
+from deconvnet.switches import ForwardRecord, forward_with_switches
+
+# Units projected per inverse batch: bounds memory (conv5 windows at conv1 are 39x39x64).
+CHUNK = 256
+
+
+class DeconvNet:
+    """A deconvnet attached to a plain conv/ReLU/max-pool stack, without changing the model.
+
+    ``model`` is torchvision's AlexNet or VGG (any model whose ``.features`` is such an
+    ``nn.Sequential``, or the Sequential itself). The engine runs on the device and dtype of
+    the model's weights; inputs must be there too.
+    """
+
+    def __init__(self, model: nn.Module, style: str | None = None) -> None:
+        self.model = model
+        self.features = feature_stack(model)
+        self.layers: list[Layer] = name_layers(self.features, style or naming_style(model))
+        self._phase_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
+
+    # --- layers --------------------------------------------------------------------------------
+
+    def layer(self, layer: str | int) -> Layer:
+        """The layer named ``conv5``, ``features.11`` or indexed 11."""
+        return resolve_layer(self.layers, layer)
+
+    def receptive_field(self, layer: str | int) -> ReceptiveField:
+        """Size, stride and offset, in input pixels, of one unit of ``layer``."""
+        return receptive_field(self.features[: self.layer(layer).index + 1])
+
+    def map_size(self, layer: str | int, input_size: tuple[int, int]) -> tuple[int, int]:
+        """``(h, w)`` of ``layer``'s map for an input of ``input_size`` ``(H, W)``."""
+        return map_size(self.features[: self.layer(layer).index + 1], input_size)
+
+    def channels(self, layer: str | int) -> int:
+        """How many channels ``layer``'s map has."""
+        index = self.layer(layer).index
+        for module in reversed(self.features[: index + 1]):
+            if isinstance(module, nn.Conv2d):
+                return module.out_channels
+        return self.in_channels
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the first conv expects (3 for RGB models)."""
+        first = next(m for m in self.features if isinstance(m, nn.Conv2d))
+        return first.in_channels
+
+    # --- the forward pass -----------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, layer: str | int, rule: str = "deconvnet") -> ForwardRecord:
+        """Run the stack on ``x`` ``(N, 3, H, W)`` up to ``layer``, recording switches.
+
+        The record's ``output`` is the layer's ``(N, C, h, w)`` map.
+        """
+        _check_rule(rule)
+        entry = self.layer(layer)
+        self._check_input(x, entry)
+        return forward_with_switches(
+            self.features, x, entry.index, keep_rectified=rule != "deconvnet"
+        )
+
+    def _check_input(self, x: torch.Tensor, layer: Layer) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise DeconvNetError(
+                f"expected an image tensor of shape (N, 3, H, W), got {type(x).__name__}"
+            )
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            hint = " (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else ""
+            raise DeconvNetError(
+                f"expected an image tensor of shape (N, {self.in_channels}, H, W), got "
+                f"{tuple(x.shape)}{hint}"
+            )
+        if x.shape[0] == 0:
+            raise DeconvNetError("the batch is empty: expected (N, 3, H, W) with N >= 1")
+        weight = next(self.features.parameters())
+        if not x.is_floating_point():
+            raise DeconvNetError(
+                f"expected a floating-point image tensor, got {x.dtype}; normalize it first "
+                "(deconvnet.images.preprocess does)"
+            )
+        if x.device != weight.device:
+            raise DeconvNetError(
+                f"the input is on {x.device} but the model is on {weight.device}; move one of them"
+            )
+        if not torch.isfinite(x).all():
+            raise DeconvNetError("the input holds NaN or infinite values")
+        size = self.map_size(layer.index, tuple(x.shape[-2:]))
+        if min(size) < 1:
+            raise DeconvNetError(
+                f"an input of {x.shape[-2]}x{x.shape[-1]} pixels is too small to reach "
+                f"{layer.name} (its map would be {size[0]}x{size[1]}); use a larger image"
+            )
+
+    # --- projections ----------------------------------------------------------------------------
+
+    def project(
+        self, x: torch.Tensor, target: str | Target = "conv5", rule: str = "deconvnet"
+    ) -> Projection:
+        """Project one unit per image of ``x`` ``(N, 3, H, W)`` back to pixels.
+
+        ``target`` is ``"conv5:12@6,7"``, ``"conv5:12"`` (strongest position of channel 12 in each
+        image) or ``"conv5"`` (strongest unit of each image). Returns a Projection with T = N.
+        """
+        target = Target.parse(target)
+        layer = self.layer(target.layer)
+        record = self.forward(x, layer.index, rule)
+        check_in_range(target, layer.name, record.output)
+        image = torch.arange(x.shape[0], device=x.device)
+        return self._projection(x, layer, record, select(target, record.output, image), rule)
+
+    def project_many(
+        self, x: torch.Tensor, targets: Sequence[str | Target], rule: str = "deconvnet"
+    ) -> Projection:
+        """Project T targets of one layer in the single image ``x`` ``(1, 3, H, W)``, batched.
+
+        For example every channel's strongest unit: ``[f"conv5:{c}" for c in range(256)]``.
+        Returns a Projection with a leading dimension T, in the order of ``targets``.
+        """
+        parsed = [Target.parse(t) for t in targets]
+        if not parsed:
+            raise DeconvNetError("project_many needs at least one target")
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[0] != 1:
+            raise DeconvNetError(
+                f"project_many takes one image, shape (1, 3, H, W); got a batch of {x.shape[0]} "
+                "(use project for one target per image)"
+            )
+        layers = {self.layer(t.layer).index for t in parsed}
+        if len(layers) > 1:
+            raise DeconvNetError("project_many takes targets of one layer; call it once per layer")
+        layer = self.layer(layers.pop())
+        record = self.forward(x, layer.index, rule)
+        image = torch.zeros(1, dtype=torch.long, device=x.device)
+        picked = []
+        for target in parsed:
+            check_in_range(target, layer.name, record.output)
+            picked.append(select(target, record.output, image))
+        units = Units(
+            *(torch.cat(parts) for parts in zip(*(_fields(u) for u in picked), strict=True))
+        )
+        return self._projection(x, layer, record, units, rule)
+
+    def project_units(
+        self,
+        x: torch.Tensor,
+        layer: str | int,
+        image: torch.Tensor,
+        channel: torch.Tensor,
+        position: torch.Tensor,
+        rule: str = "deconvnet",
+    ) -> Projection:
+        """Project explicitly chosen units: ``image`` ``(T,)`` indexes ``x`` ``(N, 3, H, W)``,
+        ``channel`` ``(T,)``, ``position`` ``(T, 2)`` as (y, x) in ``layer``'s map."""
+        entry = self.layer(layer)
+        record = self.forward(x, entry.index, rule)
+        units = self.units(record, entry, image, channel, position)
+        return self._projection(x, entry, record, units, rule)
+
+    def units(
+        self,
+        record: ForwardRecord,
+        layer: Layer,
+        image: torch.Tensor,
+        channel: torch.Tensor,
+        position: torch.Tensor,
+    ) -> Units:
+        """Check explicit units against the recorded ``(N, C, h, w)`` map and read their values."""
+        maps = record.output
+        device = maps.device
+        image = torch.as_tensor(image, dtype=torch.long, device=device).reshape(-1)
+        channel = torch.as_tensor(channel, dtype=torch.long, device=device).reshape(-1)
+        position = torch.as_tensor(position, dtype=torch.long, device=device).reshape(-1, 2)
+        n, c, h, w = maps.shape
+        if not len(image) == len(channel) == len(position):
+            raise DeconvNetError("image, channel and position must list the same number of units")
+        checks = (
+            (image, n, "image index"),
+            (channel, c, f"channel of {layer.name}"),
+            (position[:, 0], h, f"y in {layer.name}'s map"),
+            (position[:, 1], w, f"x in {layer.name}'s map"),
+        )
+        for values, bound, what in checks:
+            if len(values) and (values.min() < 0 or values.max() >= bound):
+                raise DeconvNetError(f"{what} out of range (valid: 0..{bound - 1})")
+        activation = maps[image, channel, position[:, 0], position[:, 1]]
+        return Units(image, channel, position, activation)
+
+    def _projection(
+        self, x: torch.Tensor, layer: Layer, record: ForwardRecord, units: Units, rule: str
+    ) -> Projection:
+        height, width = x.shape[-2:]
+        count = len(units.channel)
+        reconstruction = x.new_zeros(count, x.shape[1], height, width)
+        for start in range(0, count, CHUNK):
+            part = slice(start, start + CHUNK)
+            chunk = Units(
+                units.image[part], units.channel[part], units.position[part], units.activation[part]
+            )
+            windows, origin = self.reconstruct_windows(record, layer, chunk, rule)
+            _paste(reconstruction[part], windows, origin)
+        field = receptive_field(self.features[: layer.index + 1])
+        boxes = [field.box(tuple(p), (height, width)) for p in units.position.tolist()]
+        return Projection(
+            layer=layer.name,
+            rule=rule,
+            reconstruction=reconstruction,
+            activation=units.activation,
+            channel=units.channel,
+            position=units.position,
+            box=torch.tensor(boxes, dtype=torch.long).reshape(-1, 4),
+            image_index=units.image,
+            images=x,
+            activation_maps=record.output[units.image, units.channel],
+        )
+
+    # --- the inverse pass -----------------------------------------------------------------------
+
+    def reconstruct_windows(
+        self, record: ForwardRecord, layer: Layer, units: Units, rule: str = "deconvnet"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse pass from ``units`` of ``layer`` down to the image, on receptive fields.
+
+        Returns ``windows`` ``(T, 3, h, w)``, each unit's reconstruction over its whole
+        (unclipped) receptive field, and ``origin`` ``(T, 2)``, the input pixel of each window's
+        top-left corner (negative where the field hangs over the image's edge, which holds zeros).
+        """
+        _check_rule(rule)
+        count = len(units.channel)
+        origin = units.position.clone()
+        signal = record.output.new_zeros(count, record.output.shape[1], 1, 1)
+        # Keep the one activation, zero every other one of the layer.
+        signal[torch.arange(count), units.channel, 0, 0] = units.activation
+        for index in range(layer.index, -1, -1):
+            module = self.features[index]
+            if isinstance(module, nn.ReLU):
+                opened = None
+                if rule != "deconvnet":
+                    opened = _windows(
+                        record.rectified[index], units.image, origin, signal.shape[-2:]
+                    )
+                signal = rectify(signal, opened, rule)
+            elif isinstance(module, nn.MaxPool2d):
+                signal, origin = self._unpool_windows(index, record, units, signal, origin)
+            elif isinstance(module, nn.Conv2d):
+                signal, origin = self._transposed_conv_windows(index, record, signal, origin)
+        return signal, origin
+
+    def _unpool_windows(self, index, record, units, signal, origin):
+        pool = self.features[index]
+        geometry = step(pool)
+        width = record.input_sizes[index][1]
+        stride = torch.tensor(geometry.stride, device=origin.device)
+        below = origin * stride - torch.tensor(geometry.padding, device=origin.device)
+        size = tuple(
+            (signal.shape[-2 + a] - 1) * geometry.stride[a] + geometry.kernel[a] for a in (0, 1)
+        )
+        # Switches are flat indices into the whole input plane. Rewrite them once, on the small
+        # pooled map, as offsets from each window's corner, then cut the units' windows from that.
+        switches = record.switches[index]
+        rows = torch.arange(switches.shape[-2], device=switches.device)[:, None]
+        cols = torch.arange(switches.shape[-1], device=switches.device)
+        dy = switches // width - (rows * geometry.stride[0] - geometry.padding[0])
+        dx = switches % width - (cols * geometry.stride[1] - geometry.padding[1])
+        offsets, valid = _windows(dy * size[1] + dx, units.image, origin, signal.shape[-2:], True)
+        h, w = signal.shape[-2:]
+        corners = (
+            torch.arange(h, device=switches.device)[:, None] * geometry.stride[0] * size[1]
+            + torch.arange(w, device=switches.device) * geometry.stride[1]
+        )
+        local = (offsets + corners) * valid
+        unpooled = unpool(
+            signal,
+            local,
+            size,
+            pool.kernel_size,
+            geometry.stride,
+            0,
+            pool.dilation,
+            ceil_mode=False,
+        )
+        return unpooled, below
+
+    def _transposed_conv_windows(self, index, record, signal, origin):
+        conv = self.features[index]
+        geometry = step(conv)
+        weight = conv.weight.detach()
+        if conv.groups == 1 and conv.dilation == (1, 1):
+            kernels = None
+            if geometry.stride != (1, 1):
+                kernels = self._phase_kernels(index, weight, geometry.stride)
+            projected = full_transposed_conv(signal, weight, geometry.stride, kernels)
+        else:
+            projected = F.conv_transpose2d(
+                signal, weight, stride=geometry.stride, dilation=conv.dilation, groups=conv.groups
+            )
+        below = origin * torch.tensor(geometry.stride, device=origin.device) - torch.tensor(
+            geometry.padding, device=origin.device
+        )
+        # What lands on the forward's zero padding has no pixel to go to: drop it.
+        inside = _inside(below, projected.shape[-2:], record.input_sizes[index])
+        return projected * inside, below
+
+    def _phase_kernels(
+        self, index: int, weight: torch.Tensor, stride: tuple[int, int]
+    ) -> torch.Tensor:
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, stride)
+        cached = self._phase_cache.get(index)
+        if cached is None or cached[0] != key:
+            cached = (key, phase_kernels(weight, stride))
+            self._phase_cache[index] = cached
+        return cached[1]
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in RULES:
+        raise DeconvNetError(f"unknown rule {rule!r}; valid rules are {', '.join(RULES)}")
+
+
+def _fields(units: Units) -> tuple[torch.Tensor, ...]:
+    return (units.image, units.channel, units.position, units.activation)
+
+
+def _axis_index(origin: torch.Tensor, length: int, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+    index = origin[:, None] + torch.arange(length, device=origin.device)
+    valid = (index >= 0) & (index < bound)
+    return index.clamp(0, bound - 1), valid
+
+
+def _inside(origin: torch.Tensor, size: Sequence[int], bounds: Sequence[int]) -> torch.Tensor:
+    """``(T, 1, h, w)`` mask of the window positions that lie inside a ``bounds`` map."""
+    _, rows = _axis_index(origin[:, 0], size[0], bounds[0])
+    _, cols = _axis_index(origin[:, 1], size[1], bounds[1])
+    return (rows[:, :, None] & cols[:, None, :])[:, None]
+
+
+def _windows(maps, image, origin, size, with_valid=False):
+    """Cut a ``size`` window at ``origin`` ``(T, 2)`` out of map ``image`` ``(T,)`` of ``maps``
+    ``(N, C, H, W)``: ``(T, C, h, w)``, zero where the window hangs over the map's edge."""
+    rows, valid_rows = _axis_index(origin[:, 0], size[0], maps.shape[-2])
+    cols, valid_cols = _axis_index(origin[:, 1], size[1], maps.shape[-1])
+    cut = maps[image[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    valid = (valid_rows[:, :, None] & valid_cols[:, None, :])[:, None]
+    cut = cut * valid
+    return (cut, valid) if with_valid else cut
+
+
+def _paste(canvas: torch.Tensor, windows: torch.Tensor, origin: torch.Tensor) -> None:
+    """Write windows ``(T, C, h, w)`` into ``canvas`` ``(T, C, H, W)`` at their origins, clipped."""
+    height, width = canvas.shape[-2:]
+    h, w = windows.shape[-2:]
+    for t, (top, left) in enumerate(origin.tolist()):
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + h, height), min(left + w, width)
+        if y1 > y0 and x1 > x0:
+            canvas[t, :, y0:y1, x0:x1] = windows[t, :, y0 - top : y1 - top, x0 - left : x1 - left]

@@ -1,0 +1,114 @@
+"""Which activation to project: a target such as ``conv5:12@6,7``, and how it picks units.
+
+A target is one small value with one parser, shared by the Python API, the CLI and galleries:
+
+- ``"conv5:12@6,7"``: layer conv5, channel 12, position (y=6, x=7) in that layer's map;
+- ``"conv5:12"``: channel 12 at its strongest position, per image;
+- ``"conv5"``: the strongest channel and position, per image.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from deconvnet.errors import DeconvNetError
+
+_SYNTAX = re.compile(
+    r"^\s*(?P<layer>[A-Za-z_][\w.]*|\d+)\s*"
+    r"(?::\s*(?P<channel>-?\d+)\s*"
+    r"(?:@\s*\(?\s*(?P<y>-?\d+)\s*,\s*(?P<x>-?\d+)\s*\)?\s*)?)?$"
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A layer, optionally a channel of it, optionally a position ``(y, x)`` in its map."""
+
+    layer: str
+    channel: int | None = None
+    position: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.position is not None and self.channel is None:
+            raise DeconvNetError("a target with a position needs a channel too: layer:channel@y,x")
+
+    @classmethod
+    def parse(cls, text: str | Target) -> Target:
+        """Read ``layer``, ``layer:channel`` or ``layer:channel@y,x``; a Target passes through."""
+        if isinstance(text, Target):
+            return text
+        match = _SYNTAX.match(str(text))
+        if match is None:
+            raise DeconvNetError(
+                f"cannot read target {text!r}; write layer, layer:channel or layer:channel@y,x "
+                "(for example conv5, conv5:12 or conv5:12@6,7)"
+            )
+        channel = match["channel"]
+        position = (int(match["y"]), int(match["x"])) if match["y"] is not None else None
+        return cls(match["layer"], None if channel is None else int(channel), position)
+
+    def __str__(self) -> str:
+        text = self.layer
+        if self.channel is not None:
+            text += f":{self.channel}"
+        if self.position is not None:
+            text += f"@{self.position[0]},{self.position[1]}"
+        return text
+
+
+@dataclass(frozen=True)
+class Units:
+    """The chosen units of one layer: one per projection, T in all.
+
+    ``image`` ``(T,)``: which image of the batch; ``channel`` ``(T,)``; ``position`` ``(T, 2)`` as
+    (y, x); ``activation`` ``(T,)``: the unit's value, which seeds the projection.
+    """
+
+    image: torch.Tensor
+    channel: torch.Tensor
+    position: torch.Tensor
+    activation: torch.Tensor
+
+
+def check_in_range(target: Target, layer_name: str, activations: torch.Tensor) -> None:
+    """Raise if the target's channel or position lies outside the ``(N, C, H, W)`` map."""
+    _, channels, height, width = activations.shape
+    if target.channel is not None and not 0 <= target.channel < channels:
+        raise DeconvNetError(
+            f"channel {target.channel} is out of range for {layer_name}, which has {channels} "
+            f"channels (valid: 0..{channels - 1})"
+        )
+    if target.position is not None:
+        y, x = target.position
+        if not (0 <= y < height and 0 <= x < width):
+            raise DeconvNetError(
+                f"position ({y}, {x}) is outside {layer_name}'s {height}x{width} map for this "
+                f"input size (valid: y in 0..{height - 1}, x in 0..{width - 1})"
+            )
+
+
+def select(target: Target, activations: torch.Tensor, image: torch.Tensor) -> Units:
+    """Pick the unit ``target`` names in each image listed by ``image`` ``(T,)``.
+
+    ``activations`` is the layer's ``(N, C, H, W)`` map; the strongest unit is the first maximum
+    in (channel, y, x) order, so ties resolve the same way every time.
+    """
+    maps = activations[image]  # (T, C, H, W)
+    t, _, _, width = maps.shape
+    rows = torch.arange(t, device=maps.device)
+    if target.channel is None:
+        flat = maps.flatten(1).argmax(dim=1)
+        channel, spatial = flat // (maps.shape[2] * width), flat % (maps.shape[2] * width)
+    else:
+        channel = torch.full((t,), target.channel, dtype=torch.long, device=maps.device)
+        if target.position is None:
+            spatial = maps[rows, channel].flatten(1).argmax(dim=1)
+        else:
+            y, x = target.position
+            spatial = torch.full((t,), y * width + x, dtype=torch.long, device=maps.device)
+    position = torch.stack([spatial // width, spatial % width], dim=1)
+    activation = maps[rows, channel, position[:, 0], position[:, 1]]
+    return Units(image, channel, position, activation)

@@ -1,0 +1,84 @@
+"""Switches: record, with forward hooks, where each max-pool window found its maximum.
+
+The hooks are attached to the model's own modules for one forward pass and removed afterwards,
+even when that pass raises; the model itself is never edited. Besides the switches, the record
+keeps what the inverse pass needs: each module's input size and each ReLU's output (the forward
+mask of guided backprop and plain gradients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ForwardRecord:
+    """What one forward pass left behind, keyed by the module's index in the feature stack.
+
+    ``switches[i]``: ``(N, C, H_out, W_out)`` int64, the argmax of each window of pool ``i`` as a
+    flat index into its ``H_in * W_in`` input plane. ``rectified[i]``: ``(N, C, H, W)`` output of
+    ReLU ``i`` (post-ReLU, so ``> 0`` is the forward mask). ``input_sizes[i]``: ``(H, W)`` of the
+    input to module ``i``. ``output``: the output of the last module run.
+    """
+
+    switches: dict[int, torch.Tensor] = field(default_factory=dict)
+    rectified: dict[int, torch.Tensor] = field(default_factory=dict)
+    input_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    output: torch.Tensor | None = None
+
+
+def _switches_of(pool: nn.MaxPool2d, pool_input: torch.Tensor) -> torch.Tensor:
+    _, switches = F.max_pool2d(
+        pool_input,
+        pool.kernel_size,
+        pool.stride,
+        pool.padding,
+        pool.dilation,
+        ceil_mode=pool.ceil_mode,
+        return_indices=True,
+    )
+    return switches
+
+
+@contextmanager
+def recording(features: nn.Sequential, keep_rectified: bool = True) -> Iterator[ForwardRecord]:
+    """Attach recording hooks to every module of ``features`` for the duration of the block.
+
+    ``keep_rectified=False`` skips keeping ReLU outputs (the deconvnet rule does not use them).
+    torchvision's ReLUs are in-place: the hook sees their output after rectification, and in a
+    plain stack nothing writes to that tensor afterwards, so no copy is needed.
+    """
+    record = ForwardRecord()
+    handles = []
+
+    def hook(index: int, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
+        record.input_sizes[index] = tuple(inputs[0].shape[-2:])
+        if isinstance(module, nn.MaxPool2d):
+            record.switches[index] = _switches_of(module, inputs[0])
+        elif keep_rectified and isinstance(module, nn.ReLU):
+            record.rectified[index] = output
+
+    try:
+        for index, module in enumerate(features):
+            handles.append(
+                module.register_forward_hook(lambda m, i, o, index=index: hook(index, m, i, o))
+            )
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward_with_switches(
+    features: nn.Sequential, x: torch.Tensor, upto: int, keep_rectified: bool = True
+) -> ForwardRecord:
+    """Run ``features[0..upto]`` on ``x`` ``(N, C, H, W)`` and return the record of that pass."""
+    with torch.no_grad(), recording(features, keep_rectified) as record:
+        record.output = features[: upto + 1](x)
+    return record
