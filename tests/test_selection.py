@@ -1,0 +1,46 @@
+"""Targets: one parser for layer, layer:channel and layer:channel@y,x; picking units."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deconvnet import DeconvNetError, Target
+from deconvnet.selection import select
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("conv5", Target("conv5")),
+        ("conv5:12", Target("conv5", 12)),
+        ("conv5:12@6,7", Target("conv5", 12, (6, 7))),
+        (" conv5 : 12 @ (6, 7) ", Target("conv5", 12, (6, 7))),
+        ("features.11:3", Target("features.11", 3)),
+        ("conv3_2:0@0,0", Target("conv3_2", 0, (0, 0))),
+    ],
+)
+def test_parse(text, expected):
+    assert Target.parse(text) == expected
+    assert Target.parse(str(expected)) == expected
+
+
+@pytest.mark.parametrize("text", ["", "conv5:", "conv5@1,2", "conv5:1@2", "conv5:a", ":3"])
+def test_parse_errors_show_the_syntax(text):
+    with pytest.raises(DeconvNetError, match="layer:channel@y,x"):
+        Target.parse(text)
+
+
+def test_select_strongest_and_ties():
+    maps = torch.zeros(2, 3, 4, 5)
+    maps[0, 1, 2, 3] = 5.0
+    maps[1, 2, 0, 1] = 7.0
+    maps[1, 0, 3, 4] = 7.0  # a tie: the first in (channel, y, x) order wins
+    units = select(Target("l"), maps, torch.arange(2))
+    assert units.channel.tolist() == [1, 0]
+    assert units.position.tolist() == [[2, 3], [3, 4]]
+    assert units.activation.tolist() == [5.0, 7.0]
+    in_channel_2 = select(Target("l", 2), maps, torch.arange(2))
+    assert in_channel_2.position.tolist() == [[0, 0], [0, 1]]
+    fixed = select(Target("l", 1, (2, 3)), maps, torch.tensor([0, 0, 1]))
+    assert fixed.activation.tolist() == [5.0, 5.0, 0.0]
