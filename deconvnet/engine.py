@@ -284,13 +284,20 @@ class DeconvNet:
             (signal.shape[-2 + a] - 1) * geometry.stride[a] + geometry.kernel[a] for a in (0, 1)
         )
         # Switches are flat indices into the whole input plane. Rewrite them once, on the small
-        # pooled map, as offsets from each window's corner, then cut the units' windows from that.
+        # pooled map, as offsets dy * size_x + dx from their window's corner, then cut the units'
+        # windows out of that. rel = dy * width + dx with 0 <= dx < kernel, so counting how many
+        # multiples of width rel reaches gives dy without an integer division.
         switches = record.switches[index]
         rows = torch.arange(switches.shape[-2], device=switches.device)[:, None]
         cols = torch.arange(switches.shape[-1], device=switches.device)
-        dy = switches // width - (rows * geometry.stride[0] - geometry.padding[0])
-        dx = switches % width - (cols * geometry.stride[1] - geometry.padding[1])
-        offsets, valid = _windows(dy * size[1] + dx, units.image, origin, signal.shape[-2:], True)
+        corner = (rows * geometry.stride[0] - geometry.padding[0]) * width + (
+            cols * geometry.stride[1] - geometry.padding[1]
+        )
+        rel = switches - corner
+        dy = sum((rel >= step_ * width).long() for step_ in range(1, geometry.kernel[0]))
+        offsets, valid = _windows(
+            rel + dy * (size[1] - width), units.image, origin, signal.shape[-2:], True
+        )
         h, w = signal.shape[-2:]
         corners = (
             torch.arange(h, device=switches.device)[:, None] * geometry.stride[0] * size[1]

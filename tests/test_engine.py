@@ -261,3 +261,27 @@ def test_runs_on_cuda(alexnet):
     torch.testing.assert_close(
         result.reconstruction.cpu(), cpu.reconstruction, rtol=1e-3, atol=1e-4
     )
+
+
+def test_unusual_stacks_match_autograd():
+    # Padded and ceil-mode pools, dilated, grouped, non-square and strided convs, dropout.
+    torch.manual_seed(0)
+    nn = torch.nn
+    stack = nn.Sequential(
+        nn.Conv2d(3, 8, (5, 3), stride=(2, 3), padding=(2, 1)),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),
+        nn.Conv2d(8, 12, 3, padding=2, dilation=2),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Conv2d(12, 12, 3, stride=2, groups=4),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(12, 6, 1),
+        nn.ReLU(),
+    ).eval()
+    net = DeconvNet(stack)
+    x = _input((57, 83))
+    for rule in RULES:
+        for layer in ["conv1", "pool1", "conv2", "conv3", "pool3", "conv4"]:
+            assert_matches_reference(net, x, net.project(x, layer, rule=rule), rule)
