@@ -45,6 +45,9 @@ class DeconvNet:
         self.model = model
         self.features = feature_stack(model)
         self.layers: list[Layer] = name_layers(self.features, style or naming_style(model))
+        self._modules = list(self.features)
+        self._steps = [step(module) for module in self._modules]
+        self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
         self._phase_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
 
     # --- layers --------------------------------------------------------------------------------
@@ -55,16 +58,19 @@ class DeconvNet:
 
     def receptive_field(self, layer: str | int) -> ReceptiveField:
         """Size, stride and offset, in input pixels, of one unit of ``layer``."""
-        return receptive_field(self.features[: self.layer(layer).index + 1])
+        return receptive_field(self._modules[: self.layer(layer).index + 1])
 
     def map_size(self, layer: str | int, input_size: tuple[int, int]) -> tuple[int, int]:
         """``(h, w)`` of ``layer``'s map for an input of ``input_size`` ``(H, W)``."""
-        return map_size(self.features[: self.layer(layer).index + 1], input_size)
+        index, input_size = self.layer(layer).index, tuple(input_size)
+        if (index, input_size) not in self._map_sizes:
+            self._map_sizes[index, input_size] = map_size(self._modules[: index + 1], input_size)
+        return self._map_sizes[index, input_size]
 
     def channels(self, layer: str | int) -> int:
         """How many channels ``layer``'s map has."""
         index = self.layer(layer).index
-        for module in reversed(self.features[: index + 1]):
+        for module in reversed(self._modules[: index + 1]):
             if isinstance(module, nn.Conv2d):
                 return module.out_channels
         return self.in_channels
@@ -112,7 +118,8 @@ class DeconvNet:
             raise DeconvNetError(
                 f"the input is on {x.device} but the model is on {weight.device}; move one of them"
             )
-        if not torch.isfinite(x).all():
+        # min and max carry any NaN or inf; one reduction instead of a whole boolean map.
+        if not torch.isfinite(torch.stack(torch.aminmax(x))).all():
             raise DeconvNetError("the input holds NaN or infinite values")
         size = self.map_size(layer.index, tuple(x.shape[-2:]))
         if min(size) < 1:
@@ -227,7 +234,7 @@ class DeconvNet:
             )
             windows, origin = self.reconstruct_windows(record, layer, chunk, rule)
             _paste(reconstruction[part], windows, origin)
-        field = receptive_field(self.features[: layer.index + 1])
+        field = self.receptive_field(layer.index)
         boxes = [field.box(tuple(p), (height, width)) for p in units.position.tolist()]
         return Projection(
             layer=layer.name,
@@ -260,13 +267,11 @@ class DeconvNet:
         # Keep the one activation, zero every other one of the layer.
         signal[torch.arange(count), units.channel, 0, 0] = units.activation
         for index in range(layer.index, -1, -1):
-            module = self.features[index]
+            module = self._modules[index]
             if isinstance(module, nn.ReLU):
                 opened = None
                 if rule != "deconvnet":
-                    opened = _windows(
-                        record.rectified[index], units.image, origin, signal.shape[-2:]
-                    )
+                    opened = _cut(record.rectified[index], units.image, origin, signal.shape[-2:])
                 signal = rectify(signal, opened, rule)
             elif isinstance(module, nn.MaxPool2d):
                 signal, origin = self._unpool_windows(index, record, units, signal, origin)
@@ -275,50 +280,27 @@ class DeconvNet:
         return signal, origin
 
     def _unpool_windows(self, index, record, units, signal, origin):
-        pool = self.features[index]
-        geometry = step(pool)
-        width = record.input_sizes[index][1]
-        stride = torch.tensor(geometry.stride, device=origin.device)
-        below = origin * stride - torch.tensor(geometry.padding, device=origin.device)
-        size = tuple(
-            (signal.shape[-2 + a] - 1) * geometry.stride[a] + geometry.kernel[a] for a in (0, 1)
-        )
+        pool, geometry = self._modules[index], self._steps[index]
+        (sy, sx), (py, px) = geometry.stride, geometry.padding
+        h, w = signal.shape[-2:]
+        size = ((h - 1) * sy + geometry.kernel[0], (w - 1) * sx + geometry.kernel[1])
         # Switches are flat indices into the whole input plane. Rewrite them once, on the small
         # pooled map, as offsets dy * size_x + dx from their window's corner, then cut the units'
         # windows out of that. rel = dy * width + dx with 0 <= dx < kernel, so counting how many
         # multiples of width rel reaches gives dy without an integer division.
-        switches = record.switches[index]
-        rows = torch.arange(switches.shape[-2], device=switches.device)[:, None]
-        cols = torch.arange(switches.shape[-1], device=switches.device)
-        corner = (rows * geometry.stride[0] - geometry.padding[0]) * width + (
-            cols * geometry.stride[1] - geometry.padding[1]
-        )
+        switches, width = record.switches[index], record.input_sizes[index][1]
+        corner = _grid(switches.shape[-2:], (sy * width, sx), (-py * width - px), switches.device)
         rel = switches - corner
         dy = sum((rel >= step_ * width).long() for step_ in range(1, geometry.kernel[0]))
-        offsets, valid = _windows(
-            rel + dy * (size[1] - width), units.image, origin, signal.shape[-2:], True
-        )
-        h, w = signal.shape[-2:]
-        corners = (
-            torch.arange(h, device=switches.device)[:, None] * geometry.stride[0] * size[1]
-            + torch.arange(w, device=switches.device) * geometry.stride[1]
-        )
-        local = (offsets + corners) * valid
-        unpooled = unpool(
-            signal,
-            local,
-            size,
-            pool.kernel_size,
-            geometry.stride,
-            0,
-            pool.dilation,
-            ceil_mode=False,
-        )
-        return unpooled, below
+        offsets = _cut(rel + dy * (size[1] - width), units.image, origin, (h, w))
+        # Where a window hangs over the map the offset is 0 and so is the signal: adding it to
+        # the window's own corner keeps the index in range.
+        local = offsets + _grid((h, w), (sy * size[1], sx), 0, switches.device)
+        unpooled = unpool(signal, local, size, pool.kernel_size, (sy, sx), 0, pool.dilation)
+        return unpooled, _below(origin, geometry)
 
     def _transposed_conv_windows(self, index, record, signal, origin):
-        conv = self.features[index]
-        geometry = step(conv)
+        conv, geometry = self._modules[index], self._steps[index]
         weight = conv.weight.detach()
         if conv.groups == 1 and conv.dilation == (1, 1):
             kernels = None
@@ -329,12 +311,9 @@ class DeconvNet:
             projected = F.conv_transpose2d(
                 signal, weight, stride=geometry.stride, dilation=conv.dilation, groups=conv.groups
             )
-        below = origin * torch.tensor(geometry.stride, device=origin.device) - torch.tensor(
-            geometry.padding, device=origin.device
-        )
+        below = _below(origin, geometry)
         # What lands on the forward's zero padding has no pixel to go to: drop it.
-        inside = _inside(below, projected.shape[-2:], record.input_sizes[index])
-        return projected * inside, below
+        return _keep_inside(projected, below, record.input_sizes[index]), below
 
     def _phase_kernels(
         self, index: int, weight: torch.Tensor, stride: tuple[int, int]
@@ -356,28 +335,59 @@ def _fields(units: Units) -> tuple[torch.Tensor, ...]:
     return (units.image, units.channel, units.position, units.activation)
 
 
+def _below(origin: torch.Tensor, geometry) -> torch.Tensor:
+    """Window origins ``(T, 2)`` one module down: ``origin * stride - padding``."""
+    (sy, sx), (py, px) = geometry.stride, geometry.padding
+    if sy == sx and py == px:
+        return origin * sy - py
+    return origin * origin.new_tensor([sy, sx]) - origin.new_tensor([py, px])
+
+
+def _grid(size: Sequence[int], steps: Sequence[int], start: int, device) -> torch.Tensor:
+    """``(h, w)`` int64 grid ``start + y * steps[0] + x * steps[1]``."""
+    rows = torch.arange(size[0], device=device)[:, None] * steps[0]
+    return rows + (torch.arange(size[1], device=device) * steps[1] + start)
+
+
+def _span(start: int, length: int, bound: int) -> tuple[int, int]:
+    return min(max(start, 0), bound), max(min(start + length, bound), 0)
+
+
 def _axis_index(origin: torch.Tensor, length: int, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
     index = origin[:, None] + torch.arange(length, device=origin.device)
     valid = (index >= 0) & (index < bound)
     return index.clamp(0, bound - 1), valid
 
 
-def _inside(origin: torch.Tensor, size: Sequence[int], bounds: Sequence[int]) -> torch.Tensor:
-    """``(T, 1, h, w)`` mask of the window positions that lie inside a ``bounds`` map."""
-    _, rows = _axis_index(origin[:, 0], size[0], bounds[0])
-    _, cols = _axis_index(origin[:, 1], size[1], bounds[1])
-    return (rows[:, :, None] & cols[:, None, :])[:, None]
-
-
-def _windows(maps, image, origin, size, with_valid=False):
-    """Cut a ``size`` window at ``origin`` ``(T, 2)`` out of map ``image`` ``(T,)`` of ``maps``
-    ``(N, C, H, W)``: ``(T, C, h, w)``, zero where the window hangs over the map's edge."""
-    rows, valid_rows = _axis_index(origin[:, 0], size[0], maps.shape[-2])
-    cols, valid_cols = _axis_index(origin[:, 1], size[1], maps.shape[-1])
+def _cut(maps: torch.Tensor, image: torch.Tensor, origin: torch.Tensor, size) -> torch.Tensor:
+    """Cut a ``size`` window at each ``origin`` ``(T, 2)`` out of map ``image[t]`` of ``maps``
+    ``(N, C, H, W)``: ``(T, C, h, w)``, zero where a window hangs over the map's edge."""
+    height, width = maps.shape[-2:]
+    if len(origin) == 1:  # one window: plain slicing, far fewer operations than a gather
+        (top, left), batch = origin.tolist()[0], int(image[0])
+        (y0, y1), (x0, x1) = _span(top, size[0], height), _span(left, size[1], width)
+        part = maps[batch : batch + 1, :, y0:y1, x0:x1]
+        return F.pad(part, (x0 - left, left + size[1] - x1, y0 - top, top + size[0] - y1))
+    rows, valid_rows = _axis_index(origin[:, 0], size[0], height)
+    cols, valid_cols = _axis_index(origin[:, 1], size[1], width)
     cut = maps[image[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    valid = (valid_rows[:, :, None] & valid_cols[:, None, :])[:, None]
-    cut = cut * valid
-    return (cut, valid) if with_valid else cut
+    return cut * (valid_rows[:, :, None] & valid_cols[:, None, :])[:, None]
+
+
+def _keep_inside(signal: torch.Tensor, origin: torch.Tensor, bounds: Sequence[int]) -> torch.Tensor:
+    """Zero the positions of windows ``(T, C, h, w)`` at ``origin`` that lie outside ``bounds``."""
+    h, w = signal.shape[-2:]
+    if len(origin) == 1:
+        top, left = origin.tolist()[0]
+        (y0, y1), (x0, x1) = _span(top, h, bounds[0]), _span(left, w, bounds[1])
+        inside = torch.zeros_like(signal)
+        inside[..., y0 - top : y1 - top, x0 - left : x1 - left] = signal[
+            ..., y0 - top : y1 - top, x0 - left : x1 - left
+        ]
+        return inside
+    _, rows = _axis_index(origin[:, 0], h, bounds[0])
+    _, cols = _axis_index(origin[:, 1], w, bounds[1])
+    return signal * (rows[:, :, None] & cols[:, None, :])[:, None]
 
 
 def _paste(canvas: torch.Tensor, windows: torch.Tensor, origin: torch.Tensor) -> None:
