@@ -55,6 +55,8 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         ) from None
     except UnidentifiedImageError:
         raise DeconvNetError(f"{path} is not an image file Pillow can read") from None
+    except PermissionError:
+        raise DeconvNetError(f"{path}: permission denied; cannot read the file") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise DeconvNetError(
             f"{path}: cannot decode the image, it may be truncated or corrupt ({error})"

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,37 @@ class Projection:
             f"{self.layer}:{int(self.channel[index])}@{y},{x} "
             f"activation {float(self.activation[index]):.3g} ({self.rule})"
         )
+
+    def plot(self, index: int | Sequence[int] | None = None, *, percentile: float = 99.5) -> Figure:
+        """Draw the projection as a matplotlib Figure (see ``deconvnet.figures``).
+
+        ``index`` an int: that unit's five panels (input with receptive field, activation map,
+        reconstruction, both cropped to the receptive field). A list: one row per listed unit.
+        ``None``: the one unit, or one row per unit (the first 16 if there are more).
+        ``percentile`` of ``|reconstruction|`` in the receptive field sets the display contrast.
+        """
+        from deconvnet import figures
+
+        if index is None and len(self) == 1:
+            index = 0
+        if index is not None and not isinstance(index, Sequence):
+            return figures.projection_figure(self, int(index), percentile=percentile)
+        rows = range(min(len(self), figures.MAX_ROWS)) if index is None else index
+        title = None
+        if index is None and len(self) > figures.MAX_ROWS:
+            title = (
+                f"{self.layer}  ·  the first {figures.MAX_ROWS} of {len(self)} units  ·  "
+                f"rule: {self.rule}  (.plot([i, j, ...]) for others)"
+            )
+        return figures.projection_sheet(self, rows, title=title, percentile=percentile)
+
+    def _repr_png_(self) -> bytes | None:
+        """What Jupyter shows for a Projection in a cell: ``plot()`` as a PNG."""
+        if len(self) == 0:
+            return None
+        from deconvnet import figures
+
+        return figures.figure_png(self.plot())
 
     def __repr__(self) -> str:
         shape = "x".join(str(s) for s in self.reconstruction.shape)
