@@ -401,15 +401,6 @@ class Strongest:
     count: int
 
 
-def strongest_channels(net: DeconvNet, x: torch.Tensor, layer: str, count: int) -> list[int]:
-    """The ``count`` channels of ``layer`` with the largest activation anywhere in the single
-    image ``x`` ``(1, 3, H, W)``, strongest first (ties: lower channel first)."""
-    maps = net.forward(x, layer).output[0]  # (C, h, w)
-    peaks = maps.flatten(1).amax(dim=1)
-    order = torch.argsort(peaks, descending=True, stable=True)
-    return order[:count].tolist()
-
-
 @dataclass(frozen=True)
 class _Request:
     """What ``visualize``'s options ask for, checked for clashes before anything is loaded."""
@@ -528,7 +519,7 @@ class _Run:
                     f"{channels} channels (valid: 1..{channels})"
                 )
             job.layer = entry.name
-            job.channels = strongest_channels(self.net, on_device, entry.name, wanted.count)
+            job.channels = self.net.strongest_channels(on_device, entry.name, wanted.count)
             return job
         records = {}
         for target in wanted:

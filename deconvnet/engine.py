@@ -26,7 +26,7 @@ from deconvnet.inverse import RULES, full_transposed_conv, phase_kernels, rectif
 from deconvnet.layers import Layer, feature_stack, name_layers, naming_style, resolve_layer
 from deconvnet.projection import Projection
 from deconvnet.receptive_field import ReceptiveField, map_size, receptive_field, step
-from deconvnet.selection import Target, Units, check_in_range, select
+from deconvnet.selection import Target, Units, check_in_range, select, strongest_channels
 from deconvnet.switches import ForwardRecord, forward_with_switches
 
 # Units projected per inverse batch: bounds memory (conv5 windows at conv1 are 39x39x64).
@@ -175,6 +175,21 @@ class DeconvNet:
             *(torch.cat(parts) for parts in zip(*(_fields(u) for u in picked), strict=True))
         )
         return self._projection(x, layer, record, units, rule)
+
+    def strongest_channels(self, x: torch.Tensor, layer: str | int, count: int) -> list[int]:
+        """The ``count`` channels of ``layer`` that reach the largest activation anywhere in the
+        single image ``x`` ``(1, 3, H, W)``, strongest first (ties: lower channel first)."""
+        entry = self.layer(layer)
+        channels = self.channels(entry.index)
+        if not 1 <= count <= channels:
+            raise DeconvNetError(
+                f"cannot take the {count} strongest channels of {entry.name}, which has "
+                f"{channels} (valid: 1..{channels})"
+            )
+        maps = self.forward(x, entry.index).output
+        if maps.shape[0] != 1:
+            raise DeconvNetError(f"expected one image, shape (1, 3, H, W); got {maps.shape[0]}")
+        return strongest_channels(maps[0], count).tolist()
 
     def project_units(
         self,

@@ -90,6 +90,13 @@ def check_in_range(target: Target, layer_name: str, activations: torch.Tensor) -
             )
 
 
+def strongest_channels(maps: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` channels of one image's ``(C, h, w)`` map with the largest peaks, strongest
+    first; ties go to the lower channel. Returns ``(count,)`` int64."""
+    peaks = maps.flatten(1).amax(dim=1)
+    return torch.argsort(peaks, descending=True, stable=True)[:count]
+
+
 def select(target: Target, activations: torch.Tensor, image: torch.Tensor) -> Units:
     """Pick the unit ``target`` names in each image listed by ``image`` ``(T,)``.
 

@@ -18,7 +18,7 @@ from test_images import bomb_png
 from typer.testing import CliRunner
 
 from deconvnet import DeconvNet, Projection, cli
-from deconvnet.cli import app, save_outputs, strongest_channels
+from deconvnet.cli import app, save_outputs
 from deconvnet.images import default_image, load_image, preprocess
 
 ALEXNET = WEIGHTS / "alexnet_features.pth"
@@ -79,7 +79,7 @@ def test_visualize_without_arguments(tmp_path, monkeypatch, alexnet):
     assert (tmp_path / sheet).read_bytes().startswith(PNG)
     assert lines[-1].endswith(f"-> {sheet}")
     x = preprocess(load_image(default_image()))
-    channels = strongest_channels(DeconvNet(alexnet), x, "conv5", 9)
+    channels = DeconvNet(alexnet).strongest_channels(x, "conv5", 9)
     assert f"conv5 channels {', '.join(map(str, channels))} (deconvnet)" in lines[-1]
     # Weight loading is reported on stderr.
     assert "DECONVNET_WEIGHTS" in result.stderr
@@ -122,7 +122,7 @@ def test_top_n_is_one_sheet_of_the_strongest_channels(weights, out, alexnet):
     lines = ok(run("visualize", image, "-l pool2 --top 4 -s 64 -w", weights, "-o", out))
     assert files(out) == ["cat_pool2_top4_deconvnet_s64.png"]
     x = preprocess(load_image(image), 64)
-    channels = strongest_channels(DeconvNet(alexnet), x, "pool2", 4)
+    channels = DeconvNet(alexnet).strongest_channels(x, "pool2", 4)
     assert lines == [
         f"cat: pool2 channels {', '.join(map(str, channels))} (deconvnet) -> "
         f"{out / 'cat_pool2_top4_deconvnet_s64.png'}"
