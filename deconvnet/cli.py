@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from deconvnet.cli_gallery import gallery, merge
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import write_bytes_atomic
@@ -380,6 +381,11 @@ def filters(
         figure = _figures().filter_grid(conv.weight, title=title)
         what = f"{model} {entry.name}: {count} filters"
         run.save(out, f"{entry.name}_filters", figure, None, None, what, False)
+
+
+# Data-set galleries (Zeiler-Fergus Figure 2) live in their own module; the commands join here.
+app.command("gallery")(gallery)
+app.command("gallery-merge")(merge)
 
 
 @app.command()

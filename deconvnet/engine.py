@@ -278,7 +278,7 @@ class DeconvNet:
         _check_rule(rule)
         count = len(units.channel)
         origin = units.position.clone()
-        signal = record.output.new_zeros(count, record.output.shape[1], 1, 1)
+        signal = units.activation.new_zeros(count, self.channels(layer.index), 1, 1)
         # Keep the one activation, zero every other one of the layer.
         signal[torch.arange(count), units.channel, 0, 0] = units.activation
         for index in range(layer.index, -1, -1):

@@ -1,0 +1,178 @@
+"""``deconvnet gallery`` and ``deconvnet gallery-merge``: thin commands over deconvnet.gallery.
+
+Registered on the main app as ``app.command("gallery")(gallery)`` and
+``app.command("gallery-merge")(merge)``; ``python -m deconvnet.cli_gallery`` runs them alone
+(``torchrun ... -m deconvnet.cli_gallery gallery DIR`` for several processes).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deconvnet.errors import DeconvNetError
+from deconvnet.gallery import default_out, make_gallery, merge_gallery, scan_shard
+from deconvnet.scan import CHECKPOINT_EVERY, DEFAULT_WORKERS, parse_shard, state_path
+
+WORKERS_HELP = "Processes decoding images (0: this one; default: a quarter of the cores)."
+LAYERS_HELP = (
+    "Comma-separated layers (default: conv1..conv5 for AlexNet, each block's last conv for VGG)."
+)
+
+
+def gallery(
+    folder: Annotated[
+        Path, typer.Argument(help="Folder of images, searched recursively (or an ImageFolder).")
+    ],
+    layers: Annotated[str | None, typer.Option(help=LAYERS_HELP, show_default=False)] = None,
+    channels: Annotated[
+        str, typer.Option(help="Channels of every layer: all, a range 0-31, a list 5,9 or a mix.")
+    ] = "all",
+    top: Annotated[int, typer.Option(min=1, help="Activations per channel (9: a 3x3 grid).")] = 9,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder (default: outputs/gallery-<folder>).", show_default=False),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    workers: Annotated[
+        int, typer.Option(min=0, help=WORKERS_HELP, show_default=False)
+    ] = DEFAULT_WORKERS,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the scan checkpointed in the output folder.")
+    ] = False,
+    rule: Annotated[
+        str, typer.Option(help="How ReLUs are inverted: deconvnet, guided or gradient.")
+    ] = "deconvnet",
+    model: Annotated[str, typer.Option(help="alexnet, vgg11, vgg13, vgg16 or vgg19.")] = "alexnet",
+    weights: Annotated[
+        Path | None, typer.Option(help="Weights file (a state dict); default: see the README.")
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Scan only shard i/n (e.g. 0/4) and save its state; merge with gallery-merge.",
+            show_default=False,
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option(min=1, help="Save the scan state every this many images.")
+    ] = CHECKPOINT_EVERY,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda if present).", show_default=False)
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Top activations of every channel over a folder of images, projected beside their patches
+    (Zeiler & Fergus, Fig. 2): tiles, sheets, manifest.json and index.html."""
+    out = out if out is not None else default_out(folder)
+    options = dict(
+        model=model,
+        weights=weights,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        progress=progress,
+    )
+    try:
+        if shard is not None:
+            part = parse_shard(shard)
+            state = scan_shard(folder, part, _split(layers), channels, top, out, **options)
+        else:
+            result = make_gallery(folder, _split(layers), channels, top, out, rule=rule, **options)
+    except DeconvNetError as error:
+        _fail(error)
+    if shard is not None:
+        skipped = f", {len(state.skipped)} unreadable skipped" if state.skipped else ""
+        typer.echo(
+            f"shard {part[0]}/{part[1]}: {state.scanned} images scanned{skipped}; state in "
+            f"{state_path(out, part)}. When every shard is done, run deconvnet gallery-merge "
+            f"with the {part[1]} states ({Path(out) / f'scan-state-*-of-{part[1]}.pt'})"
+        )
+    elif result is not None:  # None on the other ranks of a torchrun job
+        _summary(result)
+
+
+def merge(
+    states: Annotated[
+        list[Path], typer.Argument(help="The scan state of every shard (scan-state-I-of-N.pt).")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder (default: the first state's folder).", show_default=False),
+    ] = None,
+    root: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the images are now, if not where they were scanned.", show_default=False
+        ),
+    ] = None,
+    rule: Annotated[
+        str, typer.Option(help="How ReLUs are inverted: deconvnet, guided or gradient.")
+    ] = "deconvnet",
+    model: Annotated[str, typer.Option(help="alexnet, vgg11, vgg13, vgg16 or vgg19.")] = "alexnet",
+    weights: Annotated[Path | None, typer.Option(help="The weights file the shards used.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    workers: Annotated[
+        int, typer.Option(min=0, help=WORKERS_HELP, show_default=False)
+    ] = DEFAULT_WORKERS,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda if present).", show_default=False)
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Merge the scan states of separately run shards (gallery --shard i/n) and write the
+    gallery."""
+    try:
+        result = merge_gallery(
+            states,
+            out,
+            root=root,
+            rule=rule,
+            model=model,
+            weights=weights,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+        )
+    except DeconvNetError as error:
+        _fail(error)
+    _summary(result)
+
+
+def _split(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    return names or None
+
+
+def _summary(result) -> None:
+    skipped = len(result.skipped)
+    note = f"; {skipped} unreadable file{'s' * (skipped != 1)} skipped (see manifest.json)"
+    typer.echo(
+        f"{result.scanned} images scanned{note if skipped else ''}; "
+        f"{len(result.entries)} projections; gallery in {result.index}"
+    )
+
+
+def _fail(error: Exception) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``gallery`` and ``gallery-merge`` as their own command line."""
+    app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+    app.command("gallery")(gallery)
+    app.command("gallery-merge")(merge)
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="deconvnet")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,783 @@
+"""Data-set scans: the k strongest activations of every channel over a whole folder of images.
+
+A scan walks a folder (recursively, in sorted order), runs every image once through the net up to
+the deepest requested layer, and keeps, for each requested layer and channel, the k strongest
+activations, each from a different image (Zeiler & Fergus, Fig. 2). What it keeps is a
+``TopK``: ``(C, k)`` values, images and positions per layer, so memory does not grow with the
+number of images.
+
+Every candidate has one place in a total order: activation descending, then the image's index in
+the sorted listing; within one image a channel's candidate is its first maximum in row-major
+order. A top-k under a total order does not depend on the order candidates arrive in, so the
+same folder gives the same result for any batch size, worker count, resumption or sharding.
+
+A scan is checkpointed (``ScanState``, saved atomically) every few hundred images and resumes
+from its cursor. Shard ``i`` of ``n`` scans listing entries ``i, i + n, i + 2n, ...``; finished
+shards merge into the state of the whole folder, under ``torchrun`` (``gather_states``) or from
+files written by separate jobs (``merge_states``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import functional as TF
+
+from deconvnet.engine import DeconvNet
+from deconvnet.errors import DeconvNetError
+from deconvnet.files import write_atomic
+from deconvnet.images import EXTENSIONS, load_image, preprocessing
+
+FORMAT = "deconvnet-scan/1"
+# The weights' own preprocessing ends in a centre crop of this size: every map has one shape.
+INPUT_SIZE = (224, 224)
+CHECKPOINT_EVERY = 256
+
+
+def _default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # Decoding a 224 crop costs a fifth of its forward pass: one worker per four cores keeps up,
+    # and below four cores a worker only competes with the forward for them.
+    return min(4, (cores or 1) // 4)
+
+
+DEFAULT_WORKERS = _default_workers()
+
+
+# --- the listing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The images of a folder: ``files`` are paths relative to ``root``, sorted, ``/``-separated.
+
+    An image's index in ``files`` is its identity in a scan: the tie-breaker of the ranking and
+    the key of shards. ``root`` is kept as given, so reported paths read as the user wrote them.
+    """
+
+    root: str
+    files: tuple[str, ...]
+    ignored: int = 0  # files without an image extension
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.root, self.files[index])
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the sorted relative paths: the same folder contents give the same value."""
+        digest = hashlib.sha256()
+        for name in self.files:
+            digest.update(name.encode("utf-8", "surrogateescape") + b"\n")
+        return digest.hexdigest()
+
+
+def list_images(root: str | os.PathLike[str], exclude: Sequence[os.PathLike[str]] = ()) -> Listing:
+    """Every image file under ``root``, searched recursively (an ImageFolder tree works as is).
+
+    Images are recognised by extension (``deconvnet.images.EXTENSIONS``, any case); hidden files
+    and folders (``.name``) and the folders in ``exclude`` (a gallery's own output) are left out.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        what = "no such folder" if not base.exists() else "not a folder"
+        raise DeconvNetError(f"{root}: {what}; give a folder of images")
+    excluded = {Path(p).resolve() for p in exclude}
+    found: list[str] = []
+    ignored = 0
+    for directory, folders, names in os.walk(base):
+        here = Path(directory)
+        folders[:] = [
+            name
+            for name in folders
+            if not name.startswith(".") and (here / name).resolve() not in excluded
+        ]
+        for name in names:
+            if name.startswith("."):
+                continue
+            if os.path.splitext(name)[1].lower() in EXTENSIONS:
+                found.append((here / name).relative_to(base).as_posix())
+            else:
+                ignored += 1
+    if not found:
+        raise DeconvNetError(
+            f"no images found under {root} (looked for {', '.join(EXTENSIONS)}, recursively)"
+        )
+    return Listing(os.fspath(root), tuple(sorted(found)), ignored)
+
+
+def parse_channels(spec: str | Sequence[int], count: int, layer: str) -> list[int]:
+    """``"all"``, ``"0-31"``, ``"5,9"`` or a mix (``"0-3,9"``) as a sorted list of channels."""
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text == "all":
+            return list(range(count))
+        chosen: set[int] = set()
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            low, dash, high = part.partition("-")
+            try:
+                first = int(low)
+                last = int(high) if dash else first
+            except ValueError:
+                raise DeconvNetError(
+                    f"cannot read channels {spec!r}; write all, a range such as 0-31, "
+                    "a list such as 5,9, or a mix such as 0-3,9"
+                ) from None
+            if last < first:
+                raise DeconvNetError(f"channel range {part!r} is empty; write low-high")
+            chosen.update(range(first, last + 1))
+    else:
+        chosen = {int(c) for c in spec}
+    if not chosen:
+        raise DeconvNetError(f"no channels chosen by {spec!r}")
+    if min(chosen) < 0 or max(chosen) >= count:
+        bad = min(chosen) if min(chosen) < 0 else max(chosen)
+        raise DeconvNetError(
+            f"channel {bad} is out of range for {layer}, which has {count} channels "
+            f"(valid: 0..{count - 1})"
+        )
+    return sorted(chosen)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` as ``(i, n)``: shard i of an n-way split of the listing."""
+    index, slash, count = text.partition("/")
+    try:
+        if not slash:
+            raise ValueError
+        index, count = int(index), int(count)
+    except ValueError:
+        raise DeconvNetError(f"cannot read shard {text!r}; write i/n, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise DeconvNetError(f"shard {text} does not exist; use i/n with 0 <= i < n")
+    return index, count
+
+
+# --- the streaming top-k ----------------------------------------------------------------------
+
+
+@dataclass
+class TopK:
+    """The k strongest activations of each of C channels, one per image, best first.
+
+    ``values`` ``(C, k)`` float32 (``-inf`` in empty slots), ``image`` ``(C, k)`` int64 listing
+    indices (``-1`` in empty slots), ``position`` ``(C, k)`` int64 flat ``y * w + x`` in the
+    layer's map. Rows are sorted by activation descending, ties by image index ascending.
+    """
+
+    values: torch.Tensor
+    image: torch.Tensor
+    position: torch.Tensor
+
+    @classmethod
+    def empty(cls, channels: int, k: int) -> TopK:
+        return cls(
+            torch.full((channels, k), float("-inf")),
+            torch.full((channels, k), -1, dtype=torch.long),
+            torch.zeros(channels, k, dtype=torch.long),
+        )
+
+    @property
+    def k(self) -> int:
+        return self.values.shape[1]
+
+    def update(self, values: torch.Tensor, image: torch.Tensor, position: torch.Tensor) -> None:
+        """Offer each image's strongest unit per channel: ``values`` and ``position`` ``(N, C)``
+        (its maximum and where), ``image`` ``(N,)`` listing indices not offered before."""
+        channels = self.values.shape[0]
+        self._keep(
+            torch.cat([self.values, values.T.float()], dim=1),
+            torch.cat([self.image, image.long().expand(channels, -1)], dim=1),
+            torch.cat([self.position, position.T.long()], dim=1),
+        )
+
+    def merge(self, other: TopK) -> None:
+        """Fold in the top-k of a disjoint set of images (another shard)."""
+        self._keep(
+            torch.cat([self.values, other.values], dim=1),
+            torch.cat([self.image, other.image], dim=1),
+            torch.cat([self.position, other.position], dim=1),
+        )
+
+    def _keep(self, values: torch.Tensor, image: torch.Tensor, position: torch.Tensor) -> None:
+        values = values.masked_fill(values.isnan(), float("-inf"))
+        # Two sorts make a lexicographic one: by image, then stably by value, best first.
+        by_image = image.argsort(dim=1)
+        values, image, position = (t.gather(1, by_image) for t in (values, image, position))
+        _, order = values.sort(dim=1, descending=True, stable=True)
+        order = order[:, : self.k]
+        self.values, self.image, self.position = (
+            t.gather(1, order).contiguous() for t in (values, image, position)
+        )
+
+
+def channel_maxima(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's maximum per channel of ``maps`` ``(N, C, h, w)`` and its flat position, both
+    ``(N, C)``; a tie goes to the first position in row-major order."""
+    values, position = maps.flatten(2).max(dim=2)
+    return values, position
+
+
+def forward_maxima(
+    features: nn.Sequential, x: torch.Tensor, layers: dict[str, int]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Run ``features`` on ``x`` ``(N, 3, H, W)`` up to the deepest of ``layers`` (name ->
+    index) and return each layer's ``channel_maxima``, taken as its output is made.
+
+    Taking them at once also reads a conv's pre-activation before an in-place ReLU overwrites
+    it, and keeps no map alive. Max pools run in channels-last layout, where PyTorch's CPU
+    kernel is vectorized (three times faster here); picking maxima involves no arithmetic, so
+    the values are exactly those of the plain stack.
+    """
+    wanted = {index: name for name, index in layers.items()}
+    found = {}
+    for index, module in enumerate(features):
+        if isinstance(module, nn.MaxPool2d) and x.device.type == "cpu":
+            x = module(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        else:
+            x = module(x)
+        if index in wanted:
+            found[wanted[index]] = channel_maxima(x)
+            if len(found) == len(wanted):
+                break
+    return found
+
+
+# --- the scan state ---------------------------------------------------------------------------
+
+
+@dataclass
+class ScanState:
+    """Where a scan of one shard of a listing stands, and what it has found so far.
+
+    ``shard = (i, n)`` covers listing entries ``i, i + n, ...``; ``cursor`` of those are done,
+    ``scanned`` of them were read and ``skipped`` maps the others' listing index to the reason.
+    ``paths`` holds the relative path of every index the state refers to, so a finished state
+    is enough to project its units without walking the folder again.
+    """
+
+    root: str
+    listing: tuple[int, str]  # (number of files, fingerprint)
+    weights: str  # sha256 of the feature stack's parameters
+    top: int
+    layers: dict[str, TopK]
+    channels: dict[str, list[int]]
+    map_sizes: dict[str, tuple[int, int]]
+    shard: tuple[int, int] = (0, 1)
+    cursor: int = 0
+    scanned: int = 0
+    skipped: dict[int, str] = field(default_factory=dict)
+    paths: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def shard_size(self) -> int:
+        index, count = self.shard
+        return len(range(index, self.listing[0], count))
+
+    @property
+    def done(self) -> bool:
+        return self.cursor >= self.shard_size
+
+    def settings(self) -> dict:
+        """What two states must share to continue or merge each other (not the shard)."""
+        return {
+            "listing": tuple(self.listing),
+            "weights": self.weights,
+            "top": self.top,
+            "channels": {name: list(c) for name, c in self.channels.items()},
+            "map_sizes": {name: tuple(s) for name, s in self.map_sizes.items()},
+        }
+
+    def referenced(self) -> list[int]:
+        """The listing indices the state refers to: its top-k images and unreadable files."""
+        found = set(self.skipped)
+        for topk in self.layers.values():
+            found.update(topk.image[topk.image >= 0].tolist())
+        return sorted(found)
+
+    def note_paths(self, listing: Listing) -> None:
+        """Record the relative path of every image the state refers to."""
+        self.paths = {i: listing.files[i] for i in self.referenced()}
+
+    def differences(self, other: ScanState) -> str:
+        """What differs between two states' settings, in words (empty if nothing does)."""
+        words = {
+            "listing": "folder contents",
+            "weights": "weights",
+            "top": "top",
+            "channels": "layers or channels",
+            "map_sizes": "layers",
+        }
+        mine, theirs = self.settings(), other.settings()
+        return ", ".join(words[key] for key in mine if mine[key] != theirs[key])
+
+    def image_path(self, index: int) -> str:
+        return os.path.join(self.root, self.paths[index])
+
+    # --- files ---
+
+    def to_payload(self) -> dict:
+        """Plain tensors, lists and strings: loads with ``torch.load(weights_only=True)``."""
+        return {
+            "format": FORMAT,
+            "root": self.root,
+            "listing": list(self.listing),
+            "weights": self.weights,
+            "top": self.top,
+            "shard": list(self.shard),
+            "cursor": self.cursor,
+            "scanned": self.scanned,
+            "layers": {
+                name: {
+                    "channels": torch.tensor(self.channels[name], dtype=torch.long),
+                    "map_size": list(self.map_sizes[name]),
+                    "values": topk.values,
+                    "image": topk.image,
+                    "position": topk.position,
+                }
+                for name, topk in self.layers.items()
+            },
+            "skipped": [[i, reason] for i, reason in sorted(self.skipped.items())],
+            "paths": [[i, path] for i, path in sorted(self.paths.items())],
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> ScanState:
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise DeconvNetError(f"not a deconvnet scan state (expected format {FORMAT})")
+        layers = payload["layers"]
+        return cls(
+            root=payload["root"],
+            listing=(int(payload["listing"][0]), str(payload["listing"][1])),
+            weights=payload["weights"],
+            top=int(payload["top"]),
+            layers={
+                name: TopK(entry["values"], entry["image"], entry["position"])
+                for name, entry in layers.items()
+            },
+            channels={name: entry["channels"].tolist() for name, entry in layers.items()},
+            map_sizes={name: tuple(entry["map_size"]) for name, entry in layers.items()},
+            shard=(int(payload["shard"][0]), int(payload["shard"][1])),
+            cursor=int(payload["cursor"]),
+            scanned=int(payload["scanned"]),
+            skipped={int(i): str(reason) for i, reason in payload["skipped"]},
+            paths={int(i): str(path) for i, path in payload["paths"]},
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the state atomically: a kill at any moment leaves the old file or the new one."""
+        payload = self.to_payload()
+        return write_atomic(path, lambda file: torch.save(payload, file))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ScanState:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise DeconvNetError(f"{path}: no such scan state") from None
+        except Exception as error:
+            raise DeconvNetError(f"{path} is not a readable scan state ({error})") from None
+        try:
+            return cls.from_payload(payload)
+        except DeconvNetError as error:
+            raise DeconvNetError(f"{path}: {error}") from None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            raise DeconvNetError(f"{path} is a damaged scan state ({error!r})") from None
+
+
+def state_path(out: str | os.PathLike[str], shard: tuple[int, int] = (0, 1)) -> Path:
+    """The checkpoint of shard ``(i, n)`` in an output folder (``scan-state.pt`` for one)."""
+    index, count = shard
+    name = "scan-state.pt" if count == 1 else f"scan-state-{index}-of-{count}.pt"
+    return Path(out) / name
+
+
+def weights_fingerprint(features: nn.Module) -> str:
+    """sha256 of a feature stack's parameters, so a state is never continued with other weights."""
+    digest = hashlib.sha256()
+    for name, tensor in features.state_dict().items():
+        values = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(values.shape)}".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def new_state(
+    net: DeconvNet,
+    listing: Listing,
+    layers: Sequence[str],
+    channels: str | Sequence[int] = "all",
+    top: int = 9,
+    shard: tuple[int, int] = (0, 1),
+) -> ScanState:
+    """An empty scan of ``listing`` for ``layers`` (names as ``DeconvNet.layer`` takes them)."""
+    if top < 1:
+        raise DeconvNetError(f"top must be at least 1, got {top}")
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise DeconvNetError(f"shard {index}/{count} does not exist; use i/n with 0 <= i < n")
+    if not layers:
+        raise DeconvNetError("name at least one layer")
+    names = [net.layer(layer).name for layer in layers]
+    if len(set(names)) != len(names):
+        raise DeconvNetError(f"a layer is named twice in {', '.join(map(str, layers))}")
+    chosen = {name: parse_channels(channels, net.channels(name), name) for name in names}
+    return ScanState(
+        root=listing.root,
+        listing=(len(listing.files), listing.fingerprint),
+        weights=weights_fingerprint(net.features),
+        top=top,
+        layers={name: TopK.empty(len(chosen[name]), top) for name in names},
+        channels=chosen,
+        map_sizes={name: net.map_size(name, INPUT_SIZE) for name in names},
+        shard=shard,
+    )
+
+
+# --- reading images ---------------------------------------------------------------------------
+
+
+class Preprocessing:
+    """The weights' own preprocessing (``deconvnet.images.preprocessing()``) in two halves.
+
+    ``crop`` resizes one RGB image and cuts the centre crop, as uint8 ``(224, 224, 3)`` pixels
+    (in the loader's workers: a quarter of the data of floats to pass between processes and to
+    a GPU); ``normalize`` turns a batch of such pixels into the network's input on their device.
+    Together they give exactly what ``preprocessing()`` gives, and the pixels are the crop that
+    gallery patches are cut from. Both stay in Pillow and numpy or in one fused copy: tiny
+    multithreaded torch operations per image would stall behind a busy forward pass.
+    """
+
+    def __init__(self) -> None:
+        whole = preprocessing()
+        self.resize_size = list(whole.resize_size)
+        self.crop_size = list(whole.crop_size)
+        self.interpolation = whole.interpolation
+        self.antialias = whole.antialias
+        self.mean = list(whole.mean)
+        self.std = list(whole.std)
+
+    def crop(self, image) -> torch.Tensor:
+        """An RGB ``PIL.Image`` as its resized, centre-cropped ``(H, W, 3)`` uint8 pixels."""
+        image = TF.resize(image, self.resize_size, self.interpolation, antialias=self.antialias)
+        return torch.from_numpy(np.array(TF.center_crop(image, self.crop_size), dtype=np.uint8))
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels ``(N, H, W, 3)`` as the network's normalized ``(N, 3, H, W)`` input."""
+        n, h, w, c = pixels.shape
+        x = torch.empty(n, c, h, w, dtype=torch.float32, device=pixels.device)
+        x.copy_(pixels.permute(0, 3, 1, 2))  # contiguous (N, 3, H, W), as the transform gives
+        x.div_(255.0)
+        return TF.normalize(x, self.mean, self.std, inplace=True)
+
+
+class ImageFiles(Dataset):
+    """Listing entries as cropped pixels: ``(index, (224, 224, 3) uint8 or None, reason)``.
+
+    A file that cannot be used gives ``None`` and the reason instead of raising, so one bad file
+    never stops a scan.
+    """
+
+    def __init__(self, root: str, items: Sequence[tuple[int, str]]) -> None:
+        self.root = root
+        self.items = list(items)
+        self.preprocessing = Preprocessing()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        index, name = self.items[i]
+        path = os.path.join(self.root, name)
+        try:
+            if not os.path.isfile(path):
+                raise DeconvNetError(f"{path} is not a regular file")
+            return index, self.preprocessing.crop(load_image(path)), ""
+        except DeconvNetError as error:
+            return index, None, str(error)
+        except Exception as error:  # a decoder's own failure is one more unreadable file
+            return index, None, f"{path}: {type(error).__name__}: {error}"
+
+
+def collate(
+    items: list[tuple[int, torch.Tensor | None, str]],
+) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, str]]]:
+    """A batch: listing indices ``(N,)`` and uint8 pixels ``(N, 224, 224, 3)`` of the files that
+    were read, and ``(index, reason)`` for those that were not."""
+    good = [(index, x) for index, x, _ in items if x is not None]
+    failed = [(index, reason) for index, x, reason in items if x is None]
+    indices = torch.tensor([index for index, _ in good], dtype=torch.long)
+    images = torch.from_numpy(np.stack([x.numpy() for _, x in good])) if good else None
+    return indices, images, failed
+
+
+def image_batches(
+    root: str, items: Sequence[tuple[int, str]], batch_size: int, workers: int, pin: bool = False
+) -> DataLoader:
+    """Decode and crop ``items`` ``(index, relative path)`` in ``workers`` processes, in order;
+    batches as ``collate`` makes them."""
+    if batch_size < 1:
+        raise DeconvNetError(f"batch size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise DeconvNetError(f"workers must be 0 (decode in this process) or more, got {workers}")
+    return DataLoader(
+        ImageFiles(root, items),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin,
+    )
+
+
+# --- the scan ---------------------------------------------------------------------------------
+
+
+def scan(
+    net: DeconvNet,
+    listing: Listing,
+    state: ScanState,
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    batch_size: int = 32,
+    workers: int = DEFAULT_WORKERS,
+    progress: bool = True,
+) -> ScanState:
+    """Scan the rest of ``state``'s shard of ``listing``, updating ``state`` in place.
+
+    One forward pass per batch, up to the deepest of the state's layers, serves all of them
+    (``forward_maxima``); no switches are recorded.
+    With ``checkpoint``, the state is saved there atomically every ``checkpoint_every`` images
+    and at the end; scanning a loaded state continues where it stopped.
+    """
+    if state.listing != (len(listing.files), listing.fingerprint):
+        raise DeconvNetError(
+            f"the images under {listing.root} are not those the scan began with "
+            f"({state.listing[0]} files then, {len(listing.files)} now); start a new scan"
+        )
+    index, count = state.shard
+    todo = [(i, listing.files[i]) for i in range(index, len(listing.files), count)]
+    todo = todo[state.cursor :]
+    device = next(net.features.parameters()).device
+    layers = {name: net.layer(name).index for name in state.layers}
+    normalize = Preprocessing().normalize
+    rows = {name: torch.tensor(c, dtype=torch.long) for name, c in state.channels.items()}
+    saved = state.cursor
+
+    def save() -> None:
+        state.note_paths(listing)
+        if checkpoint is not None:
+            state.save(checkpoint)
+
+    batches = image_batches(listing.root, todo, batch_size, workers, pin=device.type == "cuda")
+    with (
+        progress_bar("scanning", state.shard_size, state.cursor, "img", progress) as advance,
+        torch.inference_mode(),
+    ):
+        for indices, images, failed in batches:
+            if images is not None:
+                x = normalize(images.to(device, non_blocking=True))
+                maxima = forward_maxima(net.features, x, layers)
+                for name, topk in state.layers.items():
+                    values, position = (t[:, rows[name]].cpu() for t in maxima[name])
+                    topk.update(values, indices, position)
+                state.scanned += len(indices)
+            state.skipped.update(failed)
+            state.cursor += len(indices) + len(failed)
+            advance(len(indices) + len(failed))
+            if state.cursor - saved >= checkpoint_every:
+                save()
+                saved = state.cursor
+    save()
+    return state
+
+
+def scan_folder(
+    net: DeconvNet,
+    folder: str | os.PathLike[str],
+    layers: Sequence[str],
+    channels: str | Sequence[int] = "all",
+    top: int = 9,
+    *,
+    out: str | os.PathLike[str],
+    shard: tuple[int, int] = (0, 1),
+    resume: bool = False,
+    batch_size: int = 32,
+    workers: int = DEFAULT_WORKERS,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    progress: bool = True,
+) -> ScanState:
+    """Scan shard ``(i, n)`` of the images under ``folder``, checkpointing into ``out``.
+
+    With ``resume``, a checkpoint of the same shard in ``out`` (``state_path``) is continued if
+    it was made with the same folder contents, weights, layers, channels and top; without one,
+    the scan starts from the beginning. A finished checkpoint is returned as it is.
+    """
+    listing = list_images(folder, exclude=[out])
+    state = new_state(net, listing, layers, channels, top, shard)
+    path = state_path(out, shard)
+    if resume and path.exists():
+        saved = ScanState.load(path)
+        if saved.shard != state.shard or saved.settings() != state.settings():
+            raise DeconvNetError(
+                f"{path} belongs to another scan (different {saved.differences(state) or 'shard'}"
+                "); run without --resume to start again, or with the settings it was made with"
+            )
+        saved.root = listing.root
+        state = saved
+    # A kill during an atomic write can leave its temporary file behind.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    return scan(
+        net,
+        listing,
+        state,
+        checkpoint=path,
+        checkpoint_every=checkpoint_every,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+    )
+
+
+def merge_states(states: Sequence[ScanState]) -> ScanState:
+    """Merge finished shard states ``i/n``, one per ``i``, into the state of the whole listing."""
+    if not states:
+        raise DeconvNetError("nothing to merge: give the scan states of every shard")
+    first = states[0]
+    count = first.shard[1]
+    for state in states:
+        if not state.done:
+            raise DeconvNetError(
+                f"shard {state.shard[0]}/{state.shard[1]} is unfinished ({state.cursor} of "
+                f"{state.shard_size} images); finish it with --resume before merging"
+            )
+        if state.settings() != first.settings():
+            raise DeconvNetError(
+                f"shard {state.shard[0]}/{state.shard[1]} was scanned with other settings than "
+                f"shard {first.shard[0]}/{count} (different {state.differences(first)}); scan "
+                "all shards of one folder with the same weights, layers, channels and top"
+            )
+        if state.shard[1] != count:
+            raise DeconvNetError(
+                f"shards of different splits: {state.shard[0]}/{state.shard[1]} and "
+                f"{first.shard[0]}/{count}"
+            )
+    present = sorted(state.shard[0] for state in states)
+    if present != list(range(count)):
+        missing = sorted(set(range(count)) - set(present))
+        twice = sorted({i for i in present if present.count(i) > 1})
+        problem = f"given twice: {twice}" if twice else f"missing {missing}"
+        raise DeconvNetError(
+            f"the shards of a {count}-way split must each be given once ({problem})"
+        )
+    merged = ScanState(
+        root=first.root,
+        listing=first.listing,
+        weights=first.weights,
+        top=first.top,
+        layers={name: TopK.empty(len(c), first.top) for name, c in first.channels.items()},
+        channels={name: list(c) for name, c in first.channels.items()},
+        map_sizes=dict(first.map_sizes),
+        shard=(0, 1),
+    )
+    for state in sorted(states, key=lambda s: s.shard[0]):
+        for name, topk in state.layers.items():
+            merged.layers[name].merge(topk)
+        merged.cursor += state.cursor
+        merged.scanned += state.scanned
+        merged.skipped.update(state.skipped)
+        merged.paths.update(state.paths)
+    merged.skipped = dict(sorted(merged.skipped.items()))
+    merged.paths = {i: merged.paths[i] for i in merged.referenced()}
+    return merged
+
+
+# --- torchrun ---------------------------------------------------------------------------------
+
+
+def launched_ranks() -> int:
+    """How many processes ``torchrun`` started for this job (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[tuple[int, int]]:
+    """Join the ``torchrun`` job for the block: yields ``(rank, world size)``, ``(0, 1)`` alone.
+
+    The group uses NCCL for a CUDA model and gloo on the CPU; a group this opened is closed again.
+    """
+    if launched_ranks() <= 1 and not (dist.is_available() and dist.is_initialized()):
+        yield 0, 1
+        return
+    if not dist.is_available():
+        raise DeconvNetError("this PyTorch has no torch.distributed; run a single process")
+    opened = False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        opened = True
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        if opened:
+            dist.destroy_process_group()
+
+
+def gather_states(state: ScanState) -> list[ScanState] | None:
+    """Collect every rank's finished state on rank 0 (the others get ``None``)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    gathered: list[dict | None] | None = [None] * world if rank == 0 else None
+    dist.gather_object(state.to_payload(), gathered, dst=0)
+    if rank != 0:
+        return None
+    return [ScanState.from_payload(payload) for payload in gathered]
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def progress_bar(
+    description: str, total: int, completed: int = 0, unit: str = "img", enabled: bool = True
+) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar with the rate in ``unit``/s; yields ``advance(n)``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} {unit}/s" if speed else f"- {unit}/s", style="cyan")
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        Rate(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task(description, total=total, completed=completed)
+        yield lambda n: bar.advance(task, n)
