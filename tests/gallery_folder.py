@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
@@ -31,6 +32,8 @@ UNREADABLE = ("broken.jpg", "cats/fake.png")
 
 def make_folder(root: Path, count: int = 16, seed: int = 0) -> Path:
     """Write the data set under ``root``: ``count`` crops plus the special files; returns root."""
+    if not IMAGES.is_dir():
+        pytest.skip(f"sample photos not found at {IMAGES} (../shared/images beside the repo)")
     photos = [p for p in sorted(IMAGES.iterdir()) if p.suffix in (".png", ".jpg")]
     rng = random.Random(seed)
     opened = {}
