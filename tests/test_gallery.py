@@ -301,6 +301,12 @@ def test_command_writes_a_gallery_and_reports_skipped_files(cli, folder, tmp_pat
         (["--rule", "magic"], "unknown rule"),
         (["--shard", "2/2"], "does not exist"),
         (["--weights", "missing.pth"], "missing.pth"),
+        (["--device", "tpu"], "unknown device"),
+        pytest.param(
+            ["--device", "cuda"],
+            "no CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present"),
+        ),
     ],
 )
 def test_command_errors_are_one_line_and_status_2(cli, folder, tmp_path, args, message):
