@@ -34,7 +34,7 @@ from deconvnet.cli_gallery import gallery, merge
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import write_bytes_atomic
-from deconvnet.inverse import RULES
+from deconvnet.inverse import RULES, check_rule
 from deconvnet.projection import Projection
 from deconvnet.selection import Target, check_in_range
 
@@ -203,7 +203,7 @@ def visualize(
     With no arguments: grace_hopper.jpg, the 9 strongest channels of conv5, deconvnet rule.
     """
     with _reporting(quiet) as console:
-        _check_rule(rule)
+        check_rule(rule)
         _check_percentile(percentile)
         request = _Request.read(layer, channel, position, target, top)
         inputs = _load_inputs(images, size, out)
@@ -686,11 +686,6 @@ def _check_out(out: Path) -> None:
 
 
 # --- checks and parsing ------------------------------------------------------------------------
-
-
-def _check_rule(rule: str) -> None:
-    if rule not in RULES:
-        raise DeconvNetError(f"unknown rule {rule!r}; valid rules are {', '.join(RULES)}")
 
 
 def _check_percentile(percentile: float) -> None:

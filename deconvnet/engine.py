@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deconvnet.errors import DeconvNetError
-from deconvnet.inverse import RULES, full_transposed_conv, phase_kernels, rectify, unpool
+from deconvnet.inverse import check_rule, full_transposed_conv, phase_kernels, rectify, unpool
 from deconvnet.layers import Layer, feature_stack, name_layers, naming_style, resolve_layer
 from deconvnet.projection import Projection
 from deconvnet.receptive_field import ReceptiveField, map_size, receptive_field, step
@@ -89,7 +89,7 @@ class DeconvNet:
 
         The record's ``output`` is the layer's ``(N, C, h, w)`` map.
         """
-        _check_rule(rule)
+        check_rule(rule)
         entry = self.layer(layer)
         self._check_input(x, entry)
         return forward_with_switches(
@@ -276,7 +276,7 @@ class DeconvNet:
         (unclipped) receptive field, and ``origin`` ``(T, 2)``, the input pixel of each window's
         top-left corner (negative where the field hangs over the image's edge, which holds zeros).
         """
-        _check_rule(rule)
+        check_rule(rule)
         count = len(units.channel)
         origin = units.position.clone()
         signal = units.activation.new_zeros(count, self.channels(layer.index), 1, 1)
@@ -340,11 +340,6 @@ class DeconvNet:
             cached = (key, phase_kernels(weight, stride))
             self._phase_cache[index] = cached
         return cached[1]
-
-
-def _check_rule(rule: str) -> None:
-    if rule not in RULES:
-        raise DeconvNetError(f"unknown rule {rule!r}; valid rules are {', '.join(RULES)}")
 
 
 def _fields(units: Units) -> tuple[torch.Tensor, ...]:

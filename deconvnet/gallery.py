@@ -41,7 +41,7 @@ from torch import nn
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import write_atomic, write_text_atomic
-from deconvnet.inverse import RULES
+from deconvnet.inverse import check_rule
 from deconvnet.scan import (
     CHECKPOINT_EVERY,
     DEFAULT_WORKERS,
@@ -145,11 +145,6 @@ def _device_of(net: DeconvNet) -> torch.device:
     return next(net.features.parameters()).device
 
 
-def _check_rule(rule: str) -> None:
-    if rule not in RULES:
-        raise DeconvNetError(f"unknown rule {rule!r}; valid rules are {', '.join(RULES)}")
-
-
 def make_gallery(
     folder: str | os.PathLike[str],
     layers: Sequence[str] | None = None,
@@ -173,7 +168,7 @@ def make_gallery(
     Under ``torchrun`` every rank scans its shard and rank 0 merges, projects and writes; the
     other ranks return ``None``. ``resume`` continues the scan checkpointed in ``out``.
     """
-    _check_rule(rule)
+    check_rule(rule)
     out = Path(out) if out is not None else default_out(folder)
     net = load_net(model, weights, device)
     with process_group(_device_of(net)) as (rank, world):
@@ -255,7 +250,7 @@ def merge_gallery(
     """Merge the finished scan states of every shard (files) and write their gallery to ``out``
     (default: the first state's folder). ``root`` says where the images are now, if they have
     moved since the scan."""
-    _check_rule(rule)
+    check_rule(rule)
     if not states:
         raise DeconvNetError("nothing to merge: give the scan state file of every shard")
     merged = merge_states([ScanState.load(path) for path in states])
@@ -590,7 +585,7 @@ def render_gallery(
 ) -> Gallery:
     """Project the units of a finished scan and write tiles, sheets, manifest and index to
     ``out``. Every file is written atomically."""
-    _check_rule(rule)
+    check_rule(rule)
     if not state.done:
         raise DeconvNetError(
             f"the scan is unfinished ({state.cursor} of {state.shard_size} images); resume it"

@@ -21,7 +21,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from deconvnet.errors import DeconvNetError
+
 RULES = ("deconvnet", "guided", "gradient")
+
+
+def check_rule(rule: str) -> None:
+    """Raise ``DeconvNetError`` unless ``rule`` is one of ``RULES``."""
+    if rule not in RULES:
+        raise DeconvNetError(f"unknown rule {rule!r}; valid rules are {', '.join(RULES)}")
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
