@@ -504,9 +504,9 @@ class _Run:
         size: int | None,
         percentile: float,
     ) -> _Run:
-        from deconvnet.models import load_model, weights_source
+        from deconvnet.models import load_model, resolve_device, weights_source
 
-        where = _device(device)
+        where = resolve_device(device)
         module = load_model(model, weights=weights, progress=False).to(where)
         name = model.strip().lower()
         return cls(DeconvNet(module), name, weights_source(module), where, size, percentile)
@@ -691,28 +691,6 @@ def _check_out(out: Path) -> None:
 def _check_percentile(percentile: float) -> None:
     if not 0 < percentile <= 100:
         raise DeconvNetError(f"--percentile {percentile:g} is out of range (valid: 0 < p <= 100)")
-
-
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    key = name.strip().lower()
-    if key == "cpu":
-        return torch.device("cpu")
-    match = re.fullmatch(r"cuda(?::(\d+))?", key)
-    if match is None:
-        raise DeconvNetError(f"unknown device {name!r}; use cpu or cuda (cuda:N for GPU N)")
-    if not torch.cuda.is_available():
-        raise DeconvNetError(
-            f"--device {name}: no CUDA GPU is available to PyTorch here; use --device cpu"
-        )
-    index = int(match[1] or 0)
-    if index >= torch.cuda.device_count():
-        raise DeconvNetError(
-            f"--device {name}: there are {torch.cuda.device_count()} GPUs "
-            f"(valid: cuda:0..cuda:{torch.cuda.device_count() - 1})"
-        )
-    return torch.device("cuda", index)
 
 
 def _parse_pair(text: str, option: str, expected: str) -> tuple[int, int]:

@@ -42,6 +42,7 @@ from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import write_atomic, write_text_atomic
 from deconvnet.inverse import check_rule
+from deconvnet.models import load_model, resolve_device
 from deconvnet.scan import (
     CHECKPOINT_EVERY,
     DEFAULT_WORKERS,
@@ -116,8 +117,6 @@ def load_net(
     a DeconvNet. A named model goes to ``device`` (default: CUDA if present, else the CPU; under
     ``torchrun``, this rank's GPU); a given one stays where it is unless ``device`` is named."""
     if isinstance(model, str):
-        from deconvnet.models import load_model
-
         return DeconvNet(load_model(model, weights=weights).to(_device(device)))
     net = model if isinstance(model, DeconvNet) else DeconvNet(model)
     if device is not None:
@@ -126,19 +125,14 @@ def load_net(
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise DeconvNetError(f"unknown device {device!r}; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeconvNetError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
-    return device
+    resolved = resolve_device(device)
+    # Under torchrun a plain "cuda" (or the default) means this rank's own GPU.
+    plain = device is None or str(device).strip().lower() == "cuda"
+    if resolved.type == "cuda" and plain and "LOCAL_RANK" in os.environ:
+        resolved = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if resolved.type == "cuda" and resolved.index is not None:
+        torch.cuda.set_device(resolved)
+    return resolved
 
 
 def _device_of(net: DeconvNet) -> torch.device:

@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tarfile
@@ -51,6 +52,7 @@ __all__ = [
     "has_classifier",
     "load_model",
     "load_weights_file",
+    "resolve_device",
     "verify_sha256",
     "weights_source",
 ]
@@ -125,6 +127,32 @@ def load_model(
         path = Path(weights).expanduser()
         return _model_from_state_dict(arch, load_weights_file(path), str(path))
     return _resolve_default(arch, progress=progress)
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """The device a user named: ``cpu``, ``cuda`` or ``cuda:N``; ``None`` is CUDA when PyTorch
+    sees a GPU, else the CPU. Anything else, or CUDA without a GPU, raises ``DeconvNetError``."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    key = name.strip().lower()
+    if key == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", key)
+    if match is None:
+        raise DeconvNetError(f"unknown device {name!r}; use cpu or cuda (cuda:N for GPU N)")
+    if not torch.cuda.is_available():
+        raise DeconvNetError(
+            f"--device {name}: no CUDA GPU is available to PyTorch here; use --device cpu"
+        )
+    index = int(match[1] or 0)
+    if index >= torch.cuda.device_count():
+        raise DeconvNetError(
+            f"--device {name}: there are {torch.cuda.device_count()} GPUs "
+            f"(valid: cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
+    return torch.device("cuda", index)
 
 
 def has_classifier(model: nn.Module) -> bool:

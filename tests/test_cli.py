@@ -17,9 +17,11 @@ from PIL import Image
 from test_images import bomb_png
 from typer.testing import CliRunner
 
-from deconvnet import DeconvNet, Projection, cli
+from deconvnet import DeconvNet, Projection
 from deconvnet.cli import app, save_outputs
+from deconvnet.errors import DeconvNetError
 from deconvnet.images import default_image, load_image, preprocess
+from deconvnet.models import resolve_device
 
 ALEXNET = WEIGHTS / "alexnet_features.pth"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -418,13 +420,13 @@ def test_cuda_without_a_gpu(weights, tmp_path, out):
 
 def test_the_default_device_is_cuda_when_there_is_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cli._device(None) == torch.device("cpu")
+    assert resolve_device(None) == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert cli._device(None) == torch.device("cuda")
-    assert cli._device("cuda:0") == torch.device("cuda", 0)
-    with pytest.raises(cli.DeconvNetError, match=r"valid: cuda:0\.\.cuda:0"):
-        cli._device("cuda:1")
+    assert resolve_device(None) == torch.device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(DeconvNetError, match=r"valid: cuda:0\.\.cuda:0"):
+        resolve_device("cuda:1")
 
 
 def test_out_must_be_a_directory(tmp_path):
