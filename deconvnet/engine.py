@@ -119,8 +119,9 @@ class DeconvNet:
             raise DeconvNetError(
                 f"the input is on {x.device} but the model is on {weight.device}; move one of them"
             )
-        # min and max carry any NaN or inf; one reduction instead of a whole boolean map.
-        if not torch.isfinite(torch.stack(torch.aminmax(x))).all():
+        # A sum carries any NaN or inf: one cheap reduction, and the exact (slower) test only
+        # when it is not finite, which huge but finite values alone could also cause.
+        if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
             raise DeconvNetError("the input holds NaN or infinite values")
         size = self.map_size(layer.index, tuple(x.shape[-2:]))
         if min(size) < 1:
@@ -143,8 +144,7 @@ class DeconvNet:
         layer = self.layer(target.layer)
         record = self.forward(x, layer.index, rule)
         check_in_range(target, layer.name, record.output)
-        image = torch.arange(x.shape[0], device=x.device)
-        return self._projection(x, layer, record, select(target, record.output, image), rule)
+        return self._projection(x, layer, record, select(target, record.output), rule)
 
     def project_many(
         self, x: torch.Tensor, targets: Sequence[str | Target], rule: str = "deconvnet"
@@ -167,11 +167,10 @@ class DeconvNet:
             raise DeconvNetError("project_many takes targets of one layer; call it once per layer")
         layer = self.layer(layers.pop())
         record = self.forward(x, layer.index, rule)
-        image = torch.zeros(1, dtype=torch.long, device=x.device)
         picked = []
         for target in parsed:
             check_in_range(target, layer.name, record.output)
-            picked.append(select(target, record.output, image))
+            picked.append(select(target, record.output))
         units = Units(
             *(torch.cat(parts) for parts in zip(*(_fields(u) for u in picked), strict=True))
         )
@@ -248,7 +247,7 @@ class DeconvNet:
             chunk = Units(
                 units.image[part], units.channel[part], units.position[part], units.activation[part]
             )
-            windows, origin = self.reconstruct_windows(record, layer, chunk, rule)
+            windows, origin = self._reconstruct(record, layer, chunk, rule)
             _paste(reconstruction[part], windows, origin)
         field = self.receptive_field(layer.index)
         boxes = [field.box(tuple(p), (height, width)) for p in units.position.tolist()]
@@ -276,12 +275,21 @@ class DeconvNet:
         (unclipped) receptive field, and ``origin`` ``(T, 2)``, the input pixel of each window's
         top-left corner (negative where the field hangs over the image's edge, which holds zeros).
         """
+        windows, origin = self._reconstruct(record, layer, units, rule)
+        return windows, torch.tensor(origin, dtype=torch.long, device=units.position.device)
+
+    def _reconstruct(
+        self, record: ForwardRecord, layer: Layer, units: Units, rule: str
+    ) -> tuple[torch.Tensor, Origins]:
         check_rule(rule)
         count = len(units.channel)
-        origin = units.position.clone()
+        # Window corners, kept as Python ints: a handful of them, updated at every step, which
+        # as tensors would cost more small operations than the windows' own arithmetic.
+        origin = [tuple(p) for p in units.position.tolist()]
         signal = units.activation.new_zeros(count, self.channels(layer.index), 1, 1)
         # Keep the one activation, zero every other one of the layer.
         signal[torch.arange(count), units.channel, 0, 0] = units.activation
+        seed = True  # the signal is still one value per unit, at units.channel
         for index in range(layer.index, -1, -1):
             module = self._modules[index]
             if isinstance(module, nn.ReLU):
@@ -292,7 +300,11 @@ class DeconvNet:
             elif isinstance(module, nn.MaxPool2d):
                 signal, origin = self._unpool_windows(index, record, units, signal, origin)
             elif isinstance(module, nn.Conv2d):
-                signal, origin = self._transposed_conv_windows(index, record, signal, origin)
+                channel = units.channel if seed else None
+                signal, origin = self._transposed_conv_windows(
+                    index, record, signal, origin, channel
+                )
+            seed = seed and isinstance(module, nn.ReLU)
         return signal, origin
 
     def _unpool_windows(self, index, record, units, signal, origin):
@@ -300,6 +312,8 @@ class DeconvNet:
         (sy, sx), (py, px) = geometry.stride, geometry.padding
         h, w = signal.shape[-2:]
         size = ((h - 1) * sy + geometry.kernel[0], (w - 1) * sx + geometry.kernel[1])
+        if len(origin) == 1:
+            return self._unpool_one_window(index, record, units, signal, origin, size)
         # Switches are flat indices into the whole input plane. Rewrite them once, on the small
         # pooled map, as offsets dy * size_x + dx from their window's corner, then cut the units'
         # windows out of that. rel = dy * width + dx with 0 <= dx < kernel, so counting how many
@@ -315,10 +329,35 @@ class DeconvNet:
         unpooled = unpool(signal, local, size, pool.kernel_size, (sy, sx), 0, pool.dilation)
         return unpooled, _below(origin, geometry)
 
-    def _transposed_conv_windows(self, index, record, signal, origin):
+    def _unpool_one_window(self, index, record, units, signal, origin, size):
+        # One window: unpool its whole map with the switches as recorded (a few cheap
+        # operations on a small map) and cut the window out, instead of rewriting the switches.
+        pool, switches = self._modules[index], record.switches[index]
+        batch = int(units.image[0])
+        pooled = signal.new_zeros(1, signal.shape[1], *switches.shape[-2:])
+        _paste(pooled, signal, origin)
+        unpooled = unpool(
+            pooled,
+            switches[batch : batch + 1],
+            record.input_sizes[index],
+            pool.kernel_size,
+            pool.stride,
+            pool.padding,
+            pool.dilation,
+            pool.ceil_mode,
+        )
+        below = _below(origin, self._steps[index])
+        return _cut(unpooled, [0], below, size), below
+
+    def _transposed_conv_windows(self, index, record, signal, origin, channel=None):
         conv, geometry = self._modules[index], self._steps[index]
         weight = conv.weight.detach()
-        if conv.groups == 1 and conv.dilation == (1, 1):
+        if channel is not None and conv.groups == 1 and conv.dilation == (1, 1):
+            # The seed has one nonzero value per unit: W^T of it is that channel's kernels
+            # times the value, without reading the rest of W.
+            value = signal[torch.arange(len(channel), device=channel.device), channel, 0, 0]
+            projected = weight[channel] * value[:, None, None, None]
+        elif conv.groups == 1 and conv.dilation == (1, 1):
             kernels = None
             if geometry.stride != (1, 1):
                 kernels = self._phase_kernels(index, weight, geometry.stride)
@@ -346,12 +385,13 @@ def _fields(units: Units) -> tuple[torch.Tensor, ...]:
     return (units.image, units.channel, units.position, units.activation)
 
 
-def _below(origin: torch.Tensor, geometry) -> torch.Tensor:
-    """Window origins ``(T, 2)`` one module down: ``origin * stride - padding``."""
+Origins = list[tuple[int, int]]  # the (top, left) corner of each of T windows
+
+
+def _below(origin: Origins, geometry) -> Origins:
+    """Window corners one module down: ``origin * stride - padding``."""
     (sy, sx), (py, px) = geometry.stride, geometry.padding
-    if sy == sx and py == px:
-        return origin * sy - py
-    return origin * origin.new_tensor([sy, sx]) - origin.new_tensor([py, px])
+    return [(top * sy - py, left * sx - px) for top, left in origin]
 
 
 def _grid(size: Sequence[int], steps: Sequence[int], start: int, device) -> torch.Tensor:
@@ -364,48 +404,55 @@ def _span(start: int, length: int, bound: int) -> tuple[int, int]:
     return min(max(start, 0), bound), max(min(start + length, bound), 0)
 
 
-def _axis_index(origin: torch.Tensor, length: int, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
-    index = origin[:, None] + torch.arange(length, device=origin.device)
+def _axis_index(
+    origin: Origins, axis: int, length: int, bound: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    starts = torch.tensor([corner[axis] for corner in origin], device=device)
+    index = starts[:, None] + torch.arange(length, device=device)
     valid = (index >= 0) & (index < bound)
     return index.clamp(0, bound - 1), valid
 
 
-def _cut(maps: torch.Tensor, image: torch.Tensor, origin: torch.Tensor, size) -> torch.Tensor:
-    """Cut a ``size`` window at each ``origin`` ``(T, 2)`` out of map ``image[t]`` of ``maps``
+def _cut(maps: torch.Tensor, image, origin: Origins, size) -> torch.Tensor:
+    """Cut a ``size`` window at each ``origin`` out of map ``image[t]`` of ``maps``
     ``(N, C, H, W)``: ``(T, C, h, w)``, zero where a window hangs over the map's edge."""
     height, width = maps.shape[-2:]
     if len(origin) == 1:  # one window: plain slicing, far fewer operations than a gather
-        (top, left), batch = origin.tolist()[0], int(image[0])
+        (top, left), batch = origin[0], int(image[0])
         (y0, y1), (x0, x1) = _span(top, size[0], height), _span(left, size[1], width)
         part = maps[batch : batch + 1, :, y0:y1, x0:x1]
+        if (y0, y1, x0, x1) == (top, top + size[0], left, left + size[1]):
+            return part
         return F.pad(part, (x0 - left, left + size[1] - x1, y0 - top, top + size[0] - y1))
-    rows, valid_rows = _axis_index(origin[:, 0], size[0], height)
-    cols, valid_cols = _axis_index(origin[:, 1], size[1], width)
+    rows, valid_rows = _axis_index(origin, 0, size[0], height, maps.device)
+    cols, valid_cols = _axis_index(origin, 1, size[1], width, maps.device)
     cut = maps[image[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     return cut * (valid_rows[:, :, None] & valid_cols[:, None, :])[:, None]
 
 
-def _keep_inside(signal: torch.Tensor, origin: torch.Tensor, bounds: Sequence[int]) -> torch.Tensor:
+def _keep_inside(signal: torch.Tensor, origin: Origins, bounds: Sequence[int]) -> torch.Tensor:
     """Zero the positions of windows ``(T, C, h, w)`` at ``origin`` that lie outside ``bounds``."""
     h, w = signal.shape[-2:]
     if len(origin) == 1:
-        top, left = origin.tolist()[0]
+        top, left = origin[0]
         (y0, y1), (x0, x1) = _span(top, h, bounds[0]), _span(left, w, bounds[1])
+        if (y0, y1, x0, x1) == (top, top + h, left, left + w):
+            return signal
         inside = torch.zeros_like(signal)
         inside[..., y0 - top : y1 - top, x0 - left : x1 - left] = signal[
             ..., y0 - top : y1 - top, x0 - left : x1 - left
         ]
         return inside
-    _, rows = _axis_index(origin[:, 0], h, bounds[0])
-    _, cols = _axis_index(origin[:, 1], w, bounds[1])
+    _, rows = _axis_index(origin, 0, h, bounds[0], signal.device)
+    _, cols = _axis_index(origin, 1, w, bounds[1], signal.device)
     return signal * (rows[:, :, None] & cols[:, None, :])[:, None]
 
 
-def _paste(canvas: torch.Tensor, windows: torch.Tensor, origin: torch.Tensor) -> None:
+def _paste(canvas: torch.Tensor, windows: torch.Tensor, origin: Origins) -> None:
     """Write windows ``(T, C, h, w)`` into ``canvas`` ``(T, C, H, W)`` at their origins, clipped."""
     height, width = canvas.shape[-2:]
     h, w = windows.shape[-2:]
-    for t, (top, left) in enumerate(origin.tolist()):
+    for t, (top, left) in enumerate(origin):
         y0, x0 = max(top, 0), max(left, 0)
         y1, x1 = min(top + h, height), min(left + w, width)
         if y1 > y0 and x1 > x0:

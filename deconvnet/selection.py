@@ -97,15 +97,18 @@ def strongest_channels(maps: torch.Tensor, count: int) -> torch.Tensor:
     return torch.argsort(peaks, descending=True, stable=True)[:count]
 
 
-def select(target: Target, activations: torch.Tensor, image: torch.Tensor) -> Units:
-    """Pick the unit ``target`` names in each image listed by ``image`` ``(T,)``.
+def select(target: Target, activations: torch.Tensor, image: torch.Tensor | None = None) -> Units:
+    """Pick the unit ``target`` names in each image listed by ``image`` ``(T,)``, or in every
+    image once when ``image`` is None.
 
     ``activations`` is the layer's ``(N, C, H, W)`` map; the strongest unit is the first maximum
     in (channel, y, x) order, so ties resolve the same way every time.
     """
-    maps = activations[image]  # (T, C, H, W)
+    maps = activations if image is None else activations[image]  # (T, C, H, W)
     t, _, _, width = maps.shape
     rows = torch.arange(t, device=maps.device)
+    if image is None:
+        image = rows
     if target.channel is None:
         flat = maps.flatten(1).argmax(dim=1)
         channel, spatial = flat // (maps.shape[2] * width), flat % (maps.shape[2] * width)

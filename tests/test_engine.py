@@ -36,12 +36,18 @@ def _input(size, batch=2, seed=0):
     return torch.randn(batch, 3, *size, generator=generator)
 
 
+# One image takes the engine's single-window paths (slicing instead of gathers, whole-map
+# unpooling, GEMM transposed convs); two take the batched ones. Both must match.
+BATCHES = pytest.mark.parametrize("batch", [1, 2], ids=lambda b: f"batch{b}")
+
+
+@BATCHES
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("weights", ["real", "random"])
-def test_every_layer_matches_autograd(weights, rule, size, alexnet, random_alexnet):
+def test_every_layer_matches_autograd(weights, rule, size, batch, alexnet, random_alexnet):
     net = DeconvNet(alexnet if weights == "real" else random_alexnet)
-    x = _input(size)
+    x = _input(size, batch)
     for layer in ALEXNET_LAYERS:
         result = net.project(x, layer, rule=rule)
         assert_matches_reference(net, x, result, rule)
@@ -74,10 +80,11 @@ def test_real_photo_conv5_matches_autograd(alexnet, photo):
         assert_matches_reference(net, photo, result, rule)
 
 
+@BATCHES
 @pytest.mark.parametrize("rule", RULES)
-def test_vgg16_real_weights_match_autograd(rule, vgg16):
+def test_vgg16_real_weights_match_autograd(rule, batch, vgg16):
     net = DeconvNet(vgg16)
-    x = _input((64, 80))
+    x = _input((64, 80), batch)
     for layer in ["conv1_2", "pool1", "conv2_1", "conv3_3", "pool3", "conv4_1", "conv5_3"]:
         assert_matches_reference(net, x, net.project(x, layer, rule=rule), rule)
 
@@ -215,6 +222,7 @@ def test_bad_targets_say_what_is_valid(target, message, alexnet):
         (torch.zeros(1, 1, 224, 224), r"shape \(N, 3, H, W\), got \(1, 1, 224, 224\)"),
         (torch.zeros(1, 3, 224, 224, dtype=torch.uint8), "floating-point"),
         (torch.full((1, 3, 224, 224), float("nan")), "NaN"),
+        (torch.zeros(1, 3, 224, 224).index_fill_(3, torch.tensor([7]), float("-inf")), "infinite"),
         (torch.zeros(1, 3, 30, 30), "too small to reach conv5"),
         (torch.zeros(0, 3, 224, 224), "empty"),
         ([[0.0]], "got list"),
@@ -223,6 +231,14 @@ def test_bad_targets_say_what_is_valid(target, message, alexnet):
 def test_bad_inputs_say_what_is_wrong(x, message, alexnet):
     with pytest.raises(DeconvNetError, match=message):
         DeconvNet(alexnet).project(x, "conv5")
+
+
+def test_huge_finite_inputs_are_not_mistaken_for_infinite(alexnet):
+    # Their sum overflows to inf, which alone must not reject them.
+    x = torch.full((1, 3, 64, 64), 3e38)
+    assert not torch.isfinite(x.sum())
+    result = DeconvNet(alexnet).project(x, "conv1")
+    assert result.reconstruction.shape == (1, 3, 64, 64)
 
 
 def test_other_user_errors(alexnet):
@@ -263,7 +279,8 @@ def test_runs_on_cuda(alexnet):
     )
 
 
-def test_unusual_stacks_match_autograd():
+@BATCHES
+def test_unusual_stacks_match_autograd(batch):
     # Padded and ceil-mode pools, dilated, grouped, non-square and strided convs, dropout.
     torch.manual_seed(0)
     nn = torch.nn
@@ -281,7 +298,7 @@ def test_unusual_stacks_match_autograd():
         nn.ReLU(),
     ).eval()
     net = DeconvNet(stack)
-    x = _input((57, 83))
+    x = _input((57, 83), batch)
     for rule in RULES:
         for layer in ["conv1", "pool1", "conv2", "conv3", "pool3", "conv4"]:
             assert_matches_reference(net, x, net.project(x, layer, rule=rule), rule)

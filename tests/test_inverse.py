@@ -157,6 +157,26 @@ def test_phase_decomposition_equals_the_transposed_conv(kernel, stride):
     torch.testing.assert_close(full_transposed_conv(grad, weight, stride, kernels), expected)
 
 
+@pytest.mark.parametrize(
+    ("batch", "size", "kernel", "stride"),
+    [
+        (1, (1, 1), (3, 3), 1),
+        (3, (1, 1), (11, 11), 4),
+        (1, (3, 3), (3, 3), 1),
+        (1, (2, 3), (3, 3), 1),
+        (1, (1, 2), (3, 2), 1),
+        (1, (7, 5), (3, 3), 1),
+        (2, (3, 3), (3, 3), 1),
+    ],
+)
+def test_full_transposed_conv_shortcuts_equal_the_transposed_conv(batch, size, kernel, stride):
+    # A 1x1 signal runs as one GEMM, and one small window as GEMM + col2im: same result.
+    weight = _seeded(6, 4, *kernel, seed=13)
+    grad = _seeded(batch, 6, *size, seed=14)
+    expected = F.conv_transpose2d(grad, weight, stride=stride)
+    torch.testing.assert_close(full_transposed_conv(grad, weight, stride), expected)
+
+
 def test_phase_decomposition_with_unequal_strides():
     weight = _seeded(4, 2, 5, 3, seed=8)
     grad = _seeded(1, 4, 6, 8, seed=9)

@@ -44,3 +44,8 @@ def test_select_strongest_and_ties():
     assert in_channel_2.position.tolist() == [[0, 0], [0, 1]]
     fixed = select(Target("l", 1, (2, 3)), maps, torch.tensor([0, 0, 1]))
     assert fixed.activation.tolist() == [5.0, 5.0, 0.0]
+    assert fixed.image.tolist() == [0, 0, 1]
+    every = select(Target("l"), maps)  # no image list: each image of the batch once
+    assert every.image.tolist() == [0, 1]
+    assert every.channel.tolist() == units.channel.tolist()
+    assert every.position.tolist() == units.position.tolist()

@@ -44,4 +44,24 @@ def test_hooks_are_removed_even_when_the_forward_fails(alexnet):
     with pytest.raises(RuntimeError), recording(features):
         assert all(len(m._forward_hooks) == 1 for m in features)
         features(torch.randn(1, 5, 64, 64))  # wrong channel count: conv1 raises
-    assert all(not m._forward_hooks for m in features)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in features)
+
+
+def test_the_recorded_forward_keeps_the_models_layout_and_values(alexnet):
+    # On CPU the pools run on a channels-last copy of their input; what leaves them must be the
+    # model's own result in the model's own layout, so that the next modules run as usual.
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    seen = []
+    handles = [
+        m.register_forward_pre_hook(lambda m, i: seen.append(i[0].is_contiguous()))
+        for m in alexnet.features
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    try:
+        record = forward_with_switches(alexnet.features, x, 11)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == [True] * 5
+    with torch.no_grad():
+        assert torch.equal(record.output, alexnet.features[:12](x))
