@@ -241,14 +241,16 @@ class DeconvNet:
     ) -> Projection:
         height, width = x.shape[-2:]
         count = len(units.channel)
-        reconstruction = x.new_zeros(count, x.shape[1], height, width)
-        for start in range(0, count, CHUNK):
-            part = slice(start, start + CHUNK)
-            chunk = Units(
-                units.image[part], units.channel[part], units.position[part], units.activation[part]
-            )
-            windows, origin = self._reconstruct(record, layer, chunk, rule)
-            _paste(reconstruction[part], windows, origin)
+        if count == 1:
+            windows, origin = self._reconstruct(record, layer, units, rule)
+            reconstruction = _place(windows, origin[0], (height, width))
+        else:
+            reconstruction = x.new_zeros(count, x.shape[1], height, width)
+            for start in range(0, count, CHUNK):
+                part = slice(start, start + CHUNK)
+                chunk = Units(*(field[part] for field in _fields(units)))
+                windows, origin = self._reconstruct(record, layer, chunk, rule)
+                _paste(reconstruction[part], windows, origin)
         field = self.receptive_field(layer.index)
         boxes = [field.box(tuple(p), (height, width)) for p in units.position.tolist()]
         return Projection(
@@ -334,10 +336,8 @@ class DeconvNet:
         # operations on a small map) and cut the window out, instead of rewriting the switches.
         pool, switches = self._modules[index], record.switches[index]
         batch = int(units.image[0])
-        pooled = signal.new_zeros(1, signal.shape[1], *switches.shape[-2:])
-        _paste(pooled, signal, origin)
         unpooled = unpool(
-            pooled,
+            _place(signal, origin[0], switches.shape[-2:]),
             switches[batch : batch + 1],
             record.input_sizes[index],
             pool.kernel_size,
@@ -446,6 +446,13 @@ def _keep_inside(signal: torch.Tensor, origin: Origins, bounds: Sequence[int]) -
     _, rows = _axis_index(origin, 0, h, bounds[0], signal.device)
     _, cols = _axis_index(origin, 1, w, bounds[1], signal.device)
     return signal * (rows[:, :, None] & cols[:, None, :])[:, None]
+
+
+def _place(window: torch.Tensor, corner: tuple[int, int], size: Sequence[int]) -> torch.Tensor:
+    """One window ``(1, C, h, w)`` placed at ``corner`` on a zero ``(1, C, *size)`` map, clipped
+    (one pad: negative amounts crop). The window must overlap the map."""
+    (top, left), (h, w) = corner, window.shape[-2:]
+    return F.pad(window, (left, size[1] - left - w, top, size[0] - top - h))
 
 
 def _paste(canvas: torch.Tensor, windows: torch.Tensor, origin: Origins) -> None:
