@@ -105,20 +105,24 @@ def select(target: Target, activations: torch.Tensor, image: torch.Tensor | None
     in (channel, y, x) order, so ties resolve the same way every time.
     """
     maps = activations if image is None else activations[image]  # (T, C, H, W)
-    t, _, _, width = maps.shape
-    rows = torch.arange(t, device=maps.device)
-    if image is None:
-        image = rows
+    t, _, height, width = maps.shape
+    flat_maps = maps.reshape(t, -1)
+    plane = height * width
+    # Each unit as one flat index into its image's (C, H, W) map.
     if target.channel is None:
-        flat = maps.flatten(1).argmax(dim=1)
-        channel, spatial = flat // (maps.shape[2] * width), flat % (maps.shape[2] * width)
+        flat = flat_maps.argmax(dim=1)
+    elif target.position is None:
+        flat = maps[:, target.channel].reshape(t, -1).argmax(dim=1) + target.channel * plane
     else:
-        channel = torch.full((t,), target.channel, dtype=torch.long, device=maps.device)
-        if target.position is None:
-            spatial = maps[rows, channel].flatten(1).argmax(dim=1)
-        else:
-            y, x = target.position
-            spatial = torch.full((t,), y * width + x, dtype=torch.long, device=maps.device)
-    position = torch.stack([spatial // width, spatial % width], dim=1)
-    activation = maps[rows, channel, position[:, 0], position[:, 1]]
+        y, x = target.position
+        flat = torch.full((t,), target.channel * plane + y * width + x, device=maps.device)
+    activation = flat_maps.gather(1, flat[:, None]).view(t)
+    units = flat.tolist()
+    device = maps.device
+    if image is None:
+        image = torch.arange(t, device=device)
+    channel = torch.tensor([u // plane for u in units], dtype=torch.long, device=device)
+    position = torch.tensor(
+        [[u % plane // width, u % width] for u in units], dtype=torch.long, device=device
+    ).view(t, 2)
     return Units(image, channel, position, activation)

@@ -24,7 +24,8 @@ class ForwardRecord:
     ``switches[i]``: ``(N, C, H_out, W_out)`` int64, the argmax of each window of pool ``i`` as a
     flat index into its ``H_in * W_in`` input plane. ``rectified[i]``: ``(N, C, H, W)`` output of
     ReLU ``i`` (post-ReLU, so ``> 0`` is the forward mask). ``input_sizes[i]``: ``(H, W)`` of the
-    input to module ``i``. ``output``: the output of the last module run.
+    input to module ``i`` (every module with ``forward_with_switches``; the hooked ones with
+    ``recording`` alone). ``output``: the output of the last module run.
     """
 
     switches: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -56,11 +57,13 @@ def _on_cpu(x: torch.Tensor) -> bool:
 def recording(
     features: Iterable[nn.Module], keep_rectified: bool = True
 ) -> Iterator[ForwardRecord]:
-    """Attach recording hooks to every module of ``features`` for the duration of the block.
+    """Attach recording hooks to the max-pools (and ReLUs) of ``features`` for the block.
 
-    ``keep_rectified=False`` skips keeping ReLU outputs (the deconvnet rule does not use them).
-    torchvision's ReLUs are in-place: the hook sees their output after rectification, and in a
-    plain stack nothing writes to that tensor afterwards, so no copy is needed.
+    The pools' hooks record their switches and input sizes; ``keep_rectified`` adds hooks that
+    keep ReLU outputs (the deconvnet rule does not use them). Modules that need nothing get no
+    hook: each costs tens of microseconds per call. torchvision's ReLUs are in-place: the hook
+    sees their output after rectification, and in a plain stack nothing writes to that tensor
+    afterwards, so no copy is needed.
     """
     record = ForwardRecord()
     handles = []
@@ -84,11 +87,13 @@ def recording(
 
     try:
         for index, module in enumerate(features):
+            if isinstance(module, nn.MaxPool2d):
+                handles.append(module.register_forward_pre_hook(before_pool))
+            elif not (keep_rectified and isinstance(module, nn.ReLU)):
+                continue
             handles.append(
                 module.register_forward_hook(lambda m, i, o, index=index: hook(index, m, i, o))
             )
-            if isinstance(module, nn.MaxPool2d):
-                handles.append(module.register_forward_pre_hook(before_pool))
         yield record
     finally:
         for handle in handles:
@@ -98,10 +103,12 @@ def recording(
 def forward_with_switches(
     features: nn.Sequential, x: torch.Tensor, upto: int, keep_rectified: bool = True
 ) -> ForwardRecord:
-    """Run ``features[0..upto]`` on ``x`` ``(N, C, H, W)`` and return the record of that pass."""
+    """Run ``features[0..upto]`` on ``x`` ``(N, C, H, W)`` and return the record of that pass,
+    with the input size of every module."""
     modules = list(features)[: upto + 1]
     with torch.no_grad(), recording(modules, keep_rectified) as record:
-        for module in modules:  # what nn.Sequential.forward does, without slicing a new one
+        for index, module in enumerate(modules):  # nn.Sequential.forward, without slicing one
+            record.input_sizes[index] = tuple(x.shape[-2:])
             x = module(x)
         record.output = x
     return record
