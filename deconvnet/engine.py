@@ -290,7 +290,7 @@ class DeconvNet:
         origin = [tuple(p) for p in units.position.tolist()]
         signal = units.activation.new_zeros(count, self.channels(layer.index), 1, 1)
         # Keep the one activation, zero every other one of the layer.
-        signal[torch.arange(count), units.channel, 0, 0] = units.activation
+        signal[torch.arange(count, device=signal.device), units.channel, 0, 0] = units.activation
         seed = True  # the signal is still one value per unit, at units.channel
         for index in range(layer.index, -1, -1):
             module = self._modules[index]

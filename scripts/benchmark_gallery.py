@@ -1,6 +1,7 @@
 """Benchmark of data-set galleries on 1,000 distinct 224x224 crops of the shared photos.
 
     .venv/bin/python scripts/benchmark_gallery.py [--images 1000] [--dir DIR] [--workers 1]
+                                                  [--memory-runs 3]
 
 Makes the crops (random position, scale and mirror, from ../shared/images; nothing is kept in the
 repository), then prints:
@@ -8,7 +9,8 @@ repository), then prints:
 - scan throughput (decoding included) over a plain AlexNet ``features`` forward of the same,
   already decoded images at the same batch size (goal: at least 0.8);
 - the whole gallery time, conv1..conv5, every channel, top 9 (goal: at most 3 minutes on 2 cores);
-- the peak memory (max RSS of the gallery process) at 250 and at 1,000 images (goal: the same).
+- the peak memory (max RSS of the gallery process) at 250 and at 1,000 images (goal: the same),
+  once per ``--memory-runs``: a few runs show how much it varies from run to run.
 
 Each gallery runs in its own process: its wall time, and its peak resident memory (VmHWM on
 Linux, else ``ru_maxrss`` from ``os.wait4``). Torch uses 2 threads.
@@ -143,6 +145,12 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where to make the crops (default: a temp dir)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (0 here)")
+    parser.add_argument(
+        "--memory-runs",
+        type=int,
+        default=1,
+        help="galleries per size, alternating, to see the run-to-run spread of the peak memory",
+    )
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -178,22 +186,23 @@ def main() -> None:
             f"{args.workers}); plain features forward of the decoded images: {plain:.1f} img/s; "
             f"ratio {scan / plain:.2f} (goal >= 0.8)"
         )
-        runs = {}
-        for name, folder in (("250", small), (str(args.images), full)):
-            runs[name] = run_child(
-                folder, Path(scratch) / f"out-{name}", args.batch_size, args.workers
-            )
-        big = runs[str(args.images)]
+        runs: dict[str, list[dict]] = {"250": [], str(args.images): []}
+        for _ in range(max(1, args.memory_runs)):
+            for name, folder in (("250", small), (str(args.images), full)):
+                out = Path(scratch) / f"out-{name}-{len(runs[name])}"
+                runs[name].append(run_child(folder, out, args.batch_size, args.workers))
+        big = runs[str(args.images)][0]
         print(
             f"whole gallery, {args.images} images, conv1..conv5 all channels, top 9 "
             f"({big['entries']} projections): {big['wall_s']:.1f} s wall (scan "
             f"{big['scan_s']:.1f} s, projections and files {big['render_s']:.1f} s; "
             "goal <= 180 s)"
         )
+        peaks = {name: [f"{run['max_rss_mib']:.0f}" for run in done] for name, done in runs.items()}
         print(
             f"peak memory (max RSS of the gallery process): 250 images "
-            f"{runs['250']['max_rss_mib']:.0f} MiB, {args.images} images "
-            f"{big['max_rss_mib']:.0f} MiB (goal: the same)"
+            f"{', '.join(peaks['250'])} MiB; {args.images} images "
+            f"{', '.join(peaks[str(args.images)])} MiB (goal: the same)"
         )
 
 
