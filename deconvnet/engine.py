@@ -15,6 +15,7 @@ every channel of a layer is one batched pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -47,8 +48,12 @@ class DeconvNet:
         self.features = feature_stack(model)
         self.layers: list[Layer] = name_layers(self.features, style or naming_style(model))
         self._modules = list(self.features)
+        self._first_conv = next((m for m in self._modules if isinstance(m, nn.Conv2d)), None)
+        if self._first_conv is None:
+            raise DeconvNetError("the stack has no Conv2d: there is nothing to project through")
         self._steps = [step(module) for module in self._modules]
         self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
+        self._fields: dict[int, ReceptiveField] = {}
         self._phase_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
 
     # --- layers --------------------------------------------------------------------------------
@@ -59,7 +64,10 @@ class DeconvNet:
 
     def receptive_field(self, layer: str | int) -> ReceptiveField:
         """Size, stride and offset, in input pixels, of one unit of ``layer``."""
-        return receptive_field(self._modules[: self.layer(layer).index + 1])
+        index = self.layer(layer).index
+        if index not in self._fields:
+            self._fields[index] = receptive_field(self._modules[: index + 1])
+        return self._fields[index]
 
     def map_size(self, layer: str | int, input_size: tuple[int, int]) -> tuple[int, int]:
         """``(h, w)`` of ``layer``'s map for an input of ``input_size`` ``(H, W)``."""
@@ -79,8 +87,7 @@ class DeconvNet:
     @property
     def in_channels(self) -> int:
         """Channels the first conv expects (3 for RGB models)."""
-        first = next(m for m in self.features if isinstance(m, nn.Conv2d))
-        return first.in_channels
+        return self._first_conv.in_channels
 
     # --- the forward pass -----------------------------------------------------------------------
 
@@ -109,7 +116,7 @@ class DeconvNet:
             )
         if x.shape[0] == 0:
             raise DeconvNetError("the batch is empty: expected (N, 3, H, W) with N >= 1")
-        weight = next(self.features.parameters())
+        weight = self._first_conv.weight
         if not x.is_floating_point():
             raise DeconvNetError(
                 f"expected a floating-point image tensor, got {x.dtype}; normalize it first "
@@ -121,7 +128,7 @@ class DeconvNet:
             )
         # A sum carries any NaN or inf: one cheap reduction, and the exact (slower) test only
         # when it is not finite, which huge but finite values alone could also cause.
-        if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+        if not math.isfinite(x.sum().item()) and not torch.isfinite(x).all():
             raise DeconvNetError("the input holds NaN or infinite values")
         size = self.map_size(layer.index, tuple(x.shape[-2:]))
         if min(size) < 1:

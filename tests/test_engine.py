@@ -258,6 +258,11 @@ def test_other_user_errors(alexnet):
         net.project_units(x, "conv5", torch.tensor([0]), torch.tensor([3]), torch.tensor([[0, 13]]))
 
 
+def test_a_stack_without_convs_is_refused():
+    with pytest.raises(DeconvNetError, match="no Conv2d"):
+        DeconvNet(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(2)))
+
+
 def test_unsupported_module_is_named():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
     with pytest.raises(DeconvNetError, match=r"features.1 is a BatchNorm2d"):
