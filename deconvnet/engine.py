@@ -295,6 +295,8 @@ class DeconvNet:
         # Window corners, kept as Python ints: a handful of them, updated at every step, which
         # as tensors would cost more small operations than the windows' own arithmetic.
         origin = [tuple(p) for p in units.position.tolist()]
+        # Which image each window is cut from: one window reads it as an int.
+        image = units.image.tolist() if count == 1 else units.image
         signal = units.activation.new_zeros(count, self.channels(layer.index), 1, 1)
         # Keep the one activation, zero every other one of the layer.
         signal[torch.arange(count, device=signal.device), units.channel, 0, 0] = units.activation
@@ -304,10 +306,10 @@ class DeconvNet:
             if isinstance(module, nn.ReLU):
                 opened = None
                 if rule != "deconvnet":
-                    opened = _cut(record.rectified[index], units.image, origin, signal.shape[-2:])
+                    opened = _cut(record.rectified[index], image, origin, signal.shape[-2:])
                 signal = rectify(signal, opened, rule)
             elif isinstance(module, nn.MaxPool2d):
-                signal, origin = self._unpool_windows(index, record, units, signal, origin)
+                signal, origin = self._unpool_windows(index, record, image, signal, origin)
             elif isinstance(module, nn.Conv2d):
                 channel = units.channel if seed else None
                 signal, origin = self._transposed_conv_windows(
@@ -316,13 +318,13 @@ class DeconvNet:
             seed = seed and isinstance(module, nn.ReLU)
         return signal, origin
 
-    def _unpool_windows(self, index, record, units, signal, origin):
+    def _unpool_windows(self, index, record, image, signal, origin):
         pool, geometry = self._modules[index], self._steps[index]
         (sy, sx), (py, px) = geometry.stride, geometry.padding
         h, w = signal.shape[-2:]
         size = ((h - 1) * sy + geometry.kernel[0], (w - 1) * sx + geometry.kernel[1])
         if len(origin) == 1:
-            return self._unpool_one_window(index, record, units, signal, origin, size)
+            return self._unpool_one_window(index, record, image[0], signal, origin, size)
         # Switches are flat indices into the whole input plane. Rewrite them once, on the small
         # pooled map, as offsets dy * size_x + dx from their window's corner, then cut the units'
         # windows out of that. rel = dy * width + dx with 0 <= dx < kernel, so counting how many
@@ -331,18 +333,17 @@ class DeconvNet:
         corner = _grid(switches.shape[-2:], (sy * width, sx), (-py * width - px), switches.device)
         rel = switches - corner
         dy = sum((rel >= step_ * width).long() for step_ in range(1, geometry.kernel[0]))
-        offsets = _cut(rel + dy * (size[1] - width), units.image, origin, (h, w))
+        offsets = _cut(rel + dy * (size[1] - width), image, origin, (h, w))
         # Where a window hangs over the map the offset is 0 and so is the signal: adding it to
         # the window's own corner keeps the index in range.
         local = offsets + _grid((h, w), (sy * size[1], sx), 0, switches.device)
         unpooled = unpool(signal, local, size, pool.kernel_size, (sy, sx), 0, pool.dilation)
         return unpooled, _below(origin, geometry)
 
-    def _unpool_one_window(self, index, record, units, signal, origin, size):
+    def _unpool_one_window(self, index, record, batch, signal, origin, size):
         # One window: unpool its whole map with the switches as recorded (a few cheap
         # operations on a small map) and cut the window out, instead of rewriting the switches.
         pool, switches = self._modules[index], record.switches[index]
-        batch = int(units.image[0])
         unpooled = unpool(
             _place(signal, origin[0], switches.shape[-2:]),
             switches[batch : batch + 1],
@@ -420,9 +421,12 @@ def _axis_index(
     return index.clamp(0, bound - 1), valid
 
 
-def _cut(maps: torch.Tensor, image, origin: Origins, size) -> torch.Tensor:
+def _cut(
+    maps: torch.Tensor, image: torch.Tensor | list[int], origin: Origins, size
+) -> torch.Tensor:
     """Cut a ``size`` window at each ``origin`` out of map ``image[t]`` of ``maps``
-    ``(N, C, H, W)``: ``(T, C, h, w)``, zero where a window hangs over the map's edge."""
+    ``(N, C, H, W)``: ``(T, C, h, w)``, zero where a window hangs over the map's edge.
+    ``image`` is a ``(T,)`` tensor, or for one window a list of one int."""
     height, width = maps.shape[-2:]
     if len(origin) == 1:  # one window: plain slicing, far fewer operations than a gather
         (top, left), batch = origin[0], int(image[0])
