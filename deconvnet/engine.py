@@ -91,16 +91,27 @@ class DeconvNet:
 
     # --- the forward pass -----------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, layer: str | int, rule: str = "deconvnet") -> ForwardRecord:
+    def forward(
+        self,
+        x: torch.Tensor,
+        layer: str | int,
+        rule: str = "deconvnet",
+        keep: Sequence[str | int] = (),
+    ) -> ForwardRecord:
         """Run the stack on ``x`` ``(N, 3, H, W)`` up to ``layer``, recording switches.
 
-        The record's ``output`` is the layer's ``(N, C, h, w)`` map.
+        The record's ``output`` is the layer's ``(N, C, h, w)`` map. ``keep`` names layers below
+        it whose maps the record keeps too, so that one forward pass serves units of several
+        layers (``units`` and ``reconstruct_windows`` take the record for any of them).
         """
         check_rule(rule)
         entry = self.layer(layer)
+        kept = [self.layer(name).index for name in keep]
+        if any(index > entry.index for index in kept):
+            raise DeconvNetError(f"layers to keep must lie at or below {entry.name}")
         self._check_input(x, entry)
         return forward_with_switches(
-            self.features, x, entry.index, keep_rectified=rule != "deconvnet"
+            self.features, x, entry.index, keep_rectified=rule != "deconvnet", keep=kept
         )
 
     def _check_input(self, x: torch.Tensor, layer: Layer) -> None:
@@ -222,8 +233,14 @@ class DeconvNet:
         channel: torch.Tensor,
         position: torch.Tensor,
     ) -> Units:
-        """Check explicit units against the recorded ``(N, C, h, w)`` map and read their values."""
-        maps = record.output
+        """Check explicit units against the recorded ``(N, C, h, w)`` map of ``layer`` (the
+        record's output, or a map it kept) and read their values."""
+        maps = record.map_of(layer.index)
+        if maps is None:
+            raise DeconvNetError(
+                f"this forward record holds no map of {layer.name}: run the forward to it, or "
+                "keep it (DeconvNet.forward(..., keep=[...]))"
+            )
         device = maps.device
         image = torch.as_tensor(image, dtype=torch.long, device=device).reshape(-1)
         channel = torch.as_tensor(channel, dtype=torch.long, device=device).reshape(-1)

@@ -30,7 +30,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -432,28 +432,6 @@ def _plan(state: ScanState) -> _Plan:
     return _Plan(*(column[order] for column in fields))
 
 
-class _MapHooks:
-    """Forward hooks that keep a copy of each named layer's output (before in-place ReLUs)."""
-
-    def __init__(self, features: nn.Sequential, layers: dict[str, int]) -> None:
-        self.maps: dict[str, torch.Tensor] = {}
-        self.handles = [
-            features[index].register_forward_hook(
-                lambda module, inputs, output, name=name: self.maps.__setitem__(
-                    name, output.detach().clone()
-                )
-            )
-            for name, index in layers.items()
-        ]
-
-    def __enter__(self) -> dict[str, torch.Tensor]:
-        return self.maps
-
-    def __exit__(self, *exc) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
 def project_top(
     net: DeconvNet,
     state: ScanState,
@@ -467,8 +445,8 @@ def project_top(
     """Run the chosen images again, with switches, and project every unit of ``state``.
 
     One forward pass per batch of images, up to the deepest layer, serves every layer: its record
-    holds the switches of all the pools below, so each layer's units go down from the same
-    record, viewed at that layer. Units go down ``PROJECTION_CHUNK`` at a time.
+    holds the switches of all the pools below and keeps every layer's map, so each layer's units
+    go down from the same record. Units go down ``PROJECTION_CHUNK`` at a time.
     """
     plan = _plan(state)
     names = list(state.layers)
@@ -497,15 +475,13 @@ def project_top(
             here = slice(start, stop)
             rows = torch.searchsorted(indices, plan.image[here])
             x = normalize(pixels.to(device, non_blocking=True))
-            with _MapHooks(net.features, {e.name: e.index for e in entries}) as maps:
-                record = net.forward(x, deepest, rule)
+            record = net.forward(x, deepest, rule, keep=[entry.index for entry in entries])
             for number, entry in enumerate(entries):
                 mine = plan.layer[here] == number
                 if not mine.any():
                     continue
-                view = replace(record, output=maps[entry.name])
                 units = net.units(
-                    view,
+                    record,
                     entry,
                     rows[mine].to(device),
                     channel_of[number][plan.slot[here][mine]].to(device),
@@ -523,7 +499,7 @@ def project_top(
                         units.position[pick],
                         units.activation[pick],
                     )
-                    windows, origin = net.reconstruct_windows(view, entry, some, rule)
+                    windows, origin = net.reconstruct_windows(record, entry, some, rule)
                     inside = inside_count(origin, fields[number], INPUT_SIZE)
                     scale = display_scale(windows, inside)
                     shown = display_reconstruction(windows, scale).cpu().numpy()

@@ -8,7 +8,7 @@ mask of guided backprop and plain gradients).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -25,13 +25,22 @@ class ForwardRecord:
     flat index into its ``H_in * W_in`` input plane. ``rectified[i]``: ``(N, C, H, W)`` output of
     ReLU ``i`` (post-ReLU, so ``> 0`` is the forward mask). ``input_sizes[i]``: ``(H, W)`` of the
     input to module ``i`` (every module with ``forward_with_switches``; the hooked ones with
-    ``recording`` alone). ``output``: the output of the last module run.
+    ``recording`` alone). ``maps[i]``: the output of module ``i``, for the modules asked for with
+    ``keep``. ``output``: the output of the last module run, ``upto``.
     """
 
     switches: dict[int, torch.Tensor] = field(default_factory=dict)
     rectified: dict[int, torch.Tensor] = field(default_factory=dict)
     input_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    maps: dict[int, torch.Tensor] = field(default_factory=dict)
     output: torch.Tensor | None = None
+    upto: int | None = None
+
+    def map_of(self, index: int) -> torch.Tensor | None:
+        """The output of module ``index``: ``output`` for the last, else a kept map, or None."""
+        if index == self.upto:
+            return self.output
+        return self.maps.get(index)
 
 
 def _switches_of(pool: nn.MaxPool2d, pool_input: torch.Tensor) -> torch.Tensor:
@@ -55,28 +64,33 @@ def _on_cpu(x: torch.Tensor) -> bool:
 
 @contextmanager
 def recording(
-    features: Iterable[nn.Module], keep_rectified: bool = True
+    features: Iterable[nn.Module], keep_rectified: bool = True, keep: Collection[int] = ()
 ) -> Iterator[ForwardRecord]:
     """Attach recording hooks to the max-pools (and ReLUs) of ``features`` for the block.
 
     The pools' hooks record their switches and input sizes; ``keep_rectified`` adds hooks that
     keep ReLU outputs (the deconvnet rule does not use them). Modules that need nothing get no
-    hook: each costs tens of microseconds per call. torchvision's ReLUs are in-place: the hook
-    sees their output after rectification, and in a plain stack nothing writes to that tensor
-    afterwards, so no copy is needed.
+    hook: each costs tens of microseconds per call. ``keep`` lists modules whose outputs go to
+    ``maps``. torchvision's ReLUs are in-place: the hook sees their output after rectification,
+    and in a plain stack nothing writes to that tensor afterwards, so no copy is needed; other
+    kept outputs (a conv's) are copied, since an in-place ReLU after them overwrites them.
     """
     record = ForwardRecord()
     handles = []
 
     def hook(index: int, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
         record.input_sizes[index] = tuple(inputs[0].shape[-2:])
+        replaced = None
         if isinstance(module, nn.MaxPool2d):
             record.switches[index] = _switches_of(module, inputs[0])
             if _on_cpu(inputs[0]):
-                return output.contiguous()  # back to the layout the next modules expect
+                replaced = output = output.contiguous()  # the layout the next modules expect
         elif keep_rectified and isinstance(module, nn.ReLU):
             record.rectified[index] = output
-        return None
+        if index in keep:
+            fresh = isinstance(module, (nn.ReLU, nn.MaxPool2d))
+            record.maps[index] = output if fresh else output.clone()
+        return replaced
 
     def before_pool(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
         # On CPU the model's own max-pool runs 5-15x faster on a channels-last input (same
@@ -89,7 +103,7 @@ def recording(
         for index, module in enumerate(features):
             if isinstance(module, nn.MaxPool2d):
                 handles.append(module.register_forward_pre_hook(before_pool))
-            elif not (keep_rectified and isinstance(module, nn.ReLU)):
+            elif not (keep_rectified and isinstance(module, nn.ReLU)) and index not in keep:
                 continue
             handles.append(
                 module.register_forward_hook(lambda m, i, o, index=index: hook(index, m, i, o))
@@ -101,14 +115,18 @@ def recording(
 
 
 def forward_with_switches(
-    features: nn.Sequential, x: torch.Tensor, upto: int, keep_rectified: bool = True
+    features: nn.Sequential,
+    x: torch.Tensor,
+    upto: int,
+    keep_rectified: bool = True,
+    keep: Collection[int] = (),
 ) -> ForwardRecord:
     """Run ``features[0..upto]`` on ``x`` ``(N, C, H, W)`` and return the record of that pass,
-    with the input size of every module."""
+    with the input size of every module and the outputs of the modules in ``keep``."""
     modules = list(features)[: upto + 1]
-    with torch.no_grad(), recording(modules, keep_rectified) as record:
+    with torch.no_grad(), recording(modules, keep_rectified, set(keep) - {upto}) as record:
         for index, module in enumerate(modules):  # nn.Sequential.forward, without slicing one
             record.input_sizes[index] = tuple(x.shape[-2:])
             x = module(x)
-        record.output = x
+        record.output, record.upto = x, upto
     return record

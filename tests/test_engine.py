@@ -258,6 +258,31 @@ def test_other_user_errors(alexnet):
         net.project_units(x, "conv5", torch.tensor([0]), torch.tensor([3]), torch.tensor([[0, 13]]))
 
 
+def test_one_forward_serves_units_of_several_layers(alexnet):
+    net = DeconvNet(alexnet)
+    x = _input((224, 224), batch=2, seed=6)
+    record = net.forward(x, "conv5", keep=["conv2", "pool2"])
+    for layer in ["conv2", "pool2", "conv5"]:
+        entry = net.layer(layer)
+        alone = net.project(x, layer)  # each image's strongest unit, from its own forward
+        assert (alone.activation > 0).all()
+        units = net.units(record, entry, alone.image_index, alone.channel, alone.position)
+        torch.testing.assert_close(units.activation, alone.activation)
+        windows, origin = net.reconstruct_windows(record, entry, units)
+        for t, (top, left) in enumerate(origin.tolist()):
+            # The window, clipped to the image, is the projection's reconstruction there.
+            y0, x0 = max(top, 0), max(left, 0)
+            y1, x1 = min(top + windows.shape[-2], 224), min(left + windows.shape[-1], 224)
+            torch.testing.assert_close(
+                windows[t, :, y0 - top : y1 - top, x0 - left : x1 - left],
+                alone.reconstruction[t, :, y0:y1, x0:x1],
+            )
+    with pytest.raises(DeconvNetError, match="holds no map of conv3"):
+        net.units(record, net.layer("conv3"), [0], [1], [[2, 2]])
+    with pytest.raises(DeconvNetError, match="at or below conv2"):
+        net.forward(x, "conv2", keep=["conv4"])
+
+
 def test_a_stack_without_convs_is_refused():
     with pytest.raises(DeconvNetError, match="no Conv2d"):
         DeconvNet(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(2)))

@@ -66,3 +66,17 @@ def test_the_recorded_forward_keeps_the_models_layout_and_values(alexnet):
     assert seen == [True] * 5
     with torch.no_grad():
         assert torch.equal(record.output, alexnet.features[:12](x))
+
+
+def test_kept_maps_are_each_modules_output(alexnet):
+    # One pass keeps the maps of lower modules too; a conv's map is copied before the in-place
+    # ReLU after it rectifies it.
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    record = forward_with_switches(alexnet.features, x, 11, keep_rectified=False, keep=[0, 4, 11])
+    with torch.no_grad():
+        for index in (0, 4, 11):
+            expected = alexnet.features[: index + 1](x)
+            assert torch.equal(record.map_of(index), expected)
+    assert (record.map_of(0) < 0).any()  # conv1 before its ReLU
+    assert sorted(record.maps) == [0, 4]  # the last module's map is the output itself
+    assert record.map_of(7) is None
