@@ -85,6 +85,11 @@ class DeconvNet:
         return self.in_channels
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's weights are, and so where inputs and the inverse pass must be."""
+        return self._first_conv.weight.device
+
+    @property
     def in_channels(self) -> int:
         """Channels the first conv expects (3 for RGB models)."""
         return self._first_conv.in_channels
@@ -127,15 +132,14 @@ class DeconvNet:
             )
         if x.shape[0] == 0:
             raise DeconvNetError("the batch is empty: expected (N, 3, H, W) with N >= 1")
-        weight = self._first_conv.weight
         if not x.is_floating_point():
             raise DeconvNetError(
                 f"expected a floating-point image tensor, got {x.dtype}; normalize it first "
                 "(deconvnet.images.preprocess does)"
             )
-        if x.device != weight.device:
+        if x.device != self.device:
             raise DeconvNetError(
-                f"the input is on {x.device} but the model is on {weight.device}; move one of them"
+                f"the input is on {x.device} but the model is on {self.device}; move one of them"
             )
         # A sum carries any NaN or inf: one cheap reduction, and the exact (slower) test only
         # when it is not finite, which huge but finite values alone could also cause.

@@ -140,10 +140,6 @@ def _device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def _device_of(net: DeconvNet) -> torch.device:
-    return next(net.features.parameters()).device
-
-
 def make_gallery(
     folder: str | os.PathLike[str],
     layers: Sequence[str] | None = None,
@@ -170,7 +166,7 @@ def make_gallery(
     check_rule(rule)
     out = Path(out) if out is not None else default_out(folder)
     net = load_net(model, weights, device)
-    with process_group(_device_of(net)) as (rank, world):
+    with process_group(net.device) as (rank, world):
         state = scan_folder(
             net,
             folder,
@@ -462,7 +458,7 @@ def project_top(
         for name, field in zip(names, fields, strict=True)
     }
     items = [(i, state.paths[i]) for i in torch.unique(plan.image).tolist()]
-    device = _device_of(net)
+    device = net.device
     batches = image_batches(state.root, items, batch_size, workers, device.type == "cuda")
     start = 0
     with (

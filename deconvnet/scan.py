@@ -567,7 +567,7 @@ def scan(
     index, count = state.shard
     todo = [(i, listing.files[i]) for i in range(index, len(listing.files), count)]
     todo = todo[state.cursor :]
-    device = next(net.features.parameters()).device
+    device = net.device
     layers = {name: net.layer(name).index for name in state.layers}
     normalize = Preprocessing().normalize
     rows = {name: torch.tensor(c, dtype=torch.long) for name, c in state.channels.items()}

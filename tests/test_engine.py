@@ -283,6 +283,10 @@ def test_one_forward_serves_units_of_several_layers(alexnet):
         net.forward(x, "conv2", keep=["conv4"])
 
 
+def test_the_engine_runs_where_the_weights_are(alexnet):
+    assert DeconvNet(alexnet).device == alexnet.features[0].weight.device == torch.device("cpu")
+
+
 def test_a_stack_without_convs_is_refused():
     with pytest.raises(DeconvNetError, match="no Conv2d"):
         DeconvNet(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(2)))
