@@ -58,3 +58,19 @@ def photo() -> torch.Tensor:
     weights = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
     with Image.open(path) as image:
         return weights.transforms()(image.convert("RGB")).unsqueeze(0)
+
+
+@pytest.fixture(scope="module")
+def net(alexnet):
+    """A DeconvNet on the real AlexNet, one per test module."""
+    from deconvnet import DeconvNet
+
+    return DeconvNet(alexnet)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """The small scan and gallery data set of gallery_folder.py, one per test module."""
+    from gallery_folder import make_folder
+
+    return make_folder(tmp_path_factory.mktemp("data"))

@@ -10,15 +10,10 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from deconvnet import DeconvNet, DeconvNetError, figures
+from deconvnet import DeconvNetError, figures
 from deconvnet.inverse import RULES
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def net(alexnet) -> DeconvNet:
-    return DeconvNet(alexnet)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import typer
-from gallery_folder import UNREADABLE, WEIGHTS, make_folder
+from gallery_folder import UNREADABLE, WEIGHTS
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -46,16 +46,6 @@ CHANNELS = "0-5"
 OPTIONS = ["--layers", ",".join(LAYERS), "--channels", CHANNELS, "--weights", str(WEIGHTS)]
 OPTIONS += ["--workers", "0", "--no-progress"]
 KEYS = {"layer", "channel", "rank", "image", "position", "activation", "box", "tile"}
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_folder(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def net(alexnet):
-    return DeconvNet(alexnet)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import random
 
 import pytest
 import torch
-from gallery_folder import UNREADABLE, make_folder
+from gallery_folder import UNREADABLE
 
-from deconvnet import DeconvNet, DeconvNetError
+from deconvnet import DeconvNetError
 from deconvnet.images import load_image, preprocessing
 from deconvnet.scan import (
     Preprocessing,
@@ -27,16 +27,6 @@ from deconvnet.scan import (
 
 LAYERS = ["conv2", "conv5"]
 TOP = 4
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_folder(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def net(alexnet):
-    return DeconvNet(alexnet)
 
 
 @pytest.fixture(scope="module")
