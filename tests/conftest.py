@@ -1,23 +1,22 @@
-"""Shared fixtures: real ImageNet conv weights from ../shared/weights, seeded random models."""
+"""Shared fixtures: real ImageNet conv weights and photos (see sample_data.py), seeded random
+models. The real data is fetched by `make test-data`; a fixture whose file is missing fails and
+says so, it never skips or downloads."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+from sample_data import PHOTOS, photo_file, weights_file
 
 
-def _features_model(constructor, filename: str) -> torch.nn.Module:
-    path = WEIGHTS / filename
-    if not path.exists():
-        pytest.skip(f"real weights not found at {path} (../shared/weights beside the repo)")
+def _features_model(constructor, arch: str) -> torch.nn.Module:
     model = constructor()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=False)
+    state = torch.load(weights_file(arch), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=False)
     return model.eval()
 
 
@@ -27,14 +26,20 @@ def _random_model(constructor) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
+def alexnet_weights_file() -> Path:
+    """The real AlexNet conv weights as a file, for ``--weights`` and ``DECONVNET_WEIGHTS``."""
+    return weights_file("alexnet")
+
+
+@pytest.fixture(scope="session")
 def alexnet() -> torch.nn.Module:
     """torchvision AlexNet with the real ImageNet conv weights (classifier left random)."""
-    return _features_model(torchvision.models.alexnet, "alexnet_features.pth")
+    return _features_model(torchvision.models.alexnet, "alexnet")
 
 
 @pytest.fixture(scope="session")
 def vgg16() -> torch.nn.Module:
-    return _features_model(torchvision.models.vgg16, "vgg16_features.pth")
+    return _features_model(torchvision.models.vgg16, "vgg16")
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +57,18 @@ def photo() -> torch.Tensor:
     """A real photo, normalized the ImageNet way: (1, 3, 224, 224)."""
     from PIL import Image
 
-    path = IMAGES / "grace_hopper.jpg"
-    if not path.exists():
-        pytest.skip(f"sample image not found at {path}")
     weights = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
-    with Image.open(path) as image:
+    with Image.open(photo_file("grace_hopper.jpg")) as image:
         return weights.transforms()(image.convert("RGB")).unsqueeze(0)
+
+
+@pytest.fixture(scope="session")
+def photos_dir(tmp_path_factory) -> Path:
+    """A folder holding a copy of every sample photo (sample_data.PHOTOS), to read, not write."""
+    folder = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        shutil.copyfile(photo_file(name), folder / name)
+    return folder
 
 
 @pytest.fixture(scope="module")

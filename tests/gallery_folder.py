@@ -1,4 +1,4 @@
-"""A small, seeded data set for scan and gallery tests, made from the shared photos.
+"""A small, seeded data set for scan and gallery tests, made from the sample photos.
 
 Random crops in every format a data set holds (jpg, png, bmp, webp, tiff; greyscale and RGBA; not
 all 224x224), in an ImageFolder-style tree, plus two identical images (exact ties), two unreadable
@@ -10,11 +10,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
 from PIL import Image
+from sample_data import PHOTOS, WEIGHTS_FILES, photo_file
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "alexnet_features.pth"
+# The real AlexNet conv weights (a file for --weights); the `net` fixture fails if it is missing.
+WEIGHTS = WEIGHTS_FILES["alexnet"]
 FORMATS = [
     ("jpg", "RGB"),
     ("png", "RGB"),
@@ -32,9 +32,7 @@ UNREADABLE = ("broken.jpg", "cats/fake.png")
 
 def make_folder(root: Path, count: int = 16, seed: int = 0) -> Path:
     """Write the data set under ``root``: ``count`` crops plus the special files; returns root."""
-    if not IMAGES.is_dir():
-        pytest.skip(f"sample photos not found at {IMAGES} (../shared/images beside the repo)")
-    photos = [p for p in sorted(IMAGES.iterdir()) if p.suffix in (".png", ".jpg")]
+    photos = [photo_file(name) for name in PHOTOS]  # sorted by name
     rng = random.Random(seed)
     opened = {}
     for i in range(count + 3):

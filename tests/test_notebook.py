@@ -7,10 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import WEIGHTS
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "scripts" / "walkthrough.ipynb"
-ALEXNET = WEIGHTS / "alexnet_features.pth"
 
 nbformat = pytest.importorskip("nbformat")
 
@@ -23,18 +21,17 @@ def test_the_notebook_is_committed_without_outputs():
             assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
 
 
-def test_the_notebook_runs_and_draws(tmp_path, monkeypatch):
+def test_the_notebook_runs_and_draws(tmp_path, monkeypatch, alexnet_weights_file):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    if not ALEXNET.exists():
-        pytest.skip(f"real weights not found at {ALEXNET} (../shared/weights beside the repo)")
     # A kernel spec of our own, on this interpreter: a user-wide "python3" may point elsewhere.
     spec = tmp_path / "kernels" / "deconvnet-test"
     spec.mkdir(parents=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     (spec / "kernel.json").write_text(json.dumps({"argv": argv, "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
-    monkeypatch.setenv("DECONVNET_WEIGHTS", str(ALEXNET))  # load_model("alexnet") reads it
+    # load_model("alexnet") in the notebook reads it
+    monkeypatch.setenv("DECONVNET_WEIGHTS", str(alexnet_weights_file))
     monkeypatch.delenv("MPLBACKEND", raising=False)
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
