@@ -15,9 +15,11 @@ this module runs them in order and writes the manifest.
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,7 +27,8 @@ from torch import nn
 
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
-from deconvnet.files import write_text_atomic
+from deconvnet.files import cannot_write, write_text_atomic
+from deconvnet.gallery_out import claim, gallery_manifest, sweep_stale
 from deconvnet.gallery_pages import index_html, layer_html
 from deconvnet.gallery_projections import (
     GREY,
@@ -38,12 +41,14 @@ from deconvnet.gallery_projections import (
     project_top,
 )
 from deconvnet.inverse import check_rule
-from deconvnet.models import load_model, resolve_device
+from deconvnet.models import load_model, resolve_device, weights_source
 from deconvnet.scan import (
     CHECKPOINT_EVERY,
     DEFAULT_WORKERS,
     INPUT_SIZE,
     ScanState,
+    check_request,
+    first_problem,
     gather_states,
     merge_states,
     process_group,
@@ -92,13 +97,15 @@ __all__ = [
 
 FORMAT = "deconvnet-gallery/1"
 
+logger = logging.getLogger("deconvnet")
+
 
 @dataclass(frozen=True)
 class Gallery:
     """What ``make_gallery`` wrote: the folder, its manifest and index, and the manifest's lists.
 
     ``entries`` are the manifest's records (see ``manifest.json``), ``skipped`` its unreadable
-    files, ``scanned`` how many images were read.
+    files, ``scanned`` how many images were read, ``left_out`` the folders not searched.
     """
 
     out: Path
@@ -107,6 +114,7 @@ class Gallery:
     entries: list[dict]
     skipped: list[dict]
     scanned: int
+    left_out: list[dict] = field(default_factory=list)
 
 
 # --- the whole pipeline -----------------------------------------------------------------------
@@ -157,8 +165,8 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 def make_gallery(
     folder: str | os.PathLike[str],
-    layers: Sequence[str] | None = None,
-    channels: str | Sequence[int] = "all",
+    layers: Sequence[str | int] | str | None = None,
+    channels: str | int | Sequence[int] = "all",
     top: int = 9,
     out: str | os.PathLike[str] | None = None,
     *,
@@ -169,49 +177,85 @@ def make_gallery(
     batch_size: int = 32,
     workers: int = DEFAULT_WORKERS,
     resume: bool = False,
+    overwrite: bool = False,
     checkpoint_every: int = CHECKPOINT_EVERY,
     progress: bool = True,
 ) -> Gallery | None:
-    """Scan ``folder`` and write the gallery of ``layers`` (default: ``default_layers``) to ``out``
-    (default ``outputs/gallery-<folder>``).
+    """Scan ``folder`` and write the gallery of ``layers`` (default: ``default_layers``; a
+    string names one layer, or several comma-separated) to ``out`` (default
+    ``outputs/gallery-<folder>``).
 
-    Under ``torchrun`` every rank scans its shard and rank 0 merges, projects and writes; the
-    other ranks return ``None``. ``resume`` continues the scan checkpointed in ``out``.
+    ``out`` is checked (made, written to) and locked before the scan. It is refused if it holds
+    a gallery or a scan already, unless ``resume`` (continue the scan checkpointed there) or
+    ``overwrite`` (delete that gallery's files first). Under ``torchrun`` every rank scans its
+    shard and rank 0 merges, projects and writes; the other ranks return ``None``.
     """
     check_rule(rule)
+    _check_folder(folder)
+    if resume and overwrite:
+        raise DeconvNetError("resume or overwrite: not both")
     out = Path(out) if out is not None else default_out(folder)
     net = load_net(model, weights, device)
-    with process_group(net.device) as (rank, world):
-        state = scan_folder(
-            net,
-            folder,
-            layers or default_layers(net),
-            channels,
-            top,
-            out=out,
-            shard=(rank, world),
-            resume=resume,
-            batch_size=batch_size,
-            workers=workers,
-            checkpoint_every=checkpoint_every,
-            progress=progress and rank == 0,
-        )
-        if world > 1:
-            states = gather_states(state)
-            if states is None:
-                return None
-            state = merge_states(states)
-            state.save(state_path(out))
-        return render_gallery(
-            net, state, out, rule=rule, batch_size=batch_size, workers=workers, progress=progress
-        )
+    layers = default_layers(net) if layers is None else layers
+    with process_group(net.device) as (rank, world), ExitStack() as stack:
+        check_request(net, layers, channels, top, (rank, world))
+        problem = None
+        try:
+            stack.enter_context(
+                claim(
+                    out,
+                    resume=resume,
+                    overwrite=overwrite,
+                    shard=(rank, world),
+                    gallery=rank == 0,
+                    alone=world == 1,
+                )
+            )
+        except DeconvNetError as error:
+            problem = error
+        if world > 1:  # one rank refused: all stop, rather than wait for it at the gather
+            problem = first_problem(problem)
+        if problem is not None:
+            raise problem
+        if rank == 0:
+            logger.info("weights: %s", weights_source(net.model))
+        with _writing(out):
+            state = scan_folder(
+                net,
+                folder,
+                layers,
+                channels,
+                top,
+                out=out,
+                shard=(rank, world),
+                resume=resume,
+                batch_size=batch_size,
+                workers=workers,
+                checkpoint_every=checkpoint_every,
+                progress=progress and rank == 0,
+            )
+            if world > 1:
+                states = gather_states(state)
+                if states is None:
+                    return None
+                state = merge_states(states)
+                state.save(state_path(out))
+            return render_gallery(
+                net,
+                state,
+                out,
+                rule=rule,
+                batch_size=batch_size,
+                workers=workers,
+                progress=progress,
+            )
 
 
 def scan_shard(
     folder: str | os.PathLike[str],
     shard: tuple[int, int],
-    layers: Sequence[str] | None = None,
-    channels: str | Sequence[int] = "all",
+    layers: Sequence[str | int] | str | None = None,
+    channels: str | int | Sequence[int] = "all",
     top: int = 9,
     out: str | os.PathLike[str] | None = None,
     *,
@@ -221,27 +265,39 @@ def scan_shard(
     batch_size: int = 32,
     workers: int = DEFAULT_WORKERS,
     resume: bool = False,
+    overwrite: bool = False,
     checkpoint_every: int = CHECKPOINT_EVERY,
     progress: bool = True,
 ) -> ScanState:
     """Scan only shard ``(i, n)`` of ``folder`` and save its state in ``out``
-    (``scan-state-i-of-n.pt``), for jobs run by any scheduler; ``merge_gallery`` joins them."""
+    (``scan-state-i-of-n.pt``), for jobs run by any scheduler; ``merge_gallery`` joins them.
+
+    Shards of one split may run at once into one ``out``; a state of the same shard already
+    there is refused unless ``resume`` or ``overwrite``."""
+    _check_folder(folder)
+    if resume and overwrite:
+        raise DeconvNetError("resume or overwrite: not both")
     out = Path(out) if out is not None else default_out(folder)
     net = load_net(model, weights, device)
-    return scan_folder(
-        net,
-        folder,
-        layers or default_layers(net),
-        channels,
-        top,
-        out=out,
-        shard=shard,
-        resume=resume,
-        batch_size=batch_size,
-        workers=workers,
-        checkpoint_every=checkpoint_every,
-        progress=progress,
-    )
+    layers = default_layers(net) if layers is None else layers
+    check_request(net, layers, channels, top, shard)
+    with claim(out, resume=resume, overwrite=overwrite, shard=shard, gallery=False, alone=False):
+        logger.info("weights: %s", weights_source(net.model))
+        with _writing(out):
+            return scan_folder(
+                net,
+                folder,
+                layers,
+                channels,
+                top,
+                out=out,
+                shard=shard,
+                resume=resume,
+                batch_size=batch_size,
+                workers=workers,
+                checkpoint_every=checkpoint_every,
+                progress=progress,
+            )
 
 
 def merge_gallery(
@@ -255,24 +311,66 @@ def merge_gallery(
     device: str | torch.device | None = None,
     batch_size: int = 32,
     workers: int = DEFAULT_WORKERS,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> Gallery:
     """Merge the finished scan states of every shard (files) and write their gallery to ``out``
     (default: the first state's folder). ``root`` says where the images are now, if they have
-    moved since the scan."""
+    moved since the scan. Everything is checked (the states, the images under the root, the
+    weights, ``out``) before anything is written; an ``out`` holding a gallery is refused
+    unless ``overwrite``."""
     check_rule(rule)
     if not states:
         raise DeconvNetError("nothing to merge: give the scan state file of every shard")
     merged = merge_states([ScanState.load(path) for path in states])
     if root is not None:
         merged.root = os.fspath(root)
+    _check_images(merged, "--root" if root is not None else None)
     out = Path(out) if out is not None else Path(states[0]).parent
     net = load_net(model, weights, device)
     _check_weights(merged, net)
-    merged.save(state_path(out))
-    return render_gallery(
-        net, merged, out, rule=rule, batch_size=batch_size, workers=workers, progress=progress
+    with claim(out, overwrite=overwrite, shard=None, gallery=True), _writing(out):
+        logger.info("weights: %s", weights_source(net.model))
+        merged.save(state_path(out))
+        return render_gallery(
+            net, merged, out, rule=rule, batch_size=batch_size, workers=workers, progress=progress
+        )
+
+
+def _check_folder(folder: str | os.PathLike[str]) -> None:
+    if not Path(folder).is_dir():
+        what = "no such folder" if not Path(folder).exists() else "not a folder"
+        raise DeconvNetError(f"{folder}: {what}; give a folder of images")
+
+
+def _check_images(state: ScanState, option: str | None) -> None:
+    """The images a finished scan ranks must be where the state says (its root)."""
+    root = Path(state.root)
+    fix = (
+        f"give {option} the folder they are in now"
+        if option
+        else "if they have moved, give --root the folder they are in now"
     )
+    if not root.is_dir():
+        raise DeconvNetError(
+            f"{state.root}: no such folder, so the scanned images are not there; {fix}"
+        )
+    shown = [i for i in state.paths if i not in state.skipped]
+    missing = [state.paths[i] for i in shown if not (root / state.paths[i]).is_file()]
+    if missing:
+        raise DeconvNetError(
+            f"{len(missing)} of the {len(shown)} images the gallery shows are not under "
+            f"{state.root} (such as {missing[0]}); {fix}"
+        )
+
+
+@contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """A failure of the file system (a full disk, a folder gone read-only) as one line."""
+    try:
+        yield
+    except OSError as error:
+        raise DeconvNetError(cannot_write(getattr(error, "filename", None) or out, error)) from None
 
 
 # --- writing the gallery ----------------------------------------------------------------------
@@ -289,7 +387,8 @@ def render_gallery(
     progress: bool = True,
 ) -> Gallery:
     """Project the units of a finished scan and write tiles, sheets, manifest and index to
-    ``out``. Every file is written atomically."""
+    ``out``. Every file is written atomically; the manifest last. Tiles in ``out`` that the
+    previous gallery there drew and this one does not are deleted."""
     check_rule(rule)
     if not state.done:
         raise DeconvNetError(
@@ -301,6 +400,12 @@ def render_gallery(
         raise DeconvNetError(f"none of the {state.listing[0]} images could be read ({first})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    previous = gallery_manifest(out) or {}
+    old_layers = {
+        layer["name"]
+        for layer in previous.get("layers", [])
+        if isinstance(layer, dict) and isinstance(layer.get("name"), str)
+    }
     cells = project_top(
         net, state, out, rule=rule, batch_size=batch_size, workers=workers, progress=progress
     )
@@ -315,14 +420,23 @@ def render_gallery(
     finally:
         for store in cells.values():
             store.close()
+    drawn = {
+        name: {Path(tile_name(name, c)).name for c in state.channels[name]} for name in state.layers
+    }
+    sweep_stale(out, {n for n in old_layers if "/" not in n and not n.startswith(".")}, drawn)
     skipped = [
         {"image": state.image_path(i), "reason": reason} for i, reason in state.skipped.items()
+    ]
+    left_out = [
+        {"folder": os.path.join(state.root, name), "reason": reason}
+        for name, reason in sorted(state.left_out.items())
     ]
     manifest = {
         "format": FORMAT,
         "root": state.root,
         "images": state.listing[0],
         "scanned": state.scanned,
+        "weights": weights_source(net.model),
         "weights_sha256": state.weights,
         "rule": rule,
         "top": state.top,
@@ -330,13 +444,13 @@ def render_gallery(
         "layers": layers,
     }
     manifest_path = out / "manifest.json"
-    write_text_atomic(manifest_path, _manifest_text(manifest, entries, skipped))
     index = out / "index.html"
-    write_text_atomic(index, index_html(manifest, skipped, out))
+    write_text_atomic(index, index_html(manifest, skipped, out, left_out))
     for layer in layers:
         mine = [e for e in entries if e["layer"] == layer["name"]]
         write_text_atomic(out / layer["page"], layer_html(layer, mine, layers, out))
-    return Gallery(out, manifest_path, index, entries, skipped, state.scanned)
+    write_text_atomic(manifest_path, _manifest_text(manifest, entries, skipped, left_out))
+    return Gallery(out, manifest_path, index, entries, skipped, state.scanned, left_out)
 
 
 def _check_weights(state: ScanState, net: DeconvNet) -> None:
@@ -377,11 +491,13 @@ def _entries(net: DeconvNet, state: ScanState) -> list[dict]:
 # --- manifest.json and index.html -------------------------------------------------------------
 
 
-def _manifest_text(manifest: dict, entries: list[dict], skipped: list[dict]) -> str:
+def _manifest_text(
+    manifest: dict, entries: list[dict], skipped: list[dict], left_out: list[dict]
+) -> str:
     """JSON with one line per entry, so that manifests diff and grep well."""
     lines = ["{"]
     lines += [f"  {json.dumps(key)}: {json.dumps(value)}," for key, value in manifest.items()]
-    for key, items in (("entries", entries), ("skipped", skipped)):
+    for key, items in (("entries", entries), ("skipped", skipped), ("left_out", left_out)):
         body = ",\n".join(f"    {json.dumps(item)}" for item in items)
         lines.append(f'  "{key}": [' + (f"\n{body}\n  ]" if items else "]") + ",")
     lines[-1] = lines[-1].rstrip(",")

@@ -52,11 +52,14 @@ def _page(title: str, body: list[str]) -> str:
     )
 
 
-def index_html(manifest: dict, skipped: list[dict], out: Path) -> str:
+def index_html(
+    manifest: dict, skipped: list[dict], out: Path, left_out: list[dict] | None = None
+) -> str:
     body = [
         f"<h1>Top {manifest['top']} activations per channel</h1>",
         f"<p>{manifest['scanned']} images read under <code>{_text(manifest['root'])}</code> "
-        f"(of {manifest['images']} found); projected with the {_text(manifest['rule'])} rule. "
+        f"(of {manifest['images']} found); projected with the {_text(manifest['rule'])} rule, "
+        f"weights: {_text(manifest.get('weights', 'unknown'))}. "
         "Each tile shows a channel's strongest activations, one per image, best first: "
         "reconstructions on the left (mid-grey is zero, each scaled by its own 99.5th "
         "percentile of |r|), the receptive field in the 224x224 crop on the right (grey "
@@ -81,6 +84,11 @@ def index_html(manifest: dict, skipped: list[dict], out: Path) -> str:
             f"{_text(s['reason'])}</li>"
             for s in skipped
         ]
+        body.append("</ul>")
+    if left_out:
+        body.append(f"<h2>Folders left out: {len(left_out)}</h2>")
+        body.append("<ul>")
+        body += [f"<li>{_text(f['folder'])}: {_text(f['reason'])}</li>" for f in left_out]
         body.append("</ul>")
     return _page(f"deconvnet gallery: {manifest['root']}", body)
 
