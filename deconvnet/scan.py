@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -147,6 +148,12 @@ def list_images(root: str | os.PathLike[str], exclude: Sequence[os.PathLike[str]
     marker = gallery_marker(base)
     if marker is not None:
         raise DeconvNetError(f"{root} holds {marker}, not a data set; give the folder of images")
+    inside = _inside_gallery(base.resolve())
+    if inside is not None:
+        raise DeconvNetError(
+            f"{root} is part of the deconvnet gallery in {inside}, not a data set; give the "
+            "folder of images"
+        )
     found: list[tuple[str, tuple[int, int]]] = []
     left_out: list[tuple[str, str]] = []
     ignored = 0
@@ -199,6 +206,25 @@ def list_images(root: str | os.PathLike[str], exclude: Sequence[os.PathLike[str]
         tuple(stat for _, stat in found),
         tuple(sorted(left_out)),
     )
+
+
+def _inside_gallery(folder: Path) -> Path | None:
+    """The gallery folder whose layer folders ``folder`` is in (``gal/conv5``), if any."""
+    for above in folder.parents:
+        try:
+            with open(above / GALLERY_MANIFEST, "rb") as file:
+                data = file.read()
+        except OSError:
+            continue
+        if GALLERY_FORMAT_PREFIX not in data[:4096]:
+            continue
+        try:
+            layers = {layer["name"] for layer in json.loads(data)["layers"]}
+        except (ValueError, KeyError, TypeError):
+            continue
+        if folder.relative_to(above).parts[0] in layers:
+            return above
+    return None
 
 
 def _left_out(

@@ -98,6 +98,8 @@ def test_a_gallery_never_scans_its_own_or_another_gallery(net, small):
     assert "gal1/" in dict(list_images(small).left_out)
     with pytest.raises(DeconvNetError, match="holds a deconvnet scan"):
         list_images(small / "gal1")
+    with pytest.raises(DeconvNetError, match="part of the deconvnet gallery"):
+        list_images(small / "gal2" / "conv1")
     (small / "gal3" / "inner").mkdir(parents=True)
     shutil.copy(small / "img00.jpg", small / "gal3" / "inner")
     with pytest.raises(DeconvNetError, match="output folder or inside it"):
