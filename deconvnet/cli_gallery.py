@@ -59,7 +59,7 @@ def gallery(
     weights: Annotated[
         str | None,
         typer.Option(
-            help="Weights file (a state dict), or random (untested noise, for trials); "
+            help="Weights file (a state dict), or random (an untrained net, for trials only); "
             "default: see the README.",
             show_default=False,
         ),
@@ -101,6 +101,8 @@ def gallery(
             result = make_gallery(folder, _split(layers), channels, top, out, rule=rule, **options)
     if shard is not None:
         skipped = f", {len(state.skipped)} unreadable skipped" if state.skipped else ""
+        if state.left_out:
+            skipped += f", {len(state.left_out)} folders left out"
         typer.echo(
             f"shard {part[0]}/{part[1]}: {state.scanned} images scanned{skipped}; state in "
             f"{state_path(out, part)}. When every shard is done, run deconvnet gallery-merge "

@@ -100,21 +100,24 @@ GALLERY_MANIFEST = "manifest.json"
 GALLERY_FORMAT_PREFIX = b'"deconvnet-gallery/'
 
 
-def gallery_marker(folder: str | os.PathLike[str]) -> str | None:
+def gallery_marker(
+    folder: str | os.PathLike[str], names: Sequence[str] | None = None
+) -> str | None:
     """What shows that ``folder`` holds a deconvnet gallery or scan (its manifest, or a scan
-    state), as words; ``None`` if nothing does."""
+    state), as words; ``None`` if nothing does. ``names``: the folder's entries, if known."""
     folder = Path(folder)
-    manifest = folder / GALLERY_MANIFEST
-    try:
-        with open(manifest, "rb") as file:
-            if GALLERY_FORMAT_PREFIX in file.read(4096):
-                return f"a deconvnet gallery ({GALLERY_MANIFEST})"
-    except OSError:
-        pass
-    try:
-        names = [entry.name for entry in os.scandir(folder)]
-    except OSError:
-        return None
+    if names is None:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return None
+    if GALLERY_MANIFEST in names:
+        try:
+            with open(folder / GALLERY_MANIFEST, "rb") as file:
+                if GALLERY_FORMAT_PREFIX in file.read(4096):
+                    return f"a deconvnet gallery ({GALLERY_MANIFEST})"
+        except OSError:
+            pass
     states = sorted(name for name in names if _is_state_name(name))
     return f"a deconvnet scan ({states[0]})" if states else None
 
@@ -169,6 +172,11 @@ def list_images(root: str | os.PathLike[str], exclude: Sequence[os.PathLike[str]
                 children = sorted(entries, key=lambda e: e.name)
         except OSError as error:
             left_out.append((f"{relative}/", f"cannot read it ({error.strerror or error})"))
+            continue
+        # The root was looked at before; a gallery further down is left out whole.
+        marker = gallery_marker(here, [c.name for c in children]) if relative else None
+        if marker is not None:
+            left_out.append((f"{relative}/", f"it holds {marker}"))
             continue
         for entry in children:
             if entry.name.startswith("."):
@@ -241,9 +249,6 @@ def _left_out(
     key = (info.st_dev, info.st_ino)
     if key in seen:
         return f"a second way into {seen[key]}/, which is searched once"
-    marker = gallery_marker(folder)
-    if marker is not None:
-        return f"it holds {marker}"
     seen[key] = name
     return ""
 
