@@ -193,7 +193,7 @@ def make_gallery(
     check_rule(rule)
     _check_folder(folder)
     if resume and overwrite:
-        raise DeconvNetError("resume or overwrite: not both")
+        raise DeconvNetError("resume keeps the scan in the folder, overwrite deletes it: give one")
     out = Path(out) if out is not None else default_out(folder)
     net = load_net(model, weights, device)
     layers = default_layers(net) if layers is None else layers
@@ -276,7 +276,7 @@ def scan_shard(
     there is refused unless ``resume`` or ``overwrite``."""
     _check_folder(folder)
     if resume and overwrite:
-        raise DeconvNetError("resume or overwrite: not both")
+        raise DeconvNetError("resume keeps the scan in the folder, overwrite deletes it: give one")
     out = Path(out) if out is not None else default_out(folder)
     net = load_net(model, weights, device)
     layers = default_layers(net) if layers is None else layers

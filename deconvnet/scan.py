@@ -553,7 +553,7 @@ class ScanState:
             # would let a file run code: say what it means instead.
             raise DeconvNetError(
                 f"{path} is not a readable scan state (damaged, cut short, or not written by "
-                "deconvnet); delete it and scan again"
+                "deconvnet); delete it, or pass --overwrite, and scan again"
             ) from None
         try:
             return cls.from_payload(payload)

@@ -439,6 +439,8 @@ def test_make_gallery_takes_a_layer_name_and_a_channel_number(net, small, tmp_pa
         with pytest.raises(DeconvNetError, match=message):
             make_gallery(small, layers, channels, out=tmp_path / "c", model=net)
     assert not (tmp_path / "c").exists()
+    with pytest.raises(DeconvNetError, match="give one"):
+        make_gallery(small, out=tmp_path / "c", model=net, resume=True, overwrite=True)
 
 
 # --- 13, 16, 17: damaged states, a wrong --root, weights -------------------------------------
