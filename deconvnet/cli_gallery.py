@@ -7,7 +7,10 @@ Registered on the main app as ``app.command("gallery")(gallery)`` and
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +20,12 @@ from deconvnet.errors import DeconvNetError
 from deconvnet.gallery import default_out, make_gallery, merge_gallery, scan_shard
 from deconvnet.scan import CHECKPOINT_EVERY, DEFAULT_WORKERS, parse_shard, state_path
 
+logger = logging.getLogger("deconvnet")
 WORKERS_HELP = "Processes decoding images (0: this one; default: a quarter of the cores)."
+OVERWRITE_HELP = (
+    "Replace the gallery or scan the output folder holds (its files are deleted first); "
+    "without it such a folder is refused."
+)
 LAYERS_HELP = (
     "Comma-separated layers (default: conv1..conv5 for AlexNet, each block's last conv for VGG)."
 )
@@ -43,12 +51,18 @@ def gallery(
     resume: Annotated[
         bool, typer.Option(help="Continue the scan checkpointed in the output folder.")
     ] = False,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
     rule: Annotated[
         str, typer.Option(help="How ReLUs are inverted: deconvnet, guided or gradient.")
     ] = "deconvnet",
     model: Annotated[str, typer.Option(help="alexnet, vgg11, vgg13, vgg16 or vgg19.")] = "alexnet",
     weights: Annotated[
-        Path | None, typer.Option(help="Weights file (a state dict); default: see the README.")
+        str | None,
+        typer.Option(
+            help="Weights file (a state dict), or random (an untrained net, for trials only); "
+            "default: see the README.",
+            show_default=False,
+        ),
     ] = None,
     shard: Annotated[
         str | None,
@@ -75,19 +89,20 @@ def gallery(
         batch_size=batch_size,
         workers=workers,
         resume=resume,
+        overwrite=overwrite,
         checkpoint_every=checkpoint_every,
         progress=progress,
     )
-    try:
+    with _reporting():
         if shard is not None:
             part = parse_shard(shard)
             state = scan_shard(folder, part, _split(layers), channels, top, out, **options)
         else:
             result = make_gallery(folder, _split(layers), channels, top, out, rule=rule, **options)
-    except DeconvNetError as error:
-        _fail(error)
     if shard is not None:
         skipped = f", {len(state.skipped)} unreadable skipped" if state.skipped else ""
+        if state.left_out:
+            skipped += f", {len(state.left_out)} folders left out"
         typer.echo(
             f"shard {part[0]}/{part[1]}: {state.scanned} images scanned{skipped}; state in "
             f"{state_path(out, part)}. When every shard is done, run deconvnet gallery-merge "
@@ -115,7 +130,9 @@ def merge(
         str, typer.Option(help="How ReLUs are inverted: deconvnet, guided or gradient.")
     ] = "deconvnet",
     model: Annotated[str, typer.Option(help="alexnet, vgg11, vgg13, vgg16 or vgg19.")] = "alexnet",
-    weights: Annotated[Path | None, typer.Option(help="The weights file the shards used.")] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="The weights the shards used.", show_default=False)
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     workers: Annotated[
         int, typer.Option(min=0, help=WORKERS_HELP, show_default=False)
@@ -123,11 +140,12 @@ def merge(
     device: Annotated[
         str | None, typer.Option(help="cpu or cuda (default: cuda if present).", show_default=False)
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Merge the scan states of separately run shards (gallery --shard i/n) and write the
     gallery."""
-    try:
+    with _reporting():
         result = merge_gallery(
             states,
             out,
@@ -138,32 +156,63 @@ def merge(
             device=device,
             batch_size=batch_size,
             workers=workers,
+            overwrite=overwrite,
             progress=progress,
         )
-    except DeconvNetError as error:
-        _fail(error)
     _summary(result)
 
 
 def _split(text: str | None) -> list[str] | None:
+    """``--layers`` as names; not given: ``None`` (the default layers)."""
     if text is None:
         return None
     names = [part.strip() for part in text.split(",") if part.strip()]
-    return names or None
+    if not names:
+        raise DeconvNetError(
+            f"--layers {text!r} names no layer; write e.g. conv5 or conv1,conv5, or leave it out "
+            "for the default layers"
+        )
+    return names
 
 
 def _summary(result) -> None:
-    skipped = len(result.skipped)
-    note = f"; {skipped} unreadable file{'s' * (skipped != 1)} skipped (see manifest.json)"
+    skipped, left_out = len(result.skipped), len(result.left_out)
+    note = f"; {skipped} unreadable file{'s' * (skipped != 1)} skipped" if skipped else ""
+    if left_out:
+        note += f"; {left_out} folder{'s' * (left_out != 1)} left out"
+    if note:
+        note += " (see manifest.json)"
+    projections = len(result.entries)
     typer.echo(
-        f"{result.scanned} images scanned{note if skipped else ''}; "
-        f"{len(result.entries)} projections; gallery in {result.index}"
+        f"{result.scanned} images scanned{note}; "
+        f"{projections} projection{'s' * (projections != 1)}; gallery in {result.index}"
     )
 
 
-def _fail(error: Exception) -> None:
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(2)
+class _StderrHandler(logging.Handler):
+    """The package's log (which weights, folders left out) as plain lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        typer.echo(prefix + record.getMessage(), err=True)
+
+
+@contextmanager
+def _reporting() -> Iterator[None]:
+    """Show the package's log on stderr; a DeconvNetError becomes one line and exit status 2."""
+    handler = _StderrHandler()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    except DeconvNetError as error:
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,9 @@ files written by separate jobs (``merge_states``).
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,13 +38,17 @@ from torchvision.transforms import functional as TF
 
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
-from deconvnet.files import write_atomic
+from deconvnet.files import write_bytes_atomic
 from deconvnet.images import EXTENSIONS, load_image, preprocessing
 
 FORMAT = "deconvnet-scan/1"
 # The weights' own preprocessing ends in a centre crop of this size: every map has one shape.
 INPUT_SIZE = (224, 224)
 CHECKPOINT_EVERY = 256
+# A tile holds top cells per side (conv5: 163x163 each); 100 makes a 1.7 x 3.3 kpixel tile.
+MAX_TOP = 100
+
+logger = logging.getLogger("deconvnet")
 
 
 def _default_workers() -> int:
@@ -63,60 +70,206 @@ class Listing:
 
     An image's index in ``files`` is its identity in a scan: the tie-breaker of the ranking and
     the key of shards. ``root`` is kept as given, so reported paths read as the user wrote them.
+    ``stats`` holds each file's ``(size, modification time in ns)``, ``left_out`` the folders
+    the search did not enter, as ``(relative path, reason)``.
     """
 
     root: str
     files: tuple[str, ...]
     ignored: int = 0  # files without an image extension
+    stats: tuple[tuple[int, int], ...] = ()
+    left_out: tuple[tuple[str, str], ...] = ()
 
     def path(self, index: int) -> str:
         return os.path.join(self.root, self.files[index])
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the sorted relative paths: the same folder contents give the same value."""
+        """sha256 of the sorted relative paths with each file's size and modification time: a
+        file added, removed, renamed, resized or rewritten changes it."""
         digest = hashlib.sha256()
-        for name in self.files:
-            digest.update(name.encode("utf-8", "surrogateescape") + b"\n")
+        for i, name in enumerate(self.files):
+            digest.update(name.encode("utf-8", "surrogateescape"))
+            if self.stats:
+                digest.update(b"\0%d %d" % self.stats[i])
+            digest.update(b"\n")
         return digest.hexdigest()
+
+
+GALLERY_MANIFEST = "manifest.json"
+GALLERY_FORMAT_PREFIX = b'"deconvnet-gallery/'
+
+
+def gallery_marker(
+    folder: str | os.PathLike[str], names: Sequence[str] | None = None
+) -> str | None:
+    """What shows that ``folder`` holds a deconvnet gallery or scan (its manifest, or a scan
+    state), as words; ``None`` if nothing does. ``names``: the folder's entries, if known."""
+    folder = Path(folder)
+    if names is None:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return None
+    if GALLERY_MANIFEST in names:
+        try:
+            with open(folder / GALLERY_MANIFEST, "rb") as file:
+                if GALLERY_FORMAT_PREFIX in file.read(4096):
+                    return f"a deconvnet gallery ({GALLERY_MANIFEST})"
+        except OSError:
+            pass
+    states = sorted(name for name in names if _is_state_name(name))
+    return f"a deconvnet scan ({states[0]})" if states else None
+
+
+def _is_state_name(name: str) -> bool:
+    if name == "scan-state.pt":
+        return True
+    parts = name.removeprefix("scan-state-").removesuffix(".pt").split("-of-")
+    return name.startswith("scan-state-") and len(parts) == 2 and all(p.isdigit() for p in parts)
 
 
 def list_images(root: str | os.PathLike[str], exclude: Sequence[os.PathLike[str]] = ()) -> Listing:
     """Every image file under ``root``, searched recursively (an ImageFolder tree works as is).
 
-    Images are recognised by extension (``deconvnet.images.EXTENSIONS``, any case); hidden files
-    and folders (``.name``) and the folders in ``exclude`` (a gallery's own output) are left out.
+    Images are recognised by extension (``deconvnet.images.EXTENSIONS``, any case). Hidden files
+    and folders (``.name``) and the folders in ``exclude`` (a gallery's own output) are left out
+    without a word; folders holding a deconvnet gallery or scan state, folders that cannot be
+    read, and a second way into a folder already searched (a link loop or two links to one
+    folder) are left out and named in ``Listing.left_out``. Links to folders are followed.
     """
     base = Path(root)
     if not base.is_dir():
         what = "no such folder" if not base.exists() else "not a folder"
         raise DeconvNetError(f"{root}: {what}; give a folder of images")
     excluded = {Path(p).resolve() for p in exclude}
-    found: list[str] = []
+    if base.resolve() in excluded or any(p in base.resolve().parents for p in excluded):
+        raise DeconvNetError(
+            f"{root} is the gallery's output folder or inside it; write the gallery elsewhere "
+            "(--out) or scan another folder"
+        )
+    marker = gallery_marker(base)
+    if marker is not None:
+        raise DeconvNetError(f"{root} holds {marker}, not a data set; give the folder of images")
+    inside = _inside_gallery(base.resolve())
+    if inside is not None:
+        raise DeconvNetError(
+            f"{root} is part of the deconvnet gallery in {inside}, not a data set; give the "
+            "folder of images"
+        )
+    found: list[tuple[str, tuple[int, int]]] = []
+    left_out: list[tuple[str, str]] = []
     ignored = 0
-    for directory, folders, names in os.walk(base):
-        here = Path(directory)
-        folders[:] = [
-            name
-            for name in folders
-            if not name.startswith(".") and (here / name).resolve() not in excluded
-        ]
-        for name in names:
-            if name.startswith("."):
+    seen: dict[tuple[int, int], str] = {}
+    top = base.stat()
+    seen[(top.st_dev, top.st_ino)] = "."
+    pending = [""]  # relative paths of folders to search
+    while pending:
+        relative = pending.pop()
+        here = base / relative if relative else base
+        try:
+            with os.scandir(here) as entries:
+                children = sorted(entries, key=lambda e: e.name)
+        except OSError as error:
+            left_out.append((f"{relative}/", f"cannot read it ({error.strerror or error})"))
+            continue
+        # The root was looked at before; a gallery further down is left out whole.
+        marker = gallery_marker(here, [c.name for c in children]) if relative else None
+        if marker is not None:
+            left_out.append((f"{relative}/", f"it holds {marker}"))
+            continue
+        for entry in children:
+            if entry.name.startswith("."):
                 continue
-            if os.path.splitext(name)[1].lower() in EXTENSIONS:
-                found.append((here / name).relative_to(base).as_posix())
+            name = f"{relative}/{entry.name}" if relative else entry.name
+            try:
+                is_folder = entry.is_dir()  # follows a link
+            except OSError:
+                is_folder = False
+            if is_folder:
+                reason = _left_out(Path(entry.path), excluded, seen, name)
+                if reason == "":
+                    pending.append(name)
+                elif reason is not None:
+                    left_out.append((f"{name}/", reason))
+                continue
+            if os.path.splitext(entry.name)[1].lower() in EXTENSIONS:
+                try:
+                    info = entry.stat()
+                    stat = (info.st_size, info.st_mtime_ns)
+                except OSError:  # a dangling link: listed, and skipped as unreadable
+                    stat = (-1, -1)
+                found.append((name, stat))
             else:
                 ignored += 1
     if not found:
         raise DeconvNetError(
             f"no images found under {root} (looked for {', '.join(EXTENSIONS)}, recursively)"
         )
-    return Listing(os.fspath(root), tuple(sorted(found)), ignored)
+    found.sort()
+    return Listing(
+        os.fspath(root),
+        tuple(name for name, _ in found),
+        ignored,
+        tuple(stat for _, stat in found),
+        tuple(sorted(left_out)),
+    )
 
 
-def parse_channels(spec: str | Sequence[int], count: int, layer: str) -> list[int]:
-    """``"all"``, ``"0-31"``, ``"5,9"`` or a mix (``"0-3,9"``) as a sorted list of channels."""
+def _inside_gallery(folder: Path) -> Path | None:
+    """The gallery folder whose layer folders ``folder`` is in (``gal/conv5``), if any."""
+    for above in folder.parents:
+        try:
+            with open(above / GALLERY_MANIFEST, "rb") as file:
+                data = file.read()
+        except OSError:
+            continue
+        if GALLERY_FORMAT_PREFIX not in data[:4096]:
+            continue
+        try:
+            layers = {layer["name"] for layer in json.loads(data)["layers"]}
+        except (ValueError, KeyError, TypeError):
+            continue
+        if folder.relative_to(above).parts[0] in layers:
+            return above
+    return None
+
+
+def _left_out(
+    folder: Path, excluded: set[Path], seen: dict[tuple[int, int], str], name: str
+) -> str | None:
+    """Why a folder found while listing is not searched: ``""`` if it is, ``None`` if it is left
+    out without a word (the gallery's own output)."""
+    try:
+        info = folder.stat()
+    except OSError as error:
+        return f"cannot read it ({error.strerror or error})"
+    if folder.resolve() in excluded:
+        return None
+    key = (info.st_dev, info.st_ino)
+    if key in seen:
+        return f"a second way into {seen[key]}/, which is searched once"
+    seen[key] = name
+    return ""
+
+
+def parse_channels(spec: str | int | Sequence[int], count: int, layer: str) -> list[int]:
+    """``"all"``, ``"0-31"``, ``"5,9"`` or a mix (``"0-3,9"``) as a sorted list of channels; an
+    int is one channel, a sequence of ints those channels."""
+
+    def check(channel: int) -> None:
+        if not 0 <= channel < count:
+            raise DeconvNetError(
+                f"channel {channel} is out of range for {layer}, which has {count} channels "
+                f"(valid: 0..{count - 1})"
+            )
+
+    if isinstance(spec, bool) or not isinstance(spec, (str, int, Sequence)):
+        raise DeconvNetError(
+            f"channels must be a string such as '0-31', an int or a list of ints, not {spec!r}"
+        )
+    if isinstance(spec, int):
+        spec = [spec]
     if isinstance(spec, str):
         text = spec.strip().lower()
         if text == "all":
@@ -134,17 +287,18 @@ def parse_channels(spec: str | Sequence[int], count: int, layer: str) -> list[in
                 ) from None
             if last < first:
                 raise DeconvNetError(f"channel range {part!r} is empty; write low-high")
+            check(first)  # before the range is made: 0-1000000000 must not fill the memory
+            check(last)
             chosen.update(range(first, last + 1))
     else:
-        chosen = {int(c) for c in spec}
+        chosen = set()
+        for c in spec:
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
+                raise DeconvNetError(f"a channel must be an int, not {c!r}")
+            check(int(c))
+            chosen.add(int(c))
     if not chosen:
         raise DeconvNetError(f"no channels chosen by {spec!r}")
-    if min(chosen) < 0 or max(chosen) >= count:
-        bad = min(chosen) if min(chosen) < 0 else max(chosen)
-        raise DeconvNetError(
-            f"channel {bad} is out of range for {layer}, which has {count} channels "
-            f"(valid: 0..{count - 1})"
-        )
     return sorted(chosen)
 
 
@@ -262,7 +416,8 @@ class ScanState:
     ``shard = (i, n)`` covers listing entries ``i, i + n, ...``; ``cursor`` of those are done,
     ``scanned`` of them were read and ``skipped`` maps the others' listing index to the reason.
     ``paths`` holds the relative path of every index the state refers to, so a finished state
-    is enough to project its units without walking the folder again.
+    is enough to project its units without walking the folder again; ``left_out`` the folders
+    the listing did not search, with the reason (``Listing.left_out``).
     """
 
     root: str
@@ -277,6 +432,7 @@ class ScanState:
     scanned: int = 0
     skipped: dict[int, str] = field(default_factory=dict)
     paths: dict[int, str] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)  # folders not searched: why
 
     @property
     def shard_size(self) -> int:
@@ -348,6 +504,7 @@ class ScanState:
             },
             "skipped": [[i, reason] for i, reason in sorted(self.skipped.items())],
             "paths": [[i, path] for i, path in sorted(self.paths.items())],
+            "left_out": [[path, reason] for path, reason in sorted(self.left_out.items())],
         }
 
     @classmethod
@@ -371,12 +528,15 @@ class ScanState:
             scanned=int(payload["scanned"]),
             skipped={int(i): str(reason) for i, reason in payload["skipped"]},
             paths={int(i): str(path) for i, path in payload["paths"]},
+            left_out={str(path): str(reason) for path, reason in payload.get("left_out", [])},
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the state atomically: a kill at any moment leaves the old file or the new one."""
-        payload = self.to_payload()
-        return write_atomic(path, lambda file: torch.save(payload, file))
+        # Serialized first: torch.save reports a full disk as a RuntimeError of its own.
+        buffer = io.BytesIO()
+        torch.save(self.to_payload(), buffer)
+        return write_bytes_atomic(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ScanState:
@@ -384,8 +544,17 @@ class ScanState:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise DeconvNetError(f"{path}: no such scan state") from None
-        except Exception as error:
-            raise DeconvNetError(f"{path} is not a readable scan state ({error})") from None
+        except IsADirectoryError:
+            raise DeconvNetError(f"{path} is a folder, not a scan state file") from None
+        except OSError as error:
+            raise DeconvNetError(f"cannot read {path}: {error.strerror or error}") from None
+        except Exception:
+            # torch's own message runs to several lines and advises weights_only=False, which
+            # would let a file run code: say what it means instead.
+            raise DeconvNetError(
+                f"{path} is not a readable scan state (damaged, cut short, or not written by "
+                "deconvnet); delete it, or pass --overwrite, and scan again"
+            ) from None
         try:
             return cls.from_payload(payload)
         except DeconvNetError as error:
@@ -411,26 +580,59 @@ def weights_fingerprint(features: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def new_state(
+def check_request(
     net: DeconvNet,
-    listing: Listing,
-    layers: Sequence[str],
-    channels: str | Sequence[int] = "all",
+    layers: Sequence[str | int] | str,
+    channels: str | int | Sequence[int] = "all",
     top: int = 9,
     shard: tuple[int, int] = (0, 1),
-) -> ScanState:
-    """An empty scan of ``listing`` for ``layers`` (names as ``DeconvNet.layer`` takes them)."""
-    if top < 1:
-        raise DeconvNetError(f"top must be at least 1, got {top}")
+) -> dict[str, list[int]]:
+    """The channels of each layer a scan asks for, by layer name, once every option is checked
+    (``DeconvNetError`` if one is wrong): before any file is read or written. ``layers`` as
+    ``DeconvNet.layer`` takes them; a string is one name, or several comma-separated."""
+    if isinstance(top, bool) or not isinstance(top, int):
+        raise DeconvNetError(f"top must be an int, not {top!r}")
+    if not 1 <= top <= MAX_TOP:
+        raise DeconvNetError(
+            f"top must be 1..{MAX_TOP} (a tile draws all of a channel's top activations), got {top}"
+        )
     index, count = shard
     if count < 1 or not 0 <= index < count:
         raise DeconvNetError(f"shard {index}/{count} does not exist; use i/n with 0 <= i < n")
+    if isinstance(layers, str):  # "conv5" is one layer, "conv1,conv5" two, as on the CLI
+        layers = [part.strip() for part in layers.split(",") if part.strip()]
+    elif isinstance(layers, int):
+        layers = [layers]
     if not layers:
         raise DeconvNetError("name at least one layer")
     names = [net.layer(layer).name for layer in layers]
     if len(set(names)) != len(names):
         raise DeconvNetError(f"a layer is named twice in {', '.join(map(str, layers))}")
-    chosen = {name: parse_channels(channels, net.channels(name), name) for name in names}
+    return {name: parse_channels(channels, net.channels(name), name) for name in names}
+
+
+def new_state(
+    net: DeconvNet,
+    listing: Listing,
+    layers: Sequence[str | int] | str,
+    channels: str | int | Sequence[int] = "all",
+    top: int = 9,
+    shard: tuple[int, int] = (0, 1),
+) -> ScanState:
+    """An empty scan of ``listing`` for ``layers`` (as ``check_request`` takes them). ``top``
+    is at most ``MAX_TOP``; above the number of images it is lowered to that number, with a
+    warning."""
+    chosen = check_request(net, layers, channels, top, shard)
+    names = list(chosen)
+    if top > len(listing.files):
+        logger.warning(
+            "top %d is more than the %d images found: using top %d (each of a channel's "
+            "activations comes from another image)",
+            top,
+            len(listing.files),
+            len(listing.files),
+        )
+        top = len(listing.files)
     return ScanState(
         root=listing.root,
         listing=(len(listing.files), listing.fingerprint),
@@ -440,6 +642,7 @@ def new_state(
         channels=chosen,
         map_sizes={name: net.map_size(name, INPUT_SIZE) for name in names},
         shard=shard,
+        left_out=dict(listing.left_out),
     )
 
 
@@ -562,7 +765,8 @@ def scan(
     if state.listing != (len(listing.files), listing.fingerprint):
         raise DeconvNetError(
             f"the images under {listing.root} are not those the scan began with "
-            f"({state.listing[0]} files then, {len(listing.files)} now); start a new scan"
+            f"({state.listing[0]} files then, {len(listing.files)} now; or a file was renamed, "
+            "or its size or modification time changed); start a new scan"
         )
     index, count = state.shard
     todo = [(i, listing.files[i]) for i in range(index, len(listing.files), count)]
@@ -604,8 +808,8 @@ def scan(
 def scan_folder(
     net: DeconvNet,
     folder: str | os.PathLike[str],
-    layers: Sequence[str],
-    channels: str | Sequence[int] = "all",
+    layers: Sequence[str | int] | str,
+    channels: str | int | Sequence[int] = "all",
     top: int = 9,
     *,
     out: str | os.PathLike[str],
@@ -623,6 +827,8 @@ def scan_folder(
     the scan starts from the beginning. A finished checkpoint is returned as it is.
     """
     listing = list_images(folder, exclude=[out])
+    for name, reason in listing.left_out:
+        logger.warning("left out %s: %s", os.path.join(listing.root, name), reason)
     state = new_state(net, listing, layers, channels, top, shard)
     path = state_path(out, shard)
     if resume and path.exists():
@@ -633,6 +839,7 @@ def scan_folder(
                 "); run without --resume to start again, or with the settings it was made with"
             )
         saved.root = listing.root
+        saved.left_out = dict(listing.left_out)
         state = saved
     # A kill during an atomic write can leave its temporary file behind.
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
@@ -697,6 +904,7 @@ def merge_states(states: Sequence[ScanState]) -> ScanState:
         merged.scanned += state.scanned
         merged.skipped.update(state.skipped)
         merged.paths.update(state.paths)
+        merged.left_out.update(state.left_out)
     merged.skipped = dict(sorted(merged.skipped.items()))
     merged.paths = {i: merged.paths[i] for i in merged.referenced()}
     return merged
@@ -730,6 +938,15 @@ def process_group(device: torch.device) -> Iterator[tuple[int, int]]:
     finally:
         if opened:
             dist.destroy_process_group()
+
+
+def first_problem(problem: DeconvNetError | None) -> DeconvNetError | None:
+    """Every rank's ``problem`` gathered: the first rank's that has one, on all ranks, so that a
+    refusal on one rank stops them all instead of leaving the others waiting at a gather."""
+    messages: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, None if problem is None else str(problem))
+    found = next((m for m in messages if m is not None), None)
+    return None if found is None else DeconvNetError(found)
 
 
 def gather_states(state: ScanState) -> list[ScanState] | None:
