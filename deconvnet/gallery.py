@@ -156,12 +156,15 @@ def make_gallery(
     resume: bool = False,
     checkpoint_every: int = CHECKPOINT_EVERY,
     progress: bool = True,
+    fast_decode: bool = False,
 ) -> Gallery | None:
     """Scan ``folder`` and write the gallery of ``layers`` (default: ``default_layers``) to ``out``
     (default ``outputs/gallery-<folder>``).
 
     Under ``torchrun`` every rank scans its shard and rank 0 merges, projects and writes; the
     other ranks return ``None``. ``resume`` continues the scan checkpointed in ``out``.
+    ``fast_decode``: JPEGs decoded at a reduced scale, faster on large photos but not exactly
+    the weights' preprocessing (``deconvnet.scan.Preprocessing``).
     """
     check_rule(rule)
     out = Path(out) if out is not None else default_out(folder)
@@ -180,6 +183,7 @@ def make_gallery(
             workers=workers,
             checkpoint_every=checkpoint_every,
             progress=progress and rank == 0,
+            fast_decode=fast_decode,
         )
         if world > 1:
             states = gather_states(state)
@@ -208,6 +212,7 @@ def scan_shard(
     resume: bool = False,
     checkpoint_every: int = CHECKPOINT_EVERY,
     progress: bool = True,
+    fast_decode: bool = False,
 ) -> ScanState:
     """Scan only shard ``(i, n)`` of ``folder`` and save its state in ``out``
     (``scan-state-i-of-n.pt``), for jobs run by any scheduler; ``merge_gallery`` joins them."""
@@ -226,6 +231,7 @@ def scan_shard(
         workers=workers,
         checkpoint_every=checkpoint_every,
         progress=progress,
+        fast_decode=fast_decode,
     )
 
 
@@ -459,7 +465,9 @@ def project_top(
     }
     items = [(i, state.paths[i]) for i in torch.unique(plan.image).tolist()]
     device = net.device
-    batches = image_batches(state.root, items, batch_size, workers, device.type == "cuda")
+    batches = image_batches(
+        state.root, items, batch_size, workers, device.type == "cuda", fast=state.fast_decode
+    )
     start = 0
     with (
         _steady_heap(),
