@@ -7,7 +7,10 @@ import contextlib
 import os
 import socket
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -435,3 +438,25 @@ def test_draft_applies_the_exif_orientation_and_leaves_other_formats_whole(tmp_p
     png = tmp_path / "big.png"
     _smooth_photo(1600, 1200).save(png)
     assert load_image(png, draft=256).size == (1600, 1200)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_visualize_of_a_named_pipe_is_one_line_and_status_2(tmp_path):
+    # The installed command, as a user runs it, in a process with a timeout: it used to hang.
+    script = Path(sys.executable).with_name("deconvnet")
+    if not script.exists():
+        pytest.skip(f"console script not installed at {script}")
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    process = subprocess.run(
+        [script, "visualize", fifo, "-w", "random", "-o", tmp_path / "out"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert process.returncode == 2
+    assert process.stderr.splitlines() == [
+        f"error: {fifo} is a named pipe (FIFO), not a regular file; expected an image file"
+    ]
+    assert not (tmp_path / "out").exists()
