@@ -1,7 +1,8 @@
 """Benchmark of data-set galleries on JPEG photos of the sizes people have, decoding included.
 
     .venv/bin/python scripts/benchmark_gallery.py [--images 1000] [--rate-images 256]
-        [--sizes 500x375,4032x3024] [--configs exact,serial,fast] [--dir DIR] [--memory-runs 1]
+        [--sizes 500x375,4032x3024] [--configs exact,serial,fast] [--gallery-modes exact,fast]
+        [--repeats 2] [--dir DIR] [--memory-runs 1]
 
 For each size (default: ImageNet-like 500x375 and 12-megapixel phone photos, 4032x3024), makes
 ``--images`` distinct JPEGs from ../shared/images (random 4:3 box and mirror, resized up or down
@@ -13,13 +14,15 @@ prints:
 - scan throughput (decoding included, conv1..conv5 top 9) over a plain AlexNet ``features``
   forward of the same, already decoded images at the same batch size, on the first
   ``--rate-images`` photos, for each of ``--configs``: ``exact`` (the default: decoding threads
-  beside the forward pass), ``serial`` (decoding between forward passes, the old way),
+  beside the forward pass), ``serial`` (decoding between forward passes as before threads,
+  though without the two full-size copies ``load_image`` used to make),
   ``fast`` (``--fast-decode``), ``workersN`` (N decoding processes). Goals: at least 0.8 for
   500x375, at least 0.5 for 12 MP. Plain forward and scans alternate, best of ``--repeats``;
 - how many top-9 entries ``--fast-decode`` changes against the exact scan of the same photos;
 - the whole gallery of ``--images`` photos, conv1..conv5, every channel, top 9 (goal: at most 3
   minutes), with exact decoding and, for photos large enough for draft mode, ``--fast-decode``;
-- the peak memory (VmHWM of the gallery process) at 250 photos and at ``--images`` (goal: flat).
+- the peak memory (VmHWM of the gallery process) at 250 photos (a quarter of ``--images`` if
+  fewer) and at ``--images`` (goal: flat).
 
 Each gallery runs in its own process. Torch uses 2 threads. The load average is printed
 before and after: on a shared machine the figures are lower and noisier than on a quiet one.
@@ -280,13 +283,13 @@ def bench_size(args, base: Path, scratch: Path, size: tuple[int, int]) -> None:
             "another set of 9 images"
         )
     modes = [False] + ([True] if costs["fast"] < 0.7 * costs["exact"] else [])
-    if not args.galleries:
-        modes = []
+    modes = [fast for fast in modes if ("fast" if fast else "exact") in args.gallery_modes]
+    few = min(SMALL, args.images // 4)
     for fast in modes:
-        small = subset(files, base / f"{label}-{SMALL}", SMALL)
-        runs: dict[str, list[dict]] = {str(SMALL): [], str(args.images): []}
+        small = subset(files, base / f"{label}-{few}", few)
+        runs: dict[str, list[dict]] = {str(few): [], str(args.images): []}
         for _ in range(max(1, args.memory_runs)):
-            for name, folder in ((str(SMALL), small), (str(args.images), base / label)):
+            for name, folder in ((str(few), small), (str(args.images), base / label)):
                 out = scratch / f"out-{label}-{fast}-{name}-{len(runs[name])}"
                 runs[name].append(run_child(folder, out, args.batch_size, fast))
         big = runs[str(args.images)][0]
@@ -298,8 +301,8 @@ def bench_size(args, base: Path, scratch: Path, size: tuple[int, int]) -> None:
         )
         peaks = {name: [f"{run['max_rss_mib']:.0f}" for run in done] for name, done in runs.items()}
         print(
-            f"peak memory (VmHWM of the gallery process): {SMALL} photos "
-            f"{', '.join(peaks[str(SMALL)])} MiB; {args.images} photos "
+            f"peak memory (VmHWM of the gallery process): {few} photos "
+            f"{', '.join(peaks[str(few)])} MiB; {args.images} photos "
             f"{', '.join(peaks[str(args.images)])} MiB (goal: the same)"
         )
 
@@ -320,10 +323,9 @@ def main() -> None:
         help="galleries per size, alternating, to see the run-to-run spread of the peak memory",
     )
     parser.add_argument(
-        "--galleries",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the whole galleries (--no-galleries: throughput only)",
+        "--gallery-modes",
+        default="exact,fast",
+        help="whole galleries to run: exact, fast (where draft mode helps), both, or none",
     )
     parser.add_argument("--fast-decode", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
@@ -332,6 +334,7 @@ def main() -> None:
         child(*args.child, args.batch_size, args.fast_decode)
         return
     args.configs = args.configs.split(",")
+    args.gallery_modes = args.gallery_modes.split(",")
     torch.set_num_threads(THREADS)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     before = load_state()
