@@ -180,6 +180,7 @@ def make_gallery(
     overwrite: bool = False,
     checkpoint_every: int = CHECKPOINT_EVERY,
     progress: bool = True,
+    fast_decode: bool = False,
 ) -> Gallery | None:
     """Scan ``folder`` and write the gallery of ``layers`` (default: ``default_layers``; a
     string names one layer, or several comma-separated) to ``out`` (default
@@ -189,6 +190,8 @@ def make_gallery(
     a gallery or a scan already, unless ``resume`` (continue the scan checkpointed there) or
     ``overwrite`` (delete that gallery's files first). Under ``torchrun`` every rank scans its
     shard and rank 0 merges, projects and writes; the other ranks return ``None``.
+    ``fast_decode``: JPEGs decoded at a reduced scale, faster on large photos but not exactly
+    the weights' preprocessing (``deconvnet.scan.Preprocessing``).
     """
     check_rule(rule)
     _check_folder(folder)
@@ -233,6 +236,7 @@ def make_gallery(
                 workers=workers,
                 checkpoint_every=checkpoint_every,
                 progress=progress and rank == 0,
+                fast_decode=fast_decode,
             )
             if world > 1:
                 states = gather_states(state)
@@ -268,6 +272,7 @@ def scan_shard(
     overwrite: bool = False,
     checkpoint_every: int = CHECKPOINT_EVERY,
     progress: bool = True,
+    fast_decode: bool = False,
 ) -> ScanState:
     """Scan only shard ``(i, n)`` of ``folder`` and save its state in ``out``
     (``scan-state-i-of-n.pt``), for jobs run by any scheduler; ``merge_gallery`` joins them.
@@ -297,6 +302,7 @@ def scan_shard(
                 workers=workers,
                 checkpoint_every=checkpoint_every,
                 progress=progress,
+                fast_decode=fast_decode,
             )
 
 

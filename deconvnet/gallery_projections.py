@@ -199,7 +199,9 @@ def project_top(
     }
     items = [(i, state.paths[i]) for i in torch.unique(plan.image).tolist()]
     device = net.device
-    batches = image_batches(state.root, items, batch_size, workers, device.type == "cuda")
+    batches = image_batches(
+        state.root, items, batch_size, workers, device.type == "cuda", fast=state.fast_decode
+    )
     start = 0
     with (
         _steady_heap(),

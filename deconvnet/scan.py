@@ -24,7 +24,9 @@ import io
 import json
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
@@ -59,6 +62,15 @@ def _default_workers() -> int:
 
 
 DEFAULT_WORKERS = _default_workers()
+
+
+def _cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
+# Decoding threads when no worker processes are used: one per core (measured, see the README).
+DEFAULT_THREADS = _cores()
 
 
 # --- the listing ------------------------------------------------------------------------------
@@ -433,6 +445,7 @@ class ScanState:
     skipped: dict[int, str] = field(default_factory=dict)
     paths: dict[int, str] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)  # folders not searched: why
+    fast_decode: bool = False  # Preprocessing(fast=True): projections must read images alike
 
     @property
     def shard_size(self) -> int:
@@ -451,6 +464,7 @@ class ScanState:
             "top": self.top,
             "channels": {name: list(c) for name, c in self.channels.items()},
             "map_sizes": {name: tuple(s) for name, s in self.map_sizes.items()},
+            "fast_decode": self.fast_decode,
         }
 
     def referenced(self) -> list[int]:
@@ -472,6 +486,7 @@ class ScanState:
             "top": "top",
             "channels": "layers or channels",
             "map_sizes": "layers",
+            "fast_decode": "--fast-decode",
         }
         mine, theirs = self.settings(), other.settings()
         return ", ".join(words[key] for key in mine if mine[key] != theirs[key])
@@ -505,6 +520,7 @@ class ScanState:
             "skipped": [[i, reason] for i, reason in sorted(self.skipped.items())],
             "paths": [[i, path] for i, path in sorted(self.paths.items())],
             "left_out": [[path, reason] for path, reason in sorted(self.left_out.items())],
+            "fast_decode": self.fast_decode,
         }
 
     @classmethod
@@ -529,6 +545,7 @@ class ScanState:
             skipped={int(i): str(reason) for i, reason in payload["skipped"]},
             paths={int(i): str(path) for i, path in payload["paths"]},
             left_out={str(path): str(reason) for path, reason in payload.get("left_out", [])},
+            fast_decode=bool(payload.get("fast_decode", False)),
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -618,10 +635,11 @@ def new_state(
     channels: str | int | Sequence[int] = "all",
     top: int = 9,
     shard: tuple[int, int] = (0, 1),
+    fast_decode: bool = False,
 ) -> ScanState:
     """An empty scan of ``listing`` for ``layers`` (as ``check_request`` takes them). ``top``
     is at most ``MAX_TOP``; above the number of images it is lowered to that number, with a
-    warning."""
+    warning. ``fast_decode``: images are read with ``Preprocessing(fast=True)``."""
     chosen = check_request(net, layers, channels, top, shard)
     names = list(chosen)
     if top > len(listing.files):
@@ -643,6 +661,7 @@ def new_state(
         map_sizes={name: net.map_size(name, INPUT_SIZE) for name in names},
         shard=shard,
         left_out=dict(listing.left_out),
+        fast_decode=fast_decode,
     )
 
 
@@ -653,15 +672,24 @@ class Preprocessing:
     """The weights' own preprocessing (``deconvnet.images.preprocessing()``) in two halves.
 
     ``crop`` resizes one RGB image and cuts the centre crop, as uint8 ``(224, 224, 3)`` pixels
-    (in the loader's workers: a quarter of the data of floats to pass between processes and to
-    a GPU); ``normalize`` turns a batch of such pixels into the network's input on their device.
+    (in the loader's threads or workers: a quarter of the data of floats to pass on and to a
+    GPU); ``normalize`` turns a batch of such pixels into the network's input on their device.
     Together they give exactly what ``preprocessing()`` gives, and the pixels are the crop that
     gallery patches are cut from. Both stay in Pillow and numpy or in one fused copy: tiny
     multithreaded torch operations per image would stall behind a busy forward pass.
+
+    ``fast=True`` gives up that exactness for speed on large photos: JPEGs are decoded at a
+    reduced scale (``load_image(..., draft=256)``) and other large images are shrunk by an
+    integer factor before the resize (Pillow's ``reducing_gap``). The crop then differs from the
+    exact one by a few grey levels, which can change which images a channel's top-k holds.
     """
 
-    def __init__(self) -> None:
+    # Pillow's suggested gap: a box reduction to at least 3x the target, then the filter.
+    REDUCING_GAP = 3.0
+
+    def __init__(self, fast: bool = False) -> None:
         whole = preprocessing()
+        self.fast = fast
         self.resize_size = list(whole.resize_size)
         self.crop_size = list(whole.crop_size)
         self.interpolation = whole.interpolation
@@ -669,10 +697,26 @@ class Preprocessing:
         self.mean = list(whole.mean)
         self.std = list(whole.std)
 
+    def load(self, path: str | os.PathLike[str]) -> torch.Tensor:
+        """Read and crop one image file: ``(H, W, 3)`` uint8 pixels."""
+        return self.crop(load_image(path, draft=self.resize_size[0] if self.fast else None))
+
     def crop(self, image) -> torch.Tensor:
         """An RGB ``PIL.Image`` as its resized, centre-cropped ``(H, W, 3)`` uint8 pixels."""
-        image = TF.resize(image, self.resize_size, self.interpolation, antialias=self.antialias)
+        if self.fast:
+            image = image.resize(
+                self._resized(image.size), Image.Resampling.BILINEAR, reducing_gap=self.REDUCING_GAP
+            )
+        else:
+            image = TF.resize(image, self.resize_size, self.interpolation, antialias=self.antialias)
         return torch.from_numpy(np.array(TF.center_crop(image, self.crop_size), dtype=np.uint8))
+
+    def _resized(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``(w, h)`` with the shorter side at the resize size, as torchvision computes it."""
+        width, height = size
+        short, long = min(width, height), max(width, height)
+        new_short, new_long = self.resize_size[0], int(self.resize_size[0] * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels ``(N, H, W, 3)`` as the network's normalized ``(N, 3, H, W)`` input."""
@@ -690,10 +734,10 @@ class ImageFiles(Dataset):
     never stops a scan.
     """
 
-    def __init__(self, root: str, items: Sequence[tuple[int, str]]) -> None:
+    def __init__(self, root: str, items: Sequence[tuple[int, str]], fast: bool = False) -> None:
         self.root = root
         self.items = list(items)
-        self.preprocessing = Preprocessing()
+        self.preprocessing = Preprocessing(fast)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -702,9 +746,7 @@ class ImageFiles(Dataset):
         index, name = self.items[i]
         path = os.path.join(self.root, name)
         try:
-            if not os.path.isfile(path):
-                raise DeconvNetError(f"{path} is not a regular file")
-            return index, self.preprocessing.crop(load_image(path)), ""
+            return index, self.preprocessing.load(path), ""
         except DeconvNetError as error:
             return index, None, str(error)
         except Exception as error:  # a decoder's own failure is one more unreadable file
@@ -723,17 +765,67 @@ def collate(
     return indices, images, failed
 
 
+class ThreadedBatches:
+    """``collate`` batches of a dataset decoded by ``threads`` threads of this process, in order.
+
+    Pillow lets go of the GIL while it decodes and resizes, so the threads work while the
+    caller runs the forward pass of the previous batch; they stay ``ahead`` batches in front.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, threads: int, ahead: int = 2) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.threads = threads
+        self.ahead = ahead
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, str]]]]:
+        total = len(self.dataset)
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="deconvnet-decode")
+        pending: deque[list[Future]] = deque()
+        try:
+            for start in range(0, total, self.batch_size):
+                batch = range(start, min(start + self.batch_size, total))
+                pending.append([pool.submit(self.dataset.__getitem__, i) for i in batch])
+                if len(pending) > self.ahead:
+                    yield collate([future.result() for future in pending.popleft()])
+            while pending:
+                yield collate([future.result() for future in pending.popleft()])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 def image_batches(
-    root: str, items: Sequence[tuple[int, str]], batch_size: int, workers: int, pin: bool = False
-) -> DataLoader:
-    """Decode and crop ``items`` ``(index, relative path)`` in ``workers`` processes, in order;
-    batches as ``collate`` makes them."""
+    root: str,
+    items: Sequence[tuple[int, str]],
+    batch_size: int,
+    workers: int,
+    pin: bool = False,
+    *,
+    fast: bool = False,
+    threads: int | None = None,
+) -> DataLoader | ThreadedBatches:
+    """Decode and crop ``items`` ``(index, relative path)`` in order; batches as ``collate``
+    makes them.
+
+    With ``workers`` > 0 the images are decoded in that many processes (a ``DataLoader``);
+    with 0, in ``threads`` threads of this process (default ``DEFAULT_THREADS``; 0: one image
+    after the other, between forward passes). ``fast``: see ``Preprocessing``.
+    """
     if batch_size < 1:
         raise DeconvNetError(f"batch size must be at least 1, got {batch_size}")
     if workers < 0:
         raise DeconvNetError(f"workers must be 0 (decode in this process) or more, got {workers}")
+    threads = DEFAULT_THREADS if threads is None else threads
+    if threads < 0:
+        raise DeconvNetError(f"threads must be 0 (decode between batches) or more, got {threads}")
+    dataset = ImageFiles(root, items, fast)
+    if workers == 0 and threads > 0:
+        return ThreadedBatches(dataset, batch_size, threads)
     return DataLoader(
-        ImageFiles(root, items),
+        dataset,
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
@@ -753,12 +845,14 @@ def scan(
     checkpoint_every: int = CHECKPOINT_EVERY,
     batch_size: int = 32,
     workers: int = DEFAULT_WORKERS,
+    threads: int | None = None,
     progress: bool = True,
 ) -> ScanState:
     """Scan the rest of ``state``'s shard of ``listing``, updating ``state`` in place.
 
     One forward pass per batch, up to the deepest of the state's layers, serves all of them
-    (``forward_maxima``); no switches are recorded.
+    (``forward_maxima``); no switches are recorded. Images are decoded as ``image_batches``
+    says (``workers`` processes, else ``threads`` threads), while the forward pass runs.
     With ``checkpoint``, the state is saved there atomically every ``checkpoint_every`` images
     and at the end; scanning a loaded state continues where it stopped.
     """
@@ -782,7 +876,15 @@ def scan(
         if checkpoint is not None:
             state.save(checkpoint)
 
-    batches = image_batches(listing.root, todo, batch_size, workers, pin=device.type == "cuda")
+    batches = image_batches(
+        listing.root,
+        todo,
+        batch_size,
+        workers,
+        pin=device.type == "cuda",
+        fast=state.fast_decode,
+        threads=threads,
+    )
     with (
         progress_bar("scanning", state.shard_size, state.cursor, "img", progress) as advance,
         torch.inference_mode(),
@@ -817,8 +919,10 @@ def scan_folder(
     resume: bool = False,
     batch_size: int = 32,
     workers: int = DEFAULT_WORKERS,
+    threads: int | None = None,
     checkpoint_every: int = CHECKPOINT_EVERY,
     progress: bool = True,
+    fast_decode: bool = False,
 ) -> ScanState:
     """Scan shard ``(i, n)`` of the images under ``folder``, checkpointing into ``out``.
 
@@ -829,7 +933,7 @@ def scan_folder(
     listing = list_images(folder, exclude=[out])
     for name, reason in listing.left_out:
         logger.warning("left out %s: %s", os.path.join(listing.root, name), reason)
-    state = new_state(net, listing, layers, channels, top, shard)
+    state = new_state(net, listing, layers, channels, top, shard, fast_decode)
     path = state_path(out, shard)
     if resume and path.exists():
         saved = ScanState.load(path)
@@ -852,6 +956,7 @@ def scan_folder(
         checkpoint_every=checkpoint_every,
         batch_size=batch_size,
         workers=workers,
+        threads=threads,
         progress=progress,
     )
 
@@ -896,6 +1001,7 @@ def merge_states(states: Sequence[ScanState]) -> ScanState:
         channels={name: list(c) for name, c in first.channels.items()},
         map_sizes=dict(first.map_sizes),
         shard=(0, 1),
+        fast_decode=first.fast_decode,
     )
     for state in sorted(states, key=lambda s: s.shard[0]):
         for name, topk in state.layers.items():

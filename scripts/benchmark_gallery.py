@@ -1,27 +1,41 @@
-"""Benchmark of data-set galleries on 1,000 distinct 224x224 crops of the shared photos.
+"""Benchmark of data-set galleries on JPEG photos of the sizes people have, decoding included.
 
-    .venv/bin/python scripts/benchmark_gallery.py [--images 1000] [--dir DIR] [--workers 1]
-                                                  [--memory-runs 3]
+    .venv/bin/python scripts/benchmark_gallery.py [--images 1000] [--rate-images 256]
+        [--sizes 500x375,4032x3024] [--configs exact,serial,fast] [--gallery-modes exact,fast]
+        [--repeats 2] [--dir DIR] [--memory-runs 1]
 
-Makes the crops (random position, scale and mirror, from ../shared/images; nothing is kept in the
-repository), then prints:
+For each size (default: ImageNet-like 500x375 and 12-megapixel phone photos, 4032x3024), makes
+``--images`` distinct JPEGs from ../shared/images (random 4:3 box and mirror, resized up or down
+to the size; in a temporary folder unless ``--dir``; nothing is kept in the repository), then
+prints:
 
-- scan throughput (decoding included) over a plain AlexNet ``features`` forward of the same,
-  already decoded images at the same batch size (goal: at least 0.8);
-- the whole gallery time, conv1..conv5, every channel, top 9 (goal: at most 3 minutes on 2 cores);
-- the peak memory (max RSS of the gallery process) at 250 and at 1,000 images (goal: the same),
-  once per ``--memory-runs``: a few runs show how much it varies from run to run.
+- the decoding cost per image on one core: exact (the weights' own preprocessing) and
+  ``--fast-decode`` (Pillow's JPEG draft mode);
+- scan throughput (decoding included, conv1..conv5 top 9) over a plain AlexNet ``features``
+  forward of the same, already decoded images at the same batch size, on the first
+  ``--rate-images`` photos, for each of ``--configs``: ``exact`` (the default: decoding threads
+  beside the forward pass), ``serial`` (decoding between forward passes as before threads,
+  though without the two full-size copies ``load_image`` used to make),
+  ``fast`` (``--fast-decode``), ``workersN`` (N decoding processes). Goals: at least 0.8 for
+  500x375, at least 0.5 for 12 MP. Plain forward and scans alternate, best of ``--repeats``;
+- how many top-9 entries ``--fast-decode`` changes against the exact scan of the same photos;
+- the whole gallery of ``--images`` photos, conv1..conv5, every channel, top 9 (goal: at most 3
+  minutes), with exact decoding and, for photos large enough for draft mode, ``--fast-decode``;
+- the peak memory (VmHWM of the gallery process) at 250 photos (a quarter of ``--images`` if
+  fewer) and at ``--images`` (goal: flat).
 
-Each gallery runs in its own process: its wall time, and its peak resident memory (VmHWM on
-Linux, else ``ru_maxrss`` from ``os.wait4``). Torch uses 2 threads.
+Each gallery runs in its own process. Torch uses 2 threads. The load average is printed
+before and after: on a shared machine the figures are lower and noisier than on a quiet one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,63 +50,140 @@ PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "images"
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "alexnet_features.pth"
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 THREADS = 2
+SMALL = 250
 
 
-def make_crops(dest: Path, count: int, seed: int = 0) -> list[Path]:
-    """``count`` distinct 224x224 JPEG crops of the photos: random box, scale and mirror."""
+def _photos() -> list[Path]:
+    return [p for p in sorted(PHOTOS.iterdir()) if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+
+
+def _make_one(job: tuple[int, Path, tuple[int, int], int]) -> None:
+    """One photo: a random 4:3 box of a shared image (mirrored half the time), resized."""
+    index, dest, size, seed = job
+    photos = _photos()
+    rng = random.Random(seed * 1_000_003 + index)
+    source = photos[index % len(photos)]
+    with Image.open(source) as image:
+        image = image.convert("RGB")
+    width = rng.randint(image.width // 2, image.width)
+    height = min(image.height, width * 3 // 4)
+    width = height * 4 // 3
+    left = rng.randint(0, image.width - width)
+    top = rng.randint(0, image.height - height)
+    box = image.crop((left, top, left + width, top + height))
+    if rng.random() < 0.5:
+        box = box.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    box = box.resize(size, Image.Resampling.BICUBIC)
+    box.save(dest / f"{index:04d}-{source.stem}.jpg", quality=90)
+
+
+def make_photos(dest: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    """``count`` distinct JPEGs of ``size`` (w, h) in ``dest`` (kept if already there)."""
     dest.mkdir(parents=True, exist_ok=True)
-    photos = []
-    for path in sorted(PHOTOS.iterdir()):
-        if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
-            with Image.open(path) as image:
-                photos.append((path.stem, image.convert("RGB")))
-    rng = random.Random(seed)
-    seen, files = set(), []
-    while len(files) < count:
-        name, photo = photos[len(files) % len(photos)]
-        side = rng.randint(max(64, min(photo.size) // 3), min(photo.size))
-        left = rng.randint(0, photo.width - side)
-        top = rng.randint(0, photo.height - side)
-        mirror = rng.random() < 0.5
-        if (name, side, left, top, mirror) in seen:
-            continue
-        seen.add((name, side, left, top, mirror))
-        crop = photo.crop((left, top, left + side, top + side)).resize((224, 224), Image.BICUBIC)
-        if mirror:
-            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        path = dest / f"{len(files):04d}-{name}.jpg"
-        crop.save(path, quality=92)
-        files.append(path)
+    files = sorted(dest.glob("*.jpg"))
+    if len(files) != count:
+        for path in files:
+            path.unlink()
+        jobs = [(i, dest, size, seed) for i in range(count)]
+        with multiprocessing.Pool(os.cpu_count()) as pool:
+            pool.map(_make_one, jobs, chunksize=8)
+        files = sorted(dest.glob("*.jpg"))
     return files
 
 
-def plain_forward_rate(x: torch.Tensor, batch_size: int) -> float:
-    """Images/s of AlexNet's ``features`` alone on already decoded, preprocessed images."""
+def subset(files: list[Path], dest: Path, count: int) -> Path:
+    """The first ``count`` files, hard-linked into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in files[:count]:
+        target = dest / path.name
+        if not target.exists():
+            os.link(path, target)
+    return dest
+
+
+def load_state():
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def decode_costs(files: list[Path]) -> dict[str, float]:
+    """Milliseconds per image, one thread: exact and fast preprocessing to the 224 crop."""
+    from deconvnet.scan import Preprocessing
+
+    costs = {}
+    for name, fast in (("exact", False), ("fast", True)):
+        preprocessing = Preprocessing(fast)
+        start = time.perf_counter()
+        for path in files:
+            preprocessing.load(path)
+        costs[name] = (time.perf_counter() - start) / len(files) * 1000
+    return costs
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process's threads and of its finished children (decoding workers)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def plain_forward_rate(x: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Images/s of AlexNet's ``features`` alone on already decoded, preprocessed images, and
+    CPU milliseconds per image."""
     from deconvnet import load_model
 
     features = load_model("alexnet", weights=WEIGHTS).features
     with torch.inference_mode():
         features(x[:batch_size])  # warm-up
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         for i in range(0, len(x), batch_size):
             features(x[i : i + batch_size])
-        return len(x) / (time.perf_counter() - start)
+        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        return len(x) / wall, cpu / len(x) * 1000
 
 
-def scan_rate(folder: Path, out: Path, batch_size: int, workers: int) -> float:
+def config_options(config: str) -> dict:
+    """scan_folder's options for a configuration name."""
+    if config == "exact":
+        return {"workers": 0}
+    if config == "serial":
+        return {"workers": 0, "threads": 0}
+    if config == "fast":
+        return {"workers": 0, "fast_decode": True}
+    if config.startswith("workers"):
+        return {"workers": int(config.removeprefix("workers"))}
+    raise SystemExit(f"unknown configuration {config!r}")
+
+
+def scan_rate(folder: Path, out: Path, batch_size: int, options: dict):
     """Images/s of the gallery scan (decoding, forward, top-k, checkpoints), conv1..conv5."""
     from deconvnet.gallery import load_net
     from deconvnet.scan import scan_folder
 
     net = load_net("alexnet", WEIGHTS, "cpu")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     state = scan_folder(
-        net, folder, LAYERS, out=out, batch_size=batch_size, workers=workers, progress=False
+        net, folder, LAYERS, out=out, batch_size=batch_size, progress=False, **options
     )
-    return state.scanned / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    return state.scanned / wall, cpu / state.scanned * 1000, state
 
 
-def child(folder: str, out: str, batch_size: int, workers: int) -> None:
+def topk_changes(exact, fast) -> tuple[int, int, int, int]:
+    """(entries whose image differs, entries, channels whose image set differs, channels)."""
+    entries = changed = channels = sets = 0
+    for name, topk in exact.layers.items():
+        other = fast.layers[name]
+        changed += int((topk.image != other.image).sum())
+        entries += topk.image.numel()
+        for a, b in zip(topk.image.tolist(), other.image.tolist(), strict=True):
+            sets += set(a) != set(b)
+        channels += topk.image.shape[0]
+    return changed, entries, sets, channels
+
+
+def child(folder: str, out: str, batch_size: int, fast: bool) -> None:
     """One whole gallery, timed in phases; prints JSON."""
     torch.set_num_threads(THREADS)
     from deconvnet.gallery import load_net, render_gallery
@@ -101,10 +192,10 @@ def child(folder: str, out: str, batch_size: int, workers: int) -> None:
     start = time.perf_counter()
     net = load_net("alexnet", WEIGHTS, "cpu")
     state = scan_folder(
-        net, folder, LAYERS, out=out, batch_size=batch_size, workers=workers, progress=False
+        net, folder, LAYERS, out=out, batch_size=batch_size, progress=False, fast_decode=fast
     )
     scanned = time.perf_counter()
-    result = render_gallery(net, state, out, batch_size=batch_size, workers=workers, progress=False)
+    result = render_gallery(net, state, out, batch_size=batch_size, progress=False)
     done = time.perf_counter()
     report = {
         "scan_s": scanned - start,
@@ -122,10 +213,10 @@ def child(folder: str, out: str, batch_size: int, workers: int) -> None:
     print(json.dumps(report))
 
 
-def run_child(folder: Path, out: Path, batch_size: int, workers: int) -> dict:
+def run_child(folder: Path, out: Path, batch_size: int, fast: bool) -> dict:
     """A gallery in a fresh process: its JSON report, wall time and max RSS (MiB)."""
     command = [sys.executable, __file__, "--child", str(folder), str(out)]
-    command += ["--batch-size", str(batch_size), "--workers", str(workers)]
+    command += ["--batch-size", str(batch_size)] + ["--fast-decode"] * fast
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO)
     _, status, usage = os.wait4(process.pid, 0)
@@ -139,71 +230,128 @@ def run_child(folder: Path, out: Path, batch_size: int, workers: int) -> dict:
     return {"max_rss_mib": usage.ru_maxrss / scale, **report, "wall_s": wall}
 
 
+def bench_size(args, base: Path, scratch: Path, size: tuple[int, int]) -> None:
+    from deconvnet.images import load_image, preprocessing
+
+    label = f"{size[0]}x{size[1]}"
+    made = time.perf_counter()
+    files = make_photos(base / label, args.images, size)
+    print(
+        f"\n== {label}: {len(files)} distinct JPEGs of {PHOTOS} in {base / label} "
+        f"(mean {sum(p.stat().st_size for p in files) / len(files) / 1024:.0f} KiB; made in "
+        f"{time.perf_counter() - made:.0f} s)"
+    )
+    rate_files = files[: args.rate_images]
+    rate_folder = subset(files, base / f"{label}-{len(rate_files)}", len(rate_files))
+    costs = decode_costs(rate_files[:16])
+    print(
+        f"decoding and preprocessing, one thread: exact {costs['exact']:.1f} ms/image, "
+        f"--fast-decode {costs['fast']:.1f} ms/image"
+    )
+    transform = preprocessing()
+    x = torch.stack([transform(load_image(path)) for path in rate_files])
+    plain, plain_cpu = 0.0, float("inf")
+    best: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    states = {}
+    for repeat in range(args.repeats):
+        rate, ms = plain_forward_rate(x, args.batch_size)
+        plain, plain_cpu = max(plain, rate), min(plain_cpu, ms)
+        for config in args.configs:
+            out = scratch / f"scan-{label}-{config}-{repeat}"
+            rate, ms, state = scan_rate(rate_folder, out, args.batch_size, config_options(config))
+            best[config] = max(best.get(config, 0.0), rate)
+            cpu[config] = min(cpu.get(config, float("inf")), ms)
+            states[config] = state
+    del x
+    goal = 0.8 if size[0] * size[1] < 1_000_000 else 0.5
+    print(
+        f"plain features forward of the {len(rate_files)} decoded images: {plain:.1f} img/s, "
+        f"{plain_cpu:.1f} CPU ms/image (best of {args.repeats})"
+    )
+    for config in args.configs:
+        print(
+            f"scan {config:>8}: {best[config]:6.1f} img/s, ratio {best[config] / plain:.2f} "
+            f"(goal >= {goal}; decoding included, conv1..conv5 top 9); {cpu[config]:.1f} CPU "
+            f"ms/image, CPU ratio {plain_cpu / cpu[config]:.2f}"
+        )
+    if "exact" in states and "fast" in states:
+        changed, entries, sets, channels = topk_changes(states["exact"], states["fast"])
+        print(
+            f"--fast-decode against exact on these {len(rate_files)} photos: {changed} of "
+            f"{entries} top-9 entries hold another image; {sets} of {channels} channels have "
+            "another set of 9 images"
+        )
+    modes = [False] + ([True] if costs["fast"] < 0.7 * costs["exact"] else [])
+    modes = [fast for fast in modes if ("fast" if fast else "exact") in args.gallery_modes]
+    few = min(SMALL, args.images // 4)
+    for fast in modes:
+        small = subset(files, base / f"{label}-{few}", few)
+        runs: dict[str, list[dict]] = {str(few): [], str(args.images): []}
+        for _ in range(max(1, args.memory_runs)):
+            for name, folder in ((str(few), small), (str(args.images), base / label)):
+                out = scratch / f"out-{label}-{fast}-{name}-{len(runs[name])}"
+                runs[name].append(run_child(folder, out, args.batch_size, fast))
+        big = runs[str(args.images)][0]
+        mode = "--fast-decode" if fast else "exact decoding"
+        print(
+            f"whole gallery, {args.images} photos of {label}, {mode}, conv1..conv5 all channels, "
+            f"top 9 ({big['entries']} projections): {big['wall_s']:.1f} s wall (scan "
+            f"{big['scan_s']:.1f} s, projections and files {big['render_s']:.1f} s; goal <= 180 s)"
+        )
+        peaks = {name: [f"{run['max_rss_mib']:.0f}" for run in done] for name, done in runs.items()}
+        print(
+            f"peak memory (VmHWM of the gallery process): {few} photos "
+            f"{', '.join(peaks[str(few)])} MiB; {args.images} photos "
+            f"{', '.join(peaks[str(args.images)])} MiB (goal: the same)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--dir", type=Path, help="where to make the crops (default: a temp dir)")
+    parser.add_argument("--rate-images", type=int, default=256)
+    parser.add_argument("--sizes", default="500x375,4032x3024")
+    parser.add_argument("--configs", default="exact,serial,fast")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dir", type=Path, help="where to make the photos (default: a temp dir)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=0, help="decoding processes (0 here)")
     parser.add_argument(
         "--memory-runs",
         type=int,
         default=1,
         help="galleries per size, alternating, to see the run-to-run spread of the peak memory",
     )
+    parser.add_argument(
+        "--gallery-modes",
+        default="exact,fast",
+        help="whole galleries to run: exact, fast (where draft mode helps), both, or none",
+    )
+    parser.add_argument("--fast-decode", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.batch_size, args.workers)
+        child(*args.child, args.batch_size, args.fast_decode)
         return
+    args.configs = args.configs.split(",")
+    args.gallery_modes = args.gallery_modes.split(",")
     torch.set_num_threads(THREADS)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    before = load_state()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cores} cores; load "
+        f"average {before:.1f}" + (" (the machine is shared and loaded)" if before > 1 else "")
+    )
     with tempfile.TemporaryDirectory(prefix="gallery-bench-") as scratch:
         base = args.dir or Path(scratch)
-        small, full = base / "crops-250", base / f"crops-{args.images}"
-        files = make_crops(full, args.images)
-        small.mkdir(parents=True, exist_ok=True)
-        for path in files[:250]:
-            target = small / path.name
-            if not target.exists():
-                os.link(path, target)
-        print(f"{len(files)} distinct 224x224 crops of {PHOTOS} in {full}")
-        print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
-        )
-
-        from deconvnet.images import load_image, preprocessing
-
-        transform = preprocessing()
-        x = torch.stack([transform(load_image(path)) for path in files])
-        # Alternate the two, best of three each: a shared machine's noise hits both alike.
-        plain = scan = 0.0
-        for _ in range(3):
-            plain = max(plain, plain_forward_rate(x, args.batch_size))
-            scan = max(scan, scan_rate(full, Path(scratch) / "scan", args.batch_size, args.workers))
-        del x
-        print(
-            f"scan: {scan:.1f} img/s (decoding included, conv1..conv5 top-9, workers "
-            f"{args.workers}); plain features forward of the decoded images: {plain:.1f} img/s; "
-            f"ratio {scan / plain:.2f} (goal >= 0.8)"
-        )
-        runs: dict[str, list[dict]] = {"250": [], str(args.images): []}
-        for _ in range(max(1, args.memory_runs)):
-            for name, folder in (("250", small), (str(args.images), full)):
-                out = Path(scratch) / f"out-{name}-{len(runs[name])}"
-                runs[name].append(run_child(folder, out, args.batch_size, args.workers))
-        big = runs[str(args.images)][0]
-        print(
-            f"whole gallery, {args.images} images, conv1..conv5 all channels, top 9 "
-            f"({big['entries']} projections): {big['wall_s']:.1f} s wall (scan "
-            f"{big['scan_s']:.1f} s, projections and files {big['render_s']:.1f} s; "
-            "goal <= 180 s)"
-        )
-        peaks = {name: [f"{run['max_rss_mib']:.0f}" for run in done] for name, done in runs.items()}
-        print(
-            f"peak memory (max RSS of the gallery process): 250 images "
-            f"{', '.join(peaks['250'])} MiB; {args.images} images "
-            f"{', '.join(peaks[str(args.images)])} MiB (goal: the same)"
-        )
+        for text in args.sizes.split(","):
+            width, height = (int(v) for v in text.lower().split("x"))
+            bench_size(args, base, Path(scratch), (width, height))
+    after = load_state()
+    print(
+        f"\nload average at the end {after:.1f}"
+        + (f" on {cores} cores: the machine was shared and loaded" if after > 1 else "")
+    )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,14 @@ ImageNet preprocessing and its inverse."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +268,192 @@ def test_an_unreadable_file_is_not_called_corrupt(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "open", denied)
     with pytest.raises(DeconvNetError, match="permission denied; cannot read the file"):
         load_image(path)
+
+
+# --- brightness follows the bit depth, not the content ---------------------------------------
+
+
+def _sixteen_bit_png(path, values: np.ndarray):
+    Image.fromarray(values.astype(np.uint16)).save(path)
+    assert Image.open(path).mode == "I;16"
+    return path
+
+
+def test_sixteen_bit_brightness_does_not_depend_on_the_maximum(tmp_path):
+    # Two images differing in one pixel, 255 and 256: the same brightness, value / 257.
+    values = np.full((40, 56), 200, dtype=np.uint16)
+    dim, bright = values.copy(), values.copy()
+    dim[0, 0], bright[0, 0] = 255, 256
+    a = np.asarray(load_image(_sixteen_bit_png(tmp_path / "a.png", dim)))
+    b = np.asarray(load_image(_sixteen_bit_png(tmp_path / "b.png", bright)))
+    assert (a == b).all()
+    assert (a[1:, 1:] == round(200 / 257)).all()  # a dark 16-bit image stays dark
+
+
+@pytest.mark.parametrize(
+    ("dtype", "suffix", "mode"),
+    [("<u2", ".png", "I;16"), ("<u2", ".tif", "I;16"), (">u2", ".tif", "I;16B")],
+)
+def test_sixteen_bit_modes_map_the_full_range_to_eight_bits(tmp_path, dtype, suffix, mode):
+    values = np.random.default_rng(1).integers(0, 65536, (40, 56)).astype(dtype)
+    values[0, :4] = (0, 128, 65535, 257 * 100)
+    path = tmp_path / f"deep{suffix}"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == mode
+    image = np.asarray(load_image(path))
+    expected = np.floor(values.astype(np.float64) / 257 + 0.5)  # 257 = 65535 / 255
+    assert (image == expected[..., None]).all()
+    assert tuple(image[0, :4, 0]) == (0, 0, 255, 100)
+
+
+def test_sixteen_bit_pgm_is_read_on_the_sixteen_bit_scale(tmp_path):
+    # Pillow reads a PGM of maxval 4095 as mode I, scaled to 0..65535.
+    path = tmp_path / "deep.pgm"
+    samples = np.array([[0, 4095, 2048, 1024]] * 16, dtype=">u2")
+    path.write_bytes(b"P5 4 16 4095\n" + samples.tobytes())
+    assert Image.open(path).mode == "I"
+    image = np.asarray(to_rgb(Image.open(path)))  # 4x16 is under load_image's minimum side
+    assert tuple(image[0, :, 0]) == (0, 255, round(2048 / 4095 * 255), round(1024 / 4095 * 255))
+
+
+def test_thirty_two_bit_integers_are_read_on_the_sixteen_bit_scale_and_clipped(tmp_path):
+    values = np.full((20, 20), 257 * 10, dtype=np.int32)
+    values[0, :4] = (-5, 257 * 100, 65535, 1_000_000)
+    path = tmp_path / "int32.tif"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "I"
+    image = np.asarray(load_image(path))[..., 0]
+    assert tuple(image[0, :4]) == (0, 100, 255, 255)
+    assert (image[1:] == 10).all()
+
+
+def test_float_images_are_read_as_zero_to_one_and_clipped(tmp_path):
+    values = np.full((20, 20), 0.25, dtype=np.float32)
+    values[0, :5] = (-1.0, 0.0, 0.75, 1.0, 7.0)
+    values[0, 5] = np.nan
+    path = tmp_path / "float.tif"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "F"
+    image = np.asarray(load_image(path))[..., 0]
+    assert tuple(image[0, :6]) == (0, 0, 191, 255, 255, 0)  # 0.75 * 255 = 191.25
+    assert (image[1:] == 64).all()  # 0.25 * 255 = 63.75, whatever else the image holds
+
+
+# --- files that are not regular files ---------------------------------------------------------
+
+
+def _load_in_a_thread(path, timeout=30.0):
+    """load_image(path) in a thread: (returned or raised, finished in time)."""
+    import threading
+
+    outcome = []
+
+    def target():
+        try:
+            outcome.append(load_image(path))
+        except Exception as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return (outcome[0] if outcome else None), not thread.is_alive()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    result, finished = _load_in_a_thread(fifo)
+    if not finished:
+        # Release the reader stuck in open(): a writer that opens and closes gives it EOF.
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert finished, "load_image blocked on a named pipe"
+    assert isinstance(result, DeconvNetError)
+    assert (
+        str(result) == f"{fifo} is a named pipe (FIFO), not a regular file; expected an image file"
+    )
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null")
+def test_a_device_is_refused():
+    with pytest.raises(DeconvNetError, match="is a character device, not a regular file"):
+        load_image("/dev/null")
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+def test_a_socket_is_refused(tmp_path):
+    path = tmp_path / "s.png"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        with pytest.raises(DeconvNetError, match="is a socket, not a regular file"):
+            load_image(path)
+
+
+def test_a_symlink_to_an_image_still_loads(tmp_path):
+    target = tmp_path / "real.png"
+    Image.fromarray(_pixels()).save(target)
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    assert load_image(link).size == (56, 40)
+
+
+# --- draft decoding ----------------------------------------------------------------------------
+
+
+def _smooth_photo(width, height, seed=0) -> Image.Image:
+    """A smooth RGB image (a JPEG's typical content): a few random waves per channel."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    channels = []
+    for _ in range(3):
+        fx, fy, phase = rng.uniform(1, 6, 3)
+        channels.append(127.5 + 120 * np.sin(2 * np.pi * (fx * x + fy * y) + phase))
+    return Image.fromarray(np.stack(channels, axis=-1).astype(np.uint8))
+
+
+def test_draft_decodes_a_jpeg_at_the_smallest_scale_that_keeps_the_shorter_side(tmp_path):
+    path = tmp_path / "big.jpg"
+    _smooth_photo(1600, 1200).save(path, quality=92)
+    assert load_image(path).size == (1600, 1200)
+    assert load_image(path, draft=256).size == (400, 300)  # 1/4; 1/8 would be 150 < 256
+    assert load_image(path, draft=150).size == (200, 150)  # 1/8
+    assert load_image(path, draft=700).size == (1600, 1200)  # 1/2 would be 600 < 700
+    # A smaller image of nearly the same pixels: close to a box average of the full decode.
+    full = np.asarray(load_image(path).reduce(4), dtype=np.float64)
+    drafted = np.asarray(load_image(path, draft=256), dtype=np.float64)
+    assert np.abs(full - drafted).mean() < 2.0
+
+
+def test_draft_applies_the_exif_orientation_and_leaves_other_formats_whole(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    _smooth_photo(1600, 1200).save(path, exif=exif)
+    assert load_image(path, draft=256).size == (300, 400)
+    png = tmp_path / "big.png"
+    _smooth_photo(1600, 1200).save(png)
+    assert load_image(png, draft=256).size == (1600, 1200)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_visualize_of_a_named_pipe_is_one_line_and_status_2(tmp_path):
+    # The installed command, as a user runs it, in a process with a timeout: it used to hang.
+    script = Path(sys.executable).with_name("deconvnet")
+    if not script.exists():
+        pytest.skip(f"console script not installed at {script}")
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    process = subprocess.run(
+        [script, "visualize", fifo, "-w", "random", "-o", tmp_path / "out"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert process.returncode == 2
+    assert process.stderr.splitlines() == [
+        f"error: {fifo} is a named pipe (FIFO), not a regular file; expected an image file"
+    ]
+    assert not (tmp_path / "out").exists()
