@@ -24,7 +24,14 @@ from torch import nn
 
 from deconvnet.errors import DeconvNetError
 from deconvnet.inverse import check_rule, full_transposed_conv, phase_kernels, rectify, unpool
-from deconvnet.layers import Layer, feature_stack, name_layers, naming_style, resolve_layer
+from deconvnet.layers import (
+    Layer,
+    feature_stack,
+    name_layers,
+    naming_style,
+    resolve_layer,
+    why_not_invertible,
+)
 from deconvnet.projection import Projection
 from deconvnet.receptive_field import ReceptiveField, map_size, receptive_field, step
 from deconvnet.selection import Target, Units, check_in_range, select, strongest_channels
@@ -52,6 +59,10 @@ class DeconvNet:
         if self._first_conv is None:
             raise DeconvNetError("the stack has no Conv2d: there is nothing to project through")
         self._steps = [step(module) for module in self._modules]
+        # Checked again at every forward: model.train() may be called after this.
+        self._dropouts = [
+            (i, m) for i, m in enumerate(self._modules) if isinstance(m, (nn.Dropout, nn.Dropout2d))
+        ]
         self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
         self._fields: dict[int, ReceptiveField] = {}
         self._phase_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
@@ -137,6 +148,15 @@ class DeconvNet:
                 f"expected a floating-point image tensor, got {x.dtype}; normalize it first "
                 "(deconvnet.images.preprocess does)"
             )
+        dtype = self._first_conv.weight.dtype
+        if x.dtype != dtype:
+            raise DeconvNetError(
+                f"the input is {str(x.dtype)[6:]} but the model's weights are {str(dtype)[6:]}; "
+                f"convert one of them: x.to({dtype}) or model.to({x.dtype})"
+            )
+        for index, module in self._dropouts:
+            if reason := why_not_invertible(module):
+                raise DeconvNetError(f"features.{index} is {reason}")
         if x.device != self.device:
             raise DeconvNetError(
                 f"the input is on {x.device} but the model is on {self.device}; move one of them"
