@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.inverse import check_rule, full_transposed_conv, phase_kernels, rectify, unpool
 from deconvnet.layers import (
     Layer,
@@ -122,6 +122,8 @@ class DeconvNet:
         """
         check_rule(rule)
         entry = self.layer(layer)
+        if isinstance(keep, str | int):
+            raise DeconvNetError(f"keep takes a list of layers, got {keep!r}: write [{keep!r}]")
         kept = [self.layer(name).index for name in keep]
         if any(index > entry.index for index in kept):
             raise DeconvNetError(f"layers to keep must lie at or below {entry.name}")
@@ -196,6 +198,11 @@ class DeconvNet:
         For example every channel's strongest unit: ``[f"conv5:{c}" for c in range(256)]``.
         Returns a Projection with a leading dimension T, in the order of ``targets``.
         """
+        if isinstance(targets, str | Target):
+            raise DeconvNetError(
+                f"project_many takes a list of targets, got {targets!r}; for one target use "
+                "project, or write [target]"
+            )
         parsed = [Target.parse(t) for t in targets]
         if not parsed:
             raise DeconvNetError("project_many needs at least one target")
@@ -223,6 +230,7 @@ class DeconvNet:
         single image ``x`` ``(1, 3, H, W)``, strongest first (ties: lower channel first)."""
         entry = self.layer(layer)
         channels = self.channels(entry.index)
+        count = check_int(count, "count")
         if not 1 <= count <= channels:
             raise DeconvNetError(
                 f"cannot take the {count} strongest channels of {entry.name}, which has "
@@ -266,6 +274,10 @@ class DeconvNet:
                 "keep it (DeconvNet.forward(..., keep=[...]))"
             )
         device = maps.device
+        for values, what in ((image, "image"), (channel, "channel"), (position, "position")):
+            kind = torch.as_tensor(values).dtype
+            if kind.is_floating_point or kind == torch.bool:  # 1.5 or True must not become 1
+                raise DeconvNetError(f"{what} must hold integers, got {values!r}")
         image = torch.as_tensor(image, dtype=torch.long, device=device).reshape(-1)
         channel = torch.as_tensor(channel, dtype=torch.long, device=device).reshape(-1)
         position = torch.as_tensor(position, dtype=torch.long, device=device).reshape(-1, 2)
