@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, plural
 from deconvnet.gallery import default_out, make_gallery, merge_gallery, scan_shard
 from deconvnet.scan import CHECKPOINT_EVERY, DEFAULT_WORKERS, parse_shard, state_path
 
@@ -89,7 +89,8 @@ def gallery(
     if shard is not None:
         skipped = f", {len(state.skipped)} unreadable skipped" if state.skipped else ""
         typer.echo(
-            f"shard {part[0]}/{part[1]}: {state.scanned} images scanned{skipped}; state in "
+            f"shard {part[0]}/{part[1]}: {plural(state.scanned, 'image')} scanned{skipped}; "
+            "state in "
             f"{state_path(out, part)}. When every shard is done, run deconvnet gallery-merge "
             f"with the {part[1]} states ({Path(out) / f'scan-state-*-of-{part[1]}.pt'})"
         )
@@ -156,8 +157,8 @@ def _summary(result) -> None:
     skipped = len(result.skipped)
     note = f"; {skipped} unreadable file{'s' * (skipped != 1)} skipped (see manifest.json)"
     typer.echo(
-        f"{result.scanned} images scanned{note if skipped else ''}; "
-        f"{len(result.entries)} projections; gallery in {result.index}"
+        f"{plural(result.scanned, 'image')} scanned{note if skipped else ''}; "
+        f"{plural(len(result.entries), 'projection')}; gallery in {result.index}"
     )
 
 

@@ -154,9 +154,12 @@ def resolve_layer(layers: list[Layer], layer: str | int) -> Layer:
             if key in (candidate.name, f"features.{candidate.index}"):
                 return candidate
     named = [entry.name for entry in layers if not entry.name.startswith("features.")]
-    key = str(layer).strip().lower()
-    near = [key] if key in named else difflib.get_close_matches(key, named, n=2, cutoff=0.75)
-    hint = f"did you mean {' or '.join(near)}? (names are exact and lowercase); " if near else ""
+    key = str(layer).strip()
+    if key.lower() in named:
+        hint = f"did you mean {key.lower()}? (names are exact and lowercase); "
+    else:
+        near = difflib.get_close_matches(key, named, n=1, cutoff=0.85)
+        hint = f"did you mean {near[0]}? " if near else ""
     raise DeconvNetError(
         f"unknown layer {layer!r}; {hint}valid layers are {', '.join(named)} "
         f"or features.0..features.{len(layers) - 1}"

@@ -76,8 +76,8 @@ def resolve(name: str) -> ModelSpec:
                 "package.module:factory (a function of no arguments returning an nn.Module)"
             )
         return ModelSpec(key, "factory")
-    near = difflib.get_close_matches(key.lower(), model_names(), n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(near)}? " if near else ""
+    near = difflib.get_close_matches(key.lower(), model_names(), n=1, cutoff=0.8)
+    hint = f"did you mean {near[0]}? " if near else ""
     raise DeconvNetError(
         f"unknown model {name!r}; {hint}names are torchvision's classification models, "
         f"lowercase as listed (alexnet, vgg16, resnet50, densenet121, googlenet, mobilenet_v2, "

@@ -122,3 +122,16 @@ def test_targets_refuse_wrong_types(make, message):
 def test_deconvnet_methods_refuse_misreadable_arguments(net, x, call, message):
     with pytest.raises(DeconvNetError, match=message):
         call(net, x)
+
+
+def test_messages_use_the_right_article_and_number():
+    from deconvnet.errors import a, plural
+
+    words = ["ELU", "ReLU", "LSTM", "SiLU", "int", "AvgPool2d", "MaxPool2d", "list", "GELU"]
+    assert [a(w) for w in words] == [
+        "an ELU", "a ReLU", "an LSTM", "a SiLU", "an int", "an AvgPool2d", "a MaxPool2d",
+        "a list", "a GELU",
+    ]  # fmt: skip
+    assert [plural(n, "projection") for n in (0, 1, 2)] == [
+        "0 projections", "1 projection", "2 projections",
+    ]  # fmt: skip
