@@ -32,7 +32,7 @@ from rich.table import Table
 
 from deconvnet.cli_gallery import gallery, merge
 from deconvnet.engine import DeconvNet
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, plural
 from deconvnet.files import write_bytes_atomic
 from deconvnet.inverse import RULES, check_rule
 from deconvnet.projection import Projection
@@ -54,12 +54,21 @@ DEFAULT_MODEL = "alexnet"
 DEFAULT_TOP = 9
 DEFAULT_PERCENTILE = 99.5
 DEFAULT_OUT = Path("outputs")
+# --size: below 16 pixels there is nothing to see; above 2048 (or a longer side over 4096) one
+# image's feature maps alone run to gigabytes in VGG (conv1_1 at 2048x2048 is 1 GiB).
+MIN_SIZE, MAX_SIZE, MAX_SIDE = 16, 2048, 4096
 
 # --- options shared by the commands ----------------------------------------------------------
 
 ModelOption = Annotated[
     str,
-    typer.Option("--model", "-m", metavar="NAME", help="alexnet, vgg11, vgg13, vgg16 or vgg19."),
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="NAME",
+        help="A torchvision classification model (alexnet, vgg16, resnet50, densenet121, ...) "
+        "or your own network as package.module:factory. Names are exact and lowercase.",
+    ),
 ]
 WeightsOption = Annotated[
     str | None,
@@ -67,7 +76,8 @@ WeightsOption = Annotated[
         "--weights",
         "-w",
         metavar="PATH",
-        help="State dict file (torchvision keys; conv layers suffice). Default: "
+        help="State dict file, or a checkpoint holding one under 'state_dict' or 'model' "
+        "(AlexNet/VGG: conv layers suffice); 'random' for testing. Default: "
         "$DECONVNET_WEIGHTS, else torchvision's ImageNet weights (cache or download).",
         show_default=False,
     ),
@@ -87,8 +97,9 @@ SizeOption = Annotated[
         "--size",
         "-s",
         metavar="PIXELS",
-        help="Resize the shorter side to this many pixels and keep the whole image. Default: "
-        "torchvision's preprocessing (shorter side 256, centre crop 224).",
+        help=f"Resize the shorter side to this many pixels ({MIN_SIZE}..{MAX_SIZE}) and keep "
+        f"the whole image (its longer side at most {MAX_SIDE}). Default: torchvision's "
+        "preprocessing (shorter side 256, centre crop 224).",
         show_default=False,
     ),
 ]
@@ -203,13 +214,13 @@ def visualize(
     With no arguments: grace_hopper.jpg, the 9 strongest channels of conv5, deconvnet rule.
     """
     with _reporting(quiet) as console:
-        check_rule(rule)
+        rule = _check_rule(rule)
         _check_percentile(percentile)
         request = _Request.read(layer, channel, position, target, top)
         inputs = _load_inputs(images, size, out)
         run = _Run.start(model, weights, device, size, percentile)
         wanted = request.resolve(run.net)
-        jobs = [run.plan(path, x, wanted) for path, x in inputs]
+        jobs = [_naming(path, len(inputs), run.plan, path, x, wanted) for path, x in inputs]
         with _progress(console, len(jobs), quiet, "projecting") as advance:
             for job in jobs:
                 _visualize_one(run, job, wanted, rule, percentile, out, save_arrays)
@@ -230,10 +241,9 @@ def _visualize_one(
     if isinstance(wanted, Strongest):
         targets = [Target(job.layer, c) for c in job.channels]
         projection = run.net.project_many(x, targets, rule=rule)
-        title = (
-            f"{job.stem}  ·  {projection.layer}, the {len(targets)} strongest channels  ·  "
-            f"rule: {rule}"
-        )
+        count = len(targets)
+        strongest = "the strongest channel" if count == 1 else f"the {count} strongest channels"
+        title = f"{job.stem}  ·  {projection.layer}, {strongest}  ·  rule: {rule}"
         figure = _figures().projection_sheet(projection, title=title, percentile=percentile)
         base = f"{job.stem}_{projection.layer}_top{len(targets)}_{rule}"
         what = (
@@ -319,7 +329,7 @@ def layers(
         if min(size) < 1:
             raise DeconvNetError(f"--input-size {input_size} must be positive")
         net = DeconvNet(_architecture(model))
-        name = model.strip().lower()
+        name = model.strip()
         table = Table(title=f"{name} layers for a {size[0]}×{size[1]} input", box=None)
         for heading in ("layer", "index", "kind", "output", "channels", "RF size", "RF stride"):
             right = heading in ("channels", "RF size", "RF stride")
@@ -377,9 +387,9 @@ def filters(
                 "it most"
             )
         count, _, kh, kw = conv.weight.shape
-        title = f"{model} {entry.name}: {count} learned filters, {kh}×{kw} RGB"
+        title = f"{run.model} {entry.name}: {plural(count, 'learned filter')}, {kh}×{kw} RGB"
         figure = _figures().filter_grid(conv.weight, title=title)
-        what = f"{model} {entry.name}: {count} filters"
+        what = f"{run.model} {entry.name}: {plural(count, 'filter')}"
         run.save(out, f"{entry.name}_filters", figure, None, None, what, False)
 
 
@@ -508,7 +518,7 @@ class _Run:
 
         where = resolve_device(device)
         module = load_model(model, weights=weights, progress=False).to(where)
-        name = model.strip().lower()
+        name = model.strip()
         return cls(DeconvNet(module), name, weights_source(module), where, size, percentile)
 
     def plan(self, path: Path, x: torch.Tensor, wanted: list[Target] | Strongest) -> _Job:
@@ -573,11 +583,44 @@ def _load_inputs(
     images: Sequence[Path] | None, size: int | None, out: Path
 ) -> list[tuple[Path, torch.Tensor]]:
     """Read and preprocess every image (each ``(1, 3, H, W)``) before anything else happens."""
-    from deconvnet.images import default_image, load_image, preprocess
+    from deconvnet.images import default_image
 
     _check_out(out)
+    _check_size(size)
     paths = list(images) if images else [default_image()]
-    return [(path, preprocess(load_image(path), size)) for path in paths]
+    return [(path, _load_one(path, size)) for path in paths]
+
+
+def _load_one(path: Path, size: int | None) -> torch.Tensor:
+    from deconvnet.images import load_image, preprocess
+
+    try:
+        image = load_image(path)
+        if size is not None:
+            short, long = sorted(image.size)
+            if round(long * size / short) > MAX_SIDE:
+                raise DeconvNetError(
+                    f"{path} is {image.width}x{image.height} pixels: with --size {size} its "
+                    f"longer side would be {round(long * size / short)}, over the limit of "
+                    f"{MAX_SIDE}; use --size {max(MIN_SIZE, MAX_SIDE * short // long)} or less"
+                )
+        return preprocess(image, size)
+    except DeconvNetError:
+        raise
+    except Exception as error:  # Pillow's decoders raise more kinds than OSError and ValueError
+        raise DeconvNetError(
+            f"{path}: cannot read the image ({type(error).__name__}: {_first_line(error)})"
+        ) from None
+
+
+def _naming(path: Path, count: int, function, *args):
+    """Call ``function(*args)``; with several images, a user error names the image it is about."""
+    try:
+        return function(*args)
+    except DeconvNetError as error:
+        if count < 2 or str(error).startswith(str(path)):
+            raise
+        raise DeconvNetError(f"{path}: {error}") from None
 
 
 # --- output files ------------------------------------------------------------------------------
@@ -688,6 +731,25 @@ def _check_out(out: Path) -> None:
 # --- checks and parsing ------------------------------------------------------------------------
 
 
+def _check_size(size: int | None) -> None:
+    if size is not None and not MIN_SIZE <= size <= MAX_SIZE:
+        raise DeconvNetError(
+            f"--size {size} is out of range (valid: {MIN_SIZE}..{MAX_SIZE} pixels for the "
+            "shorter side)"
+        )
+
+
+def _check_rule(rule: str) -> str:
+    """The rule's name, exact (case matters) with outer spaces ignored, as for every name."""
+    check_rule(rule.strip())
+    return rule.strip()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:120] if text else "no details"
+
+
 def _check_percentile(percentile: float) -> None:
     if not 0 < percentile <= 100:
         raise DeconvNetError(f"--percentile {percentile:g} is out of range (valid: 0 < p <= 100)")
@@ -702,16 +764,15 @@ def _parse_pair(text: str, option: str, expected: str) -> tuple[int, int]:
 
 
 def _architecture(model: str) -> torch.nn.Module:
-    """The model's modules without weights (on the meta device): enough to name and measure."""
-    import torchvision
+    """The model's modules without weights (on the meta device): enough to name and measure.
+    A factory (``package.module:factory``) is called as it is: it builds what it builds."""
+    from deconvnet import zoo
 
-    from deconvnet.models import MODEL_NAMES
-
-    name = model.strip().lower()
-    if name not in MODEL_NAMES:
-        raise DeconvNetError(f"unknown model {model!r}; valid names: {', '.join(MODEL_NAMES)}")
+    spec = zoo.resolve(model)
+    if spec.kind == "factory":
+        return zoo.call_factory(spec.name)
     with torch.device("meta"):
-        return getattr(torchvision.models, name)(weights=None)
+        return zoo.build(spec.name)
 
 
 _KINDS = {"pool": "max-pool", "relu": "ReLU", "identity": "pass-through"}

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, plural
 from deconvnet.gallery import default_out, make_gallery, merge_gallery, scan_shard
 from deconvnet.scan import CHECKPOINT_EVERY, DEFAULT_WORKERS, parse_shard, state_path
 
@@ -112,7 +112,8 @@ def gallery(
         if state.left_out:
             skipped += f", {len(state.left_out)} folders left out"
         typer.echo(
-            f"shard {part[0]}/{part[1]}: {state.scanned} images scanned{skipped}; state in "
+            f"shard {part[0]}/{part[1]}: {plural(state.scanned, 'image')} scanned{skipped}; "
+            "state in "
             f"{state_path(out, part)}. When every shard is done, run deconvnet gallery-merge "
             f"with the {part[1]} states ({Path(out) / f'scan-state-*-of-{part[1]}.pt'})"
         )
@@ -192,8 +193,8 @@ def _summary(result) -> None:
         note += " (see manifest.json)"
     projections = len(result.entries)
     typer.echo(
-        f"{result.scanned} images scanned{note}; "
-        f"{projections} projection{'s' * (projections != 1)}; gallery in {result.index}"
+        f"{plural(result.scanned, 'image')} scanned{note}; "
+        f"{plural(projections, 'projection')}; gallery in {result.index}"
     )
 
 

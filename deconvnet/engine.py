@@ -22,9 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.inverse import check_rule, full_transposed_conv, phase_kernels, rectify, unpool
-from deconvnet.layers import Layer, feature_stack, name_layers, naming_style, resolve_layer
+from deconvnet.layers import (
+    Layer,
+    feature_stack,
+    name_layers,
+    naming_style,
+    resolve_layer,
+    why_not_invertible,
+)
 from deconvnet.projection import Projection
 from deconvnet.receptive_field import ReceptiveField, map_size, receptive_field, step
 from deconvnet.selection import Target, Units, check_in_range, select, strongest_channels
@@ -52,6 +59,10 @@ class DeconvNet:
         if self._first_conv is None:
             raise DeconvNetError("the stack has no Conv2d: there is nothing to project through")
         self._steps = [step(module) for module in self._modules]
+        # Checked again at every forward: model.train() may be called after this.
+        self._dropouts = [
+            (i, m) for i, m in enumerate(self._modules) if isinstance(m, (nn.Dropout, nn.Dropout2d))
+        ]
         self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
         self._fields: dict[int, ReceptiveField] = {}
         self._phase_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
@@ -111,6 +122,8 @@ class DeconvNet:
         """
         check_rule(rule)
         entry = self.layer(layer)
+        if isinstance(keep, str | int):
+            raise DeconvNetError(f"keep takes a list of layers, got {keep!r}: write [{keep!r}]")
         kept = [self.layer(name).index for name in keep]
         if any(index > entry.index for index in kept):
             raise DeconvNetError(f"layers to keep must lie at or below {entry.name}")
@@ -137,6 +150,15 @@ class DeconvNet:
                 f"expected a floating-point image tensor, got {x.dtype}; normalize it first "
                 "(deconvnet.images.preprocess does)"
             )
+        dtype = self._first_conv.weight.dtype
+        if x.dtype != dtype:
+            raise DeconvNetError(
+                f"the input is {str(x.dtype)[6:]} but the model's weights are {str(dtype)[6:]}; "
+                f"convert one of them: x.to({dtype}) or model.to({x.dtype})"
+            )
+        for index, module in self._dropouts:
+            if reason := why_not_invertible(module):
+                raise DeconvNetError(f"features.{index} is {reason}")
         if x.device != self.device:
             raise DeconvNetError(
                 f"the input is on {x.device} but the model is on {self.device}; move one of them"
@@ -176,6 +198,11 @@ class DeconvNet:
         For example every channel's strongest unit: ``[f"conv5:{c}" for c in range(256)]``.
         Returns a Projection with a leading dimension T, in the order of ``targets``.
         """
+        if isinstance(targets, str | Target):
+            raise DeconvNetError(
+                f"project_many takes a list of targets, got {targets!r}; for one target use "
+                "project, or write [target]"
+            )
         parsed = [Target.parse(t) for t in targets]
         if not parsed:
             raise DeconvNetError("project_many needs at least one target")
@@ -203,6 +230,7 @@ class DeconvNet:
         single image ``x`` ``(1, 3, H, W)``, strongest first (ties: lower channel first)."""
         entry = self.layer(layer)
         channels = self.channels(entry.index)
+        count = check_int(count, "count")
         if not 1 <= count <= channels:
             raise DeconvNetError(
                 f"cannot take the {count} strongest channels of {entry.name}, which has "
@@ -246,6 +274,10 @@ class DeconvNet:
                 "keep it (DeconvNet.forward(..., keep=[...]))"
             )
         device = maps.device
+        for values, what in ((image, "image"), (channel, "channel"), (position, "position")):
+            kind = torch.as_tensor(values).dtype
+            if kind.is_floating_point or kind == torch.bool:  # 1.5 or True must not become 1
+                raise DeconvNetError(f"{what} must hold integers, got {values!r}")
         image = torch.as_tensor(image, dtype=torch.long, device=device).reshape(-1)
         channel = torch.as_tensor(channel, dtype=torch.long, device=device).reshape(-1)
         position = torch.as_tensor(position, dtype=torch.long, device=device).reshape(-1, 2)

@@ -23,7 +23,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, check_int, check_percentile
 from deconvnet.images import unnormalize
 
 if TYPE_CHECKING:
@@ -61,8 +61,7 @@ def display_scale(
     drag the percentile to zero for small fields), else over the whole image. Falls back to the
     maximum of ``|r|``, then to 1, so that an all-zero reconstruction still draws as flat grey.
     """
-    if not 0 < percentile <= 100:
-        raise DeconvNetError(f"percentile must be in (0, 100], got {percentile}")
+    percentile = check_percentile(percentile)
     values = _numpy(reconstruction)
     if box is not None:
         top, left, bottom, right = (int(v) for v in box)
@@ -101,7 +100,8 @@ def projection_figure(
     """One unit, as one row of five panels: the input with the receptive field boxed, the
     channel's activation map with the unit marked, the reconstruction, and the reconstruction
     and the image cropped to the receptive field. ``name`` (e.g. the image's) heads the title."""
-    _check_index(projection, index)
+    index = _check_index(projection, index)
+    percentile = check_percentile(percentile)
     figure = Figure(figsize=(13.0, 3.3), layout="constrained")
     axes = figure.subplots(1, len(COLUMNS))
     scale = _draw_row(axes, projection, index, percentile)
@@ -125,7 +125,16 @@ def projection_sheet(
 
     ``indices`` picks the rows (default: all). Each reconstruction has its own contrast scale.
     """
-    rows = list(range(len(projection))) if indices is None else [int(i) for i in indices]
+    if isinstance(indices, torch.Tensor | np.ndarray):
+        indices = indices.reshape(-1).tolist()
+    if isinstance(indices, str) or not (indices is None or isinstance(indices, Sequence)):
+        raise DeconvNetError(f"indices must be a list of integers, got {indices!r}")
+    rows = (
+        list(range(len(projection)))
+        if indices is None
+        else [check_int(i, "a row index") for i in indices]
+    )
+    percentile = check_percentile(percentile)
     if not rows:
         raise DeconvNetError("nothing to draw: the projection sheet needs at least one unit")
     for index in rows:
@@ -160,11 +169,16 @@ def compare_figure(
     Top row: the input with the receptive field, then each rule's reconstruction; bottom row: the
     image patch, then each reconstruction cropped to the receptive field.
     """
+    if not isinstance(projections, Mapping):
+        raise DeconvNetError(
+            f"compare_figure takes a dict {{rule: Projection}}, got {type(projections).__name__}"
+        )
     if not projections:
         raise DeconvNetError("compare_figure needs at least one projection")
     items = list(projections.items())
     first = items[0][1]
-    _check_index(first, index)
+    index = _check_index(first, index)
+    percentile = check_percentile(percentile)
     for rule, other in items[1:]:
         _check_index(other, index)
         same = (
@@ -205,7 +219,17 @@ def filter_grid(weight: torch.Tensor, *, title: str | None = None) -> Figure:
     Only filters that act on RGB pixels (the first layer's) are pictures; each is scaled on its
     own, symmetrically: grey is 0 and full colour is its largest ``|w|``.
     """
+    if not isinstance(weight, torch.Tensor):
+        raise DeconvNetError(
+            f"filter_grid takes a weight tensor (C_out, 3, kh, kw), got {type(weight).__name__}"
+        )
     weight = weight.detach().float().cpu()
+    if weight.dim() == 4 and 0 in weight.shape:
+        raise DeconvNetError(
+            f"there are no filters to draw: the weight tensor has shape {tuple(weight.shape)}"
+        )
+    if not bool(torch.isfinite(weight).all()):
+        raise DeconvNetError("the filters hold NaN or infinite values; they cannot be drawn")
     if weight.dim() != 4 or weight.shape[1] != 3:
         raise DeconvNetError(
             f"filters of shape {tuple(weight.shape)} do not act on RGB pixels, so they cannot "
@@ -344,12 +368,14 @@ def _scaling_note(percentile: float, scale: float | None = None, silent: bool = 
     )
 
 
-def _check_index(projection: Projection, index: int) -> None:
+def _check_index(projection: Projection, index: object) -> int:
+    index = check_int(index, "index")
     if not -len(projection) <= index < len(projection):
         raise DeconvNetError(
             f"index {index} is out of range for a projection of {len(projection)} units "
             f"(valid: 0..{len(projection) - 1})"
         )
+    return index
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -2,16 +2,19 @@
 
 AlexNet's rectified conv outputs are ``conv1``..``conv5`` and its pools ``pool1``, ``pool2``,
 ``pool5`` (numbered by the conv below them); VGG's are ``conv1_1``..``conv5_3`` and
-``pool1``..``pool5`` (numbered by block). torchvision's own ``features.N`` is accepted everywhere.
+``pool1``..``pool5`` (numbered by block). torchvision's own ``features.N`` is accepted
+everywhere. Names are exact: case matters, and spaces around a name are ignored (the rule for
+every name: models, layers, rules).
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from torch import nn
 
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, a
 
 # Modules the inverse pass knows how to go back through.
 CONV = (nn.Conv2d,)
@@ -55,19 +58,53 @@ def _kind(module: nn.Module) -> str | None:
     return None
 
 
+def why_not_invertible(module: nn.Module) -> str | None:
+    """Why the inverse pass cannot go back through ``module`` exactly, or None if it can.
+
+    The reason completes "features.3 is ...", e.g. "a Conv2d with padding_mode='reflect' ...".
+    Checked per module, so any engine can ask it of any module it meets. Besides modules the
+    pass has no rule for, this refuses: a conv whose padding is not zeros (reflected or
+    wrapped-around borders send the signal back to other pixels than the transposed conv does;
+    a reconstruction would be 0.4-0.7 relative away from the truth); a max pool returning
+    indices; and a Dropout in training mode, whose output changes from one run to the next. The
+    model is never changed here, not even put in eval mode: the message says to call
+    ``model.eval()``.
+    """
+    name = type(module).__name__
+    if isinstance(module, CONV):
+        if module.padding_mode != "zeros":
+            return (
+                f"{a(name)} with padding_mode={module.padding_mode!r}, which the deconvnet cannot "
+                "invert exactly (its transposed conv assumes zero padding); use "
+                "padding_mode='zeros'"
+            )
+        return None
+    if isinstance(module, POOL):
+        if module.return_indices:
+            return f"{a(name)}(return_indices=True), which is not supported"
+        return None
+    if isinstance(module, nn.modules.dropout._DropoutNd) and module.training and module.p > 0:
+        return (
+            f"{a(name)} in training mode: it drops random units, so results would change from "
+            "run to run; call model.eval() first (deconvnet never changes your model)"
+        )
+    if _kind(module) is None:
+        hint = ""
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            hint = " (VGG with batch norm is not supported)"
+        return (
+            f"{a(name)}, which the deconvnet cannot invert; supported modules are Conv2d, "
+            f"ReLU, MaxPool2d, Dropout and Identity{hint}"
+        )
+    return None
+
+
 def check_supported(features: nn.Sequential) -> None:
     """Raise if the stack holds a module the inverse pass cannot go back through."""
     for index, module in enumerate(features):
-        if _kind(module) is None:
-            raise DeconvNetError(
-                f"features.{index} is a {type(module).__name__}, which the deconvnet cannot "
-                "invert; supported modules are Conv2d, ReLU, MaxPool2d, Dropout and Identity "
-                "(VGG with batch norm is not supported)"
-            )
-        if isinstance(module, nn.MaxPool2d) and module.return_indices:
-            raise DeconvNetError(
-                f"features.{index}: MaxPool2d(return_indices=True) is not supported"
-            )
+        reason = why_not_invertible(module)
+        if reason is not None:
+            raise DeconvNetError(f"features.{index} is {reason}")
 
 
 def name_layers(features: nn.Sequential, style: str = "flat") -> list[Layer]:
@@ -117,7 +154,13 @@ def resolve_layer(layers: list[Layer], layer: str | int) -> Layer:
             if key in (candidate.name, f"features.{candidate.index}"):
                 return candidate
     named = [entry.name for entry in layers if not entry.name.startswith("features.")]
+    key = str(layer).strip()
+    if key.lower() in named:
+        hint = f"did you mean {key.lower()}? (names are exact and lowercase); "
+    else:
+        near = difflib.get_close_matches(key, named, n=1, cutoff=0.85)
+        hint = f"did you mean {near[0]}? " if near else ""
     raise DeconvNetError(
-        f"unknown layer {layer!r}; valid layers are {', '.join(named)} "
+        f"unknown layer {layer!r}; {hint}valid layers are {', '.join(named)} "
         f"or features.0..features.{len(layers) - 1}"
     )

@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+
+from deconvnet.errors import DeconvNetError, check_int, check_percentile
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -59,10 +62,15 @@ class Projection:
         """
         from deconvnet import figures
 
+        percentile = check_percentile(percentile)
+        if isinstance(index, torch.Tensor | np.ndarray) and index.ndim == 1:
+            index = index.tolist()  # a 1-D tensor of indices is a list of rows
         if index is None and len(self) == 1:
             index = 0
         if index is not None and not isinstance(index, Sequence):
-            return figures.projection_figure(self, int(index), percentile=percentile)
+            return figures.projection_figure(self, check_int(index, "index"), percentile=percentile)
+        if isinstance(index, str):
+            raise DeconvNetError(f"index must be an integer or a list of them, got {index!r}")
         rows = range(min(len(self), figures.MAX_ROWS)) if index is None else index
         title = None
         if index is None and len(self) > figures.MAX_ROWS:

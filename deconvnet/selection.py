@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, check_int
 
 _SYNTAX = re.compile(
     r"^\s*(?P<layer>[A-Za-z_][\w.]*|\d+)\s*"
@@ -32,6 +32,18 @@ class Target:
     position: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.layer, str):
+            raise DeconvNetError(
+                f"a target's layer is a name such as 'conv5', got {self.layer!r}; "
+                "to name a layer by index write 'features.11'"
+            )
+        if self.channel is not None:
+            object.__setattr__(self, "channel", check_int(self.channel, "a target's channel"))
+        if self.position is not None:
+            if not isinstance(self.position, tuple | list) or len(self.position) != 2:
+                raise DeconvNetError(f"a target's position is (y, x), got {self.position!r}")
+            where = tuple(check_int(v, "a target's position") for v in self.position)
+            object.__setattr__(self, "position", where)
         if self.position is not None and self.channel is None:
             raise DeconvNetError("a target with a position needs a channel too: layer:channel@y,x")
 
@@ -40,7 +52,12 @@ class Target:
         """Read ``layer``, ``layer:channel`` or ``layer:channel@y,x``; a Target passes through."""
         if isinstance(text, Target):
             return text
-        match = _SYNTAX.match(str(text))
+        if not isinstance(text, str):
+            raise DeconvNetError(
+                f"a target is a string such as 'conv5:12@6,7' (or a Target), got "
+                f"{type(text).__name__} {text!r}"
+            )
+        match = _SYNTAX.match(text)
         if match is None:
             raise DeconvNetError(
                 f"cannot read target {text!r}; write layer, layer:channel or layer:channel@y,x "

@@ -374,7 +374,13 @@ OPTION_ERRORS = {
     "unreadable target": ("-t conv5:3@", "cannot read target 'conv5:3@'"),
     "image too small for the layer": ("-s 16", "too small to reach conv5"),
     "unknown device": ("--device tpu", "unknown device 'tpu'; use cpu or cuda"),
-    "unknown model": ("--model resnet50", "unknown model 'resnet50'"),
+    "unknown model": ("--model resnet500", "unknown model 'resnet500'; did you mean resnet50?"),
+    "model name case": ("--model AlexNet", "unknown model 'AlexNet'; did you mean alexnet?"),
+    "rule name case": ("--rule GUIDED", "unknown rule 'GUIDED'; valid rules are deconvnet, guided"),
+    "layer name case": ("-t CONV5", "unknown layer 'CONV5'; did you mean conv5?"),
+    "size too large": ("-s 100000", "--size 100000 is out of range (valid: 16..2048"),
+    "size too small": ("-s 8", "--size 8 is out of range (valid: 16..2048"),
+    "empty weights path": ("--weights=", "the weights path is empty"),
     "percentile": ("--percentile 0", "--percentile 0 is out of range"),
 }
 
@@ -437,7 +443,7 @@ def test_out_must_be_a_directory(tmp_path):
 def test_layers_input_size_and_model_errors(out):
     assert_user_error(run("layers --input-size 0"), "must be positive", out)
     assert_user_error(run("layers --input-size a,b"), "cannot read --input-size", out)
-    assert_user_error(run("layers --model resnet50"), "valid names: alexnet", out)
+    assert_user_error(run("layers --model resnet500"), "did you mean resnet50?", out)
 
 
 def test_a_real_process_prints_one_line_and_exits_2(wrong_weights, tmp_path):
@@ -462,3 +468,135 @@ def test_a_real_process_prints_one_line_and_exits_2(wrong_weights, tmp_path):
         "(192, 64, 5, 5), got (192, 64, 3, 3)"
     ]
     assert files(out) == []
+
+
+# --- issue 9 (CLI part) and issue 10 (--model): without the real weights --------------------------
+
+
+def last_error(result) -> str:
+    """Exit status 2, no traceback, and the one error line (a RANDOM-weights warning may precede
+    it); returns that line."""
+    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+    assert "Traceback" not in result.output and result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr
+    return errors[0]
+
+
+def test_quiet_stdout_carries_only_the_written_files(tmp_path, out, monkeypatch):
+    """torch.hub prints "Downloading: ..." on stdout; under -q stdout is for `what -> path`."""
+    from torchvision.models import WeightsEnum
+
+    from deconvnet.models import load_model
+
+    state = load_model("alexnet", "random").state_dict()
+
+    def downloading(self, **kwargs):
+        print(f'Downloading: "{self.url}" to somewhere')
+        return state
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", downloading)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    result = run("visualize", picture(tmp_path / "cat.png"), "-l conv2 -c 3 -s 64 -q -o", out)
+    lines = ok(result)
+    assert len(lines) == 1 and " -> " in lines[0], lines
+    assert "Downloading" in result.stderr
+
+
+def test_a_position_out_of_range_in_one_of_several_images_names_it(tmp_path, out):
+    wide = picture(tmp_path / "wide.png", size=(80, 64))  # conv5 map 3x4 at -s 64
+    tall = picture(tmp_path / "tall.png", size=(64, 200))  # conv5 map 11x3
+    message = last_error(run("visualize", wide, tall, "-t conv5:1@2,3 -s 64 -w random -o", out))
+    assert message.startswith(f"error: {tall}: position (2, 3) is outside conv5's 11x3 map")
+    assert files(out) == []
+
+
+def test_an_image_that_breaks_the_decoder_is_one_line(tmp_path, out, monkeypatch):
+    import struct
+
+    def broken(self, *args, **kwargs):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    image = picture(tmp_path / "odd.png")
+    monkeypatch.setattr(Image.Image, "load", broken)
+    message = last_error(run("visualize", image, "-w random -o", out))
+    assert (
+        message
+        == f"error: {image}: cannot read the image (error: unpack requires a buffer of 4 bytes)"
+    )
+
+
+def test_a_panorama_cannot_grow_past_the_size_limit(tmp_path, out):
+    strip = picture(tmp_path / "strip.png", size=(1000, 20))
+    message = last_error(run("visualize", strip, "-s 128 -w random -o", out))
+    assert "with --size 128 its longer side would be 6400, over the limit of 4096" in message
+    assert "use --size 81 or less" in message
+
+
+def test_names_ignore_outer_spaces_but_not_case(tmp_path, out):
+    image = picture(tmp_path / "cat.png")
+    result = CliRunner().invoke(
+        app,
+        ["visualize", str(image), "--model", " alexnet ", "--rule", " guided ",
+         "--target", " conv2:3 ", "-s", "64", "-w", "random", "-q", "-o", str(out)],
+    )  # fmt: skip
+    lines = ok(result)
+    assert lines[0].startswith("cat: conv2:3@") and lines[0].endswith(
+        "cat_conv2_c003_guided_s64.png"
+    )
+
+
+FACTORY = """
+import torch
+from torch import nn
+
+def small():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 5, stride=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3), nn.ReLU())
+
+def broken():
+    raise RuntimeError("the depth must be even")
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch) -> str:
+    (tmp_path / "cli_user_nets.py").write_text(FACTORY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "cli_user_nets", raising=False)
+    return "cli_user_nets"
+
+
+def test_the_users_own_network(tmp_path, user_module):
+    image = picture(tmp_path / "cat.png")
+    lines = ok(run("visualize", image, f"--model {user_module}:small -t conv2:5 -s 64 -q -o out"))
+    assert len(lines) == 1 and "cat: conv2:5@" in lines[0]
+    assert "_cli_user_nets-small" in lines[0]  # the model is in the name, made file-safe
+    table = ok(run(f"layers --model {user_module}:small --input-size 64"))
+    assert any("conv2" in row and "16×13×13" in row for row in table), table
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("cli_user_nets:missing", "cli_user_nets has no 'missing'"),
+        ("cli_user_nets:broken", "raised RuntimeError: the depth must be even"),
+        ("nowhere_pkg.mod:make", "no module named 'nowhere_pkg'"),
+        ("resnet18", "ResNet has no sequential 'features' stack"),  # until the general engine
+    ],
+)
+def test_model_errors_are_one_line(tmp_path, user_module, model, message):
+    image = picture(tmp_path / "cat.png")
+    assert message in last_error(run("visualize", image, f"--model {model} -w random -o out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_weights_file_for_a_torchvision_model(tmp_path):
+    from deconvnet.models import load_model
+
+    path = tmp_path / "r18.pth"
+    torch.save({"model": load_model("resnet18", "random").state_dict(), "epoch": 9}, path)
+    message = last_error(run("compare", picture(tmp_path / "c.png"), "-m resnet18 -w", path))
+    assert "ResNet has no sequential 'features' stack" in message
+    assert message.count("error") == 1

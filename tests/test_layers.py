@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torchvision
 
-from deconvnet import DeconvNetError
-from deconvnet.layers import name_layers, naming_style, resolve_layer
+from deconvnet import DeconvNet, DeconvNetError
+from deconvnet.layers import name_layers, naming_style, resolve_layer, why_not_invertible
 
 
 def test_alexnet_names():
@@ -56,5 +58,77 @@ def test_a_conv_not_followed_by_relu_keeps_its_name_on_the_conv():
 
 def test_unsupported_modules_are_named():
     stack = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AvgPool2d(2))
-    with pytest.raises(DeconvNetError, match=r"features\.1 is a AvgPool2d"):
+    with pytest.raises(DeconvNetError, match=r"features\.1 is an AvgPool2d"):
         name_layers(stack)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_a_conv_with_other_padding_is_refused(mode):
+    stack = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode=mode), torch.nn.ReLU()
+    )
+    with pytest.raises(DeconvNetError, match=f"features.0 is a Conv2d with padding_mode='{mode}'"):
+        DeconvNet(stack)
+    assert why_not_invertible(torch.nn.Conv2d(3, 4, 3, padding=1)) is None
+
+
+def test_zero_padding_still_matches_autograd():
+    """The refusal above is about exactness: with zeros the same stack agrees with autograd."""
+    torch.manual_seed(0)
+    stack = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 9, 9, requires_grad=True)
+    result = DeconvNet(stack).project(x.detach(), "conv1:2@4,4", rule="gradient")
+    stack(x)[0, 2, 4, 4].backward()
+    torch.testing.assert_close(result.reconstruction[0], x.grad[0], rtol=1e-5, atol=1e-6)
+
+
+def _dropout_stack():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.MaxPool2d(2)
+    )
+
+
+def test_dropout_in_training_mode_is_refused_and_the_model_left_alone():
+    stack = _dropout_stack()  # modules start in training mode
+    with pytest.raises(
+        DeconvNetError, match=r"features\.2 is a Dropout in training mode.*eval\(\)"
+    ):
+        DeconvNet(stack)
+    assert all(m.training for m in stack.modules()), "deconvnet must not change the model"
+    net = DeconvNet(stack.eval())
+    x = torch.randn(1, 3, 16, 16)
+    first = net.project(x, "pool1:1").reconstruction
+    assert torch.equal(net.project(x, "pool1:1").reconstruction, first)
+    stack.train()  # after the engine was made: refused at the next call, not silently random
+    with pytest.raises(DeconvNetError, match="training mode"):
+        net.project(x, "pool1:1")
+    assert stack.training
+    stack.eval()
+    assert torch.equal(net.project(x, "pool1:1").reconstruction, first)
+
+
+def test_dropout_with_p_zero_or_in_eval_mode_is_fine():
+    assert why_not_invertible(torch.nn.Dropout(0.0).train()) is None
+    assert why_not_invertible(torch.nn.Dropout(0.5).eval()) is None
+    assert "training mode" in why_not_invertible(torch.nn.Dropout2d(0.1).train())
+
+
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [
+        (torch.nn.ELU(), "an ELU, which the deconvnet cannot invert"),
+        (torch.nn.BatchNorm2d(4), "a BatchNorm2d, .*batch norm is not supported"),
+        (torch.nn.MaxPool2d(2, return_indices=True), r"a MaxPool2d\(return_indices=True\)"),
+        (torch.nn.LSTM(3, 3), "an LSTM"),
+    ],
+)
+def test_why_not_invertible_reads_as_a_sentence(module, reason):
+    assert re.match(reason, why_not_invertible(module.eval()))
+
+
+def test_layer_names_are_exact_with_a_suggestion():
+    layers = name_layers(torchvision.models.alexnet().features)
+    assert resolve_layer(layers, " conv5 ").name == "conv5"  # outer spaces do not count
+    for wrong in ("CONV5", "Conv5"):
+        with pytest.raises(DeconvNetError, match=r"did you mean conv5\? \(names are exact"):
+            resolve_layer(layers, wrong)

