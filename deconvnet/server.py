@@ -18,6 +18,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from deconvnet.errors import DeconvNetError
@@ -105,7 +106,9 @@ def create_app(
     explorer: Explorer, gallery: GalleryIndex | None = None, max_upload: int = MAX_UPLOAD
 ) -> FastAPI:
     """The explorer's FastAPI application for ``explorer`` (and a gallery's tiles, if given)."""
-    app = FastAPI(
+    # FastAPI's own /docs loads Swagger UI from a CDN; fastapi-offline ships it, so the API's
+    # documentation works on a machine without internet, like everything else here.
+    app = FastAPIOffline(
         title="deconvnet explorer",
         description="Every channel's activations and any unit's deconvnet projection, live. "
         "Upload an image (POST /api/images), then ask for a layer's activations and a unit's "

@@ -296,3 +296,9 @@ def test_a_bad_file_is_reported_on_the_page(page, api, tmp_path):
     assert (
         page.inner_text("#message") == expected == "notes.txt is not an image file Pillow can read"
     )
+
+
+def test_api_documentation_renders_offline(page, server):
+    page.goto(f"{server}/docs")
+    page.get_by_text("/api/images/{key}/projection", exact=True).wait_for()
+    assert "deconvnet explorer" in page.title()
