@@ -14,6 +14,8 @@ import typer
 
 from deconvnet.errors import DeconvNetError
 
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
 
 def serve(
     model: Annotated[str, typer.Option(help="alexnet, vgg11, vgg13, vgg16 or vgg19.")] = "alexnet",
@@ -64,7 +66,9 @@ def serve(
 ) -> None:
     """A live explorer in the browser: every channel's activations, any unit's projection."""
     try:
-        app = build_app(model, weights, gallery, size, int(max_upload_mb * 2**20), device)
+        app = build_app(
+            model, weights, gallery, size, int(max_upload_mb * 2**20), device, host=host
+        )
     except DeconvNetError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
@@ -91,8 +95,10 @@ def build_app(
     size: int | None,
     max_upload: int,
     device: str | None = None,
+    host: str = "127.0.0.1",
 ):
-    """Load the model (and the gallery's manifest) and build the FastAPI app."""
+    """Load the model (and the gallery's manifest) and build the FastAPI app. On a loopback
+    ``host`` only loopback Host headers are answered (a guard against DNS rebinding)."""
     from deconvnet.engine import DeconvNet
     from deconvnet.explorer import Explorer, read_gallery
     from deconvnet.images import MIN_SIDE
@@ -107,7 +113,8 @@ def build_app(
     explorer = Explorer(
         DeconvNet(module), model=model.strip().lower(), weights=weights_source(module), size=size
     )
-    return create_app(explorer, index, max_upload)
+    hosts = LOOPBACK_NAMES if _is_loopback(host) else None
+    return create_app(explorer, index, max_upload, allowed_hosts=hosts)
 
 
 def _is_loopback(host: str) -> bool:

@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from deconvnet.errors import DeconvNetError
 from deconvnet.explorer import (
@@ -103,9 +104,16 @@ class ProjectionInfo(BaseModel):
 
 
 def create_app(
-    explorer: Explorer, gallery: GalleryIndex | None = None, max_upload: int = MAX_UPLOAD
+    explorer: Explorer,
+    gallery: GalleryIndex | None = None,
+    max_upload: int = MAX_UPLOAD,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
-    """The explorer's FastAPI application for ``explorer`` (and a gallery's tiles, if given)."""
+    """The explorer's FastAPI application for ``explorer`` (and a gallery's tiles, if given).
+
+    ``allowed_hosts``: the Host headers answered (others get 400), e.g. the loopback names, so
+    that a web page elsewhere cannot reach a local server by rebinding its own name to
+    127.0.0.1; None answers any."""
     # FastAPI's own /docs loads Swagger UI from a CDN; fastapi-offline ships it, so the API's
     # documentation works on a machine without internet, like everything else here.
     app = FastAPIOffline(
@@ -116,6 +124,8 @@ def create_app(
         version="1",
     )
     app.state.explorer = explorer
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     gallery_matches = _gallery_matches(explorer, gallery)
 
     @app.exception_handler(DeconvNetError)

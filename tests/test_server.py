@@ -450,6 +450,11 @@ def test_serve_binds_loopback_by_default(monkeypatch):
     assert kwargs["host"] == "127.0.0.1" and kwargs["port"] == 8123
     assert "http://127.0.0.1:8123/" in result.stdout
     assert {route.path for route in app.routes} >= {"/api/model", "/api/images", "/docs"}
+    # Only loopback names are answered: a page elsewhere cannot rebind its name to 127.0.0.1.
+    with TestClient(app, base_url="http://127.0.0.1:8123") as local:
+        assert local.get("/api/model").status_code == 200
+        assert local.get("/api/model", headers={"host": "localhost:8123"}).status_code == 200
+        assert local.get("/api/model", headers={"host": "evil.example:8123"}).status_code == 400
 
 
 def test_serve_reports_a_bad_gallery_in_one_line(tmp_path):
@@ -461,3 +466,19 @@ def test_serve_reports_a_bad_gallery_in_one_line(tmp_path):
         f"error: --gallery {tmp_path} holds no manifest.json; give a folder made by "
         "deconvnet gallery"
     )
+
+
+def test_size_option_keeps_the_whole_image(model, photo_file, net):
+    """With ``--size`` (visualize's), images keep their aspect ratio and numbers still match."""
+    explorer = Explorer(DeconvNet(model), size=160)
+    with TestClient(create_app(explorer)) as client:
+        assert client.get("/api/model").json()["input_size"] is None
+        info = client.post("/api/images", content=photo_file.read_bytes()).json()
+        x = preprocess(load_image(photo_file), 160)
+        assert [info["height"], info["width"]] == list(x.shape[-2:]) == [160, 184]
+        body = client.get(project_query(info["image"], "conv4", 2, None, "gradient")).json()
+        expected = net.project(x, "conv4:2", rule="gradient")
+        assert body["activation"] == float(expected.activation[0])
+        assert body["box"] == expected.box[0].tolist()
+        pixels = decode_png(body["reconstruction_png"])
+        assert np.array_equal(pixels, expected_pixels(expected.reconstruction[0], expected.box[0]))

@@ -580,12 +580,17 @@ async function liveLoop() {
       const info = await upload(blob, "camera.jpg");
       if (!state.live) break;
       state.image = info;
-      // The server resizes 256 to 256 and crops the centre 224: draw the frame the same way.
-      const frame = document.createElement("canvas");
-      frame.width = frame.height = CAMERA_SIDE;
-      frame.getContext("2d").drawImage(live.canvas, 0, 0);
-      inputImage.source = frame;
-      inputImage.offset = [(CAMERA_SIDE - info.width) / 2, (CAMERA_SIDE - info.height) / 2];
+      if (state.model.input_size) {
+        // The server resizes 256 to 256 and crops the centre 224: draw the frame the same way.
+        const frame = document.createElement("canvas");
+        frame.width = frame.height = CAMERA_SIDE;
+        frame.getContext("2d").drawImage(live.canvas, 0, 0);
+        inputImage.source = frame;
+        inputImage.offset = [(CAMERA_SIDE - info.width) / 2, (CAMERA_SIDE - info.height) / 2];
+      } else {
+        inputImage.source = await loadPicture(info.url); // --size: the server resized it
+        inputImage.offset = [0, 0];
+      }
       await refreshActivations();
       if (state.channel !== null) await project();
     } catch (error) {
