@@ -11,6 +11,7 @@ stays free while the explorer's lock serializes engine calls.
 
 from __future__ import annotations
 
+import base64
 from importlib import resources
 from typing import Annotated
 
@@ -411,8 +412,6 @@ def _download(data: bytes, media_type: str, filename: str) -> Response:
 
 
 def _base64(data: bytes) -> str:
-    import base64
-
     return base64.b64encode(data).decode("ascii")
 
 
