@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-data lint bench setup clean
+.PHONY: demo test test-data lint bench setup clean chromium
 
 setup: $(STAMP)
 
@@ -28,12 +28,18 @@ lint: $(STAMP)
 test-data: $(STAMP)
 	$(BIN)/python tests/sample_data.py
 
-test: lint test-data
+test: lint test-data chromium
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python scripts/benchmark_projection.py
+
+# The explorer's page tests (tests/test_page.py) drive Debian's chromium through Playwright;
+# install it when missing (as root, or with sudo). Playwright's own browser download is not used.
+chromium:
+	command -v chromium >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq \
+		&& $(if $(filter 0,$(shell id -u)),,sudo) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 clean:
 	rm -rf $(VENV)

@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from deconvnet.cli_gallery import gallery, merge
+from deconvnet.cli_serve import serve
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError, plural
 from deconvnet.files import write_bytes_atomic
@@ -396,6 +397,7 @@ def filters(
 # Data-set galleries (Zeiler-Fergus Figure 2) live in their own module; the commands join here.
 app.command("gallery")(gallery)
 app.command("gallery-merge")(merge)
+app.command("serve")(serve)
 
 
 @app.command()

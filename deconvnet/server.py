@@ -1,0 +1,423 @@
+"""The explorer's web application: a JSON API under ``/api/`` and the page that uses it.
+
+``create_app(explorer)`` builds a FastAPI app (its documentation at ``/docs``); the page is plain
+HTML, JS and CSS from ``deconvnet/static``. Every computation is ``deconvnet.explorer``'s; here
+are routes, limits and errors. A ``DeconvNetError`` (a bad file, an unknown layer, a channel or
+position out of range) is answered ``{"detail": message}`` with status 400, or 404 for an image
+the server does not hold, 413 for an upload over the size limit: the message is the one
+``deconvnet visualize`` prints. Heavy work runs in FastAPI's thread pool, so the event loop
+stays free while the explorer's lock serializes engine calls.
+"""
+
+from __future__ import annotations
+
+import base64
+from importlib import resources
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from deconvnet.errors import DeconvNetError
+from deconvnet.explorer import (
+    Explorer,
+    GalleryIndex,
+    UnknownImage,
+    arrays_pt,
+    encode_maps,
+    reconstruction_png,
+)
+from deconvnet.figures import PERCENTILE
+from deconvnet.images import default_image
+from deconvnet.inverse import RULES
+from deconvnet.selection import Target
+
+# Uploads larger than this are refused with 413 (a 24-megapixel JPEG is about 12 MB).
+MAX_UPLOAD = 20 * 1024 * 1024
+STATIC = resources.files("deconvnet") / "static"
+
+
+# --- response models (what /docs shows) ---------------------------------------------------------
+
+
+class LayerInfo(BaseModel):
+    name: str
+    index: int
+    kind: str
+    channels: int
+    map_size: list[int]  # (h, w) for the server's input size (224x224 by default)
+    receptive_field: list[int]  # size (h, w)
+    stride: list[int]
+    offset: list[int]
+    gallery_channels: list[int]  # channels with a tile in --gallery (empty without one)
+
+
+class ModelInfo(BaseModel):
+    model: str
+    weights: str
+    rules: list[str]
+    layers: list[LayerInfo]
+    input_size: list[int] | None  # (H, W) of the network's input; None with --size (varies)
+    preprocessing: str
+    max_upload_bytes: int
+    gallery: dict | None  # root, top, rule, whether its weights are the served model's
+
+
+class ImageInfo(BaseModel):
+    image: str  # the key: 16 hex digits of the upload's sha256
+    name: str
+    height: int
+    width: int
+    url: str  # the image the network sees, as PNG
+
+
+class ActivationsInfo(BaseModel):
+    image: str
+    layer: str
+    shape: list[int]  # (C, h, w)
+    peaks: list[float]  # (C,) each channel's maximum
+    order: list[int]  # (C,) channels strongest first
+    maps: str  # base64 of (C, h, w) float32, little-endian, C order
+
+
+class ProjectionInfo(BaseModel):
+    image: str
+    layer: str
+    rule: str
+    channel: int
+    position: list[int]  # (y, x) in the layer's map
+    activation: float
+    box: list[int]  # receptive field (top, left, bottom, right) on the input, clipped
+    map_size: list[int]
+    scale: float  # display scale s: the percentile of |r| in the receptive field
+    percentile: float
+    fires: bool  # False: the reconstruction is zero (the unit does not fire)
+    reconstruction_png: str  # base64 PNG of the reconstruction, (H, W) as the input
+    target: str  # layer:channel@y,x
+
+
+# --- the application ------------------------------------------------------------------------------
+
+
+def create_app(
+    explorer: Explorer,
+    gallery: GalleryIndex | None = None,
+    max_upload: int = MAX_UPLOAD,
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
+    """The explorer's FastAPI application for ``explorer`` (and a gallery's tiles, if given).
+
+    ``allowed_hosts``: the Host headers answered (others get 400), e.g. the loopback names, so
+    that a web page elsewhere cannot reach a local server by rebinding its own name to
+    127.0.0.1; None answers any."""
+    # FastAPI's own /docs loads Swagger UI from a CDN; fastapi-offline ships it, so the API's
+    # documentation works on a machine without internet, like everything else here.
+    app = FastAPIOffline(
+        title="deconvnet explorer",
+        description="Every channel's activations and any unit's deconvnet projection, live. "
+        "Upload an image (POST /api/images), then ask for a layer's activations and a unit's "
+        "projection by the image's key. Errors are {'detail': message}.",
+        version="1",
+    )
+    app.state.explorer = explorer
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    gallery_matches = _gallery_matches(explorer, gallery)
+
+    @app.exception_handler(DeconvNetError)
+    async def user_error(request: Request, error: DeconvNetError) -> JSONResponse:
+        status = 404 if isinstance(error, UnknownImage) else 400
+        return JSONResponse({"detail": str(error)}, status_code=status)
+
+    # --- model -----------------------------------------------------------------------------
+
+    @app.get("/api/model", response_model=ModelInfo, tags=["model"])
+    def model_info() -> ModelInfo:
+        """The model, its layers (channels, map size, receptive field) and the rules."""
+        input_size = None if explorer.size is not None else [224, 224]
+        layers = []
+        for layer in explorer.layers:
+            field = explorer.net.receptive_field(layer.index)
+            in_gallery = [] if gallery is None else gallery.channels(layer.name)
+            size = explorer.net.map_size(layer.index, tuple(input_size or (224, 224)))
+            layers.append(
+                LayerInfo(
+                    name=layer.name,
+                    index=layer.index,
+                    kind=layer.kind,
+                    channels=explorer.net.channels(layer.index),
+                    map_size=list(size),
+                    receptive_field=list(field.size),
+                    stride=list(field.stride),
+                    offset=list(field.offset),
+                    gallery_channels=in_gallery,
+                )
+            )
+        described = None
+        if gallery is not None:
+            described = {
+                "root": str(gallery.manifest.get("root", "")),
+                "top": gallery.manifest.get("top"),
+                "rule": gallery.manifest.get("rule"),
+                "same_weights": gallery_matches,
+            }
+        return ModelInfo(
+            model=explorer.model,
+            weights=explorer.weights,
+            rules=list(RULES),
+            layers=layers,
+            input_size=input_size,
+            preprocessing="as deconvnet visualize: "
+            + (
+                "shorter side 256, centre crop 224, ImageNet normalization"
+                if explorer.size is None
+                else f"shorter side {explorer.size}, whole image, ImageNet normalization"
+            ),
+            max_upload_bytes=max_upload,
+            gallery=described,
+        )
+
+    # --- images ----------------------------------------------------------------------------
+
+    @app.post(
+        "/api/images",
+        response_model=ImageInfo,
+        tags=["images"],
+        responses={400: {"description": "not a readable image"}, 413: {"description": "too big"}},
+    )
+    async def upload(request: Request, name: Annotated[str, Query()] = "upload") -> ImageInfo:
+        """Upload an image: the raw file as the body (any content type), or a multipart form
+        with a ``file`` field. Returns its key (the content's hash) for the other calls; the
+        forward pass runs now, so the first activations or projection cost no more."""
+        body = await _read_body(request, max_upload)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            request._body = body  # the form parser reads the body already read
+            form = await request.form(max_part_size=max_upload)
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise DeconvNetError("the form has no file field named 'file'")
+            body, name = await upload.read(), upload.filename or name
+        if not body:
+            raise DeconvNetError(f"{name} is empty; expected an image file")
+        stored = await run_in_threadpool(explorer.add_image, body, name)
+        await run_in_threadpool(explorer.record, stored.key)
+        return _image_info(stored)
+
+    @app.post("/api/images/sample", response_model=ImageInfo, tags=["images"])
+    def sample() -> ImageInfo:
+        """Upload matplotlib's sample photograph (what ``deconvnet visualize`` shows by default)."""
+        path = default_image()
+        stored = explorer.add_image(path.read_bytes(), path.name)
+        explorer.record(stored.key)
+        return _image_info(stored)
+
+    @app.get("/api/images/{key}", response_model=ImageInfo, tags=["images"])
+    def image_info(key: str) -> ImageInfo:
+        """Whether the server holds image ``key``, and its size."""
+        return _image_info(explorer.image(key))
+
+    @app.get(
+        "/api/images/{key}/image.png",
+        response_class=Response,
+        tags=["images"],
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def image_png(key: str) -> Response:
+        """The image as the network sees it (resized and cropped), as PNG."""
+        return Response(explorer.image(key).png, media_type="image/png", headers=_CACHED)
+
+    # --- activations and projections ---------------------------------------------------------
+
+    @app.get("/api/images/{key}/activations", response_model=ActivationsInfo, tags=["units"])
+    def activations(key: str, layer: str = "conv5") -> ActivationsInfo:
+        """Every channel's activation map of ``layer`` (float32, base64) with their peaks."""
+        found = explorer.activations(key, layer)
+        return ActivationsInfo(
+            image=key,
+            layer=found.layer,
+            shape=list(found.maps.shape),
+            peaks=found.peaks.tolist(),
+            order=found.order.tolist(),
+            maps=encode_maps(found.maps),
+        )
+
+    @app.get("/api/images/{key}/projection", response_model=ProjectionInfo, tags=["units"])
+    def projection(
+        key: str,
+        layer: str,
+        channel: int,
+        y: int | None = None,
+        x: int | None = None,
+        rule: str = "deconvnet",
+        percentile: float = PERCENTILE,
+    ) -> ProjectionInfo:
+        """One unit's projection to pixels: ``layer``'s ``channel`` at ``(y, x)`` in its map, or
+        at its strongest position when ``y`` and ``x`` are left out."""
+        target = _target(layer, channel, y, x)
+        result = explorer.project(key, target, rule)
+        png, scale = reconstruction_png(result, _percentile(percentile))
+        py, px = result.position[0].tolist()
+        return ProjectionInfo(
+            image=key,
+            layer=result.layer,
+            rule=rule,
+            channel=int(result.channel[0]),
+            position=[py, px],
+            activation=float(result.activation[0]),
+            box=result.box[0].tolist(),
+            map_size=list(result.activation_maps.shape[-2:]),
+            scale=scale,
+            percentile=percentile,
+            fires=bool(result.reconstruction.abs().max() > 0),
+            reconstruction_png=_base64(png),
+            target=f"{result.layer}:{int(result.channel[0])}@{py},{px}",
+        )
+
+    @app.get(
+        "/api/images/{key}/figure.png",
+        response_class=Response,
+        tags=["downloads"],
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def figure(
+        key: str,
+        layer: str,
+        channel: int,
+        y: int | None = None,
+        x: int | None = None,
+        rule: str = "deconvnet",
+        percentile: float = PERCENTILE,
+    ) -> Response:
+        """The unit's figure as ``deconvnet visualize`` draws it (five panels), as PNG."""
+        from deconvnet.figures import figure_png, projection_figure
+
+        stored = explorer.image(key)
+        result = explorer.project(key, _target(layer, channel, y, x), rule)
+        image = projection_figure(result, 0, name=stored.name, percentile=_percentile(percentile))
+        return _download(figure_png(image), "image/png", _file_stem(stored, result) + ".png")
+
+    @app.get(
+        "/api/images/{key}/arrays.pt",
+        response_class=Response,
+        tags=["downloads"],
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
+    def arrays(
+        key: str,
+        layer: str,
+        channel: int,
+        y: int | None = None,
+        x: int | None = None,
+        rule: str = "deconvnet",
+    ) -> Response:
+        """The raw arrays of what is shown, for ``torch.load(path, weights_only=True)``: the
+        Projection's fields (as ``--save-arrays`` writes them) and ``layer_maps`` (C, h, w)."""
+        stored = explorer.image(key)
+        result = explorer.project(key, _target(layer, channel, y, x), rule)
+        data = arrays_pt(result, stored, explorer)
+        return _download(data, "application/octet-stream", _file_stem(stored, result) + ".pt")
+
+    # --- gallery ---------------------------------------------------------------------------
+
+    @app.get("/api/gallery/{layer}/{channel}", tags=["gallery"])
+    def gallery_tile(layer: str, channel: int) -> dict:
+        """The channel's top-k tile in the ``--gallery`` (its URL) and its manifest entries."""
+        if gallery is None:
+            raise HTTPException(404, "no gallery: start the server with --gallery DIR")
+        name = explorer.layer(layer).name
+        found = gallery.tiles(name, channel)
+        if found is None:
+            raise HTTPException(404, f"the gallery has no tile of {name}:{channel}")
+        return {"layer": name, "channel": channel, "url": f"/gallery/{found['tile']}", **found}
+
+    if gallery is not None:
+        # Starlette's StaticFiles resolves symlinks and refuses any path outside the folder.
+        app.mount("/gallery", StaticFiles(directory=gallery.root), name="gallery")
+
+    # --- the page ------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    return app
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+_CACHED = {"Cache-Control": "private, max-age=3600"}  # an image key names its content
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    too_big = HTTPException(
+        413, f"the upload is larger than the server's limit of {limit / 2**20:g} MiB"
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise too_big
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit + 64 * 1024:  # room for a multipart form's own headers
+            raise too_big
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not request.headers.get("content-type", "").startswith("multipart/") and total > limit:
+        raise too_big
+    return body
+
+
+def _target(layer: str, channel: int, y: int | None, x: int | None) -> Target:
+    if (y is None) != (x is None):
+        raise DeconvNetError("give both y and x for a position, or neither for the strongest")
+    return Target(layer, channel, None if y is None else (y, x))
+
+
+def _percentile(value: float) -> float:
+    if not 0 < value <= 100:
+        raise DeconvNetError(f"percentile {value:g} is out of range (valid: 0 < p <= 100)")
+    return value
+
+
+def _image_info(stored) -> ImageInfo:
+    height, width = stored.size
+    return ImageInfo(
+        image=stored.key,
+        name=stored.name,
+        height=height,
+        width=width,
+        url=f"/api/images/{stored.key}/image.png",
+    )
+
+
+def _file_stem(stored, result) -> str:
+    y, x = result.position[0].tolist()
+    stem = stored.name.rsplit(".", 1)[0] or "image"
+    return f"{stem}_{result.layer}_c{int(result.channel[0]):03d}_y{y:03d}x{x:03d}_{result.rule}"
+
+
+def _download(data: bytes, media_type: str, filename: str) -> Response:
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _gallery_matches(explorer: Explorer, gallery: GalleryIndex | None) -> bool | None:
+    if gallery is None:
+        return None
+    from deconvnet.scan import weights_fingerprint
+
+    return gallery.manifest.get("weights_sha256") == weights_fingerprint(explorer.net.features)
