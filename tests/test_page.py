@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from playwright import sync_api as playwright
 from test_server import make_gallery_folder, picture, running
 
 from deconvnet import DeconvNet, load_model
@@ -25,11 +26,9 @@ from deconvnet.explorer import Explorer, read_gallery
 from deconvnet.images import load_image, preprocess
 from deconvnet.server import create_app
 
-playwright = pytest.importorskip("playwright.sync_api")
-
 CHROMIUM = os.environ.get("DECONVNET_CHROMIUM") or shutil.which("chromium")
-if CHROMIUM is None:
-    pytest.skip("no chromium on PATH (make chromium installs Debian's)", allow_module_level=True)
+if CHROMIUM is None:  # `make test` installs it; without it these tests fail, they never skip
+    pytest.fail("no chromium on PATH: run `make chromium` (Debian's package)", pytrace=False)
 
 INFERNO = np.round(matplotlib.colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255)
 # Console messages a test that provokes an HTTP error expects from Chromium itself.
