@@ -237,7 +237,9 @@ import deconvnet.scan as scan
 real = scan.ImageFiles.__getitem__
 
 def slow(self, i):
-    time.sleep(0.4)  # leave time to act while the scan runs
+    # Leave time to act while the scan runs: the first two images come slowly, the others
+    # never (the test kills the process), so decoding threads cannot finish the scan first.
+    time.sleep(0.4 if i < 2 else 600)
     return real(self, i)
 
 scan.ImageFiles.__getitem__ = slow
