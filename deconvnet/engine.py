@@ -24,7 +24,14 @@ from torch import nn
 
 from deconvnet.errors import DeconvNetError
 from deconvnet.inverse import check_rule, full_transposed_conv, phase_kernels, rectify, unpool
-from deconvnet.layers import Layer, feature_stack, name_layers, naming_style, resolve_layer
+from deconvnet.layers import (
+    Layer,
+    feature_stack,
+    is_plain_stack,
+    name_layers,
+    naming_style,
+    resolve_layer,
+)
 from deconvnet.projection import Projection
 from deconvnet.receptive_field import ReceptiveField, map_size, receptive_field, step
 from deconvnet.selection import Target, Units, check_in_range, select, strongest_channels
@@ -40,8 +47,17 @@ class DeconvNet:
 
     ``model`` is torchvision's AlexNet or VGG (any model whose ``.features`` is such an
     ``nn.Sequential``, or the Sequential itself). The engine runs on the device and dtype of
-    the model's weights; inputs must be there too.
+    the model's weights; inputs must be there too. Any other network (ResNet, DenseNet, your
+    own) gets the general engine, ``deconvnet.graph.GraphDeconvNet``, with the same surface.
     """
+
+    def __new__(cls, model: nn.Module, *args, **options):
+        # Plain stacks keep this windowed engine; any other network gets the general one.
+        if cls is DeconvNet and (set(options) - {"style"} or not is_plain_stack(model)):
+            from deconvnet.graph import GraphDeconvNet
+
+            cls = GraphDeconvNet
+        return super().__new__(cls)
 
     def __init__(self, model: nn.Module, style: str | None = None) -> None:
         self.model = model

@@ -70,6 +70,15 @@ def check_supported(features: nn.Sequential) -> None:
             )
 
 
+def is_plain_stack(model: nn.Module) -> bool:
+    """Whether ``model`` (or its ``.features``) is a stack the windowed engine can invert."""
+    try:
+        check_supported(feature_stack(model))
+    except DeconvNetError:
+        return False
+    return True
+
+
 def name_layers(features: nn.Sequential, style: str = "flat") -> list[Layer]:
     """Name every module of the stack.
 
