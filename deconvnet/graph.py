@@ -356,24 +356,34 @@ class GraphDeconvNet(DeconvNet):
     def _crops(
         self, layer: Layer, positions: list[list[int]], image_size: tuple[int, int]
     ) -> list[tuple[int, int, int, int] | None]:
-        """``(top, left, h, w)`` of the crop each unit goes down on, or None for the image."""
+        """``(top, left, h, w)`` of the crop each unit goes down on, or None for the image.
+
+        A crop starts at a multiple of the unit's total stride, so that every map's grid is the
+        image's, and it reaches the image's edge wherever the field does, so that padding falls
+        where it falls for the image. Within that, crops are made as alike as possible (one
+        length per axis inside the image, one more for crops at the far edge), so that they
+        go down in few, large batches."""
         found = self.calls[layer.index].field
         if found is None:
+            return [None] * len(positions)
+        lengths = [
+            min(found.size[axis] + found.stride[axis] - 1, image_size[axis]) for axis in (0, 1)
+        ]
+        if lengths[0] * lengths[1] > CROP_SHARE * image_size[0] * image_size[1]:
             return [None] * len(positions)
         crops = []
         for position in positions:
             corner, extent = [], []
             for axis in (0, 1):
-                start = position[axis] * found.stride[axis] + found.offset[axis]
-                end = min(start + found.size[axis], image_size[axis])
-                # Aligned to the total stride, so that every map's grid is the image's.
-                begin = max(start, 0) // found.stride[axis] * found.stride[axis]
+                stride, length, bound = found.stride[axis], lengths[axis], image_size[axis]
+                start = position[axis] * stride + found.offset[axis]
+                begin = max(start, 0) // stride * stride
+                if begin + length > bound:  # the field reaches the far edge: so does the crop
+                    begin = max(bound - length, 0) // stride * stride
+                    length = bound - begin
                 corner.append(begin)
-                extent.append(end - begin)
-            if extent[0] * extent[1] > CROP_SHARE * image_size[0] * image_size[1]:
-                crops.append(None)
-            else:
-                crops.append((corner[0], corner[1], extent[0], extent[1]))
+                extent.append(length)
+            crops.append((corner[0], corner[1], extent[0], extent[1]))
         return crops
 
     def _down_from_record(self, record, layer, units, members, rule, result) -> None:

@@ -3,8 +3,7 @@ every ReLU and ReLU6 replaced by an autograd.Function that applies the rule on t
 
 It shares no code with deconvnet: module ReLUs are swapped for rule modules in the copy, and the
 functional ones (``F.relu``, ``torch.relu_``, ``Tensor.relu``, ...) are patched for the duration
-of the call (tests run in one thread). Each unit gets its own copy of its image and its own
-backward pass, on the whole image.
+of the call (tests run in one thread). Each unit gets its own backward pass, on the whole image.
 """
 
 from __future__ import annotations
@@ -87,24 +86,27 @@ def _patched_functions(rule: str):
 def reference_projection(model, x, path, call, image, channel, position, rule):
     """The projection of each unit t (``image``, ``channel``, ``position`` ``(T, 2)`` in the map
     of call number ``call`` of module ``path``), seeded with its value: ``(T, 3, H, W)``, and the
-    units' values ``(T,)``."""
+    units' values ``(T,)``. One forward pass of the whole batch ``x`` (so that its float
+    rounding, and so its ReLU masks, are those of a pass over that batch), one backward per unit.
+    """
     copied = copy.deepcopy(model).eval()
     _swap_modules(copied, rule)
-    module = copied.get_submodule(path)
+    seen = []
+    handle = copied.get_submodule(path).register_forward_hook(
+        lambda m, i, o: seen.append(o.clone())
+    )
+    inputs = x.clone().requires_grad_(True)
+    try:
+        with _patched_functions(rule), torch.enable_grad():
+            copied(inputs)
+    finally:
+        handle.remove()
+    target = seen[call]
     results, values = [], []
     for t in range(len(image)):
-        seen = []
-        handle = module.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.clone()))
-        inputs = x[int(image[t]) : int(image[t]) + 1].clone().requires_grad_(True)
-        try:
-            with _patched_functions(rule), torch.enable_grad():
-                copied(inputs)
-        finally:
-            handle.remove()
-        target = seen[call]
-        y, x_ = int(position[t, 0]), int(position[t, 1])
-        value = target[0, int(channel[t]), y, x_]
-        (grad,) = torch.autograd.grad(value * value.detach(), inputs)
-        results.append(grad[0])
+        row = int(image[t])
+        value = target[row, int(channel[t]), int(position[t, 0]), int(position[t, 1])]
+        (grad,) = torch.autograd.grad(value * value.detach(), inputs, retain_graph=True)
+        results.append(grad[row])
         values.append(value.detach())
     return torch.stack(results), torch.stack(values)

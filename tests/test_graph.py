@@ -22,6 +22,16 @@ from deconvnet.graph import GraphDeconvNet
 from deconvnet.inverse import RULES
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # On a loaded machine two threads wait on each other at every small op; one thread keeps
+    # these many small passes fast.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Block(nn.Module):
     """A residual block as torchvision writes it: one ReLU module called twice, in place, and
     ``out += identity`` in place on the BatchNorm's output."""
@@ -247,30 +257,32 @@ def test_torchvision_networks_match_reference(name):
     ("fixture", "targets"),
     [
         ("alexnet", ["conv1:5", "pool2:7", "conv5", "conv5:12@6,7"]),
-        ("vgg16", ["conv2_2:3", "pool3:30", "conv5_3"]),
+        ("vgg16", ["conv2_2:3", "pool3:30", "conv4_3"]),
     ],
 )
 def test_general_engine_matches_plain_path(fixture, targets, request, photo):
     model = request.getfixturevalue(fixture)
     plain, general = DeconvNet(model), GraphDeconvNet(model)
     assert not isinstance(plain, GraphDeconvNet)
-    x = torch.cat([photo, photo.flip(-1)])
+    # Odd sizes, a batch of two: the photo's top-left and bottom-right parts.
+    x = torch.cat([photo[..., :171, :163], photo[..., -171:, -163:]])
     for target in targets:
         for rule in RULES:
             a, b = plain.project(x, target, rule), general.project(x, target, rule)
             assert a.layer == b.layer
             torch.testing.assert_close(b.activation, a.activation)
             torch.testing.assert_close(b.box, a.box)
-            scale = a.reconstruction.abs().max()
-            error = (b.reconstruction - a.reconstruction).abs().max() / scale
-            assert error < 1e-5, f"{fixture} {target} {rule}: {error:.2e}"
+            scale = float(a.reconstruction.abs().max())
+            torch.testing.assert_close(
+                b.reconstruction, a.reconstruction, rtol=1e-5, atol=1e-5 * scale
+            )
     layer = targets[0].split(":")[0]
     channels = [f"{layer}:{c}" for c in range(6)]
-    a, b = plain.project_many(photo, channels), general.project_many(photo, channels)
-    scale = a.reconstruction.abs().max()
-    assert (b.reconstruction - a.reconstruction).abs().max() / scale < 1e-5
+    a, b = plain.project_many(x[:1], channels), general.project_many(x[:1], channels)
+    scale = float(a.reconstruction.abs().max())
+    torch.testing.assert_close(b.reconstruction, a.reconstruction, rtol=1e-5, atol=1e-5 * scale)
     assert general.receptive_field(layer) == plain.receptive_field(layer)
-    assert general.map_size(layer, (224, 224)) == plain.map_size(layer, (224, 224))
+    assert general.map_size(layer, (171, 163)) == plain.map_size(layer, (171, 163))
 
 
 # --- receptive fields of any graph ---------------------------------------------------------------
@@ -338,7 +350,13 @@ def test_a_nonlinearity_without_a_rule_is_refused_unless_opted_in():
     x = _images((19, 21))
     projection = net.project(x, "conv2:1", "guided")
     expected, _ = reference_projection(
-        model, x, "conv2", 0, projection.image_index, projection.channel, projection.position,
+        model,
+        x,
+        "conv2",
+        0,
+        projection.image_index,
+        projection.channel,
+        projection.position,
         "guided",
     )
     torch.testing.assert_close(projection.reconstruction, expected, rtol=1e-5, atol=1e-7)
@@ -348,7 +366,9 @@ def test_a_nonlinearity_without_a_rule_is_refused_unless_opted_in():
 
 def test_unknown_paths_suggest_near_names(traps):
     net = GraphDeconvNet(traps)
-    with pytest.raises(DeconvNetError, match=r"unknown layer 'block1\.con1'; did you mean.*block1\.conv1"):
+    with pytest.raises(
+        DeconvNetError, match=r"unknown layer 'block1\.con1'; did you mean.*block1\.conv1"
+    ):
         net.project(_images((61, 67)), "block1.con1:0")
     with pytest.raises(DeconvNetError, match="does not return an"):
         net.layer("head.2")
