@@ -67,6 +67,11 @@ class Call:
     field: Field
 
 
+def _some(paths: list[str], shown: int = 6) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
+
+
 class _Stop(Exception):
     """Raised from a hook once every map asked for is recorded: the rest is not needed."""
 
@@ -141,7 +146,7 @@ class GraphDeconvNet(DeconvNet):
         with torch.no_grad(), tracer:
             self._run(x, set(), RuleBox(), other=other, trace=trace)
         if others and self.other_nonlinearities is None:
-            found = "; ".join(f"{kind} at {', '.join(sorted(p))}" for kind, p in others.items())
+            found = "; ".join(f"{kind} at {_some(sorted(p))}" for kind, p in others.items())
             raise DeconvNetError(
                 f"the model has nonlinearities with no deconvnet rule: {found}. Pass "
                 "other_nonlinearities='gradient' to let their plain gradient through (the result "
@@ -226,13 +231,21 @@ class GraphDeconvNet(DeconvNet):
         index, input_size = self.layer(layer).index, tuple(input_size)
         if (index, input_size) not in self._map_sizes:
             x = torch.zeros(1, self.in_channels, *input_size, device=self.device, dtype=self._dtype)
+            trace: list[list] = []
             try:
+                # One pass measures every layer (``deconvnet layers`` asks for all of them).
                 with torch.no_grad():
-                    found = self._run(x, {index}, RuleBox())[index]
-                size = tuple(found.shape[-2:])
+                    self._run(x, set(), RuleBox(), trace=trace)
             except RuntimeError:
-                size = (0, 0)
-            self._map_sizes[index, input_size] = size
+                pass  # too small for some layer: those that ran are measured
+            names = call_names([path for path, _ in trace])
+            measured = {
+                name: tuple(output.shape[-2:])
+                for (_, output), name in zip(trace, names, strict=True)
+                if isinstance(output, torch.Tensor) and output.dim() == 4
+            }
+            for i, call in enumerate(self.calls):
+                self._map_sizes[i, input_size] = measured.get(call.name, (0, 0))
         return self._map_sizes[index, input_size]
 
     def channels(self, layer: str | int) -> int:

@@ -381,3 +381,18 @@ def test_target_paths_parse():
     assert Target.parse("layer1.0.relu#2:5") == Target("layer1.0.relu#2", 5)
     assert Target.parse("features.denseblock3") == Target("features.denseblock3")
     assert str(Target.parse("layer1.0.relu#2:5@1,2")) == "layer1.0.relu#2:5@1,2"
+
+
+def test_layers_are_measured_on_the_meta_device_without_weights():
+    # `deconvnet layers` builds the architecture on the meta device: shapes and fields only.
+    with torch.device("meta"):
+        meta = torchvision.models.resnet18()
+    net, real = DeconvNet(meta), GraphDeconvNet(_seeded(torchvision.models.resnet18))
+    assert [layer.name for layer in net.layers] == [layer.name for layer in real.layers]
+    assert "layer1.0.relu#1" in [layer.name for layer in net.layers]
+    for layer in ("conv1", "layer1.0.relu#1", "layer3", "avgpool"):
+        assert net.map_size(layer, (97, 131)) == real.map_size(layer, (97, 131))
+        assert net.receptive_field(layer) == real.receptive_field(layer)
+        assert net.channels(layer) == real.channels(layer)
+    assert net.map_size("layer4", (97, 131)) == (4, 5)
+    assert net.map_size("layer4", (20, 20)) == (1, 1)
