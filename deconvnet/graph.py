@@ -337,6 +337,32 @@ class GraphDeconvNet(DeconvNet):
 
     # --- the inverse pass ----------------------------------------------------------------------
 
+    def reconstruct_windows(
+        self, record: GraphRecord, layer: Layer, units: Units, rule: str = "deconvnet"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse pass from ``units`` of ``layer`` down to the image, on receptive fields.
+
+        Returns ``windows`` ``(T, 3, h, w)``, each unit's reconstruction over its whole
+        (unclipped) receptive field, zero where it hangs over the image's edge, and ``origin``
+        ``(T, 2)``, the input pixel of each window's top-left corner. For a layer whose units
+        see the whole image (after a global pool) the windows are the image, at (0, 0).
+        """
+        full, _ = self._reconstruct(record, layer, units, rule)
+        found = self.calls[layer.index].field
+        device = units.position.device
+        if found is None:
+            return full, torch.zeros(len(full), 2, dtype=torch.long, device=device)
+        stride = torch.tensor(found.stride, device=device)
+        origin = units.position * stride + torch.tensor(found.offset, device=device)
+        windows = full.new_zeros(len(full), full.shape[1], *found.size)
+        height, width = full.shape[-2:]
+        for t, (top, left) in enumerate(origin.tolist()):
+            y0, x0 = max(top, 0), max(left, 0)
+            y1, x1 = min(top + found.size[0], height), min(left + found.size[1], width)
+            if y1 > y0 and x1 > x0:
+                windows[t, :, y0 - top : y1 - top, x0 - left : x1 - left] = full[t, :, y0:y1, x0:x1]
+        return windows, origin
+
     def _reconstruct(
         self, record: GraphRecord, layer: Layer, units: Units, rule: str
     ) -> tuple[torch.Tensor, list[tuple[int, int]]]:

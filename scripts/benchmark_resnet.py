@@ -51,11 +51,14 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=None, help="channels per sweep (all)")
     parser.add_argument("--captum-units", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, default=2, help="1 on a machine shared with other jobs"
+    )
     args = parser.parse_args()
 
     from captum.attr import NeuronDeconvolution
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = torchvision.models.resnet50().eval()
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
@@ -75,7 +78,7 @@ def main() -> None:
         method = NeuronDeconvolution(theirs, theirs.get_submodule(layer))
         return method.attribute(x, neuron_selector=(channel, y, x_))
 
-    print(f"ResNet-50, seeded random weights, 1x3x224x224, {torch.get_num_threads()} threads")
+    print(f"ResNet-50, seeded random weights, 1x3x224x224, {torch.get_num_threads()} thread(s)")
     for _ in range(2):
         plain_forward(), net.project(x, "layer4:12@3,4"), captum_unit("layer4", 12, 3, 4)
     ours, captum = [], []

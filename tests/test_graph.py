@@ -175,8 +175,16 @@ def test_project_many_and_units_of_several_layers_match_reference(traps):
         traps, x, "block1", 0, units.image, units.channel, units.position, "deconvnet"
     )
     torch.testing.assert_close(units.activation, values)
-    assert (origin == 0).all()
-    torch.testing.assert_close(windows, expected, rtol=1e-5, atol=1e-6)
+    field = net.receptive_field("block1")
+    assert windows.shape[-2:] == field.size
+    placed = torch.zeros_like(expected)
+    height, width = placed.shape[-2:]
+    for t, (top, left) in enumerate(origin.tolist()):
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + field.size[0], height), min(left + field.size[1], width)
+        placed[t, :, y0:y1, x0:x1] = windows[t, :, y0 - top : y1 - top, x0 - left : x1 - left]
+    torch.testing.assert_close(placed, expected, rtol=1e-5, atol=1e-6)
+    assert float(windows.abs().sum()) == pytest.approx(float(placed.abs().sum()), rel=1e-5)
 
 
 def test_the_model_is_never_modified(traps):
@@ -281,6 +289,19 @@ def test_general_engine_matches_plain_path(fixture, targets, request, photo):
     a, b = plain.project_many(x[:1], channels), general.project_many(x[:1], channels)
     scale = float(a.reconstruction.abs().max())
     torch.testing.assert_close(b.reconstruction, a.reconstruction, rtol=1e-5, atol=1e-5 * scale)
+    # The same receptive-field windows, at the same origins, from a record of several layers.
+    deepest = targets[-1].split(":")[0]
+    records = [net.forward(x, deepest, "guided", keep=[layer]) for net in (plain, general)]
+    picked = [
+        net.units(record, net.layer(layer), [0, 1, 1], [2, 5, 5], [[0, 0], [3, 4], [6, 2]])
+        for net, record in zip((plain, general), records, strict=True)
+    ]
+    (wa, oa), (wb, ob) = (
+        net.reconstruct_windows(record, net.layer(layer), units, "guided")
+        for net, record, units in zip((plain, general), records, picked, strict=True)
+    )
+    torch.testing.assert_close(ob, oa)
+    torch.testing.assert_close(wb, wa, rtol=1e-5, atol=1e-5 * float(wa.abs().max()))
     assert general.receptive_field(layer) == plain.receptive_field(layer)
     assert general.map_size(layer, (171, 163)) == plain.map_size(layer, (171, 163))
 
