@@ -51,9 +51,11 @@ class DeconvNet:
     own) gets the general engine, ``deconvnet.graph.GraphDeconvNet``, with the same surface.
     """
 
-    def __new__(cls, model: nn.Module, *args, **options):
+    def __new__(cls, model: nn.Module | None = None, *args, **options):
         # Plain stacks keep this windowed engine; any other network gets the general one.
-        if cls is DeconvNet and (set(options) - {"style"} or not is_plain_stack(model)):
+        # (No model: unpickling or copying, which restores the instance's own class.)
+        general = model is not None and (set(options) - {"style"} or not is_plain_stack(model))
+        if cls is DeconvNet and general:
             from deconvnet.graph import GraphDeconvNet
 
             cls = GraphDeconvNet
