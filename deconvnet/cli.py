@@ -339,13 +339,14 @@ def layers(
             channels = net.channels(entry.index)
             h, w = net.map_size(entry.index, size)
             field = net.receptive_field(entry.index)
+            calls = getattr(net, "calls", None)  # the general engine: any network
             table.add_row(
                 entry.name,
-                f"features.{entry.index}",
+                calls[entry.index].path if calls else f"features.{entry.index}",
                 entry.kind,
                 f"{channels}×{h}×{w}" if min(h, w) >= 1 else "too small",
                 str(channels),
-                _square(field.size),
+                _square(field.size) if max(field.size) < 1 << 30 else "image",
                 _square(field.stride),
             )
         Console(highlight=False).print(table)

@@ -27,6 +27,7 @@ from deconvnet.inverse import check_rule, full_transposed_conv, phase_kernels, r
 from deconvnet.layers import (
     Layer,
     feature_stack,
+    is_plain_stack,
     name_layers,
     naming_style,
     resolve_layer,
@@ -47,8 +48,19 @@ class DeconvNet:
 
     ``model`` is torchvision's AlexNet or VGG (any model whose ``.features`` is such an
     ``nn.Sequential``, or the Sequential itself). The engine runs on the device and dtype of
-    the model's weights; inputs must be there too.
+    the model's weights; inputs must be there too. Any other network (ResNet, DenseNet, your
+    own) gets the general engine, ``deconvnet.graph.GraphDeconvNet``, with the same surface.
     """
+
+    def __new__(cls, model: nn.Module | None = None, *args, **options):
+        # Plain stacks keep this windowed engine; any other network gets the general one.
+        # (No model: unpickling or copying, which restores the instance's own class.)
+        general = model is not None and (set(options) - {"style"} or not is_plain_stack(model))
+        if cls is DeconvNet and general:
+            from deconvnet.graph import GraphDeconvNet
+
+            cls = GraphDeconvNet
+        return super().__new__(cls)
 
     def __init__(self, model: nn.Module, style: str | None = None) -> None:
         self.model = model

@@ -107,6 +107,17 @@ def check_supported(features: nn.Sequential) -> None:
             raise DeconvNetError(f"features.{index} is {reason}")
 
 
+def is_plain_stack(model: nn.Module) -> bool:
+    """Whether ``model`` (or its ``.features``) is a stack of modules the windowed engine knows:
+    conv, ReLU, max-pool and pass-through layers. Whether each one can be inverted as it is set
+    up (padding mode, training mode) is ``why_not_invertible``'s to say, with its reasons."""
+    try:
+        features = feature_stack(model)
+    except DeconvNetError:
+        return False
+    return all(_kind(module) is not None for module in features)
+
+
 def name_layers(features: nn.Sequential, style: str = "flat") -> list[Layer]:
     """Name every module of the stack.
 

@@ -5,6 +5,10 @@ A target is one small value with one parser, shared by the Python API, the CLI a
 - ``"conv5:12@6,7"``: layer conv5, channel 12, position (y=6, x=7) in that layer's map;
 - ``"conv5:12"``: channel 12 at its strongest position, per image;
 - ``"conv5"``: the strongest channel and position, per image.
+
+The layer is a paper name (``conv5``), an index, or a module path of any network
+(``layer4.1:12@3,4``), with ``#k`` for the k-th call of a module run several times
+(``layer1.0.relu#2``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from deconvnet.errors import DeconvNetError, check_int
 
 _SYNTAX = re.compile(
-    r"^\s*(?P<layer>[A-Za-z_][\w.]*|\d+)\s*"
+    r"^\s*(?P<layer>[A-Za-z_\d][\w.]*(?:#\d+)?)\s*"
     r"(?::\s*(?P<channel>-?\d+)\s*"
     r"(?:@\s*\(?\s*(?P<y>-?\d+)\s*,\s*(?P<x>-?\d+)\s*\)?\s*)?)?$"
 )

@@ -292,10 +292,16 @@ def test_a_stack_without_convs_is_refused():
         DeconvNet(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(2)))
 
 
-def test_unsupported_module_is_named():
+def test_a_stack_the_windowed_engine_cannot_invert_gets_the_general_one():
+    # Since issue 10 BatchNorm is supported, by the general engine (deconvnet.graph); the
+    # windowed engine's own check still names the module it cannot go back through.
+    from deconvnet.graph import GraphDeconvNet
+    from deconvnet.layers import check_supported
+
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    assert isinstance(DeconvNet(model), GraphDeconvNet)
     with pytest.raises(DeconvNetError, match=r"features.1 is a BatchNorm2d"):
-        DeconvNet(model)
+        check_supported(model)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,0 +1,217 @@
+"""Each architecture quirk of an arbitrary network, and its one home (after Zennit's canonizers).
+
+The general engine (``deconvnet.graph``) goes down any network by autograd, with the backward of
+every rectification replaced by the rule. What makes that right on real networks:
+
+- **The user's model is never touched** (``private_view``): the engine runs a structural copy
+  whose modules share the model's parameters and buffers but own their hook tables and are in
+  eval mode. Hooks go on the copy, so no other thread running the model ever sees them.
+- **BatchNorm** (``private_view``): in eval mode it is an affine map per channel, whose transpose
+  autograd applies on the way down; the copy is in eval mode even when the model is not.
+- **ReLUs called as functions** (``Rectifiers``): ``F.relu``, ``torch.relu_``, ``Tensor.relu``
+  and the ReLU modules, which call ``F.relu`` themselves, are caught by a
+  ``torch.overrides.TorchFunctionMode``, which is thread-local: nothing outside the call sees it.
+- **In-place ops** (``_Rectify``): the rule for ``relu_`` works in place too (``mark_dirty``),
+  and a target's activation is copied when its module returns (``deconvnet.graph``), before a
+  later ``out += identity`` can overwrite it.
+- **Reused modules** (``call_names``): one module called several times per forward (torchvision
+  ResNet's ``relu``) is named per call, ``layer1.0.relu#0``, ``#1``, ``#2``.
+- **Nonlinearities with no Zeiler-Fergus rule** (GELU, SiLU, Hardswish, sigmoid gates) are named
+  by ``Rectifiers`` so that the engine can refuse them, or let their plain gradient through
+  when the user opts in.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+# --- the model, untouched ------------------------------------------------------------------
+
+
+def private_view(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s module tree that shares its parameters and buffers.
+
+    Each module of the copy is a new object of the same class with its own ``__dict__``: its own
+    child table, its own (copied) hook tables, ``training=False``. Tensors are not copied, so the
+    copy costs microseconds per module and always computes what the model computes in eval mode.
+    A module registered under two names stays one module in the copy.
+    """
+    copies: dict[int, nn.Module] = {}
+
+    def copy(module: nn.Module) -> nn.Module:
+        if id(module) in copies:
+            return copies[id(module)]
+        clone = object.__new__(type(module))
+        state = dict(module.__dict__)
+        for key, value in module.__dict__.items():
+            if isinstance(value, OrderedDict | dict) and key.startswith("_"):
+                state[key] = type(value)(value)  # hook tables, parameters: a table of our own
+        state["training"] = False
+        clone.__dict__ = state
+        copies[id(module)] = clone
+        clone._modules = {
+            name: None if child is None else copy(child) for name, child in module._modules.items()
+        }
+        return clone
+
+    return copy(model)
+
+
+def call_names(paths: list[str]) -> list[str]:
+    """Name each call of a forward: its module's path, with ``#k`` when the module runs more
+    than once (``paths`` lists one module path per call, in call order)."""
+    total: dict[str, int] = {}
+    for path in paths:
+        total[path] = total.get(path, 0) + 1
+    seen: dict[str, int] = {}
+    names = []
+    for path in paths:
+        k = seen.get(path, 0)
+        seen[path] = k + 1
+        names.append(path if total[path] == 1 else f"{path}#{k}")
+    return names
+
+
+# --- the rules at every rectification -----------------------------------------------------------
+
+
+class RuleBox:
+    """The rule that the rectifications of one forward pass apply on the way down.
+
+    Read at backward time, so one forward pass serves all three rules."""
+
+    def __init__(self, rule: str = "deconvnet") -> None:
+        self.rule = rule
+
+
+class _Rectify(torch.autograd.Function):
+    """ReLU (``top=None``) or ReLU6 (``top=6``) forward; backward by the rule of ``box``.
+
+    deconvnet: rectify the signal. guided: that, where the forward unit was open. gradient:
+    the signal where the forward unit was open (for ReLU6, open is 0 < x < 6)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, box: RuleBox, top: float | None, inplace: bool):
+        opened = (x > 0) if top is None else (x > 0) & (x < top)
+        out = x.clamp_(0, top) if inplace else x.clamp(0, top)
+        if inplace:
+            ctx.mark_dirty(x)
+        ctx.save_for_backward(opened)
+        ctx.box = box
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (opened,) = ctx.saved_tensors
+        rule = ctx.box.rule
+        if rule == "deconvnet":
+            grad = grad.clamp(min=0)
+        elif rule == "guided":
+            grad = grad.clamp(min=0) * opened
+        else:
+            grad = grad * opened
+        return grad, None, None, None
+
+
+# Functions that rectify, and how to read their arguments: (input, inplace, top).
+def _relu(x, inplace=False):
+    return x, inplace, None
+
+
+def _relu_(x):
+    return x, True, None
+
+
+def _plain(x):
+    return x, False, None
+
+
+def _relu6(x, inplace=False):
+    return x, inplace, 6.0
+
+
+def _hardtanh(x, min_val=-1.0, max_val=1.0, inplace=False):
+    # nn.ReLU6 is a Hardtanh(0, 6); any other clamp has no deconvnet rule.
+    if (min_val, max_val) != (0.0, 6.0):
+        return None
+    return x, inplace, 6.0
+
+
+RECTIFIERS: dict[Callable, Callable] = {
+    F.relu: _relu,
+    torch.relu: _plain,
+    torch.relu_: _relu_,
+    torch.Tensor.relu: _plain,
+    torch.Tensor.relu_: _relu_,
+    F.relu6: _relu6,
+    F.hardtanh: _hardtanh,
+}
+
+# Nonlinearities without a Zeiler-Fergus rule, found by name (functions and their modules).
+OTHER_NONLINEARITIES = {
+    F.gelu: "GELU",
+    F.silu: "SiLU",
+    F.hardswish: "Hardswish",
+    F.hardsigmoid: "Hardsigmoid",
+    F.mish: "Mish",
+    F.elu: "ELU",
+    F.selu: "SELU",
+    F.celu: "CELU",
+    F.leaky_relu: "LeakyReLU",
+    F.prelu: "PReLU",
+    F.rrelu: "RReLU",
+    F.softplus: "Softplus",
+    F.logsigmoid: "LogSigmoid",
+    F.softsign: "Softsign",
+    F.glu: "GLU",
+    torch.sigmoid: "sigmoid",
+    torch.sigmoid_: "sigmoid",
+    torch.Tensor.sigmoid: "sigmoid",
+    torch.Tensor.sigmoid_: "sigmoid",
+    torch.tanh: "tanh",
+    torch.tanh_: "tanh",
+    torch.Tensor.tanh: "tanh",
+    torch.Tensor.tanh_: "tanh",
+}
+
+
+class Rectifiers(TorchFunctionMode):
+    """Within the block, every ReLU and ReLU6 of the forward pass, however it is called, runs
+    with the rule of ``box`` on the way down. Thread-local: other threads are unaffected.
+
+    ``where()`` says which module is running (the engine's hooks keep that); a nonlinearity
+    without a rule is reported to ``other(kind, path)``, and its plain gradient goes through.
+    """
+
+    def __init__(
+        self,
+        box: RuleBox,
+        where: Callable[[], str] = lambda: "",
+        other: Callable[[str, str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.box = box
+        self.where = where
+        self.other = other
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        read = RECTIFIERS.get(func)
+        if read is not None:
+            parts = read(*args, **kwargs)
+            if parts is not None:
+                x, inplace, top = parts
+                return _Rectify.apply(x, self.box, top, inplace)
+        if self.other is not None:
+            kind = OTHER_NONLINEARITIES.get(func)
+            if kind is None and read is not None:
+                kind = "Hardtanh"
+            if kind is not None:
+                self.other(kind, self.where())
+        return func(*args, **kwargs)

@@ -1,0 +1,487 @@
+"""The deconvnet on any convolutional network: ResNet, DenseNet, GoogLeNet, MobileNet, yours.
+
+On a plain conv/ReLU/max-pool stack the deconvnet's way down (rectify, unpool, transposed conv)
+is the gradient of the chosen unit with every ReLU's backward replaced by the rule. That holds
+for any network: BatchNorm (eval) goes back by its per-channel scale, a residual sum sends the
+signal down both branches, a concatenation splits it, an average pool spreads it, a max pool
+unpools to its switches. So this engine runs the network forward under autograd, with every
+rectification however it is called replaced by the rule (``deconvnet.canonizers``), and goes
+down by autograd from the chosen units.
+
+Targets name modules by their ``named_modules()`` path (``layer3.1.conv2``, ``layer4``); a module
+called several times per forward is named per call, ``layer1.0.relu#1``. A target's map is what
+its module returned, copied at once, before any later in-place op can change it.
+
+The way down costs about one backward per unit. Two things keep many units cheap:
+
+- A unit only sees its receptive field (``deconvnet.graph_field``). When that is a small part of
+  the image, its projection is computed exactly on a crop: aligned to the unit's total stride,
+  so that every map's grid coincides with the whole image's, and clipped to the image, so that
+  zero padding falls where it falls for the whole image. Every position the unit depends on, at
+  every depth, then sees only pixels of the crop and has its whole-image value.
+- Units whose field covers most of the image go down from one forward pass per image, many at a
+  time: autograd's batched backward (``is_grads_batched``), in "rounds" of one unit per image.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from deconvnet.canonizers import Rectifiers, RuleBox, call_names, private_view
+from deconvnet.engine import DeconvNet
+from deconvnet.errors import DeconvNetError
+from deconvnet.graph_field import Field, FieldTracer
+from deconvnet.inverse import check_rule
+from deconvnet.layers import Layer, _kind, check_supported, feature_stack, name_layers, naming_style
+from deconvnet.receptive_field import ReceptiveField
+from deconvnet.selection import Units
+
+OPT_INS = ("gradient",)
+
+# Input pixels one inverse batch may cover: bounds the memory of the forward passes on crops and
+# of the batched backward passes (ResNet-50: about 2 GiB at this size).
+PIXEL_BUDGET = 12 * 224 * 224
+# A crop larger than this share of the image costs about what the whole image costs.
+CROP_SHARE = 0.5
+
+# The receptive field of a unit that sees the whole image (after a global pool, say): any box of
+# it, clipped to the image, is the whole image.
+WHOLE_IMAGE = ReceptiveField((1 << 30, 1 << 30), (1, 1), (-(1 << 29), -(1 << 29)))
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of one module during a forward pass, with what the probe pass saw of it."""
+
+    name: str  # its path, with #k when the module runs several times
+    path: str
+    number: int  # k: which call of its module
+    module: nn.Module
+    shape: tuple[int, ...]  # (C, h, w) of its output at the probe size
+    field: Field
+
+
+def _some(paths: list[str], shown: int = 6) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
+
+
+class _Stop(Exception):
+    """Raised from a hook once every map asked for is recorded: the rest is not needed."""
+
+
+@dataclass
+class GraphRecord:
+    """One forward pass of the general engine: what selection and the inverse pass read.
+
+    ``output`` ``(N, C, h, w)``: the map of layer ``upto``; ``maps``: the maps of the layers asked
+    for with ``keep``. ``images`` ``(N, 3, H, W)``: the input. ``inputs`` and ``tapped``: the same
+    input and maps inside the autograd graph of the pass (with the rule of ``box`` at every
+    rectification), which the way down starts from."""
+
+    images: torch.Tensor
+    inputs: torch.Tensor
+    box: RuleBox
+    upto: int
+    tapped: dict[int, torch.Tensor] = field(default_factory=dict)
+    maps: dict[int, torch.Tensor] = field(default_factory=dict)
+    output: torch.Tensor | None = None
+
+    def map_of(self, index: int) -> torch.Tensor | None:
+        """The map of layer ``index``: ``output`` for ``upto``, else a kept map, or None."""
+        if index == self.upto:
+            return self.output
+        return self.maps.get(index)
+
+
+class GraphDeconvNet(DeconvNet):
+    """A deconvnet attached to any ``nn.Module`` image network, without changing the model.
+
+    Same surface as ``DeconvNet`` (which dispatches here for anything but a plain stack).
+    ``other_nonlinearities="gradient"`` lets GELU, SiLU, sigmoid gates and other nonlinearities
+    without a deconvnet rule pass their plain gradient (the result is then no longer a pure
+    deconvnet); by default such a model is refused. ``input_size`` is the ``(H, W)`` of the probe
+    pass that finds the model's layers, their shapes and receptive fields.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        style: str | None = None,
+        other_nonlinearities: str | None = None,
+        input_size: tuple[int, int] = (224, 224),
+    ) -> None:
+        if other_nonlinearities not in (None, *OPT_INS):
+            raise DeconvNetError(
+                f"other_nonlinearities={other_nonlinearities!r} is not an option; pass "
+                "'gradient' to let their plain gradient through, or leave it out"
+            )
+        self.model = model
+        self.features = model
+        self.other_nonlinearities = other_nonlinearities
+        self._first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if self._first_conv is None:
+            raise DeconvNetError("the model has no Conv2d: there is nothing to project through")
+        self._paths = {id(m): name for name, m in model.named_modules()}
+        self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
+        self._probe(tuple(input_size), style)
+
+    # --- the probe pass: layers, shapes, receptive fields -----------------------------------
+
+    def _probe(self, input_size: tuple[int, int], style: str | None) -> None:
+        x = torch.zeros(1, self.in_channels, *input_size, device=self.device, dtype=self._dtype)
+        others: dict[str, set[str]] = {}
+        trace: list[list] = []
+
+        def other(kind: str, path: str) -> None:
+            others.setdefault(kind, set()).add(path or "(the model's own forward)")
+
+        tracer = FieldTracer(x)
+        with torch.no_grad(), tracer:
+            self._run(x, set(), RuleBox(), other=other, trace=trace)
+        if others and self.other_nonlinearities is None:
+            found = "; ".join(f"{kind} at {_some(sorted(p))}" for kind, p in others.items())
+            raise DeconvNetError(
+                f"the model has nonlinearities with no deconvnet rule: {found}. Pass "
+                "other_nonlinearities='gradient' to let their plain gradient through (the result "
+                "is then no longer a pure deconvnet)"
+            )
+        names = call_names([path for path, _ in trace])
+        numbers: dict[str, int] = {}
+        self.calls: list[Call] = []
+        for (path, output), name in zip(trace, names, strict=True):
+            number = numbers.get(path, 0)
+            numbers[path] = number + 1
+            if path and isinstance(output, torch.Tensor) and output.dim() == 4:
+                module, shape = self._original(path), tuple(output.shape[1:])
+                self.calls.append(Call(name, path, number, module, shape, tracer.field(output)))
+        self._reused = {
+            path: [name for name in names if name.startswith(path + "#")]
+            for path, count in numbers.items()
+            if count > 1
+        }
+        aliases = self._friendly_names(style)
+        self.layers = [
+            Layer(i, aliases.get(call.name, call.name), _kind(call.module) or "module", call.module)
+            for i, call in enumerate(self.calls)
+        ]
+        self._index = {call.name: i for i, call in enumerate(self.calls)}
+        self._index.update({layer.name: layer.index for layer in self.layers})
+        self._by_call = {(call.path, call.number): i for i, call in enumerate(self.calls)}
+
+    def _friendly_names(self, style: str | None) -> dict[str, str]:
+        """AlexNet's and VGG's paper names (conv5, conv4_3, pool5) where the model has them."""
+        try:
+            features = feature_stack(self.model)
+            check_supported(features)
+        except DeconvNetError:
+            return {}
+        prefix = self._paths.get(id(features), "")
+        prefix = f"{prefix}." if prefix else ""
+        named = name_layers(features, style or naming_style(self.model))
+        return {f"{prefix}{layer.index}": layer.name for layer in named}
+
+    # --- layers ------------------------------------------------------------------------------
+
+    def layer(self, layer: str | int) -> Layer:
+        """The layer named by its module path (``layer3.1.conv2``), call (``layer1.0.relu#1``),
+        paper name (``conv5``) or index in ``layers``."""
+        if isinstance(layer, int) and not isinstance(layer, bool):
+            if 0 <= layer < len(self.layers):
+                return self.layers[layer]
+            raise DeconvNetError(
+                f"layer index {layer} out of range (valid: 0..{len(self.layers) - 1})"
+            )
+        key = str(layer).strip()
+        if key in self._index:
+            return self.layers[self._index[key]]
+        if key in self._reused:
+            calls = self._reused[key]
+            raise DeconvNetError(
+                f"{key} runs {len(calls)} times per forward pass; name one call: {', '.join(calls)}"
+            )
+        if key in self._paths.values():
+            raise DeconvNetError(
+                f"{key or 'the model'} does not return an (N, C, H, W) map, so it has no units "
+                "to project; `deconvnet layers` lists the layers that do"
+            )
+        names = list(self._index)
+        near = difflib.get_close_matches(key, names, n=4, cutoff=0.6)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise DeconvNetError(
+            f"unknown layer {key!r}{hint} (layers are module paths such as {names[0]} or "
+            f"{names[-1]}; `deconvnet layers` lists them all)"
+        )
+
+    def receptive_field(self, layer: str | int) -> ReceptiveField:
+        """Size, stride and offset, in input pixels, of one unit of ``layer``; for a layer that
+        sees the whole image (after a global pool) a field that covers any image."""
+        found = self.calls[self.layer(layer).index].field
+        return WHOLE_IMAGE if found is None else found
+
+    def map_size(self, layer: str | int, input_size: tuple[int, int]) -> tuple[int, int]:
+        """``(h, w)`` of ``layer``'s map for an input of ``input_size`` ``(H, W)``; ``(0, 0)``
+        when the input is too small to reach it."""
+        index, input_size = self.layer(layer).index, tuple(input_size)
+        if (index, input_size) not in self._map_sizes:
+            x = torch.zeros(1, self.in_channels, *input_size, device=self.device, dtype=self._dtype)
+            trace: list[list] = []
+            try:
+                # One pass measures every layer (``deconvnet layers`` asks for all of them).
+                with torch.no_grad():
+                    self._run(x, set(), RuleBox(), trace=trace)
+            except RuntimeError:
+                pass  # too small for some layer: those that ran are measured
+            names = call_names([path for path, _ in trace])
+            measured = {
+                name: tuple(output.shape[-2:])
+                for (_, output), name in zip(trace, names, strict=True)
+                if isinstance(output, torch.Tensor) and output.dim() == 4
+            }
+            for i, call in enumerate(self.calls):
+                self._map_sizes[i, input_size] = measured.get(call.name, (0, 0))
+        return self._map_sizes[index, input_size]
+
+    def channels(self, layer: str | int) -> int:
+        """How many channels ``layer``'s map has."""
+        return self.calls[self.layer(layer).index].shape[0]
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self._first_conv.weight.dtype
+
+    # --- the forward pass ----------------------------------------------------------------------
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        wanted: set[int],
+        box: RuleBox,
+        other=None,
+        trace: list | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Run the model's private view on ``x`` with the rule of ``box`` at every rectification,
+        and return the maps of the calls ``wanted`` (copied as their modules returned them),
+        stopping once they are all there. ``trace`` gets ``[path, output]`` for every call, in
+        call order; ``other`` hears of nonlinearities without a rule."""
+        view = private_view(self.model)
+        path_of = {id(m): name for name, m in view.named_modules()}
+        running: list[list] = []
+        counts: dict[str, int] = {}
+        maps: dict[int, torch.Tensor] = {}
+
+        def before(module, args):
+            entry = [path_of[id(module)], None]
+            running.append(entry)
+            if trace is not None:
+                trace.append(entry)
+
+        def after(module, args, output):
+            entry = running.pop()
+            entry[1] = output
+            if not wanted:
+                return
+            number = counts.get(entry[0], 0)
+            counts[entry[0]] = number + 1
+            index = self._by_call.get((entry[0], number))
+            if index in wanted:
+                maps[index] = output.clone()
+                if len(maps) == len(wanted):
+                    raise _Stop
+
+        for module in view.modules():
+            module.register_forward_pre_hook(before)
+            module.register_forward_hook(after)
+        mode = Rectifiers(box, where=lambda: running[-1][0] if running else "", other=other)
+        try:
+            with mode:
+                view(x)
+        except _Stop:
+            pass
+        if len(maps) < len(wanted):
+            raise DeconvNetError("the forward pass did not reach the layers asked for")
+        return maps
+
+    def _original(self, path: str) -> nn.Module:
+        return self.model.get_submodule(path) if path else self.model
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layer: str | int,
+        rule: str = "deconvnet",
+        keep: Sequence[str | int] = (),
+    ) -> GraphRecord:
+        """Run the model on ``x`` ``(N, 3, H, W)`` up to ``layer``, under autograd with the rule
+        at every rectification. The record's ``output`` is the layer's ``(N, C, h, w)`` map;
+        ``keep`` names other layers whose maps it keeps, so that one pass serves several."""
+        check_rule(rule)
+        entry = self.layer(layer)
+        kept = {self.layer(name).index for name in keep}
+        self._check_input(x, entry)
+        box = RuleBox(rule)
+        inputs = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            tapped = self._run(inputs, kept | {entry.index}, box)
+        record = GraphRecord(images=x.detach(), inputs=inputs, box=box, upto=entry.index)
+        record.tapped = tapped
+        record.maps = {index: tapped[index].detach() for index in kept}
+        record.output = tapped[entry.index].detach()
+        return record
+
+    # --- the inverse pass ----------------------------------------------------------------------
+
+    def reconstruct_windows(
+        self, record: GraphRecord, layer: Layer, units: Units, rule: str = "deconvnet"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse pass from ``units`` of ``layer`` down to the image, on receptive fields.
+
+        Returns ``windows`` ``(T, 3, h, w)``, each unit's reconstruction over its whole
+        (unclipped) receptive field, zero where it hangs over the image's edge, and ``origin``
+        ``(T, 2)``, the input pixel of each window's top-left corner. For a layer whose units
+        see the whole image (after a global pool) the windows are the image, at (0, 0).
+        """
+        full, _ = self._reconstruct(record, layer, units, rule)
+        found = self.calls[layer.index].field
+        device = units.position.device
+        if found is None:
+            return full, torch.zeros(len(full), 2, dtype=torch.long, device=device)
+        stride = torch.tensor(found.stride, device=device)
+        origin = units.position * stride + torch.tensor(found.offset, device=device)
+        windows = full.new_zeros(len(full), full.shape[1], *found.size)
+        height, width = full.shape[-2:]
+        for t, (top, left) in enumerate(origin.tolist()):
+            y0, x0 = max(top, 0), max(left, 0)
+            y1, x1 = min(top + found.size[0], height), min(left + found.size[1], width)
+            if y1 > y0 and x1 > x0:
+                windows[t, :, y0 - top : y1 - top, x0 - left : x1 - left] = full[t, :, y0:y1, x0:x1]
+        return windows, origin
+
+    def _reconstruct(
+        self, record: GraphRecord, layer: Layer, units: Units, rule: str
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Each unit's projection on the whole image: ``(T, 3, H, W)``, all at origin (0, 0)."""
+        check_rule(rule)
+        if layer.index not in record.tapped:
+            raise DeconvNetError(
+                f"this forward record holds no map of {layer.name}: run the forward to it, or "
+                "keep it (DeconvNet.forward(..., keep=[...]))"
+            )
+        images = record.images
+        count, (height, width) = len(units.channel), images.shape[-2:]
+        result = images.new_zeros(count, images.shape[1], height, width)
+        crops = self._crops(layer, units.position.tolist(), (height, width))
+        whole = [t for t, crop in enumerate(crops) if crop is None]
+        if whole:
+            self._down_from_record(record, layer, units, whole, rule, result)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for t, crop in enumerate(crops):
+            if crop is not None:
+                by_size.setdefault(crop[2:], []).append(t)
+        for size, members in by_size.items():
+            per_batch = max(1, PIXEL_BUDGET // (size[0] * size[1]))
+            for start in range(0, len(members), per_batch):
+                part = members[start : start + per_batch]
+                chosen = [crops[t] for t in part]
+                self._down_on_crops(images, layer, units, part, chosen, rule, result)
+        return result, [(0, 0)] * count
+
+    def _crops(
+        self, layer: Layer, positions: list[list[int]], image_size: tuple[int, int]
+    ) -> list[tuple[int, int, int, int] | None]:
+        """``(top, left, h, w)`` of the crop each unit goes down on, or None for the image.
+
+        A crop starts at a multiple of the unit's total stride, so that every map's grid is the
+        image's, and it reaches the image's edge wherever the field does, so that padding falls
+        where it falls for the image. Within that, crops are made as alike as possible (one
+        length per axis inside the image, one more for crops at the far edge), so that they
+        go down in few, large batches."""
+        found = self.calls[layer.index].field
+        if found is None:
+            return [None] * len(positions)
+        lengths = [
+            min(found.size[axis] + found.stride[axis] - 1, image_size[axis]) for axis in (0, 1)
+        ]
+        if lengths[0] * lengths[1] > CROP_SHARE * image_size[0] * image_size[1]:
+            return [None] * len(positions)
+        crops = []
+        for position in positions:
+            corner, extent = [], []
+            for axis in (0, 1):
+                stride, length, bound = found.stride[axis], lengths[axis], image_size[axis]
+                start = position[axis] * stride + found.offset[axis]
+                begin = max(start, 0) // stride * stride
+                if begin + length > bound:  # the field reaches the far edge: so does the crop
+                    begin = max(bound - length, 0) // stride * stride
+                    length = bound - begin
+                corner.append(begin)
+                extent.append(length)
+            crops.append((corner[0], corner[1], extent[0], extent[1]))
+        return crops
+
+    def _down_from_record(self, record, layer, units, members, rule, result) -> None:
+        """Units of ``members`` down from the record's own pass, in rounds of at most one unit
+        per image: one round's seed is one map, and rounds go down batched."""
+        tapped = record.tapped[layer.index]
+        n = tapped.shape[0]
+        images = units.image[members].tolist()
+        rounds, seen = [], {}
+        for image in images:
+            rounds.append(seen.get(image, 0))
+            seen[image] = rounds[-1] + 1
+        per_batch = max(1, PIXEL_BUDGET // math.prod(record.images.shape[-2:]) // n)
+        channel = units.channel[members]
+        position = units.position[members]
+        activation = units.activation[members]
+        round_of = torch.tensor(rounds, device=tapped.device)
+        image_of = torch.tensor(images, device=tapped.device)
+        record.box.rule = rule
+        total = max(rounds) + 1
+        for start in range(0, total, per_batch):
+            stop = min(start + per_batch, total)
+            here = (round_of >= start) & (round_of < stop)
+            seeds = tapped.new_zeros(stop - start, *tapped.shape)
+            seeds[
+                round_of[here] - start,
+                image_of[here],
+                channel[here],
+                position[here, 0],
+                position[here, 1],
+            ] = activation[here]
+            batched = stop - start > 1
+            (grads,) = torch.autograd.grad(
+                tapped,
+                record.inputs,
+                seeds if batched else seeds[0],
+                retain_graph=True,
+                is_grads_batched=batched,
+            )
+            if not batched:
+                grads = grads[None]
+            rows = torch.tensor(members, device=result.device)[here]
+            result[rows] = grads[round_of[here] - start, image_of[here]]
+
+    def _down_on_crops(self, images, layer, units, members, crops, rule, result) -> None:
+        """Units of ``members`` down on their crops of the image, one batched pass."""
+        pieces = [
+            images[image, :, top : top + h, left : left + w]
+            for image, (top, left, h, w) in zip(units.image[members].tolist(), crops, strict=True)
+        ]
+        inputs = torch.stack(pieces).requires_grad_(True)
+        with torch.enable_grad():
+            tapped = self._run(inputs, {layer.index}, RuleBox(rule))[layer.index]
+        found = self.calls[layer.index].field
+        seeds = torch.zeros_like(tapped)
+        for b, (t, (top, left, _, _)) in enumerate(zip(members, crops, strict=True)):
+            y = int(units.position[t, 0]) - top // found.stride[0]
+            x = int(units.position[t, 1]) - left // found.stride[1]
+            seeds[b, units.channel[t], y, x] = units.activation[t]
+        (grads,) = torch.autograd.grad(tapped, inputs, seeds)
+        for b, (t, (top, left, h, w)) in enumerate(zip(members, crops, strict=True)):
+            result[t, :, top : top + h, left : left + w] = grads[b]

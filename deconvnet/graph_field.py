@@ -1,0 +1,137 @@
+"""Receptive fields of any network, read off one forward pass.
+
+Every map of the pass carries, per axis, the receptive field of one of its positions: ``size``,
+``stride`` and ``offset`` in input pixels (``deconvnet.receptive_field.ReceptiveField``). The
+image carries (1, 1, 0). A convolution or pool with kernel k (dilated), stride s and padding p
+turns (n, t, o) into (n + (k - 1) t, t s, o - p t), as for a plain stack; an op that keeps the
+map's size (ReLU, BatchNorm, a residual sum, a concatenation of channels) gives each position
+the union of what its inputs' positions see. Anything else that reaches a map (a global pool, a
+gate from the whole map, an interpolation) makes its positions see the whole image: ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from deconvnet.receptive_field import ReceptiveField
+
+Field = ReceptiveField | None  # None: the whole image
+
+IMAGE = ReceptiveField((1, 1), (1, 1), (0, 0))
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    return value * 2 if len(value) == 1 else value  # type: ignore[return-value]
+
+
+def _window(field: ReceptiveField, kernel, stride, padding, dilation) -> ReceptiveField:
+    kernel, dilation = _pair(kernel), _pair(dilation)
+    stride = _pair(stride if stride not in (None, ()) else kernel)
+    extent = [d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True)]
+    if isinstance(padding, str):
+        padding = (0, 0) if padding == "valid" else tuple((e - 1) // 2 for e in extent)
+    padding = _pair(padding)
+    return ReceptiveField(
+        tuple(n + (e - 1) * t for n, e, t in zip(field.size, extent, field.stride, strict=True)),
+        tuple(t * s for t, s in zip(field.stride, stride, strict=True)),
+        tuple(o - p * t for o, p, t in zip(field.offset, padding, field.stride, strict=True)),
+    )
+
+
+def _union(fields: list[ReceptiveField]) -> Field:
+    if len({f.stride for f in fields}) > 1:
+        return None
+    start = [min(f.offset[a] for f in fields) for a in (0, 1)]
+    end = [max(f.offset[a] + f.size[a] for f in fields) for a in (0, 1)]
+    return ReceptiveField(
+        (end[0] - start[0], end[1] - start[1]), fields[0].stride, (start[0], start[1])
+    )
+
+
+def _arguments(args, kwargs, names):
+    """``names`` read from positional then keyword arguments (after the input)."""
+    values = list(args[1:]) + [None] * len(names)
+    return {name: kwargs.get(name, values[i]) for i, name in enumerate(names)}
+
+
+_CONV = (torch.conv2d, F.conv2d)
+_POOLS = {
+    F.max_pool2d: ("kernel_size", "stride", "padding", "dilation"),
+    torch.max_pool2d: ("kernel_size", "stride", "padding", "dilation"),
+    F.max_pool2d_with_indices: ("kernel_size", "stride", "padding", "dilation"),
+    F.avg_pool2d: ("kernel_size", "stride", "padding"),
+}
+
+
+class FieldTracer(TorchFunctionMode):
+    """Within the block, every 4-d tensor the forward makes gets its receptive field.
+
+    ``field(t)`` reads it back: a ReceptiveField, or None for the whole image. Tensors the pass
+    did not make from the image (weights, constants) have none and do not count."""
+
+    def __init__(self, image: torch.Tensor) -> None:
+        super().__init__()
+        self._fields: dict[int, tuple[torch.Tensor, Field]] = {id(image): (image, IMAGE)}
+
+    def field(self, tensor: torch.Tensor) -> Field:
+        held = self._fields.get(id(tensor))
+        return None if held is None or held[0] is not tensor else held[1]
+
+    def _known(self, tensors: Iterator) -> list[tuple[torch.Tensor, Field]]:
+        known = []
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                held = self._fields.get(id(t))
+                if held is not None and held[0] is t:
+                    known.append(held)
+        return known
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        first = out[0] if isinstance(out, tuple) and out else out
+        if not isinstance(first, torch.Tensor):
+            return out
+        leaves, _ = tree_flatten((args, kwargs))
+        inputs = self._known(leaves)
+        if not inputs:
+            return out
+        field: Field
+        source, source_field = inputs[0]
+        if first.dim() != 4:
+            field = None  # a vector, a flattened map: it may come back as a gate on a map
+        elif func in _CONV and source is args[0] and source_field is not None:
+            weight = args[1]
+            given = _arguments(args, kwargs, ("weight", "bias", "stride", "padding", "dilation"))
+            field = _window(
+                source_field,
+                weight.shape[-2:],
+                given["stride"] or 1,
+                given["padding"] or 0,
+                given["dilation"] or 1,
+            )
+        elif func in _POOLS and source is args[0] and source_field is not None:
+            given = _arguments(args, kwargs, _POOLS[func])
+            field = _window(
+                source_field,
+                given["kernel_size"],
+                given["stride"],
+                given.get("padding") or 0,
+                given.get("dilation") or 1,
+            )
+        elif any(f is None for _, f in inputs) or any(
+            t.shape[-2:] != first.shape[-2:] for t, _ in inputs if t.dim() == 4
+        ):
+            field = None
+        else:
+            field = _union([f for _, f in inputs])
+        self._fields[id(first)] = (first, field)
+        return out
