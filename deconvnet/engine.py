@@ -52,6 +52,9 @@ class DeconvNet:
     own) gets the general engine, ``deconvnet.graph.GraphDeconvNet``, with the same surface.
     """
 
+    # True for this windowed engine on a plain stack, whose modules a scan may run one by one.
+    plain_stack = True
+
     def __new__(cls, model: nn.Module | None = None, *args, **options):
         # Plain stacks keep this windowed engine; any other network gets the general one.
         # (No model: unpickling or copying, which restores the instance's own class.)

@@ -121,7 +121,20 @@ class Gallery:
 
 
 def default_layers(net: DeconvNet) -> list[str]:
-    """AlexNet's ``conv1``..``conv5``; for VGG the last conv of each block (``conv3_3``)."""
+    """AlexNet's ``conv1``..``conv5``; for VGG the last conv of each block (``conv3_3``); for any
+    other network the last four modules, at the shallowest depth of its module tree that has
+    four, whose units see part of the image (ResNet: ``layer1``..``layer4``)."""
+    if not net.plain_stack:
+        spatial = [
+            layer.name
+            for layer in net.layers
+            if "#" not in layer.name and net.receptive_field(layer.name).size[0] < 1 << 29
+        ]
+        for depth in range(max((name.count(".") for name in spatial), default=0) + 1):
+            found = [name for name in spatial if name.count(".") == depth]
+            if len(found) >= 4:
+                return found[-4:]
+        return spatial[-4:]
     convs = [layer for layer in net.layers if layer.name.startswith("conv")]
     if all("_" not in layer.name for layer in convs):
         return [layer.name for layer in convs]

@@ -110,6 +110,8 @@ class GraphDeconvNet(DeconvNet):
     pass that finds the model's layers, their shapes and receptive fields.
     """
 
+    plain_stack = False
+
     def __init__(
         self,
         model: nn.Module,
@@ -125,6 +127,9 @@ class GraphDeconvNet(DeconvNet):
         self.model = model
         self.features = model
         self.other_nonlinearities = other_nonlinearities
+        # The pass runs a private view of the model in eval mode (canonizers.private_view), so
+        # a Dropout left in training mode cannot make results change from run to run.
+        self._dropouts: list[tuple[int, nn.Module]] = []
         self._first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         if self._first_conv is None:
             raise DeconvNetError("the model has no Conv2d: there is nothing to project through")

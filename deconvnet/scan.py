@@ -418,6 +418,18 @@ def forward_maxima(
     return found
 
 
+def record_maxima(
+    net: DeconvNet, x: torch.Tensor, layers: dict[str, int]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``forward_maxima`` for any network (``GraphDeconvNet``): one forward pass of the engine to
+    the deepest of ``layers`` keeps every layer's map, each copied as its module returned it."""
+    deepest = max(layers, key=layers.__getitem__)
+    # The engine's pass runs under autograd: it needs an ordinary tensor, not an inference one.
+    with torch.inference_mode(False):
+        record = net.forward(x.clone(), deepest, keep=[name for name in layers if name != deepest])
+        return {name: channel_maxima(record.map_of(index)) for name, index in layers.items()}
+
+
 # --- the scan state ---------------------------------------------------------------------------
 
 
@@ -892,7 +904,10 @@ def scan(
         for indices, images, failed in batches:
             if images is not None:
                 x = normalize(images.to(device, non_blocking=True))
-                maxima = forward_maxima(net.features, x, layers)
+                if net.plain_stack:
+                    maxima = forward_maxima(net.features, x, layers)
+                else:
+                    maxima = record_maxima(net, x, layers)
                 for name, topk in state.layers.items():
                     values, position = (t[:, rows[name]].cpu() for t in maxima[name])
                     topk.update(values, indices, position)
