@@ -15,8 +15,11 @@ every channel of a layer is one batched pass.
 
 from __future__ import annotations
 
+import ctypes
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -316,16 +319,21 @@ class DeconvNet:
     ) -> Projection:
         height, width = x.shape[-2:]
         count = len(units.channel)
+        # Placing a window on the image drops what hangs over its edge: no need to zero it first.
         if count == 1:
-            windows, origin = self._reconstruct(record, layer, units, rule)
+            windows, origin = self._reconstruct(record, layer, units, rule, clip=False)
             reconstruction = _place(windows, origin[0], (height, width))
         else:
             reconstruction = x.new_zeros(count, x.shape[1], height, width)
-            for start in range(0, count, CHUNK):
-                part = slice(start, start + CHUNK)
-                chunk = Units(*(field[part] for field in _fields(units)))
-                windows, origin = self._reconstruct(record, layer, chunk, rule)
-                _paste(reconstruction[part], windows, origin)
+            switches = {}  # each pool's switches rewritten once for all chunks of this call
+            with _reusing_freed_memory(x.device):
+                for start in range(0, count, CHUNK):
+                    part = slice(start, start + CHUNK)
+                    chunk = Units(*(field[part] for field in _fields(units)))
+                    windows, origin = self._reconstruct(
+                        record, layer, chunk, rule, clip=False, switches=switches
+                    )
+                    _paste(reconstruction[part], windows, origin)
         field = self.receptive_field(layer.index)
         boxes = [field.box(tuple(p), (height, width)) for p in units.position.tolist()]
         return Projection(
@@ -356,8 +364,17 @@ class DeconvNet:
         return windows, torch.tensor(origin, dtype=torch.long, device=units.position.device)
 
     def _reconstruct(
-        self, record: ForwardRecord, layer: Layer, units: Units, rule: str
+        self,
+        record: ForwardRecord,
+        layer: Layer,
+        units: Units,
+        rule: str,
+        clip: bool = True,
+        switches: dict | None = None,
     ) -> tuple[torch.Tensor, Origins]:
+        # clip=False leaves what the first conv sends onto the image's padding in the windows,
+        # for a caller that crops them anyway. switches: a dict that keeps each pool's rewritten
+        # switches (see _window_switches) for the next call on the same record and layer.
         check_rule(rule)
         count = len(units.channel)
         # Window corners, kept as Python ints: a handful of them, updated at every step, which
@@ -375,43 +392,80 @@ class DeconvNet:
                 opened = None
                 if rule != "deconvnet":
                     opened = _cut(record.rectified[index], image, origin, signal.shape[-2:])
-                signal = rectify(signal, opened, rule)
+                # Every signal here is the pass's own fresh array: rectify it in place.
+                signal = rectify(signal, opened, rule, inplace=True)
             elif isinstance(module, nn.MaxPool2d):
-                signal, origin = self._unpool_windows(index, record, image, signal, origin)
+                signal, origin = self._unpool_windows(
+                    index, record, image, signal, origin, {} if switches is None else switches
+                )
             elif isinstance(module, nn.Conv2d):
                 channel = units.channel if seed else None
                 signal, origin = self._transposed_conv_windows(
-                    index, record, signal, origin, channel
+                    index, record, signal, origin, channel, clip=clip or index > 0
                 )
             seed = seed and isinstance(module, nn.ReLU)
         return signal, origin
 
-    def _unpool_windows(self, index, record, image, signal, origin):
+    def _unpool_windows(self, index, record, image, signal, origin, rewritten):
         pool, geometry = self._modules[index], self._steps[index]
-        (sy, sx), (py, px) = geometry.stride, geometry.padding
+        (sy, sx) = geometry.stride
         h, w = signal.shape[-2:]
         size = ((h - 1) * sy + geometry.kernel[0], (w - 1) * sx + geometry.kernel[1])
         if len(origin) == 1:
             return self._unpool_one_window(index, record, image[0], signal, origin, size)
-        # Switches are flat indices into the whole input plane. Rewrite them once, on the small
-        # pooled map, as offsets dy * size_x + dx from their window's corner, then cut the units'
-        # windows out of that. rel = dy * width + dx with 0 <= dx < kernel, so counting how many
-        # multiples of width rel reaches gives dy without an integer division.
-        switches, width = record.switches[index], record.input_sizes[index][1]
-        corner = _grid(switches.shape[-2:], (sy * width, sx), (-py * width - px), switches.device)
-        rel = switches - corner
-        dy = sum((rel >= step_ * width).long() for step_ in range(1, geometry.kernel[0]))
-        offsets = _cut(rel + dy * (size[1] - width), image, origin, (h, w))
-        # Where a window hangs over the map the offset is 0 and so is the signal: adding it to
-        # the window's own corner keeps the index in range.
-        local = offsets + _grid((h, w), (sy * size[1], sx), 0, switches.device)
+        key = (index, size)
+        if key not in rewritten:
+            rewritten[key] = self._window_switches(index, record, (h, w), size)
+        # A window's switches are its cut of the rewritten map, less its own corner; where it
+        # hangs over the map, the signal is 0 and any index in range will do.
+        padded = rewritten[key]
+        corners = torch.tensor(
+            [top * sy * size[1] + left * sx for top, left in origin], device=padded.device
+        )
+        cut = torch.stack(
+            [
+                padded[n, :, top + h : top + 2 * h, left + w : left + 2 * w]
+                for n, (top, left) in zip(image.tolist(), origin, strict=True)
+            ]
+        )
+        local = cut.sub_(corners[:, None, None, None]).clamp_(0, size[0] * size[1] - 1)
         unpooled = unpool(signal, local, size, pool.kernel_size, (sy, sx), 0, pool.dilation)
         return unpooled, _below(origin, geometry)
 
+    def _window_switches(self, index, record, window, size):
+        """Pool ``index``'s switches as indices into a window of ``size`` whose corner is at
+        pooled position (0, 0), zero-padded by ``window`` ``(h, w)`` on each side: a window at
+        pooled (top, left) then cuts its own and subtracts ``top * sy * size_x + left * sx``."""
+        geometry = self._steps[index]
+        (sy, sx), (py, px) = geometry.stride, geometry.padding
+        switches, width = record.switches[index], record.input_sizes[index][1]
+        # A switch is the flat index (sy*y - py + dy) * width + (sx*x - px + dx) of pooled
+        # position (y, x)'s window; the window of size[1] columns wants dy and dx as
+        # (sy*y + dy) * size[1] + sx*x + dx. With rel = dy * width + dx and 0 <= dx < kernel,
+        # counting how many multiples of width rel reaches gives dy without an integer division.
+        corner = _grid(switches.shape[-2:], (sy * width, sx), (-py * width - px), switches.device)
+        rel = switches - corner
+        dy = sum((rel >= step_ * width).long() for step_ in range(1, geometry.kernel[0]))
+        rows = torch.arange(switches.shape[-2], device=switches.device)[:, None] * sy
+        local = switches + (dy + rows) * (size[1] - width) + (py * width + px)
+        return F.pad(local, (window[1], window[1], window[0], window[0])).contiguous()
+
     def _unpool_one_window(self, index, record, batch, signal, origin, size):
-        # One window: unpool its whole map with the switches as recorded (a few cheap
-        # operations on a small map) and cut the window out, instead of rewriting the switches.
         pool, switches = self._modules[index], record.switches[index]
+        below = _below(origin, self._steps[index])
+        (top, left), (h, w) = origin[0], signal.shape[-2:]
+        (y0, y1), (x0, x1) = _span(top, h, switches.shape[-2]), _span(left, w, switches.shape[-1])
+        if (y0, y1, x0, x1) == (top, top + h, left, left + w):
+            # Inside the map: the window's own switches, as indices into its unpooled window.
+            # Switch r * width + c becomes (r - by) * size[1] + (c - bx), with (by, bx) = below.
+            width = record.input_sizes[index][1]
+            part = switches[batch : batch + 1, :, top : top + h, left : left + w]
+            local = torch.div(part, width, rounding_mode="floor").mul_(size[1] - width)
+            local.add_(part).sub_(below[0][0] * size[1] + below[0][1])
+            stride = self._steps[index].stride
+            return unpool(signal, local, size, pool.kernel_size, stride, 0, pool.dilation), below
+        # Over the map's edge: unpool its whole map with the switches as recorded (a few cheap
+        # operations on a small map) and cut the window out.
         unpooled = unpool(
             _place(signal, origin[0], switches.shape[-2:]),
             switches[batch : batch + 1],
@@ -422,10 +476,9 @@ class DeconvNet:
             pool.dilation,
             pool.ceil_mode,
         )
-        below = _below(origin, self._steps[index])
         return _cut(unpooled, [0], below, size), below
 
-    def _transposed_conv_windows(self, index, record, signal, origin, channel=None):
+    def _transposed_conv_windows(self, index, record, signal, origin, channel=None, clip=True):
         conv, geometry = self._modules[index], self._steps[index]
         weight = conv.weight.detach()
         if channel is not None and conv.groups == 1 and conv.dilation == (1, 1):
@@ -443,6 +496,8 @@ class DeconvNet:
                 signal, weight, stride=geometry.stride, dilation=conv.dilation, groups=conv.groups
             )
         below = _below(origin, geometry)
+        if not clip:
+            return projected, below
         # What lands on the forward's zero padding has no pixel to go to: drop it.
         return _keep_inside(projected, below, record.input_sizes[index]), below
 
@@ -455,6 +510,44 @@ class DeconvNet:
             cached = (key, phase_kernels(weight, stride))
             self._phase_cache[index] = cached
         return cached[1]
+
+
+@contextmanager
+def _reusing_freed_memory(device: torch.device) -> Iterator[None]:
+    """While projecting chunks on CPU (glibc only), let freed blocks of up to 32 MiB stay in the
+    process for the next chunk, then give free memory back.
+
+    Every chunk allocates the same arrays (tens of MB for AlexNet's 64 windows). By default glibc
+    maps such blocks fresh from the system and unmaps them when freed, or trims them off the
+    heap, so each chunk page-faults its arrays in anew: about a fifth of a 256-channel sweep's
+    CPU time went to the kernel here. Afterwards the thresholds are glibc's upper values (what
+    its dynamic adjustment reaches for such blocks) and free memory is returned, as before.
+    """
+    if _LIBC is None or device.type != "cpu":
+        yield
+        return
+    _LIBC.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+    _LIBC.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield
+    finally:
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+_LIBC = _glibc()
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc malloc.h)
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's upper bound for the mmap threshold on 64 bits
 
 
 def _fields(units: Units) -> tuple[torch.Tensor, ...]:
@@ -524,7 +617,7 @@ def _keep_inside(signal: torch.Tensor, origin: Origins, bounds: Sequence[int]) -
         return inside
     _, rows = _axis_index(origin, 0, h, bounds[0], signal.device)
     _, cols = _axis_index(origin, 1, w, bounds[1], signal.device)
-    return signal * (rows[:, :, None] & cols[:, None, :])[:, None]
+    return signal.mul_((rows[:, :, None] & cols[:, None, :])[:, None])  # a fresh signal
 
 
 def _place(window: torch.Tensor, corner: tuple[int, int], size: Sequence[int]) -> torch.Tensor:

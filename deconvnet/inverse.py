@@ -69,21 +69,25 @@ def unpool(
     )
 
 
-def rectify(signal: torch.Tensor, rectified: torch.Tensor | None, rule: str) -> torch.Tensor:
+def rectify(
+    signal: torch.Tensor, rectified: torch.Tensor | None, rule: str, inplace: bool = False
+) -> torch.Tensor:
     """The ReLU on the way down, which is where the three rules differ.
 
     ``deconvnet`` (Zeiler-Fergus): ReLU of the signal itself. ``guided`` (Springenberg et al.):
     that, and only where the forward ReLU was open. ``gradient``: only where the forward ReLU was
     open, as plain backprop. ``rectified`` is the forward ReLU output, same shape as ``signal``
-    (unused by ``deconvnet``).
+    (unused by ``deconvnet``). ``inplace`` overwrites ``signal`` (the engine's own intermediate
+    signals: a pass over them instead of a new array of the same size).
     """
     if rule == "deconvnet":
-        return signal.clamp(min=0)
+        return signal.clamp_(min=0) if inplace else signal.clamp(min=0)
     assert rectified is not None, "guided and gradient rules need the forward ReLU output"
     opened = rectified > 0
     if rule == "guided":
-        return signal.clamp(min=0) * opened
-    return signal * opened
+        signal = signal.clamp_(min=0) if inplace else signal.clamp(min=0)
+        return signal.mul_(opened)
+    return signal.mul_(opened) if inplace else signal * opened
 
 
 def transposed_conv(
@@ -126,11 +130,12 @@ def full_transposed_conv(
         # One position: the output is each unit's kernels weighted by its channels, one GEMM.
         return (signal.view(n, c_out) @ weight.view(c_out, -1)).view(n, -1, kh, kw)
     if stride == (1, 1):
-        if n == 1 and signal.device.type == "cpu" and h * w <= kh * kw <= 9:
-            # For one input no larger than a small kernel, PyTorch's CPU backend skips oneDNN
-            # for a native transposed conv that ran 1.5-2x slower here than its own recipe done
-            # by hand: one GEMM, then col2im (fold) adding up the overlapping kernel copies.
-            columns = signal.view(c_out, h * w).T @ weight.view(c_out, -1)
+        if n == 1 and signal.device.type == "cpu" and kh * kw <= 9 and signal.numel() <= 20480:
+            # For one small input and a kernel of at most 3x3, PyTorch's CPU backend skips
+            # oneDNN (its threshold: 20480 input values) for a native transposed conv that ran
+            # 1.2-2x slower here than its own recipe done by hand: one GEMM, then col2im (fold)
+            # adding up the overlapping kernel copies.
+            columns = signal.reshape(c_out, h * w).T @ weight.view(c_out, -1)
             full = (h + kh - 1, w + kw - 1)
             return F.fold(columns.T.unsqueeze(0), full, (kh, kw))
         return F.conv_transpose2d(signal, weight)

@@ -43,11 +43,17 @@ class ForwardRecord:
         return self.maps.get(index)
 
 
-def _switches_of(pool: nn.MaxPool2d, pool_input: torch.Tensor) -> torch.Tensor:
-    # Same indices either way, but PyTorch's CPU max-pool is vectorized over channels only in
-    # channels-last layout: there it costs a fifth as much, which keeps switches cheap.
-    _, switches = F.max_pool2d(
-        pool_input.contiguous(memory_format=torch.channels_last),
+def _pool_with_switches(pool: nn.MaxPool2d, pool_input: torch.Tensor):
+    """The pool's output and its switches, from one max-pool call.
+
+    Same values and indices either way, but PyTorch's CPU max-pool is vectorized over channels
+    only in channels-last layout: there it costs a fifth as much, which keeps switches cheap.
+    On CPU the output is channels-last: ``.contiguous()`` gives the model's own layout back.
+    """
+    pooled, switches = F.max_pool2d(
+        pool_input.contiguous(memory_format=torch.channels_last)
+        if _on_cpu(pool_input)
+        else pool_input,
         pool.kernel_size,
         pool.stride,
         pool.padding,
@@ -55,7 +61,7 @@ def _switches_of(pool: nn.MaxPool2d, pool_input: torch.Tensor) -> torch.Tensor:
         ceil_mode=pool.ceil_mode,
         return_indices=True,
     )
-    return switches
+    return pooled, switches
 
 
 def _on_cpu(x: torch.Tensor) -> bool:
@@ -64,16 +70,21 @@ def _on_cpu(x: torch.Tensor) -> bool:
 
 @contextmanager
 def recording(
-    features: Iterable[nn.Module], keep_rectified: bool = True, keep: Collection[int] = ()
+    features: Iterable[nn.Module],
+    keep_rectified: bool = True,
+    keep: Collection[int] = (),
+    pools: bool = True,
 ) -> Iterator[ForwardRecord]:
     """Attach recording hooks to the max-pools (and ReLUs) of ``features`` for the block.
 
     The pools' hooks record their switches and input sizes; ``keep_rectified`` adds hooks that
     keep ReLU outputs (the deconvnet rule does not use them). Modules that need nothing get no
     hook: each costs tens of microseconds per call. ``keep`` lists modules whose outputs go to
-    ``maps``. torchvision's ReLUs are in-place: the hook sees their output after rectification,
-    and in a plain stack nothing writes to that tensor afterwards, so no copy is needed; other
-    kept outputs (a conv's) are copied, since an in-place ReLU after them overwrites them.
+    ``maps``; ``pools=False`` leaves the pools to the caller (``forward_with_switches`` runs
+    them itself). torchvision's ReLUs are in-place: the hook sees their output after
+    rectification, and in a plain stack nothing writes to that tensor afterwards, so no copy is
+    needed; other kept outputs (a conv's) are copied, since an in-place ReLU after them
+    overwrites them.
     """
     record = ForwardRecord()
     handles = []
@@ -82,7 +93,7 @@ def recording(
         record.input_sizes[index] = tuple(inputs[0].shape[-2:])
         replaced = None
         if isinstance(module, nn.MaxPool2d):
-            record.switches[index] = _switches_of(module, inputs[0])
+            _, record.switches[index] = _pool_with_switches(module, inputs[0])
             if _on_cpu(inputs[0]):
                 replaced = output = output.contiguous()  # the layout the next modules expect
         elif keep_rectified and isinstance(module, nn.ReLU):
@@ -102,6 +113,8 @@ def recording(
     try:
         for index, module in enumerate(features):
             if isinstance(module, nn.MaxPool2d):
+                if not pools:
+                    continue
                 handles.append(module.register_forward_pre_hook(before_pool))
             elif not (keep_rectified and isinstance(module, nn.ReLU)) and index not in keep:
                 continue
@@ -122,11 +135,22 @@ def forward_with_switches(
     keep: Collection[int] = (),
 ) -> ForwardRecord:
     """Run ``features[0..upto]`` on ``x`` ``(N, C, H, W)`` and return the record of that pass,
-    with the input size of every module and the outputs of the modules in ``keep``."""
+    with the input size of every module and the outputs of the modules in ``keep``.
+
+    The max-pools run here, as ``F.max_pool2d`` with each module's settings: one call gives
+    both the output and the switches (a hook could only add a second call to the module's).
+    """
     modules = list(features)[: upto + 1]
-    with torch.no_grad(), recording(modules, keep_rectified, set(keep) - {upto}) as record:
+    keep = set(keep) - {upto}
+    with torch.no_grad(), recording(modules, keep_rectified, keep, pools=False) as record:
         for index, module in enumerate(modules):  # nn.Sequential.forward, without slicing one
             record.input_sizes[index] = tuple(x.shape[-2:])
-            x = module(x)
+            if isinstance(module, nn.MaxPool2d):
+                x, record.switches[index] = _pool_with_switches(module, x)
+                x = x.contiguous()  # the layout the next modules expect
+                if index in keep:
+                    record.maps[index] = x
+            else:
+                x = module(x)
         record.output, record.upto = x, upto
     return record

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from deconvnet.inverse import (
+    RULES,
     full_transposed_conv,
     kernel_gradient_by_dilated_conv,
     phase_kernels,
@@ -167,6 +168,7 @@ def test_phase_decomposition_equals_the_transposed_conv(kernel, stride):
         (1, (1, 2), (3, 2), 1),
         (1, (7, 5), (3, 3), 1),
         (2, (3, 3), (3, 3), 1),
+        (1, (60, 60), (3, 3), 1),
     ],
 )
 def test_full_transposed_conv_shortcuts_equal_the_transposed_conv(batch, size, kernel, stride):
@@ -216,3 +218,14 @@ def test_the_three_rules_differ_only_in_the_relu():
     assert rectify(signal, None, "deconvnet").tolist() == [0.0, 0.0, 1.0, 2.0]
     assert rectify(signal, forward, "guided").tolist() == [0.0, 0.0, 0.0, 2.0]
     assert rectify(signal, forward, "gradient").tolist() == [0.0, -1.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_rectify_in_place_gives_the_same_values_and_reuses_the_signal(rule):
+    signal = _seeded(2, 3, 4, 4, seed=21)
+    forward = _seeded(2, 3, 4, 4, seed=22).clamp(min=0)
+    expected = rectify(signal, forward, rule)
+    copy = signal.clone()
+    result = rectify(copy, forward, rule, inplace=True)
+    assert result.data_ptr() == copy.data_ptr()
+    assert torch.equal(result, expected)
