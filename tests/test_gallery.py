@@ -402,3 +402,69 @@ def test_torchrun_with_two_processes_gives_the_single_process_gallery(folder, re
         state = ScanState.load(state_path(out, (rank, 2)))
         assert state.done and state.shard == (rank, 2)
     _assert_same_gallery(out, reference.out)
+
+
+class _Residual(torch.nn.Module):
+    """A small network that is no plain stack: BatchNorm, a functional ReLU and a residual sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 7, stride=4, padding=3), torch.nn.BatchNorm2d(8)
+        )
+        self.block = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(8, 6, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.relu(self.stem(x))
+        x = torch.relu(x + self.block(x))
+        return torch.nn.functional.max_pool2d(torch.relu(self.head(x)), 2)
+
+
+def test_a_gallery_of_any_network_holds_each_channels_strongest_images(folder, tmp_path):
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        model.stem[1].running_mean.uniform_(-0.5, 0.5)
+        model.stem[1].running_var.uniform_(0.5, 2.0)
+    net = DeconvNet(model)
+    assert not net.plain_stack
+    assert default_layers(net) == ["stem.0", "stem.1", "block", "head"]
+    result = make_gallery(
+        folder, "block,head", "0-2", top=2, out=tmp_path, model=net, workers=0, progress=False
+    )
+    # Independent: each image through the model itself, its maps read with forward hooks.
+    read = preprocessing()
+    maps: dict[str, list[tuple[float, str]]] = {}
+    for path in sorted(_images(folder)):
+        try:
+            x = read(load_image(path)).unsqueeze(0)
+        except Exception:
+            continue
+        seen = {}
+        hooks = [
+            getattr(model, name).register_forward_hook(
+                lambda m, i, o, name=name: seen.__setitem__(name, o.detach().clone())
+            )
+            for name in ("block", "head")
+        ]
+        with torch.no_grad():
+            model(x)
+        for hook in hooks:
+            hook.remove()
+        for name, value in seen.items():
+            for channel in range(3):
+                maps.setdefault(f"{name}:{channel}", []).append(
+                    (value[0, channel].max().item(), str(path))
+                )
+    for entry in result.entries:
+        ranked = sorted(maps[f"{entry['layer']}:{entry['channel']}"], reverse=True)
+        assert entry["activation"] == pytest.approx(ranked[entry["rank"]][0], rel=1e-5)
+    assert {(e["layer"], e["rank"]) for e in result.entries} == {
+        (layer, rank) for layer in ("block", "head") for rank in range(2)
+    }
+    assert (tmp_path / "head" / "c0002.png").exists()
+
+
+def _images(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
