@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from deconvnet.cli_analysis import correspondence, evolution, invariance, occlusion
 from deconvnet.cli_gallery import gallery, merge
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
@@ -386,6 +387,11 @@ def filters(
 # Data-set galleries (Zeiler-Fergus Figure 2) live in their own module; the commands join here.
 app.command("gallery")(gallery)
 app.command("gallery-merge")(merge)
+# The paper's other instruments (occlusion, invariance, correspondence, evolution) likewise.
+app.command("occlusion")(occlusion)
+app.command("invariance")(invariance)
+app.command("correspondence")(correspondence)
+app.command("evolution")(evolution)
 
 
 @app.command()
