@@ -6,6 +6,7 @@ Like ``deconvnet.figures``, every function takes a result value and returns a
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -83,7 +84,9 @@ def occlusion_figure(result: Occlusion, *, name: str | None = None) -> Figure:
     if classify:
         names = result.class_names or []
         target = result.target_class
-        shown = _grid_map(axes[3], result, result.class_probability.numpy(), "viridis", (0, 1))
+        probability = result.class_probability.numpy()
+        top = max(float(probability.max()), result.clean_probability, 1e-6)
+        shown = _grid_map(axes[3], result, probability, "viridis", (0, top))
         figure.colorbar(shown, ax=axes[3], shrink=0.7)
         axes[3].set_title(
             f"(d) p({_label(names, target)})\n(unoccluded: {result.clean_probability:.3f})",
@@ -97,8 +100,9 @@ def occlusion_figure(result: Occlusion, *, name: str | None = None) -> Figure:
         fontsize=12,
     )
     if not classify:
+        note = f"panels (d) and (e), class probabilities, are left out: {result.no_classifier}"
         figure.supxlabel(
-            f"panels (d) and (e), class probabilities, are left out: {result.no_classifier}",
+            "\n".join(textwrap.wrap(note, 40 * panels)),
             fontsize=9,
             color="0.3",
         )
