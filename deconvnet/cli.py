@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from deconvnet.cli_analysis import correspondence, evolution, invariance, occlusion
 from deconvnet.cli_gallery import gallery, merge
 from deconvnet.cli_serve import serve
 from deconvnet.engine import DeconvNet
@@ -399,6 +400,11 @@ def filters(
 app.command("gallery")(gallery)
 app.command("gallery-merge")(merge)
 app.command("serve")(serve)
+# The paper's other instruments (occlusion, invariance, correspondence, evolution) likewise.
+app.command("occlusion")(occlusion)
+app.command("invariance")(invariance)
+app.command("correspondence")(correspondence)
+app.command("evolution")(evolution)
 
 
 @app.command()

@@ -254,6 +254,12 @@ def _random_model(spec: zoo.ModelSpec) -> nn.Module:
     return _finish(model, source, with_classifier=True)
 
 
+def model_from_state_dict(name: str, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """``load_model(name)`` with weights already read into ``state`` (a state dict); ``source``
+    names them in errors and in the model's ``deconvnet_weights_source``."""
+    return _from_state_dict(zoo.resolve(name), state, source)
+
+
 def _from_state_dict(spec: zoo.ModelSpec, state: Mapping[str, torch.Tensor], source: str):
     if spec.name in _ARCHITECTURES:
         return _model_from_state_dict(spec.name, state, source)

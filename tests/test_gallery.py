@@ -444,7 +444,7 @@ def test_a_gallery_of_any_network_holds_each_channels_strongest_images(folder, t
         seen = {}
         hooks = [
             getattr(model, name).register_forward_hook(
-                lambda m, i, o, name=name: seen.__setitem__(name, o.detach().clone())
+                lambda m, i, o, name=name, seen=seen: seen.__setitem__(name, o.detach().clone())
             )
             for name in ("block", "head")
         ]

@@ -1,0 +1,130 @@
+"""What the analyses read off a network: layer outputs as feature vectors, class probabilities.
+
+Only the engine's public API is used (``DeconvNet.forward(x, layer).output``, ``net.layer``,
+``net.layers``) plus the model's own forward for class scores, so every model the engine
+supports works. One extra layer name exists here: ``penultimate``, the input of the model's last
+``nn.Linear`` (AlexNet's and VGG's fc7), read with a hook during the model's own forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from deconvnet.engine import DeconvNet
+from deconvnet.errors import DeconvNetError
+
+PENULTIMATE = "penultimate"
+
+
+def classifier_available(net: DeconvNet) -> tuple[bool, str]:
+    """Whether ``net``'s model gives class scores, and if not, why (one sentence)."""
+    from deconvnet.models import has_classifier
+
+    model = getattr(net, "model", None)
+    if model is None or model is getattr(net, "features", None):
+        return False, "the model is a feature stack without a classifier"
+    if not has_classifier(model):
+        return False, (
+            "the weights hold only the conv layers (features), not the classifier's; load "
+            "torchvision's full checkpoint to get class scores"
+        )
+    if _last_linear(model) is None:
+        return False, "the model has no Linear classifier layer"
+    return True, ""
+
+
+def class_names(count: int) -> list[str]:
+    """ImageNet's class names when there are 1000 classes (torchvision's weights metadata,
+    available offline), else the class indices as text."""
+    if count == 1000:
+        from torchvision.models import AlexNet_Weights
+
+        return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    return [str(i) for i in range(count)]
+
+
+def check_class(target: int | None, count: int) -> None:
+    """Raise unless ``target`` is None or a class index in ``0..count-1``."""
+    if target is not None and not 0 <= int(target) < count:
+        raise DeconvNetError(f"class {target} is out of range (valid: 0..{count - 1})")
+
+
+def probabilities(net: DeconvNet, x: torch.Tensor) -> torch.Tensor:
+    """Softmax of the model's own logits for ``x`` ``(N, 3, H, W)``: ``(N, K)``."""
+    with torch.no_grad():
+        return torch.softmax(net.model(x), dim=1)
+
+
+def feature_vectors(
+    net: DeconvNet, x: torch.Tensor, layers: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Each layer's output for ``x`` ``(N, 3, H, W)`` flattened to ``(N, D)``, and the class
+    probabilities ``(N, K)`` when the model's forward ran (for ``penultimate``), else None.
+
+    Conv and pool layers come from one ``net.forward`` to the deepest of them (keeping the
+    others); ``penultimate`` from a hook on the model's last Linear layer.
+    """
+    out: dict[str, torch.Tensor] = {}
+    stack = [name for name in layers if name != PENULTIMATE]
+    if stack:
+        entries = [net.layer(name) for name in stack]
+        deepest = max(entries, key=lambda entry: entry.index)
+        record = net.forward(x, deepest.name, keep=[e.name for e in entries if e is not deepest])
+        for name, entry in zip(stack, entries, strict=True):
+            out[name] = record.map_of(entry.index).flatten(1).clone()
+    probs = None
+    if PENULTIMATE in layers:
+        out[PENULTIMATE], probs = penultimate(net, x)
+    return {name: out[name] for name in layers}, probs
+
+
+def penultimate(net: DeconvNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input of the model's last Linear layer ``(N, D)`` and the class probabilities."""
+    available, why = classifier_available(net)
+    if not available:
+        raise DeconvNetError(f"the {PENULTIMATE} layer needs a classifier: {why}")
+    linear = _last_linear(net.model)
+    seen: list[torch.Tensor] = []
+    handle = linear.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].clone()))
+    try:
+        probs = probabilities(net, x)
+    finally:
+        handle.remove()
+    return seen[-1].flatten(1), probs
+
+
+def layer_names(net: DeconvNet, layers: Sequence[str]) -> list[str]:
+    """Canonical names (``features.11`` -> ``conv5``); ``penultimate`` is checked to exist."""
+    names = []
+    for layer in layers:
+        if str(layer).strip() == PENULTIMATE:
+            available, why = classifier_available(net)
+            if not available:
+                raise DeconvNetError(f"the {PENULTIMATE} layer needs a classifier: {why}")
+            names.append(PENULTIMATE)
+        else:
+            names.append(net.layer(layer).name)
+    if not names:
+        raise DeconvNetError("name at least one layer")
+    if len(set(names)) != len(names):
+        raise DeconvNetError(f"a layer is named twice in {', '.join(map(str, layers))}")
+    return names
+
+
+def conv_names(net: DeconvNet) -> list[str]:
+    """The rectified conv layers' names, bottom to top (conv1..conv5)."""
+    names = [entry.name for entry in net.layers if entry.name.startswith("conv")]
+    return names or [net.layers[-1].name]
+
+
+def last_conv(net: DeconvNet) -> str:
+    """The deepest conv layer's name (AlexNet's conv5, VGG16's conv5_3)."""
+    return conv_names(net)[-1]
+
+
+def _last_linear(model: nn.Module) -> nn.Linear | None:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
