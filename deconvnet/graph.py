@@ -369,9 +369,19 @@ class GraphDeconvNet(DeconvNet):
         return windows, origin
 
     def _reconstruct(
-        self, record: GraphRecord, layer: Layer, units: Units, rule: str
+        self,
+        record: GraphRecord,
+        layer: Layer,
+        units: Units,
+        rule: str,
+        clip: bool = True,
+        switches: dict | None = None,
     ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Each unit's projection on the whole image: ``(T, 3, H, W)``, all at origin (0, 0)."""
+        """Each unit's projection on the whole image: ``(T, 3, H, W)``, all at origin (0, 0).
+
+        ``clip`` and ``switches`` are the windowed engine's (what lands on the padding; its
+        rewritten switches, shared by the chunks of one call): whole-image projections hold
+        nothing outside the image and have no switches to rewrite."""
         check_rule(rule)
         if layer.index not in record.tapped:
             raise DeconvNetError(
