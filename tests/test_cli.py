@@ -557,6 +557,9 @@ def small():
 
 def broken():
     raise RuntimeError("the depth must be even")
+
+def smooth():
+    return nn.Sequential(nn.Conv2d(3, 8, 5, stride=2), nn.GELU(), nn.Conv2d(8, 8, 3))
 """
 
 
@@ -583,7 +586,7 @@ def test_the_users_own_network(tmp_path, user_module):
         ("cli_user_nets:missing", "cli_user_nets has no 'missing'"),
         ("cli_user_nets:broken", "raised RuntimeError: the depth must be even"),
         ("nowhere_pkg.mod:make", "no module named 'nowhere_pkg'"),
-        ("resnet18", "ResNet has no sequential 'features' stack"),  # until the general engine
+        ("cli_user_nets:smooth", "nonlinearities with no deconvnet rule: GELU at 1"),
     ],
 )
 def test_model_errors_are_one_line(tmp_path, user_module, model, message):
@@ -597,6 +600,8 @@ def test_a_weights_file_for_a_torchvision_model(tmp_path):
 
     path = tmp_path / "r18.pth"
     torch.save({"model": load_model("resnet18", "random").state_dict(), "epoch": 9}, path)
-    message = last_error(run("compare", picture(tmp_path / "c.png"), "-m resnet18 -w", path))
-    assert "ResNet has no sequential 'features' stack" in message
-    assert message.count("error") == 1
+    image = picture(tmp_path / "c.png", size=(96, 80))
+    out = tmp_path / "out"
+    lines = ok(run("compare", image, "-m resnet18 -w", path, "-t layer2.1:5 -q -o", out))
+    assert len(lines) == 1 and lines[0].endswith("c_layer2.1_c005_compare_resnet18.png"), lines
+    assert (out / "c_layer2.1_c005_compare_resnet18.png").exists()
