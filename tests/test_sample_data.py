@@ -13,7 +13,7 @@ from PIL import Image
 from sample_data import ARCHS, PHOTOS, MissingTestData, photo_file, state_digest, weights_file
 from torchvision.models import WeightsEnum
 
-from deconvnet import models
+from deconvnet import lpips, models
 from deconvnet.errors import DeconvNetError
 
 
@@ -42,7 +42,7 @@ def test_load_model_finds_the_cached_weights_offline(arch, monkeypatch, caplog):
 def test_the_cached_weights_are_torchvisions_conv_layers(arch):
     state = models.load_weights_file(weights_file(arch))
     assert state_digest(state) == sample_data.DIGESTS[arch]
-    expected = models.LPIPS_LAYOUT[arch][1]
+    expected = lpips.LPIPS_LAYOUT[arch][1]
     assert sorted(state) == sorted(
         f"features.{i}.{p}" for i in expected for p in ("weight", "bias")
     )
