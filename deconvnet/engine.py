@@ -15,9 +15,7 @@ every channel of a layer is one batched pass.
 
 from __future__ import annotations
 
-import ctypes
 import math
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -26,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deconvnet.errors import DeconvNetError, check_int
+from deconvnet.heap import LIBC, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD_MAX
 from deconvnet.inverse import check_rule, full_transposed_conv, phase_kernels, rectify, unpool
 from deconvnet.layers import (
     Layer,
@@ -523,31 +522,16 @@ def _reusing_freed_memory(device: torch.device) -> Iterator[None]:
     CPU time went to the kernel here. Afterwards the thresholds are glibc's upper values (what
     its dynamic adjustment reaches for such blocks) and free memory is returned, as before.
     """
-    if _LIBC is None or device.type != "cpu":
+    if LIBC is None or device.type != "cpu":
         yield
         return
-    _LIBC.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
-    _LIBC.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+    LIBC.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
     try:
         yield
     finally:
-        _LIBC.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
-        _LIBC.malloc_trim(0)
-
-
-def _glibc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
-
-
-_LIBC = _glibc()
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc malloc.h)
-_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's upper bound for the mmap threshold on 64 bits
+        LIBC.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)
+        LIBC.malloc_trim(0)
 
 
 def _fields(units: Units) -> tuple[torch.Tensor, ...]:

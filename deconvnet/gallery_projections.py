@@ -15,9 +15,7 @@ mid-grey: the reconstruction is zero there, and the patch has no pixels.
 
 from __future__ import annotations
 
-import ctypes
 import math
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +27,7 @@ import torch
 
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
+from deconvnet.heap import LIBC, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX
 from deconvnet.scan import (
     DEFAULT_WORKERS,
     INPUT_SIZE,
@@ -267,13 +266,13 @@ def _steady_heap() -> Iterator[None]:
     blocks, smaller and of one size, stay on the heap and are reused. This cost the projections
     about 10% here. Afterwards the threshold is left at glibc's own upper bound, 32 MiB.
     """
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    if LIBC is not None:
+        LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     try:
         yield
     finally:
-        if _LIBC is not None:
-            _LIBC.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+        if LIBC is not None:
+            LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
 
 
 def _release_free_memory() -> None:
@@ -283,22 +282,8 @@ def _release_free_memory() -> None:
     fragments it rarely returns, so without this the resident size creeps up by hundreds of
     megabytes over a thousand images although nothing is kept.
     """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _glibc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _glibc()
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+    if LIBC is not None:
+        LIBC.malloc_trim(0)
 
 
 def _check_unchanged(
