@@ -242,3 +242,16 @@ def test_a_checkpoint_of_another_architecture_is_named(tmp_path, random_vgg11, s
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(DeconvNetError, match=r"junk\.pth"):
         feature_evolution([junk], small_folder, ["conv1"], "0")
+
+
+def test_default_layers_of_a_network_that_is_no_plain_stack():
+    from deconvnet import DeconvNet
+    from deconvnet.analysis.correspondence import default_layers as correspondence_layers
+    from deconvnet.analysis.invariance import default_layers as invariance_layers
+
+    torch.manual_seed(0)
+    net = DeconvNet(torchvision.models.resnet18().eval())
+    # The first Conv2d, and the last stage's output (not the last Conv2d inside that stage,
+    # whose output its block still adds to and rectifies).
+    assert invariance_layers(net) == ["conv1", "layer4"]
+    assert correspondence_layers(net) == ["layer4"]

@@ -36,6 +36,7 @@ from deconvnet.analysis.readout import (
     classifier_available,
     conv_names,
     feature_vectors,
+    last_conv,
     layer_names,
     probabilities,
 )
@@ -186,9 +187,8 @@ def steps(kind: str, low: float | None = None, high: float | None = None, count:
 def default_layers(net: DeconvNet) -> list[str]:
     """The first conv layer and the last layer the model has: the classifier's penultimate
     layer when there is a classifier, else the last conv layer."""
-    convs = conv_names(net)
     available, _ = classifier_available(net)
-    return [convs[0], PENULTIMATE if available else convs[-1]]
+    return [conv_names(net)[0], PENULTIMATE if available else last_conv(net)]
 
 
 def invariance(

@@ -115,14 +115,24 @@ def layer_names(net: DeconvNet, layers: Sequence[str]) -> list[str]:
 
 
 def conv_names(net: DeconvNet) -> list[str]:
-    """The rectified conv layers' names, bottom to top (conv1..conv5)."""
-    names = [entry.name for entry in net.layers if entry.name.startswith("conv")]
+    """The rectified conv layers' names, bottom to top (conv1..conv5); for any other network
+    its Conv2d modules' (``conv1``, ``layer1.0.conv1``, ...)."""
+    if net.plain_stack:
+        names = [entry.name for entry in net.layers if entry.name.startswith("conv")]
+    else:
+        names = [entry.name for entry in net.layers if entry.kind == "conv"]
     return names or [net.layers[-1].name]
 
 
 def last_conv(net: DeconvNet) -> str:
-    """The deepest conv layer's name (AlexNet's conv5, VGG16's conv5_3)."""
-    return conv_names(net)[-1]
+    """The deepest conv layer's name (AlexNet's conv5, VGG16's conv5_3); for any other network
+    the deepest of the gallery's default layers, a whole stage's output (ResNet's ``layer4``)
+    rather than the last Conv2d inside it, whose output the block still adds to and rectifies."""
+    if net.plain_stack:
+        return conv_names(net)[-1]
+    from deconvnet.gallery import default_layers
+
+    return default_layers(net)[-1]
 
 
 def _last_linear(model: nn.Module) -> nn.Linear | None:
