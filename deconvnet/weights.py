@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 # A training checkpoint often wraps the state dict with an optimizer and an epoch count.
-CHECKPOINT_KEYS = ("state_dict", "model")
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
 def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

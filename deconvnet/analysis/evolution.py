@@ -11,7 +11,7 @@ architecture, or the error names it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,11 +23,10 @@ from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.images import load_image, preprocess
 from deconvnet.scan import list_images, new_state, scan
+from deconvnet.weights import load_weights_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-WRAPPERS = ("state_dict", "model_state_dict", "model")
 
 
 @dataclass(frozen=True)
@@ -89,31 +88,17 @@ def checkpoint_label(path: str) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """A checkpoint file's state dict (see the module's docstring for what is accepted)."""
+    """A checkpoint file's state dict, read and checked as ``load_model`` reads weights files
+    (``deconvnet.weights.load_weights_file``), with ``module.`` prefixes (DataParallel's)
+    dropped."""
     path = Path(path)
     if not path.is_file():
         raise DeconvNetError(f"checkpoint {path}: no such file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any failure here means "not a readable checkpoint"
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise DeconvNetError(
-            f"checkpoint {path} could not be read as a PyTorch checkpoint "
-            f"({type(error).__name__}: {first})"
-        ) from None
-    if isinstance(data, Mapping):
-        for key in WRAPPERS:
-            if isinstance(data.get(key), Mapping):
-                data = data[key]
-                break
-    if not isinstance(data, Mapping) or not all(
-        isinstance(k, str) and torch.is_tensor(v) for k, v in data.items()
-    ):
-        raise DeconvNetError(
-            f"checkpoint {path} holds no state dict (name -> tensor, or one under "
-            f"{', '.join(WRAPPERS)})"
-        )
-    return {k.removeprefix("module."): v for k, v in data.items()}
+        state = load_weights_file(path)
+    except DeconvNetError as error:
+        raise DeconvNetError(f"checkpoint {path}: {error}") from None
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def model_loader(arch: str) -> Callable[[str], nn.Module]:
