@@ -32,6 +32,7 @@ from deconvnet.analysis.occlusion import fill_value
 from deconvnet.analysis.readout import (
     PENULTIMATE,
     check_class,
+    check_classify,
     class_names,
     classifier_available,
     conv_names,
@@ -222,13 +223,7 @@ def invariance(
         raise DeconvNetError(f"{len(names)} names for {count} images")
     chosen = layer_names(net, layers if layers is not None else default_layers(net))
     colour = fill_value(fill, x.shape[1])
-    available, why = classifier_available(net)
-    if classify is None:
-        classify = available
-    elif classify and not available:
-        raise DeconvNetError(f"class probabilities need a classifier: {why}")
-    if target_class is not None and not classify:
-        raise DeconvNetError(f"a target class needs a classifier: {why}")
+    classify, why = check_classify(net, classify, target_class)
 
     with torch.no_grad():
         reference, clean = _measure(net, x, chosen, classify)

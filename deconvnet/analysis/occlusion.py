@@ -31,8 +31,8 @@ from torch import nn
 
 from deconvnet.analysis.readout import (
     check_class,
+    check_classify,
     class_names,
-    classifier_available,
     last_conv,
     probabilities,
 )
@@ -163,13 +163,7 @@ def occlusion_sensitivity(
     entry = net.layer(layer if layer is not None else last_conv(net))
     rows, columns = occluder_corners(x.shape[-2:], patch, stride)
     value = fill_value(fill, x.shape[1])
-    available, why = classifier_available(net)
-    if classify is None:
-        classify = available
-    elif classify and not available:
-        raise DeconvNetError(f"class probabilities need a classifier: {why}")
-    if target_class is not None and not classify:
-        raise DeconvNetError(f"a target class needs a classifier: {why}")
+    classify, why = check_classify(net, classify, target_class)
 
     with torch.no_grad():
         clean_map = net.forward(x, entry.name).output  # (1, C, h, w)

@@ -36,6 +36,20 @@ def classifier_available(net: DeconvNet) -> tuple[bool, str]:
     return True, ""
 
 
+def check_classify(net: DeconvNet, classify: bool | None, target_class) -> tuple[bool, str]:
+    """Whether an analysis reads class probabilities (``classify``, or by default whenever the
+    model has a classifier), and ``classifier_available``'s reason when it has none; asking for
+    them, or for a ``target_class``, without one is an error that says why."""
+    available, why = classifier_available(net)
+    if classify is None:
+        classify = available
+    elif classify and not available:
+        raise DeconvNetError(f"class probabilities need a classifier: {why}")
+    if target_class is not None and not classify:
+        raise DeconvNetError(f"a target class needs a classifier: {why}")
+    return classify, why
+
+
 def class_names(count: int) -> list[str]:
     """ImageNet's class names when there are 1000 classes (torchvision's weights metadata,
     available offline), else the class indices as text."""
