@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from deconvnet.errors import DeconvNetError
+
 # --- the model, untouched ------------------------------------------------------------------
 
 
@@ -94,29 +96,40 @@ class _Rectify(torch.autograd.Function):
     """ReLU (``top=None``) or ReLU6 (``top=6``) forward; backward by the rule of ``box``.
 
     deconvnet: rectify the signal. guided: that, where the forward unit was open. gradient:
-    the signal where the forward unit was open (for ReLU6, open is 0 < x < 6)."""
+    the signal where the forward unit was open (for ReLU6, open is 0 < x < 6). Where the unit
+    was open is kept only when the box's rule at forward time needs it, as the plain engine
+    keeps its ReLU outputs (a forward pass for "guided" serves all three rules)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, box: RuleBox, top: float | None, inplace: bool):
-        opened = (x > 0) if top is None else (x > 0) & (x < top)
+        ctx.opened = box.rule != "deconvnet"
+        if ctx.opened:
+            ctx.save_for_backward((x > 0) if top is None else (x > 0) & (x < top))
         out = x.clamp_(0, top) if inplace else x.clamp(0, top)
         if inplace:
             ctx.mark_dirty(x)
-        ctx.save_for_backward(opened)
         ctx.box = box
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (opened,) = ctx.saved_tensors
         rule = ctx.box.rule
         if rule == "deconvnet":
-            grad = grad.clamp(min=0)
-        elif rule == "guided":
-            grad = grad.clamp(min=0) * opened
-        else:
-            grad = grad * opened
-        return grad, None, None, None
+            return grad.clamp(min=0), None, None, None
+        opened = opened_units(ctx)
+        grad = grad.clamp(min=0) if rule == "guided" else grad
+        return grad * opened, None, None, None
+
+
+def opened_units(node) -> torch.Tensor:
+    """Where the forward unit of a rectification (its autograd node) was open, ``(N, C, H, W)``
+    booleans; only a forward pass made for the guided or gradient rule keeps it."""
+    if not node.opened:
+        raise DeconvNetError(
+            "this forward record was made for the deconvnet rule, which keeps no ReLU masks: "
+            "run the forward with rule='guided' (it serves all three rules)"
+        )
+    return node.saved_tensors[0]
 
 
 # Functions that rectify, and how to read their arguments: (input, inplace, top).

@@ -4,29 +4,35 @@ On a plain conv/ReLU/max-pool stack the deconvnet's way down (rectify, unpool, t
 is the gradient of the chosen unit with every ReLU's backward replaced by the rule. That holds
 for any network: BatchNorm (eval) goes back by its per-channel scale, a residual sum sends the
 signal down both branches, a concatenation splits it, an average pool spreads it, a max pool
-unpools to its switches. So this engine runs the network forward under autograd, with every
-rectification however it is called replaced by the rule (``deconvnet.canonizers``), and goes
-down by autograd from the chosen units.
+unpools to its switches.
+
+So this engine runs a private view of the network (``deconvnet.canonizers``) forward with every
+rectification, however it is called, taken over, and two ways down:
+
+- **The walk** (``deconvnet.tape``, ``deconvnet.graph_inverse``): the forward runs without
+  autograd while a tape notes how each map was made; the way down walks the tape with the
+  deconvnet's own steps, many units at once, each on its receptive field's window of every map
+  (as the plain engine does on a stack). This is the way wherever every op on the way is one the
+  walk knows: convs, BatchNorm, max and average pools, sums, concatenations, rectifications.
+- **Autograd**, for a layer above any other op (a gate, a split, a reshape): the forward runs
+  under autograd with the rule at every rectification, and units go down by autograd's
+  backward. A unit only sees its receptive field (``deconvnet.graph_field``); when that is a
+  small part of the image, its projection is computed exactly on a crop: aligned to the unit's
+  total stride, so that every map's grid coincides with the whole image's, and clipped to the
+  image, so that zero padding falls where it falls for the whole image. Units whose field covers
+  most of the image go down from one forward pass per image, in batches
+  (``is_grads_batched``), in "rounds" of one unit per image.
 
 Targets name modules by their ``named_modules()`` path (``layer3.1.conv2``, ``layer4``); a module
 called several times per forward is named per call, ``layer1.0.relu#1``. A target's map is what
 its module returned, copied at once, before any later in-place op can change it.
-
-The way down costs about one backward per unit. Two things keep many units cheap:
-
-- A unit only sees its receptive field (``deconvnet.graph_field``). When that is a small part of
-  the image, its projection is computed exactly on a crop: aligned to the unit's total stride,
-  so that every map's grid coincides with the whole image's, and clipped to the image, so that
-  zero padding falls where it falls for the whole image. Every position the unit depends on, at
-  every depth, then sees only pixels of the crop and has its whole-image value.
-- Units whose field covers most of the image go down from one forward pass per image, many at a
-  time: autograd's batched backward (``is_grads_batched``), in "rounds" of one unit per image.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,10 +43,12 @@ from deconvnet.canonizers import Rectifiers, RuleBox, call_names, private_view
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.graph_field import Field, FieldTracer
+from deconvnet.graph_inverse import Walk, prepare, reframe
 from deconvnet.inverse import check_rule
 from deconvnet.layers import Layer, _kind, check_supported, feature_stack, name_layers, naming_style
 from deconvnet.receptive_field import ReceptiveField
 from deconvnet.selection import Units
+from deconvnet.tape import Tape
 
 OPT_INS = ("gradient",)
 
@@ -67,6 +75,19 @@ class Call:
     field: Field
 
 
+def _signature(model: nn.Module) -> tuple:
+    """Which modules, parameters and buffers ``model`` holds, by identity."""
+    return tuple(
+        (
+            id(module),
+            *map(id, module._modules.values()),
+            *map(id, module._parameters.values()),
+            *map(id, module._buffers.values()),
+        )
+        for module in model.modules()
+    )
+
+
 def _some(paths: list[str], shown: int = 6) -> str:
     more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
     return ", ".join(paths[:shown]) + more
@@ -81,17 +102,19 @@ class GraphRecord:
     """One forward pass of the general engine: what selection and the inverse pass read.
 
     ``output`` ``(N, C, h, w)``: the map of layer ``upto``; ``maps``: the maps of the layers asked
-    for with ``keep``. ``images`` ``(N, 3, H, W)``: the input. ``inputs`` and ``tapped``: the same
-    input and maps inside the autograd graph of the pass (with the rule of ``box`` at every
-    rectification), which the way down starts from."""
+    for with ``keep``. ``images`` ``(N, 3, H, W)``: the input. ``walks``: for each layer, the way
+    down its tape (``deconvnet.graph_inverse``); or, where the tape holds an op the walk does not
+    know, ``inputs`` and ``tapped``: the input and maps inside the autograd graph of the pass
+    (with the rule of ``box`` at every rectification), which autograd goes down from."""
 
     images: torch.Tensor
-    inputs: torch.Tensor
+    inputs: torch.Tensor | None
     box: RuleBox
     upto: int
     tapped: dict[int, torch.Tensor] = field(default_factory=dict)
     maps: dict[int, torch.Tensor] = field(default_factory=dict)
     output: torch.Tensor | None = None
+    walks: dict[int, Walk | None] = field(default_factory=dict)
 
     def map_of(self, index: int) -> torch.Tensor | None:
         """The map of layer ``index``: ``output`` for ``upto``, else a kept map, or None."""
@@ -135,6 +158,11 @@ class GraphDeconvNet(DeconvNet):
             raise DeconvNetError("the model has no Conv2d: there is nothing to project through")
         self._paths = {id(m): name for name, m in model.named_modules()}
         self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
+        self._kernels: dict = {}  # kernels made from weights, by weight (graph_inverse)
+        self._walkable: dict[int, bool] = {}  # layers whose way down the tape walk knows
+        self._view_made: tuple | None = None  # (signature, view): see _view
+        self._view_paths: dict[int, str] = {}
+        self._hooks = threading.local()  # this thread's pass: its (before, after) hooks
         self._probe(tuple(input_size), style)
 
     # --- the probe pass: layers, shapes, receptive fields -----------------------------------
@@ -270,16 +298,18 @@ class GraphDeconvNet(DeconvNet):
         box: RuleBox,
         other=None,
         trace: list | None = None,
+        tape: Tape | None = None,
     ) -> dict[int, torch.Tensor]:
         """Run the model's private view on ``x`` with the rule of ``box`` at every rectification,
         and return the maps of the calls ``wanted`` (copied as their modules returned them),
         stopping once they are all there. ``trace`` gets ``[path, output]`` for every call, in
-        call order; ``other`` hears of nonlinearities without a rule."""
-        view = private_view(self.model)
-        path_of = {id(m): name for name, m in view.named_modules()}
+        call order; ``other`` hears of nonlinearities without a rule. With a ``tape`` (of
+        ``x``, with ``box``), the tape notes the pass instead of autograd."""
+        view = self._view()
         running: list[list] = []
         counts: dict[str, int] = {}
         maps: dict[int, torch.Tensor] = {}
+        path_of = self._view_paths
 
         def before(module, args):
             entry = [path_of[id(module)], None]
@@ -300,18 +330,44 @@ class GraphDeconvNet(DeconvNet):
                 if len(maps) == len(wanted):
                     raise _Stop
 
-        for module in view.modules():
-            module.register_forward_pre_hook(before)
-            module.register_forward_hook(after)
-        mode = Rectifiers(box, where=lambda: running[-1][0] if running else "", other=other)
+        self._hooks.calls = (before, after)
+        mode = tape or Rectifiers(box, where=lambda: running[-1][0] if running else "", other=other)
         try:
             with mode:
                 view(x)
         except _Stop:
             pass
+        finally:
+            self._hooks.calls = None
         if len(maps) < len(wanted):
             raise DeconvNetError("the forward pass did not reach the layers asked for")
         return maps
+
+    def _view(self) -> nn.Module:
+        """The model's private view (canonizers.private_view), with hooks that call this
+        thread's current pass. Made once, and again when the model no longer holds the modules,
+        parameters and buffers the view shares (a module or a parameter replaced)."""
+        signature = _signature(self.model)
+        if self._view_made is None or self._view_made[0] != signature:
+            view = private_view(self.model)
+            hooks = self._hooks
+
+            def before(module, args):
+                calls = getattr(hooks, "calls", None)
+                if calls is not None:
+                    calls[0](module, args)
+
+            def after(module, args, output):
+                calls = getattr(hooks, "calls", None)
+                if calls is not None:
+                    calls[1](module, args, output)
+
+            for module in view.modules():
+                module.register_forward_pre_hook(before)
+                module.register_forward_hook(after)
+            self._view_paths = {id(m): name for name, m in view.named_modules()}
+            self._view_made = (signature, view)
+        return self._view_made[1]
 
     def _original(self, path: str) -> nn.Module:
         return self.model.get_submodule(path) if path else self.model
@@ -330,11 +386,30 @@ class GraphDeconvNet(DeconvNet):
         entry = self.layer(layer)
         kept = {self.layer(name).index for name in keep}
         self._check_input(x, entry)
+        wanted = kept | {entry.index}
         box = RuleBox(rule)
-        inputs = x.detach().requires_grad_(True)
+        record = GraphRecord(images=x.detach(), inputs=None, box=box, upto=entry.index)
+        if all(self._walkable.get(index, True) for index in wanted):
+            # The way down walks the tape by hand (graph_inverse): no autograd needed.
+            with torch.no_grad():
+                tape = Tape(record.images, box)
+                tapped = self._run(record.images, wanted, box, tape=tape)
+            walks = {
+                index: prepare(tape, tape.index_of(tapped[index]), self._kernels)
+                for index in wanted
+            }
+            for index, walk in walks.items():
+                self._walkable[index] = walk is not None
+            if all(walk is not None for walk in walks.values()):
+                record.walks = walks
+                record.tapped = tapped
+                record.maps = {index: tapped[index] for index in kept}
+                record.output = tapped[entry.index]
+                return record
+        # A layer above an op the walk does not know: the way down goes by autograd.
+        record.inputs = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            tapped = self._run(inputs, kept | {entry.index}, box)
-        record = GraphRecord(images=x.detach(), inputs=inputs, box=box, upto=entry.index)
+            tapped = self._run(record.inputs, wanted, box)
         record.tapped = tapped
         record.maps = {index: tapped[index].detach() for index in kept}
         record.output = tapped[entry.index].detach()
@@ -352,21 +427,23 @@ class GraphDeconvNet(DeconvNet):
         ``(T, 2)``, the input pixel of each window's top-left corner. For a layer whose units
         see the whole image (after a global pool) the windows are the image, at (0, 0).
         """
-        full, _ = self._reconstruct(record, layer, units, rule)
+        computed, corners = self._reconstruct(record, layer, units, rule)
         found = self.calls[layer.index].field
         device = units.position.device
         if found is None:
-            return full, torch.zeros(len(full), 2, dtype=torch.long, device=device)
+            whole = reframe(computed, corners, [(0, 0)] * len(corners), record.images.shape[-2:])
+            return whole, torch.zeros(len(whole), 2, dtype=torch.long, device=device)
         stride = torch.tensor(found.stride, device=device)
         origin = units.position * stride + torch.tensor(found.offset, device=device)
-        windows = full.new_zeros(len(full), full.shape[1], *found.size)
-        height, width = full.shape[-2:]
-        for t, (top, left) in enumerate(origin.tolist()):
-            y0, x0 = max(top, 0), max(left, 0)
-            y1, x1 = min(top + found.size[0], height), min(left + found.size[1], width)
-            if y1 > y0 and x1 > x0:
-                windows[t, :, y0 - top : y1 - top, x0 - left : x1 - left] = full[t, :, y0:y1, x0:x1]
-        return windows, origin
+        windows = reframe(computed, corners, [tuple(o) for o in origin.tolist()], found.size)
+        # What hangs over the image's edge is zero in a reconstruction window.
+        height, width = record.images.shape[-2:]
+        rows = origin[:, :1] + torch.arange(found.size[0], device=device)
+        cols = origin[:, 1:] + torch.arange(found.size[1], device=device)
+        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[
+            :, None, :
+        ]
+        return windows * inside[:, None].to(windows.dtype), origin
 
     def _reconstruct(
         self,
@@ -388,6 +465,9 @@ class GraphDeconvNet(DeconvNet):
                 f"this forward record holds no map of {layer.name}: run the forward to it, or "
                 "keep it (DeconvNet.forward(..., keep=[...]))"
             )
+        walk = self._walk(record, layer)
+        if walk is not None:
+            return self._down_by_walk(walk, layer, units, rule, record.images.shape[-2:])
         images = record.images
         count, (height, width) = len(units.channel), images.shape[-2:]
         result = images.new_zeros(count, images.shape[1], height, width)
@@ -406,6 +486,35 @@ class GraphDeconvNet(DeconvNet):
                 chosen = [crops[t] for t in part]
                 self._down_on_crops(images, layer, units, part, chosen, rule, result)
         return result, [(0, 0)] * count
+
+    def _walk(self, record: GraphRecord, layer: Layer) -> Walk | None:
+        """The walk down from ``layer``'s map (graph_inverse), or None for a record whose way
+        down goes by autograd."""
+        return record.walks.get(layer.index)
+
+    def _down_by_walk(self, walk, layer, units, rule, image_size) -> tuple[torch.Tensor, list]:
+        """Units down the prepared walk, in batches of at most ``PIXEL_BUDGET`` input pixels."""
+        found = self.calls[layer.index].field
+        extent = image_size if found is None else found.size
+        area = min(extent[0], image_size[0]) * min(extent[1], image_size[1])
+        per_batch = max(1, PIXEL_BUDGET // area)
+        count = len(units.channel)
+        windows, corners = [], []
+        with torch.no_grad():
+            for start in range(0, count, per_batch):
+                part = slice(start, start + per_batch)
+                some = Units(
+                    units.image[part],
+                    units.channel[part],
+                    units.position[part],
+                    units.activation[part],
+                )
+                values, origin = walk.down(some, rule)
+                windows.append(values)
+                corners.extend(origin)
+        if len(windows) == 1:
+            return windows[0], corners
+        return torch.cat(windows), corners
 
     def _crops(
         self, layer: Layer, positions: list[list[int]], image_size: tuple[int, int]

@@ -1,0 +1,433 @@
+"""The general engine's way down, walked by hand: many units at once, each on its own window.
+
+The general engine's forward pass (``deconvnet.graph``) leaves a tape of how each map was made
+(``deconvnet.tape``). This module walks it down from a layer's map to the image with the
+deconvnet's own steps, as the plain engine (``deconvnet.engine``) walks a stack:
+
+- a conv goes down by its transposed conv with its own kernels; an average pool likewise;
+- a max pool unpools to its switches;
+- a rectification applies the rule; BatchNorm (eval) multiplies by its per-channel scale;
+- a sum sends the signal down both branches, a concatenation splits it by channels;
+
+on a batch of units at once (one transposed conv for all of them), and on each unit's window: the
+part of every map its receptive field covers, zero where that hangs over the map's edge, so that
+a unit near the top of a network costs about a whole backward pass and one low in it only its
+field. Where a window would reach across a whole map it becomes that map.
+
+A tape holding an op it does not know on the way (a gate, a split, a reshape) gives no ``Walk``;
+the general engine then goes down by autograd (``deconvnet.graph``).
+
+Autograd goes down one seed at a time over the whole image, and its batched mode loops over the
+seeds; on ResNet-50 (CPU, 2 threads, 224) the walk took a layer2 sweep from 16 to 4 ms per unit
+and a layer4 sweep from 78 to 55.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from deconvnet.engine import Origins, _cut, _keep_inside
+from deconvnet.errors import DeconvNetError
+from deconvnet.inverse import full_transposed_conv, phase_kernels, unpool
+from deconvnet.selection import Units
+from deconvnet.tape import (
+    ADD,
+    AVG_POOL,
+    BATCH_NORM,
+    CAT,
+    CONV,
+    COPY,
+    LEAF,
+    MAX_POOL,
+    OPAQUE,
+    RECTIFY,
+    Tape,
+)
+
+
+@dataclass
+class Step:
+    """One map of the tape on the way down: how it was made, where its signal goes.
+
+    ``sends`` lists ``(slot, step)``: the signal of the op's input ``slot`` goes to the step of
+    that input; ``bound`` is the ``(H, W)`` of the map; ``args`` what its kind needs (kernels,
+    switches, ...: ``deconvnet.tape``)."""
+
+    kind: str
+    bound: tuple[int, int]
+    sends: list[tuple[int, int]]
+    args: dict
+
+
+@dataclass
+class Signal:
+    """Windows ``(T, C, h, w)`` of one map, unit t's at ``origin[t]``. ``owned``: a fresh array
+    of this walk's own, which the next step may overwrite."""
+
+    values: torch.Tensor
+    origin: Origins
+    owned: bool
+
+
+class Walk:
+    """The way down autograd's graph from one tapped map to the input, prepared once per
+    forward record and layer, and walked for any batch of that layer's units."""
+
+    def __init__(self, steps: list[Step], seed_bound: tuple[int, int], kernels: dict) -> None:
+        self.steps = steps
+        self.seed_bound = seed_bound
+        self._kernels = kernels  # the engine's cache of phase kernels, by weight
+
+    def down(self, units: Units, rule: str) -> tuple[torch.Tensor, Origins]:
+        """Each unit's reconstruction on its window of the input: ``(T, C_in, h, w)`` and the
+        window corners; the windows of all units have one size."""
+        count = len(units.channel)
+        image = units.image.tolist() if count == 1 else units.image
+        root = self.steps[0]
+        seed = torch.zeros(
+            count,
+            root.args["channels"],
+            1,
+            1,
+            dtype=units.activation.dtype,
+            device=units.activation.device,
+        )
+        seed[torch.arange(count, device=seed.device), units.channel, 0, 0] = units.activation
+        pending: list[list[Signal]] = [[] for _ in self.steps]
+        pending[0].append(Signal(seed, [tuple(p) for p in units.position.tolist()], True))
+        for index, step in enumerate(self.steps):
+            signal = _gather(pending[index], step.bound)
+            pending[index] = []
+            if step.kind == LEAF:
+                return signal.values, signal.origin
+            outputs = self._step(step, signal, image, rule)
+            for (_, target), out in zip(step.sends, outputs, strict=True):
+                pending[target].append(out)
+        raise AssertionError("the walk never reached the input")
+
+    def _step(self, step: Step, signal: Signal, image, rule: str) -> list[Signal]:
+        kind, args, values = step.kind, step.args, signal.values
+        if kind == COPY:
+            return [Signal(values, signal.origin, False)]
+        if kind == ADD:
+            alpha = args["alpha"]
+            scaled = Signal(values * alpha, signal.origin, True) if alpha != 1 else None
+            plain = Signal(values, signal.origin, False)
+            return [plain if slot == 0 or scaled is None else scaled for slot, _ in step.sends]
+        if kind == CAT:
+            splits = args["splits"]
+            return [
+                Signal(values[:, splits[slot][0] : splits[slot][1]], signal.origin, False)
+                for slot, _ in step.sends
+            ]
+        if kind == BATCH_NORM:
+            scale = args["scale"]
+            out = values.mul_(scale) if signal.owned else values * scale
+            return [Signal(out, signal.origin, True)]
+        if kind == RECTIFY:
+            return [self._rectify(step, signal, image, rule)]
+        if kind == CONV:
+            return [self._conv(step, signal)]
+        if kind == MAX_POOL:
+            return [self._unpool(step, signal, image)]
+        if kind == AVG_POOL:
+            return [self._avg_unpool(step, signal)]
+        raise AssertionError(f"no way down through {kind}")
+
+    def _rectify(self, step: Step, signal: Signal, image, rule: str) -> Signal:
+        values = signal.values
+        if rule in ("deconvnet", "guided"):
+            values = values.clamp_(min=0) if signal.owned else values.clamp(min=0)
+        if rule in ("guided", "gradient"):
+            opened = step.args["opened"]
+            if opened is None:
+                raise DeconvNetError(
+                    "this forward record was made for the deconvnet rule, which keeps no ReLU "
+                    "masks: run the forward with rule='guided' (it serves all three rules)"
+                )
+            values = values * _frame(opened, image, signal.origin, values.shape[-2:])
+        return Signal(values, signal.origin, True)
+
+    def _conv(self, step: Step, signal: Signal) -> Signal:
+        args, values = step.args, signal.values
+        weight, stride, padding = args["weight"], args["stride"], args["padding"]
+        dilation, groups, bound = args["dilation"], args["groups"], args["input_bound"]
+        whole = _is_whole(signal, step.bound)
+        below = [
+            (top * stride[0] - padding[0], left * stride[1] - padding[1])
+            for top, left in signal.origin
+        ]
+        plain = groups == 1 and dilation == (1, 1)
+        # PyTorch's own transposed conv is slow on CPU for two common cases, which go other ways
+        # (measured on ResNet-50's convs, CPU, 2 threads): a 1x1 conv's is one 1x1 conv with the
+        # transposed kernel spread onto the strided grid (up to 8x faster than conv_transpose2d
+        # for stride 2); a strided conv back to few channels (the image's 3) runs as the
+        # stride-1 convolution of its phases (inverse.phase_kernels; 2.5x faster for the stem).
+        if plain and weight.shape[-2:] == (1, 1):
+            projected = F.conv2d(values, self._cached(weight, "transposed", _transposed))
+            if stride != (1, 1):
+                h, w = values.shape[-2:]
+                spread = projected.new_zeros(
+                    *projected.shape[:2], (h - 1) * stride[0] + 1, (w - 1) * stride[1] + 1
+                )
+                spread[..., :: stride[0], :: stride[1]] = projected
+                projected = spread
+        elif plain and stride != (1, 1) and weight.shape[1] <= 16:
+            kernels = self._cached(weight, stride, lambda w: phase_kernels(w, stride))
+            projected = full_transposed_conv(values, weight, stride, kernels)
+        elif whole:
+            # Whole maps down to the whole input map: the transposed conv, padding and all.
+            extent = [
+                (values.shape[-2 + a] - 1) * stride[a]
+                - 2 * padding[a]
+                + dilation[a] * (weight.shape[-2 + a] - 1)
+                + 1
+                for a in (0, 1)
+            ]
+            extra = [bound[a] - extent[a] for a in (0, 1)]
+            out = F.conv_transpose2d(values, weight, None, stride, padding, extra, groups, dilation)
+            return Signal(out, [(0, 0)] * len(signal.origin), True)
+        elif plain and stride == (1, 1):
+            projected = full_transposed_conv(values, weight)
+        else:
+            projected = F.conv_transpose2d(values, weight, None, stride, 0, 0, groups, dilation)
+        if whole:
+            count = len(signal.origin)
+            return Signal(
+                reframe(projected, below, [(0, 0)] * count, bound), [(0, 0)] * count, True
+            )
+        return _settle(projected, below, bound)
+
+    def _unpool(self, step: Step, signal: Signal, image) -> Signal:
+        args, values = step.args, signal.values
+        switches, bound = args["switches"], args["input_bound"]
+        kernel, stride, padding = args["kernel"], args["stride"], args["padding"]
+        dilation = args["dilation"]
+        if _is_whole(signal, step.bound):
+            mine = switches if _all_images(image, switches) else switches[image]
+            out = unpool(values, mine, bound, kernel, stride, padding, dilation, args["ceil_mode"])
+            return Signal(out, [(0, 0)] * len(signal.origin), True)
+        h, w = values.shape[-2:]
+        size = tuple(
+            (n - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1 for a, n in enumerate((h, w))
+        )
+        below = [
+            (top * stride[0] - padding[0], left * stride[1] - padding[1])
+            for top, left in signal.origin
+        ]
+        # Each switch, a flat index into the whole input map, as an index into the unit's window.
+        cut = _frame(switches, image, signal.origin, (h, w))
+        width = bound[1]
+        rows, cols = torch.div(cut, width, rounding_mode="floor"), cut % width
+        corner = torch.tensor(below, device=cut.device).view(-1, 2, 1, 1, 1)
+        local = (rows - corner[:, 0]) * size[1] + (cols - corner[:, 1])
+        # Where a window hangs over the pooled map the signal is 0: any index in range will do.
+        local = local.clamp_(0, size[0] * size[1] - 1)
+        out = unpool(values, local, size, kernel, stride, 0, dilation)
+        return _settle(out, below, bound, inside=True)
+
+    def _avg_unpool(self, step: Step, signal: Signal) -> Signal:
+        args, values = step.args, signal.values
+        kernel, stride = args["kernel"], args["stride"]
+        channels = values.shape[1]
+        spread = values.new_full((channels, 1, *kernel), 1.0 / (kernel[0] * kernel[1]))
+        out = F.conv_transpose2d(values, spread, None, stride, 0, 0, channels)
+        below = [(top * stride[0], left * stride[1]) for top, left in signal.origin]
+        return _settle(out, below, args["input_bound"])
+
+    def _cached(self, weight: torch.Tensor, what, make) -> torch.Tensor:
+        """``make(weight)``, kept for as long as the weight is unchanged."""
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, what)
+        found = self._kernels.get(key)
+        if found is None:
+            found = self._kernels[key] = make(weight)
+        return found
+
+
+def _batch_norm_scale(kernels: dict, args: dict) -> torch.Tensor:
+    """BatchNorm's per-channel scale ``(C, 1, 1)``, kept while its statistics are unchanged."""
+    variance, weight = args["variance"], args["weight"]
+    key = (
+        variance.data_ptr(),
+        variance._version,
+        None if weight is None else (weight.data_ptr(), weight._version),
+        ("scale", args["eps"]),
+    )
+    found = kernels.get(key)
+    if found is None:
+        scale = torch.rsqrt(variance + args["eps"])
+        if weight is not None:
+            scale = scale * weight
+        found = kernels[key] = scale.detach().view(-1, 1, 1)
+    return found
+
+
+def _transposed(weight: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv's kernel ``(C_out, C_in, 1, 1)`` as the kernel of its transpose."""
+    return weight.transpose(0, 1).contiguous()
+
+
+# --- windows -------------------------------------------------------------------------------
+
+
+def _is_whole(signal: Signal, bound: tuple[int, int]) -> bool:
+    return tuple(signal.values.shape[-2:]) == tuple(bound) and all(
+        corner == (0, 0) for corner in signal.origin
+    )
+
+
+def _all_images(image, maps: torch.Tensor) -> bool:
+    if isinstance(image, list):
+        return maps.shape[0] == 1 and image == [0]
+    return False
+
+
+def _frame(maps: torch.Tensor, image, origin: Origins, size) -> torch.Tensor:
+    """Each unit's window of ``size`` at ``origin`` cut from its image's map, zero outside."""
+    if tuple(size) == tuple(maps.shape[-2:]) and all(corner == (0, 0) for corner in origin):
+        return maps if _all_images(image, maps) else maps[image]
+    return _cut(maps, image, origin, tuple(size))
+
+
+def _settle(
+    values: torch.Tensor, origin: Origins, bound: tuple[int, int], inside: bool = False
+) -> Signal:
+    """Windows just computed, at ``origin``: what lies outside the map ``bound`` (the forward's
+    padding) dropped, and a window that spans the map along an axis made the whole map there.
+    ``inside``: nothing lies outside (unpooled windows)."""
+    size = values.shape[-2:]
+    if all(size[a] < bound[a] for a in (0, 1)):
+        if not inside:
+            values = _keep_inside(values, origin, bound)
+        return Signal(values, origin, True)
+    new_size = tuple(bound[a] if size[a] >= bound[a] else size[a] for a in (0, 1))
+    new_origin = [
+        tuple(0 if size[a] >= bound[a] else corner[a] for a in (0, 1)) for corner in origin
+    ]
+    out = reframe(values, origin, new_origin, new_size)
+    if not inside and any(size[a] < bound[a] for a in (0, 1)):
+        out = _keep_inside(out, new_origin, bound)
+    return Signal(out, new_origin, True)
+
+
+def reframe(values: torch.Tensor, origin: Origins, new_origin: Origins, size) -> torch.Tensor:
+    """Windows ``values`` at ``origin`` copied into zero windows of ``size`` at ``new_origin``
+    (what falls outside the new windows is dropped)."""
+    out = values.new_zeros(*values.shape[:2], *size)
+    _add_into(out, new_origin, values, origin)
+    return out
+
+
+def _add_into(out: torch.Tensor, at: Origins, values: torch.Tensor, origin: Origins) -> None:
+    """Add windows ``values`` (at ``origin``) into windows ``out`` (at ``at``), where they
+    overlap: one slice for all units when they are placed alike, else unit by unit."""
+    h, w = values.shape[-2:]
+    big_h, big_w = out.shape[-2:]
+    shifts = {(a[0] - o[0], a[1] - o[1]) for a, o in zip(at, origin, strict=True)}
+    groups = (
+        [(slice(None), next(iter(shifts)))]
+        if len(shifts) == 1
+        else [
+            (t, (a[0] - o[0], a[1] - o[1])) for t, (a, o) in enumerate(zip(at, origin, strict=True))
+        ]
+    )
+    for rows, (dy, dx) in groups:
+        # Window coordinates: out[y] meets values[y + dy].
+        y0, y1 = max(0, -dy), min(big_h, h - dy)
+        x0, x1 = max(0, -dx), min(big_w, w - dx)
+        if y1 > y0 and x1 > x0:
+            out[rows, :, y0:y1, x0:x1] += values[rows, :, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+
+
+def _gather(signals: list[Signal], bound: tuple[int, int]) -> Signal:
+    """The sum of the signals a map received from its consumers, on windows that hold them all."""
+    if len(signals) == 1:
+        return signals[0]
+    count = len(signals[0].origin)
+    sizes = [s.values.shape[-2:] for s in signals]
+    starts = [tuple(min(s.origin[t][a] for s in signals) for a in (0, 1)) for t in range(count)]
+    ends = [
+        tuple(
+            max(s.origin[t][a] + size[a] for s, size in zip(signals, sizes, strict=True))
+            for a in (0, 1)
+        )
+        for t in range(count)
+    ]
+    extent = tuple(
+        max(end[a] - start[a] for start, end in zip(starts, ends, strict=True)) for a in (0, 1)
+    )
+    if any(extent[a] >= bound[a] for a in (0, 1)):
+        extent = tuple(bound[a] if extent[a] >= bound[a] else extent[a] for a in (0, 1))
+        starts = [
+            tuple(0 if extent[a] == bound[a] else start[a] for a in (0, 1)) for start in starts
+        ]
+    base = next(
+        (
+            s
+            for s in signals
+            if s.owned and tuple(s.values.shape[-2:]) == extent and s.origin == starts
+        ),
+        None,
+    )
+    if base is None:
+        total = signals[0].values.new_zeros(*signals[0].values.shape[:2], *extent)
+    else:
+        total = base.values
+    for s in signals:
+        if s is not base:
+            _add_into(total, starts, s.values, s.origin)
+    return Signal(total, starts, True)
+
+
+# --- preparing the walk ------------------------------------------------------------------------
+
+
+def prepare(tape: Tape, root: int | None, kernels: dict) -> Walk | None:
+    """The walk from map ``root`` of ``tape`` down to its input (map 0), or None when an op on
+    the way is one the walk does not know (or ``root`` is None: no map of the tape).
+    ``kernels``: a cache of kernels made from weights."""
+    if root is None:
+        return None
+    made = tape.made
+    waiting: dict[int, int] = {}
+    stack, seen = [root], {root}
+    while stack:
+        index = stack.pop()
+        if made[index].kind == OPAQUE:
+            return None
+        for source in made[index].inputs:
+            if source is not None:
+                waiting[source] = waiting.get(source, 0) + 1
+                if source not in seen:
+                    seen.add(source)
+                    stack.append(source)
+    if 0 not in seen:
+        return None  # the map does not depend on the input
+    # Each map after every map that sends it a signal.
+    order, ready = [], [root]
+    while ready:
+        index = ready.pop()
+        order.append(index)
+        for source in made[index].inputs:
+            if source is not None:
+                waiting[source] -= 1
+                if waiting[source] == 0:
+                    ready.append(source)
+    position = {index: i for i, index in enumerate(order)}
+    steps = []
+    for index in order:
+        entry = made[index]
+        sends = [
+            (slot, position[source])
+            for slot, source in enumerate(entry.inputs)
+            if source is not None
+        ]
+        args = entry.args
+        if entry.kind == BATCH_NORM:
+            args = {"scale": _batch_norm_scale(kernels, args)}
+        steps.append(Step(entry.kind, tuple(entry.shape[-2:]), sends, args))
+    steps[0].args = {**steps[0].args, "channels": made[root].shape[1]}
+    return Walk(steps, tuple(made[root].shape[-2:]), kernels)

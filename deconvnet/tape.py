@@ -1,0 +1,291 @@
+"""The general engine's forward pass, taped without autograd: what the way down needs, and no more.
+
+The way down (``deconvnet.graph_inverse``) needs, of the forward pass, how each map was computed:
+which op, from which maps, with which kernels and geometry, BatchNorm's scale, each max pool's
+switches, and for the guided and gradient rules where each rectification was open. It needs no
+activations. Autograd would keep them all (and its forward ran 15% slower here for it), so the
+forward runs without autograd, under a ``TorchFunctionMode`` that sees every torch function the
+network calls, however it calls it, and notes those that read a map of this pass:
+
+- ``conv2d``, ``batch_norm`` (eval), ``max_pool2d`` (run with its indices: the switches),
+  ``avg_pool2d``, a sum of two maps (``+``, ``+=``, ``add``), ``cat`` along channels, copies
+  (``clone``, ``contiguous``, dropout in eval);
+- every rectification (``F.relu``, ``torch.relu_``, ``Tensor.relu``, ReLU6 as ``hardtanh(0, 6)``
+  and the modules that call them), which it computes itself;
+- a map plus a constant (a bias, say), which goes down as the map.
+
+Any other op that reads a map makes an opaque map: units above one cannot be walked down by
+hand, and the engine then runs its forward under autograd instead (``deconvnet.graph``).
+A map is known by the tensor object: an in-place op makes that tensor a new map.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
+from torch.overrides import TorchFunctionMode
+
+from deconvnet.canonizers import RECTIFIERS, RuleBox
+
+# What a map is made by (the names of deconvnet.graph_inverse's steps).
+LEAF, CONV, BATCH_NORM, MAX_POOL, AVG_POOL = "leaf", "conv", "batch_norm", "max_pool", "avg_pool"
+ADD, CAT, COPY, RECTIFY, OPAQUE = "add", "cat", "copy", "rectify", "opaque"
+
+
+@dataclass
+class Made:
+    """How one map of the pass was made: ``kind``, from the maps ``inputs`` (tape indices, one
+    per slot, None for a slot that is no map of the pass), with ``args``; ``shape`` ``(N, C, H,
+    W)`` is the map's own."""
+
+    kind: str
+    inputs: list[int | None]
+    args: dict
+    shape: tuple[int, ...]
+
+
+class Tape(TorchFunctionMode):
+    """Within the block, every op that reads a map derived from ``x`` is noted; rectifications
+    are computed here, keeping where they were open when ``box.rule`` needs it. ``made[i]``
+    says how map i was made; map 0 is ``x``."""
+
+    def __init__(self, x: torch.Tensor, box: RuleBox) -> None:
+        super().__init__()
+        self.box = box
+        self.made: list[Made] = []
+        # Maps by tensor id, with a weak reference that tells a live tensor from a new one that
+        # took a dead one's id: the tape keeps no activation alive.
+        self._index: dict[int, tuple[int, weakref.ref]] = {}
+        self._note(x, Made(LEAF, [], {}, tuple(x.shape)))
+
+    def index_of(self, tensor: torch.Tensor) -> int | None:
+        """The tape index of the map ``tensor`` holds now, or None."""
+        found = self._index.get(id(tensor))
+        if found is None or found[1]() is not tensor:
+            return None
+        return found[0]
+
+    def _note(self, tensor: torch.Tensor, made: Made) -> None:
+        self._index[id(tensor)] = (len(self.made), weakref.ref(tensor))
+        self.made.append(made)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in INSPECTIONS:
+            return func(*args, **kwargs)
+        read = RECTIFIERS.get(func)
+        if read is not None:
+            parts = read(*args, **kwargs)
+            if parts is not None and self.index_of(parts[0]) is not None:
+                return self._rectify(*parts)
+        maps = [t for t in _tensors(args, kwargs) if self.index_of(t) is not None]
+        if not maps:
+            return func(*args, **kwargs)
+        note = NOTES.get(func)
+        if note is not None:
+            noted = note(self, *args, **kwargs)
+            if noted is not None:
+                return noted
+        out = func(*args, **kwargs)
+        # Whatever it made depends on the input in a way the walk does not know.
+        for tensor in _tensors(out if isinstance(out, list | tuple) else (out,), {}):
+            self._note(tensor, Made(OPAQUE, [], {}, tuple(tensor.shape)))
+        return out
+
+    # --- the ops it knows --------------------------------------------------------------------
+
+    def _rectify(self, x: torch.Tensor, inplace: bool, top: float | None) -> torch.Tensor:
+        source = self.index_of(x)
+        opened = None
+        if self.box.rule != "deconvnet":
+            opened = (x > 0) if top is None else (x > 0) & (x < top)
+        out = x.clamp_(0, top) if inplace else x.clamp(0, top)
+        self._note(out, Made(RECTIFY, [source], {"opened": opened}, tuple(out.shape)))
+        return out
+
+    def _conv(self, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        source, dilation = self.index_of(x), _pair(dilation)
+        if source is None or self.index_of(weight) is not None or x.dim() != 4:
+            return None
+        if isinstance(padding, str):
+            if padding == "valid":
+                padding = 0
+            else:  # "same": even only where the kernel's reach is even
+                reach = [dilation[a] * (weight.shape[2 + a] - 1) for a in (0, 1)]
+                if any(r % 2 for r in reach):
+                    return None
+                padding = (reach[0] // 2, reach[1] // 2)
+        out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        args = {
+            "weight": weight.detach(),
+            "stride": _pair(stride),
+            "padding": _pair(padding),
+            "dilation": dilation,
+            "groups": groups,
+            "input_bound": tuple(x.shape[-2:]),
+        }
+        self._note(out, Made(CONV, [source], args, tuple(out.shape)))
+        return out
+
+    def _batch_norm(
+        self, x, running_mean, running_var, weight=None, bias=None, training=False, *rest, **kw
+    ):
+        eps = kw.get("eps", rest[1] if len(rest) > 1 else 1e-5)
+        source = self.index_of(x)
+        if source is None or training or running_var is None or x.dim() != 4:
+            return None
+        out = F.batch_norm(x, running_mean, running_var, weight, bias, training, *rest, **kw)
+        # Its scale, weight / sqrt(running_var + eps), is made when a walk needs it.
+        args = {"variance": running_var, "weight": weight, "eps": eps}
+        self._note(out, Made(BATCH_NORM, [source], args, tuple(out.shape)))
+        return out
+
+    def _max_pool(
+        self, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+        return_indices=False,
+    ):  # fmt: skip
+        source = self.index_of(x)
+        if source is None or x.dim() != 4:
+            return None
+        kernel = _pair(kernel_size)
+        stride = kernel if stride is None or stride == [] or stride == () else _pair(stride)
+        out, switches = F.max_pool2d_with_indices(
+            x, kernel, stride, padding, dilation, ceil_mode, return_indices=True
+        )
+        args = {
+            "switches": switches,
+            "kernel": kernel,
+            "stride": stride,
+            "padding": _pair(padding),
+            "dilation": _pair(dilation),
+            "ceil_mode": ceil_mode,
+            "input_bound": tuple(x.shape[-2:]),
+        }
+        self._note(out, Made(MAX_POOL, [source], args, tuple(out.shape)))
+        return (out, switches) if return_indices else out
+
+    def _avg_pool(
+        self, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+        divisor_override=None,
+    ):  # fmt: skip
+        source = self.index_of(x)
+        if source is None or x.dim() != 4 or any(_pair(padding)) or divisor_override:
+            return None
+        kernel = _pair(kernel_size)
+        stride = kernel if stride is None or stride == [] or stride == () else _pair(stride)
+        out = F.avg_pool2d(x, kernel, stride, 0, ceil_mode, count_include_pad, divisor_override)
+        bound = tuple(x.shape[-2:])
+        # In ceil mode a last window may hang over the map and average fewer values.
+        if any((out.shape[2 + a] - 1) * stride[a] + kernel[a] > bound[a] for a in (0, 1)):
+            return None
+        args = {"kernel": kernel, "stride": stride, "input_bound": bound}
+        self._note(out, Made(AVG_POOL, [source], args, tuple(out.shape)))
+        return out
+
+    def _add(self, func, a, b, *rest, alpha=1, **kwargs):
+        if rest or kwargs:
+            return None
+        out = func(a, b, alpha=alpha) if alpha != 1 else func(a, b)
+        ia = self.index_of(a) if isinstance(a, torch.Tensor) else None
+        ib = self.index_of(b) if isinstance(b, torch.Tensor) else None
+        shape = tuple(out.shape)
+        for index, operand in ((ia, a), (ib, b)):
+            if index is not None and tuple(operand.shape) != shape:
+                self._note(out, Made(OPAQUE, [], {}, shape))  # a broadcast map
+                return out
+        if out.dim() != 4:
+            self._note(out, Made(OPAQUE, [], {}, shape))
+        elif ia is not None and ib is not None:
+            self._note(out, Made(ADD, [ia, ib], {"alpha": alpha}, shape))
+        else:  # a map plus a constant goes down as the map
+            self._note(out, Made(COPY, [ia if ia is not None else ib], {}, shape))
+        return out
+
+    def _cat(self, tensors, dim=0, **kwargs):
+        if kwargs or not tensors or any(t.dim() != 4 for t in tensors) or dim not in (1, -3):
+            return None
+        out = torch.cat(tensors, dim)
+        splits, start = [], 0
+        for t in tensors:
+            splits.append((start, start + t.shape[1]))
+            start += t.shape[1]
+        sources = [self.index_of(t) for t in tensors]
+        self._note(out, Made(CAT, sources, {"splits": splits}, tuple(out.shape)))
+        return out
+
+    def _copy(self, func, x, *args, **kwargs):
+        source = self.index_of(x)
+        out = func(x, *args, **kwargs)
+        if out is x:
+            return out
+        if source is None or out.shape != x.shape:
+            return None
+        self._note(out, Made(COPY, [source], {}, tuple(out.shape)))
+        return out
+
+    def _dropout(self, func, x, p=0.5, training=True, inplace=False):
+        if training:
+            return None
+        return self._copy(func, x, p, training, inplace)
+
+
+# Calls that only read a tensor's metadata.
+INSPECTIONS = {
+    torch.Tensor.dim,
+    torch.Tensor.size,
+    torch.Tensor.numel,
+    torch.Tensor.shape.__get__,
+    torch.Tensor.dtype.__get__,
+    torch.Tensor.device.__get__,
+}
+
+
+def _tensors(args, kwargs) -> list[torch.Tensor]:
+    found = []
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, list | tuple):
+            found.extend(v for v in value if isinstance(v, torch.Tensor))
+    return found
+
+
+def _adding(func):
+    return lambda tape, *args, **kwargs: tape._add(func, *args, **kwargs)
+
+
+def _copying(func):
+    return lambda tape, *args, **kwargs: tape._copy(func, *args, **kwargs)
+
+
+def _dropping(func):
+    return lambda tape, *args, **kwargs: tape._dropout(func, *args, **kwargs)
+
+
+NOTES = {
+    F.conv2d: Tape._conv,
+    F.batch_norm: Tape._batch_norm,
+    F.max_pool2d: Tape._max_pool,
+    F.max_pool2d_with_indices: lambda tape, *a, **k: tape._max_pool(
+        *a, **{**k, "return_indices": True}
+    ),
+    F.avg_pool2d: Tape._avg_pool,
+    torch.cat: Tape._cat,
+    **{
+        f: _adding(f)
+        for f in (
+            torch.add,
+            torch.Tensor.add,
+            torch.Tensor.add_,
+            torch.Tensor.__add__,
+            torch.Tensor.__iadd__,
+        )
+    },
+    torch.Tensor.__radd__: lambda tape, a, b: tape._add(torch.Tensor.__radd__, a, b),
+    **{f: _copying(f) for f in (torch.clone, torch.Tensor.clone, torch.Tensor.contiguous)},
+    **{f: _dropping(f) for f in (F.dropout, F.dropout2d, F.alpha_dropout)},
+}

@@ -1,0 +1,127 @@
+"""The general engine's hand walk down autograd's graph (deconvnet.graph_inverse): many units at
+once, on windows, against the independent autograd reference (tests/graph_reference.py), and
+the fallback to autograd where the graph holds a node the walk does not know.
+
+ResNet-18 and MobileNet-V2 run with seeded random weights (no real weights of them exist on the
+development machine).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from graph_reference import reference_projection
+from test_graph import Traps, _images, _seeded
+
+from deconvnet import DeconvNetError
+from deconvnet.graph import GraphDeconvNet
+from deconvnet.inverse import RULES
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def resnet() -> GraphDeconvNet:
+    return GraphDeconvNet(_seeded(torchvision.models.resnet18), input_size=(97, 83))
+
+
+def _check(net, x, layer, units, rule):
+    """The reference's projections of ``units`` (Units, or a Projection), after checking their
+    values."""
+    call = net.calls[net.layer(layer).index]
+    image = getattr(units, "image_index", None)
+    image = units.image if image is None else image
+    expected, values = reference_projection(
+        net.model, x, call.path, call.number, image, units.channel, units.position, rule
+    )
+    torch.testing.assert_close(units.activation, values, rtol=1e-5, atol=1e-6)
+    return expected
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("layer", ["layer1.0.conv1", "layer1", "layer2.0.downsample", "layer3"])
+def test_many_units_on_windows_match_reference(resnet, layer, rule):
+    """Units of both images, in the middle and hanging over every edge, down one walk."""
+    x = _images((97, 83), seed=5)
+    record = resnet.forward(x, layer, "guided")
+    assert resnet._walk(record, resnet.layer(layer)) is not None
+    h, w = record.output.shape[-2:]
+    corners = [[0, 0], [0, w - 1], [h - 1, 0], [h - 1, w - 1], [h // 2, w // 3], [1, w // 2]]
+    image = [t % 2 for t in range(len(corners))]
+    channel = [(7 * t) % resnet.channels(layer) for t in range(len(corners))]
+    units = resnet.units(record, resnet.layer(layer), image, channel, corners)
+    expected = _check(resnet, x, layer, units, rule)
+    windows, origin = resnet.reconstruct_windows(record, resnet.layer(layer), units, rule)
+    placed = torch.zeros_like(expected)
+    field = resnet.receptive_field(layer)
+    for t, (top, left) in enumerate(origin.tolist()):
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + field.size[0], 97), min(left + field.size[1], 83)
+        placed[t, :, y0:y1, x0:x1] = windows[t, :, y0 - top : y1 - top, x0 - left : x1 - left]
+    scale = expected.abs().amax()
+    assert scale > 0
+    assert ((placed - expected).abs().amax() / scale) < 1e-5
+    # Nothing of a unit's reconstruction lies outside its receptive field.
+    assert torch.allclose(placed.abs().sum(), expected.abs().sum(), rtol=1e-5)
+
+
+def test_project_many_walks_in_batches(resnet, monkeypatch):
+    """project_many over many channels, split into several batches, equals the reference."""
+    import deconvnet.graph as graph
+
+    monkeypatch.setattr(graph, "PIXEL_BUDGET", 3 * 97 * 83)  # a few units per batch
+    x = _images((97, 83), seed=6)[:1]
+    many = resnet.project_many(x, [f"layer2:{c}" for c in range(0, 128, 9)])
+    expected = _check(resnet, x, "layer2", many, "deconvnet")
+    scale = expected.abs().amax()
+    assert ((many.reconstruction - expected).abs().amax() / scale) < 1e-5
+
+
+def test_depthwise_and_relu6_walk(monkeypatch):
+    model = _seeded(torchvision.models.mobilenet_v2)
+    net = GraphDeconvNet(model, input_size=(71, 65))
+    x = _images((71, 65), seed=7)[:1]
+    for layer in ("features.2.conv.1", "features.5"):
+        record = net.forward(x, layer, "guided")
+        assert net._walk(record, net.layer(layer)) is not None
+        for rule in RULES:
+            many = net.project_many(x, [f"{layer}:{c}" for c in range(0, 24, 5)], rule)
+            expected = _check(net, x, layer, many, rule)
+            scale = expected.abs().amax()
+            assert ((many.reconstruction - expected).abs().amax() / scale) < 1e-5
+
+
+def test_unknown_node_falls_back_to_autograd():
+    """An average pool in ceil mode is not walked by hand: autograd goes down instead, and the
+    result is still the reference's."""
+    net = GraphDeconvNet(_seeded(Traps), input_size=(61, 67))
+    x = _images((61, 67), seed=8)[:1]
+    record = net.forward(x, "block2", "guided")
+    assert net._walk(record, net.layer("block2")) is None
+    record = net.forward(x, "block1", "guided")
+    assert net._walk(record, net.layer("block1")) is not None
+    many = net.project_many(x, [f"block2:{c}" for c in range(8)], "gradient")
+    expected = _check(net, x, "block2", many, "gradient")
+    torch.testing.assert_close(many.reconstruction, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_deconvnet_record_refuses_other_rules(resnet):
+    """A forward pass for the deconvnet rule keeps no ReLU masks, as the plain engine's; asking
+    it for guided says so, on the walk and on the autograd fallback alike."""
+    x = _images((97, 83), seed=9)
+    record = resnet.forward(x, "layer2", "deconvnet")
+    units = resnet.units(record, resnet.layer("layer2"), [0], [3], [[2, 2]])
+    with pytest.raises(DeconvNetError, match="rule='guided'"):
+        resnet.reconstruct_windows(record, resnet.layer("layer2"), units, "guided")
+    traps = GraphDeconvNet(_seeded(Traps), input_size=(61, 67))
+    record = traps.forward(_images((61, 67)), "block2", "deconvnet")
+    units = traps.units(record, traps.layer("block2"), [0], [3], [[2, 2]])
+    with pytest.raises(DeconvNetError, match="rule='guided'"):
+        traps.reconstruct_windows(record, traps.layer("block2"), units, "guided")
