@@ -160,9 +160,7 @@ class GraphDeconvNet(DeconvNet):
         self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
         self._kernels: dict = {}  # kernels made from weights, by weight (graph_inverse)
         self._walkable: dict[int, bool] = {}  # layers whose way down the tape walk knows
-        self._view_made: tuple | None = None  # (signature, view): see _view
-        self._view_paths: dict[int, str] = {}
-        self._hooks = threading.local()  # this thread's pass: its (before, after) hooks
+        self._views = threading.local()  # this thread's private view: see _view
         self._probe(tuple(input_size), style)
 
     # --- the probe pass: layers, shapes, receptive fields -----------------------------------
@@ -305,11 +303,10 @@ class GraphDeconvNet(DeconvNet):
         stopping once they are all there. ``trace`` gets ``[path, output]`` for every call, in
         call order; ``other`` hears of nonlinearities without a rule. With a ``tape`` (of
         ``x``, with ``box``), the tape notes the pass instead of autograd."""
-        view = self._view()
+        view, path_of = self._view()
         running: list[list] = []
         counts: dict[str, int] = {}
         maps: dict[int, torch.Tensor] = {}
-        path_of = self._view_paths
 
         def before(module, args):
             entry = [path_of[id(module)], None]
@@ -318,19 +315,30 @@ class GraphDeconvNet(DeconvNet):
                 trace.append(entry)
 
         def after(module, args, output):
-            entry = running.pop()
-            entry[1] = output
+            if watching_all:
+                entry = running.pop()
+                entry[1] = output
             if not wanted:
                 return
-            number = counts.get(entry[0], 0)
-            counts[entry[0]] = number + 1
-            index = self._by_call.get((entry[0], number))
+            path = path_of[id(module)]
+            number = counts.get(path, 0)
+            counts[path] = number + 1
+            index = self._by_call.get((path, number))
             if index in wanted:
                 maps[index] = output.clone()
                 if len(maps) == len(wanted):
                     raise _Stop
 
-        self._hooks.calls = (before, after)
+        # A trace, and the module running when a nonlinearity is reported, need every module's
+        # calls; a pass for maps only the calls of the modules that return them.
+        watching_all = trace is not None or other is not None
+        if watching_all:
+            watched = list(view.modules())
+        else:
+            watched = {view.get_submodule(self.calls[i].path) for i in wanted}
+        handles = [module.register_forward_hook(after) for module in watched]
+        if watching_all:
+            handles += [module.register_forward_pre_hook(before) for module in watched]
         mode = tape or Rectifiers(box, where=lambda: running[-1][0] if running else "", other=other)
         try:
             with mode:
@@ -338,36 +346,24 @@ class GraphDeconvNet(DeconvNet):
         except _Stop:
             pass
         finally:
-            self._hooks.calls = None
+            for handle in handles:
+                handle.remove()
         if len(maps) < len(wanted):
             raise DeconvNetError("the forward pass did not reach the layers asked for")
         return maps
 
-    def _view(self) -> nn.Module:
-        """The model's private view (canonizers.private_view), with hooks that call this
-        thread's current pass. Made once, and again when the model no longer holds the modules,
-        parameters and buffers the view shares (a module or a parameter replaced)."""
+    def _view(self) -> tuple[nn.Module, dict[int, str]]:
+        """This thread's private view of the model (canonizers.private_view) and its modules'
+        paths. Made once per thread (a pass hooks the view's modules, which another thread's pass
+        must not see), and again when the model no longer holds the modules, parameters and
+        buffers the view shares (a module or a parameter replaced)."""
         signature = _signature(self.model)
-        if self._view_made is None or self._view_made[0] != signature:
+        made = getattr(self._views, "made", None)
+        if made is None or made[0] != signature:
             view = private_view(self.model)
-            hooks = self._hooks
-
-            def before(module, args):
-                calls = getattr(hooks, "calls", None)
-                if calls is not None:
-                    calls[0](module, args)
-
-            def after(module, args, output):
-                calls = getattr(hooks, "calls", None)
-                if calls is not None:
-                    calls[1](module, args, output)
-
-            for module in view.modules():
-                module.register_forward_pre_hook(before)
-                module.register_forward_hook(after)
-            self._view_paths = {id(m): name for name, m in view.named_modules()}
-            self._view_made = (signature, view)
-        return self._view_made[1]
+            paths = {id(m): name for name, m in view.named_modules()}
+            made = self._views.made = (signature, view, paths)
+        return made[1], made[2]
 
     def _original(self, path: str) -> nn.Module:
         return self.model.get_submodule(path) if path else self.model
