@@ -240,29 +240,41 @@ class Walk:
 
     def _cached(self, weight: torch.Tensor, what, make) -> torch.Tensor:
         """``make(weight)``, kept for as long as the weight is unchanged."""
-        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, what)
-        found = self._kernels.get(key)
-        if found is None:
-            found = self._kernels[key] = make(weight)
-        return found
+        return _kept(self._kernels, (weight, what), lambda: make(weight))
+
+
+def _scaled(kernels: dict, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A conv's kernels ``(C_out, ...)`` times a per-output-channel ``scale`` ``(C_out, 1, 1)``
+    (a cached one), kept while both are unchanged."""
+    return _kept(kernels, (weight, scale), lambda: weight * scale.view(-1, 1, 1, 1))
 
 
 def _batch_norm_scale(kernels: dict, args: dict) -> torch.Tensor:
     """BatchNorm's per-channel scale ``(C, 1, 1)``, kept while its statistics are unchanged."""
-    variance, weight = args["variance"], args["weight"]
-    key = (
-        variance.data_ptr(),
-        variance._version,
-        None if weight is None else (weight.data_ptr(), weight._version),
-        ("scale", args["eps"]),
-    )
-    found = kernels.get(key)
-    if found is None:
-        scale = torch.rsqrt(variance + args["eps"])
+    variance, weight, eps = args["variance"], args["weight"], args["eps"]
+
+    def make() -> torch.Tensor:
+        scale = torch.rsqrt(variance + eps)
         if weight is not None:
             scale = scale * weight
-        found = kernels[key] = scale.detach().view(-1, 1, 1)
-    return found
+        return scale.detach().view(-1, 1, 1)
+
+    return _kept(kernels, (variance, weight, eps), make)
+
+
+def _kept(kernels: dict, made_from: tuple, make) -> torch.Tensor:
+    """``make()``, kept in ``kernels`` for as long as the tensors of ``made_from`` are the same
+    tensors, unchanged (their in-place version counters); the entry holds them, so that no other
+    tensor can come to stand at the same address under the same key."""
+    key = tuple(
+        (id(part), part._version) if isinstance(part, torch.Tensor) else part for part in made_from
+    )
+    found = kernels.get(key)
+    if found is None or any(
+        kept is not part for kept, part in zip(found[0], made_from, strict=True)
+    ):
+        found = kernels[key] = (made_from, make())
+    return found[1]
 
 
 def _transposed(weight: torch.Tensor) -> torch.Tensor:
@@ -406,6 +418,7 @@ def prepare(tape: Tape, root: int | None, kernels: dict) -> Walk | None:
                     stack.append(source)
     if 0 not in seen:
         return None  # the map does not depend on the input
+    consumers = dict(waiting)
     # Each map after every map that sends it a signal.
     order, ready = [], [root]
     while ready:
@@ -417,7 +430,7 @@ def prepare(tape: Tape, root: int | None, kernels: dict) -> Walk | None:
                 if waiting[source] == 0:
                     ready.append(source)
     position = {index: i for i, index in enumerate(order)}
-    steps = []
+    steps, folded = [], {}
     for index in order:
         entry = made[index]
         sends = [
@@ -425,9 +438,19 @@ def prepare(tape: Tape, root: int | None, kernels: dict) -> Walk | None:
             for slot, source in enumerate(entry.inputs)
             if source is not None
         ]
-        args = entry.args
-        if entry.kind == BATCH_NORM:
-            args = {"scale": _batch_norm_scale(kernels, args)}
-        steps.append(Step(entry.kind, tuple(entry.shape[-2:]), sends, args))
+        kind, args = entry.kind, entry.args
+        if kind == BATCH_NORM:
+            scale = _batch_norm_scale(kernels, args)
+            source = entry.inputs[0]
+            if made[source].kind == CONV and consumers[source] == 1:
+                # BatchNorm right after the conv it alone reads: its scale goes into the conv's
+                # kernels (cached), and the way down skips a pass over the map.
+                folded[source] = scale
+                kind, args = COPY, {}
+            else:
+                args = {"scale": scale}
+        elif kind == CONV and index in folded:
+            args = {**args, "weight": _scaled(kernels, args["weight"], folded[index])}
+        steps.append(Step(kind, tuple(entry.shape[-2:]), sends, args))
     steps[0].args = {**steps[0].args, "channels": made[root].shape[1]}
     return Walk(steps, tuple(made[root].shape[-2:]), kernels)

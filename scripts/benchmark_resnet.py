@@ -115,9 +115,11 @@ def main() -> None:
         f"Captum NeuronDeconvolution {statistics.median(captum):.2f}x (median of {args.repeats})"
     )
 
+    projection = None
     for layer in ("layer4", "layer2"):
         count = args.channels or net.channels(layer)
         targets = [f"{layer}:{c}" for c in range(count)]
+        projection = None  # the last sweep's reconstructions (1.2 GB for layer4) are not this one's
         _reset_peak()
         seconds, projection = _timed(lambda targets=targets: net.project_many(x, targets))
         peak = _peak_mib()
