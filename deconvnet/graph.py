@@ -390,12 +390,12 @@ class GraphDeconvNet(DeconvNet):
             with torch.no_grad():
                 tape = Tape(record.images, box)
                 tapped = self._run(record.images, wanted, box, tape=tape)
-            if len(self._kernels) > 1024:  # new weights time after time (evolution)
-                self._kernels.clear()
-            walks = {
-                index: prepare(tape, tape.index_of(tapped[index]), self._kernels)
-                for index in wanted
-            }
+                if len(self._kernels) > 1024:  # new weights time after time (evolution)
+                    self._kernels.clear()
+                walks = {
+                    index: prepare(tape, tape.index_of(tapped[index]), self._kernels)
+                    for index in wanted
+                }
             for index, walk in walks.items():
                 self._walkable[index] = walk is not None
             if all(walk is not None for walk in walks.values()):

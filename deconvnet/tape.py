@@ -121,7 +121,7 @@ class Tape(TorchFunctionMode):
                 padding = (reach[0] // 2, reach[1] // 2)
         out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
         args = {
-            "weight": weight.detach(),
+            "weight": weight,  # the parameter itself: kernel caches know it by identity
             "stride": _pair(stride),
             "padding": _pair(padding),
             "dilation": dilation,

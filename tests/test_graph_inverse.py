@@ -125,3 +125,28 @@ def test_deconvnet_record_refuses_other_rules(resnet):
     units = traps.units(record, traps.layer("block2"), [0], [3], [[2, 2]])
     with pytest.raises(DeconvNetError, match="rule='guided'"):
         traps.reconstruct_windows(record, traps.layer("block2"), units, "guided")
+
+
+def test_kernels_made_once(resnet):
+    """Kernels made from the weights (folded BatchNorm, phase and transposed kernels) are made
+    on the first pass and found again on the next; a weight changed in place makes them anew."""
+    x = _images((97, 83), seed=10)[:1]
+    first = resnet.project(x, "layer3:5")
+    made = len(resnet._kernels)
+    assert made > 0
+    again = resnet.project(x, "layer3:5")
+    assert len(resnet._kernels) == made
+    torch.testing.assert_close(again.reconstruction, first.reconstruction)
+    conv = resnet.model.layer1[0].conv1
+    saved = conv.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            conv.weight.mul_(2.0)
+        changed = resnet.project(x, "layer3:5")
+        expected = _check(resnet, x, "layer3", changed, "deconvnet")
+        scale = expected.abs().amax()
+        assert ((changed.reconstruction - expected).abs().amax() / scale) < 1e-5
+        assert not torch.allclose(changed.reconstruction, first.reconstruction)
+    finally:
+        with torch.no_grad():
+            conv.weight.copy_(saved)
