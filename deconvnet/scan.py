@@ -424,7 +424,8 @@ def record_maxima(
     """``forward_maxima`` for any network (``GraphDeconvNet``): one forward pass of the engine to
     the deepest of ``layers`` keeps every layer's map, each copied as its module returned it."""
     deepest = max(layers, key=layers.__getitem__)
-    # The engine's pass runs under autograd: it needs an ordinary tensor, not an inference one.
+    # The engine's pass may run under autograd (a layer above an op its tape walk does not
+    # know): it needs an ordinary tensor, not an inference one.
     with torch.inference_mode(False):
         record = net.forward(x.clone(), deepest, keep=[name for name in layers if name != deepest])
         return {name: channel_maxima(record.map_of(index)) for name, index in layers.items()}

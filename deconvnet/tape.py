@@ -75,21 +75,22 @@ class Tape(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in INSPECTIONS:
-            return func(*args, **kwargs)
-        read = RECTIFIERS.get(func)
-        if read is not None:
-            parts = read(*args, **kwargs)
-            if parts is not None and self.index_of(parts[0]) is not None:
-                return self._rectify(*parts)
-        maps = [t for t in _tensors(args, kwargs) if self.index_of(t) is not None]
-        if not maps:
-            return func(*args, **kwargs)
         note = NOTES.get(func)
         if note is not None:
+            # None: not on a map of this pass, or not in a form the walk knows.
             noted = note(self, *args, **kwargs)
             if noted is not None:
                 return noted
+        elif func in INSPECTIONS:
+            return func(*args, **kwargs)
+        else:
+            read = RECTIFIERS.get(func)
+            if read is not None:
+                parts = read(*args, **kwargs)
+                if parts is not None and self.index_of(parts[0]) is not None:
+                    return self._rectify(*parts)
+        if not any(self.index_of(t) is not None for t in _tensors(args, kwargs)):
+            return func(*args, **kwargs)
         out = func(*args, **kwargs)
         # Whatever it made depends on the input in a way the walk does not know.
         for tensor in _tensors(out if isinstance(out, list | tuple) else (out,), {}):
@@ -187,11 +188,11 @@ class Tape(TorchFunctionMode):
         return out
 
     def _add(self, func, a, b, *rest, alpha=1, **kwargs):
-        if rest or kwargs:
-            return None
-        out = func(a, b, alpha=alpha) if alpha != 1 else func(a, b)
         ia = self.index_of(a) if isinstance(a, torch.Tensor) else None
         ib = self.index_of(b) if isinstance(b, torch.Tensor) else None
+        if rest or kwargs or (ia is None and ib is None):
+            return None
+        out = func(a, b, alpha=alpha) if alpha != 1 else func(a, b)
         shape = tuple(out.shape)
         for index, operand in ((ia, a), (ib, b)):
             if index is not None and tuple(operand.shape) != shape:
@@ -208,21 +209,25 @@ class Tape(TorchFunctionMode):
     def _cat(self, tensors, dim=0, **kwargs):
         if kwargs or not tensors or any(t.dim() != 4 for t in tensors) or dim not in (1, -3):
             return None
+        sources = [self.index_of(t) for t in tensors]
+        if all(source is None for source in sources):
+            return None
         out = torch.cat(tensors, dim)
         splits, start = [], 0
         for t in tensors:
             splits.append((start, start + t.shape[1]))
             start += t.shape[1]
-        sources = [self.index_of(t) for t in tensors]
         self._note(out, Made(CAT, sources, {"splits": splits}, tuple(out.shape)))
         return out
 
     def _copy(self, func, x, *args, **kwargs):
         source = self.index_of(x)
+        if source is None:
+            return None
         out = func(x, *args, **kwargs)
         if out is x:
             return out
-        if source is None or out.shape != x.shape:
+        if out.shape != x.shape:
             return None
         self._note(out, Made(COPY, [source], {}, tuple(out.shape)))
         return out
