@@ -12,19 +12,11 @@ import pytest
 import torch
 import torchvision
 from graph_reference import reference_projection
-from test_graph import Traps, _images, _seeded
+from test_graph import Traps, _images, _one_thread, _seeded  # noqa: F401 (_one_thread: autouse)
 
 from deconvnet import DeconvNetError
 from deconvnet.graph import GraphDeconvNet
 from deconvnet.inverse import RULES
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
