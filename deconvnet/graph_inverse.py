@@ -18,8 +18,8 @@ A tape holding an op it does not know on the way (a gate, a split, a reshape) gi
 the general engine then goes down by autograd (``deconvnet.graph``).
 
 Autograd goes down one seed at a time over the whole image, and its batched mode loops over the
-seeds; on ResNet-50 (CPU, 2 threads, 224) the walk took a layer2 sweep from 16 to 4 ms per unit
-and a layer4 sweep from 78 to 55.
+seeds; on ResNet-50 (CPU, 2 threads, 224) the walk took a layer2 sweep from 19 to 2.6 ms per unit
+and a layer4 sweep from 84 to 44 (``scripts/benchmark_resnet.py``).
 """
 
 from __future__ import annotations
@@ -73,13 +73,12 @@ class Signal:
 
 
 class Walk:
-    """The way down autograd's graph from one tapped map to the input, prepared once per
-    forward record and layer, and walked for any batch of that layer's units."""
+    """The way down a tape from one layer's map to the input, prepared once per forward record
+    and layer, and walked for any batch of that layer's units."""
 
-    def __init__(self, steps: list[Step], seed_bound: tuple[int, int], kernels: dict) -> None:
+    def __init__(self, steps: list[Step], kernels: dict) -> None:
         self.steps = steps
-        self.seed_bound = seed_bound
-        self._kernels = kernels  # the engine's cache of phase kernels, by weight
+        self._kernels = kernels  # the engine's cache of kernels made from weights (_kept)
 
     def down(self, units: Units, rule: str) -> tuple[torch.Tensor, Origins]:
         """Each unit's reconstruction on its window of the input: ``(T, C_in, h, w)`` and the
@@ -453,4 +452,4 @@ def prepare(tape: Tape, root: int | None, kernels: dict) -> Walk | None:
             args = {**args, "weight": _scaled(kernels, args["weight"], folded[index])}
         steps.append(Step(kind, tuple(entry.shape[-2:]), sends, args))
     steps[0].args = {**steps[0].args, "channels": made[root].shape[1]}
-    return Walk(steps, tuple(made[root].shape[-2:]), kernels)
+    return Walk(steps, kernels)
