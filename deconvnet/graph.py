@@ -76,13 +76,15 @@ class Call:
 
 
 def _signature(model: nn.Module) -> tuple:
-    """Which modules, parameters and buffers ``model`` holds, by identity."""
+    """Which modules, parameters, buffers and forward hooks ``model`` holds, by identity."""
     return tuple(
         (
             id(module),
             *map(id, module._modules.values()),
             *map(id, module._parameters.values()),
             *map(id, module._buffers.values()),
+            *module._forward_pre_hooks,
+            *module._forward_hooks,
         )
         for module in model.modules()
     )
@@ -355,8 +357,8 @@ class GraphDeconvNet(DeconvNet):
     def _view(self) -> tuple[nn.Module, dict[int, str]]:
         """This thread's private view of the model (canonizers.private_view) and its modules'
         paths. Made once per thread (a pass hooks the view's modules, which another thread's pass
-        must not see), and again when the model no longer holds the modules, parameters and
-        buffers the view shares (a module or a parameter replaced)."""
+        must not see), and again when the model no longer holds the modules, parameters, buffers
+        and hooks the view copied (a module or a parameter replaced, a hook added)."""
         signature = _signature(self.model)
         made = getattr(self._views, "made", None)
         if made is None or made[0] != signature:
@@ -433,15 +435,9 @@ class GraphDeconvNet(DeconvNet):
             return whole, torch.zeros(len(whole), 2, dtype=torch.long, device=device)
         stride = torch.tensor(found.stride, device=device)
         origin = units.position * stride + torch.tensor(found.offset, device=device)
+        # Both ways down leave nothing outside the image, so what hangs over its edge is zero.
         windows = reframe(computed, corners, [tuple(o) for o in origin.tolist()], found.size)
-        # What hangs over the image's edge is zero in a reconstruction window.
-        height, width = record.images.shape[-2:]
-        rows = origin[:, :1] + torch.arange(found.size[0], device=device)
-        cols = origin[:, 1:] + torch.arange(found.size[1], device=device)
-        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[
-            :, None, :
-        ]
-        return windows * inside[:, None].to(windows.dtype), origin
+        return windows, origin
 
     def _reconstruct(
         self,
