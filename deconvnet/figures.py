@@ -196,7 +196,7 @@ def compare_figure(
     image = image_to_display(first.images[int(first.image_index[index])])
     top, left, bottom, right = (int(v) for v in first.box[index])
     _show(axes[0, 0], image, "input + receptive field")
-    _draw_box(axes[0, 0], first.box[index])
+    draw_box(axes[0, 0], first.box[index])
     _show(axes[1, 0], image[top:bottom, left:right], "image patch")
     for column, (rule, projection) in enumerate(items, start=1):
         reconstruction = projection.reconstruction[index]
@@ -281,10 +281,10 @@ def _draw_row(axes: Sequence[Axes], projection: Projection, index: int, percenti
     shown = to_display(reconstruction, scale)
 
     _show(axes[0], image, None)
-    _draw_box(axes[0], box)
+    draw_box(axes[0], box)
     _draw_map(axes[1], projection, index)
     _show(axes[2], shown, None)
-    _draw_box(axes[2], box, alpha=0.35)
+    draw_box(axes[2], box, alpha=0.35)
     _show(axes[3], shown[top:bottom, left:right], None)
     _show(axes[4], image[top:bottom, left:right], None)
     return scale
@@ -305,10 +305,13 @@ def _draw_map(ax: Axes, projection: Projection, index: int) -> None:
     ax.add_patch(
         Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor=BOX_COLOUR, linewidth=1.6)
     )
-    _bare(ax)
+    bare(ax)
 
 
-def _draw_box(ax: Axes, box: Sequence[int] | torch.Tensor, alpha: float = 1.0) -> None:
+def draw_box(
+    ax: Axes, box: Sequence[int] | torch.Tensor, alpha: float = 1.0, linewidth: float = 1.6
+) -> None:
+    """Outline the pixels ``[top, bottom) x [left, right)`` of ``box`` on an image axis."""
     top, left, bottom, right = (int(v) for v in box)
     # Pixel centres sit on integers, so a box of pixels [top, bottom) spans top-0.5..bottom-0.5.
     ax.add_patch(
@@ -318,7 +321,7 @@ def _draw_box(ax: Axes, box: Sequence[int] | torch.Tensor, alpha: float = 1.0) -
             bottom - top,
             fill=False,
             edgecolor=BOX_COLOUR,
-            linewidth=1.6,
+            linewidth=linewidth,
             alpha=alpha,
         )
     )
@@ -328,10 +331,11 @@ def _show(ax: Axes, image: np.ndarray, title: str | None) -> None:
     ax.imshow(image, interpolation="nearest" if min(image.shape[:2]) < 64 else "antialiased")
     if title:
         ax.set_title(title, fontsize=10)
-    _bare(ax)
+    bare(ax)
 
 
-def _bare(ax: Axes) -> None:
+def bare(ax: Axes) -> None:
+    """An image axis without ticks."""
     # Ticks off but the frame kept, so a row label (ylabel) still shows.
     ax.set_xticks([])
     ax.set_yticks([])

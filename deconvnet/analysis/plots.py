@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 
 from deconvnet.figures import (
-    BOX_COLOUR,
     MAP_COLOURS,
+    bare,
     display_scale,
+    draw_box,
     image_to_display,
     to_display,
 )
@@ -69,7 +70,7 @@ def occlusion_figure(result: Occlusion, *, name: str | None = None) -> Figure:
     box = projection.box[0]
     reconstruction = projection.reconstruction[0]
     _image(axes[2], to_display(reconstruction, display_scale(reconstruction, box)), None)
-    _box(axes[2], box)
+    draw_box(axes[2], box, linewidth=1.4)
     centres = grid.float() + result.patch / 2 - 0.5
     axes[2].scatter(centres[:, 1], centres[:, 0], s=1.5, c="0.2", alpha=0.5, linewidths=0)
     y, x = (int(v) for v in projection.position[0])
@@ -127,7 +128,7 @@ def _grid_map(ax, result: Occlusion, values: np.ndarray, colours, limits=None):
     height, width = result.image.shape[-2:]
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
-    _bare(ax)
+    bare(ax)
     return shown
 
 
@@ -289,26 +290,4 @@ def _image(ax, image: np.ndarray, title: str | None) -> None:
     ax.imshow(image, interpolation="nearest" if min(image.shape[:2]) < 64 else "antialiased")
     if title:
         ax.set_title(title, fontsize=10)
-    _bare(ax)
-
-
-def _box(ax, box) -> None:
-    top, left, bottom, right = (int(v) for v in box)
-    ax.add_patch(
-        Rectangle(
-            (left - 0.5, top - 0.5),
-            right - left,
-            bottom - top,
-            fill=False,
-            edgecolor=BOX_COLOUR,
-            linewidth=1.4,
-        )
-    )
-
-
-def _bare(ax) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_linewidth(0.5)
-        spine.set_color("0.6")
+    bare(ax)
