@@ -75,18 +75,18 @@ class Call:
     field: Field
 
 
-def _signature(model: nn.Module) -> tuple:
-    """Which modules, parameters, buffers and forward hooks ``model`` holds, by identity."""
+def _signature(modules: list[nn.Module]) -> tuple:
+    """Which children, parameters, buffers and forward hooks ``modules`` hold, by identity (of
+    a model's modules, a changed child shows in its parent's entry)."""
     return tuple(
         (
-            id(module),
             *map(id, module._modules.values()),
             *map(id, module._parameters.values()),
             *map(id, module._buffers.values()),
             *module._forward_pre_hooks,
             *module._forward_hooks,
         )
-        for module in model.modules()
+        for module in modules
     )
 
 
@@ -359,12 +359,12 @@ class GraphDeconvNet(DeconvNet):
         paths. Made once per thread (a pass hooks the view's modules, which another thread's pass
         must not see), and again when the model no longer holds the modules, parameters, buffers
         and hooks the view copied (a module or a parameter replaced, a hook added)."""
-        signature = _signature(self.model)
         made = getattr(self._views, "made", None)
-        if made is None or made[0] != signature:
+        if made is None or made[0] != _signature(made[3]):
             view = private_view(self.model)
             paths = {id(m): name for name, m in view.named_modules()}
-            made = self._views.made = (signature, view, paths)
+            modules = list(self.model.modules())
+            made = self._views.made = (_signature(modules), view, paths, modules)
         return made[1], made[2]
 
     def _original(self, path: str) -> nn.Module:

@@ -263,15 +263,13 @@ def _batch_norm_scale(kernels: dict, args: dict) -> torch.Tensor:
 
 def _kept(kernels: dict, made_from: tuple, make) -> torch.Tensor:
     """``make()``, kept in ``kernels`` for as long as the tensors of ``made_from`` are the same
-    tensors, unchanged (their in-place version counters); the entry holds them, so that no other
-    tensor can come to stand at the same address under the same key."""
+    tensors, unchanged (their in-place version counters). The entry holds them: while it lives
+    no other tensor can have their ids, so the key names them alone."""
     key = tuple(
         (id(part), part._version) if isinstance(part, torch.Tensor) else part for part in made_from
     )
     found = kernels.get(key)
-    if found is None or any(
-        kept is not part for kept, part in zip(found[0], made_from, strict=True)
-    ):
+    if found is None:
         found = kernels[key] = (made_from, make())
     return found[1]
 

@@ -142,3 +142,21 @@ def test_kernels_made_once(resnet):
     finally:
         with torch.no_grad():
             conv.weight.copy_(saved)
+
+
+def test_a_replaced_parameter_is_seen(resnet):
+    """The engine keeps its private view of the model between passes; a parameter replaced by a
+    new one (not changed in place) makes a new view, so the next pass uses it."""
+    x = _images((97, 83), seed=11)[:1]
+    before = resnet.project(x, "layer2:3")
+    conv = resnet.model.layer1[0].conv2
+    saved = conv.weight
+    try:
+        conv.weight = torch.nn.Parameter(saved.detach() * -1.5)
+        after = resnet.project(x, "layer2:3")
+        expected = _check(resnet, x, "layer2", after, "deconvnet")
+        scale = expected.abs().amax()
+        assert ((after.reconstruction - expected).abs().amax() / scale) < 1e-5
+        assert not torch.allclose(after.reconstruction, before.reconstruction)
+    finally:
+        conv.weight = saved
