@@ -13,7 +13,6 @@ the first free numbered name (``-2``, ``-3``, ...). Re-running the same thing re
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import re
@@ -692,27 +691,15 @@ def _arrays(
     else:
         first, rules = next(iter(projection.values())), list(projection)
         reconstruction = torch.stack([p.reconstruction.detach().cpu() for p in projection.values()])
-    payload = {
-        "layer": first.layer,
-        "rule": first.rule if len(rules) == 1 else None,
-        "rules": rules,
-        "reconstruction": reconstruction,
-        "activation": first.activation,
-        "channel": first.channel,
-        "position": first.position,
-        "box": first.box,
-        "image_index": first.image_index,
-        "images": first.images,
-        "activation_maps": first.activation_maps,
-        "image_path": str(image) if image is not None else None,
-        "model": run.model,
-        "weights": run.source,
-        "size": run.size,
-    }
-    payload = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in payload.items()}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
+    return first.saved(
+        rule=first.rule if len(rules) == 1 else None,
+        rules=rules,
+        reconstruction=reconstruction,
+        image_path=str(image) if image is not None else None,
+        model=run.model,
+        weights=run.source,
+        size=run.size,
+    )
 
 
 def _unit_name(stem: str, projection: Projection, explicit_position: bool, rule: str) -> str:

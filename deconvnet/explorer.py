@@ -274,28 +274,14 @@ def arrays_pt(projection: Projection, stored: StoredImage, explorer: Explorer) -
     """What is shown, raw, as ``torch.save`` bytes: the Projection's fields (as
     ``deconvnet visualize --save-arrays`` writes them), the layer's ``(C, h, w)`` maps
     (``layer_maps``), and the image's name, key, model, weights and preprocessing size."""
-    payload = {
-        "layer": projection.layer,
-        "rule": projection.rule,
-        "reconstruction": projection.reconstruction,
-        "activation": projection.activation,
-        "channel": projection.channel,
-        "position": projection.position,
-        "box": projection.box,
-        "image_index": projection.image_index,
-        "images": projection.images,
-        "activation_maps": projection.activation_maps,
-        "layer_maps": explorer.activations(stored.key, projection.layer).maps,
-        "image_path": stored.name,
-        "image_key": stored.key,
-        "model": explorer.model,
-        "weights": explorer.weights,
-        "size": explorer.size,
-    }
-    payload = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in payload.items()}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
+    return projection.saved(
+        layer_maps=explorer.activations(stored.key, projection.layer).maps,
+        image_path=stored.name,
+        image_key=stored.key,
+        model=explorer.model,
+        weights=explorer.weights,
+        size=explorer.size,
+    )
 
 
 # --- galleries ------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -79,6 +80,17 @@ class Projection:
                 f"rule: {self.rule}  (.plot([i, j, ...]) for others)"
             )
         return figures.projection_sheet(self, rows, title=title, percentile=percentile)
+
+    def saved(self, **extra) -> bytes:
+        """Its fields, and ``extra`` (which may replace some), as ``torch.save`` bytes of one dict,
+        tensors on the CPU: the ``.pt`` files of ``--save-arrays`` and of the explorer, for
+        ``torch.load(path, weights_only=True)``."""
+        payload = {field.name: getattr(self, field.name) for field in fields(self)}
+        payload.update(extra)
+        payload = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in payload.items()}
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        return buffer.getvalue()
 
     def _repr_png_(self) -> bytes | None:
         """What Jupyter shows for a Projection in a cell: ``plot()`` as a PNG."""
