@@ -48,7 +48,7 @@ from deconvnet.inverse import check_rule
 from deconvnet.layers import Layer, _kind, check_supported, feature_stack, name_layers, naming_style
 from deconvnet.receptive_field import ReceptiveField
 from deconvnet.selection import Units
-from deconvnet.tape import Tape
+from deconvnet.tape import Binding, Tape, bind_modules
 
 OPT_INS = ("gradient",)
 
@@ -305,7 +305,7 @@ class GraphDeconvNet(DeconvNet):
         stopping once they are all there. ``trace`` gets ``[path, output]`` for every call, in
         call order; ``other`` hears of nonlinearities without a rule. With a ``tape`` (of
         ``x``, with ``box``), the tape notes the pass instead of autograd."""
-        view, path_of = self._view()
+        view, path_of, binding = self._view()
         running: list[list] = []
         counts: dict[str, int] = {}
         maps: dict[int, torch.Tensor] = {}
@@ -342,30 +342,34 @@ class GraphDeconvNet(DeconvNet):
         if watching_all:
             handles += [module.register_forward_pre_hook(before) for module in watched]
         mode = tape or Rectifiers(box, where=lambda: running[-1][0] if running else "", other=other)
+        binding.tape = tape
         try:
             with mode:
                 view(x)
         except _Stop:
             pass
         finally:
+            binding.tape = None
             for handle in handles:
                 handle.remove()
         if len(maps) < len(wanted):
             raise DeconvNetError("the forward pass did not reach the layers asked for")
         return maps
 
-    def _view(self) -> tuple[nn.Module, dict[int, str]]:
-        """This thread's private view of the model (canonizers.private_view) and its modules'
-        paths. Made once per thread (a pass hooks the view's modules, which another thread's pass
-        must not see), and again when the model no longer holds the modules, parameters, buffers
-        and hooks the view copied (a module or a parameter replaced, a hook added)."""
+    def _view(self) -> tuple[nn.Module, dict[int, str], Binding]:
+        """This thread's private view of the model (canonizers.private_view), its modules'
+        paths, and the binding through which its stock modules note on a tape (tape.bind_modules).
+        Made once per thread (a pass hooks the view's modules, which another thread's pass must
+        not see), and again when the model no longer holds the modules, parameters, buffers and
+        hooks the view copied (a module or a parameter replaced, a hook added)."""
         made = getattr(self._views, "made", None)
         if made is None or made[0] != _signature(made[3]):
             view = private_view(self.model)
             paths = {id(m): name for name, m in view.named_modules()}
             modules = list(self.model.modules())
-            made = self._views.made = (_signature(modules), view, paths, modules)
-        return made[1], made[2]
+            made = (_signature(modules), view, paths, modules, bind_modules(view))
+            self._views.made = made
+        return made[1], made[2], made[4]
 
     def _original(self, path: str) -> nn.Module:
         return self.model.get_submodule(path) if path else self.model

@@ -167,6 +167,16 @@ class Walk:
         # stride-1 convolution of its phases (inverse.phase_kernels; 2.5x faster for the stem).
         if plain and weight.shape[-2:] == (1, 1):
             projected = F.conv2d(values, self._cached(weight, "transposed", _transposed))
+            if whole and padding == (0, 0):
+                # Whole maps: the strided grid of the input map, the rest of it zero.
+                if stride != (1, 1):
+                    spread = projected.new_zeros(*projected.shape[:2], *bound)
+                    h, w = values.shape[-2:]
+                    spread[..., : h * stride[0] : stride[0], : w * stride[1] : stride[1]] = (
+                        projected
+                    )
+                    projected = spread
+                return Signal(projected, [(0, 0)] * len(signal.origin), True)
             if stride != (1, 1):
                 h, w = values.shape[-2:]
                 spread = projected.new_zeros(

@@ -14,6 +14,10 @@ network calls, however it calls it, and notes those that read a map of this pass
   and the modules that call them), which it computes itself;
 - a map plus a constant (a bias, say), which goes down as the map.
 
+The private view's stock modules (``Conv2d``, ``BatchNorm2d``, ``ReLU``, ``ReLU6``,
+``MaxPool2d``) note their calls on the tape directly (``bind_modules``), without going through
+the mode's dispatch; the mode still sees every call the model's own code makes.
+
 Any other op that reads a map makes an opaque map: units above one cannot be walked down by
 hand, and the engine then runs its forward under autograd instead (``deconvnet.graph``).
 A map is known by the tensor object: an in-place op makes that tensor a new map.
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
@@ -293,4 +298,82 @@ NOTES = {
     torch.Tensor.__radd__: lambda tape, a, b: tape._add(torch.Tensor.__radd__, a, b),
     **{f: _copying(f) for f in (torch.clone, torch.Tensor.clone, torch.Tensor.contiguous)},
     **{f: _dropping(f) for f in (F.dropout, F.dropout2d, F.alpha_dropout)},
+}
+
+
+# --- the view's own modules, noted without dispatch ------------------------------------------
+
+
+class Binding:
+    """The tape a private view's modules note on while a taped pass runs (None otherwise)."""
+
+    def __init__(self) -> None:
+        self.tape: Tape | None = None
+
+
+def bind_modules(view: nn.Module) -> Binding:
+    """Give ``view``'s stock conv, BatchNorm, ReLU, ReLU6 and max-pool modules (of a private
+    view: the model's own are never touched) a forward that notes its call on the bound tape
+    directly; unbound, or on an input that is no map of the pass, they run their own forward.
+
+    A ``TorchFunctionMode`` costs about 7 us per torch call it sees (ResNet-50 makes over 200 to
+    layer4: 4 ms, 7% of a forward pass on 2 CPU threads); the mode still sees the calls that the
+    model's own code makes (``out += identity``, ``F.relu``)."""
+    binding = Binding()
+    for module in view.modules():
+        fast = _FAST.get(type(module))
+        if fast is not None and "forward" not in module.__dict__ and fast[0](module):
+            module.forward = _bound(module, binding, fast[1])
+    return binding
+
+
+def _bound(module: nn.Module, binding: Binding, note):
+    own = type(module).forward.__get__(module)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        tape = binding.tape
+        if tape is not None and isinstance(x, torch.Tensor):
+            with torch._C.DisableTorchFunction():
+                out = note(tape, module, x)
+            if out is not None:
+                return out
+        return own(x)
+
+    return forward
+
+
+def _note_conv(tape: Tape, m: nn.Conv2d, x: torch.Tensor):
+    return tape._conv(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _note_batch_norm(tape: Tape, m: nn.BatchNorm2d, x: torch.Tensor):
+    if m.running_var is None or m.running_mean is None:
+        return None  # normalizes by the batch's statistics: the mode notes an opaque map
+    momentum = 0.0 if m.momentum is None else m.momentum
+    return tape._batch_norm(
+        x, m.running_mean, m.running_var, m.weight, m.bias, False, momentum, m.eps
+    )
+
+
+def _note_relu(tape: Tape, m: nn.ReLU, x: torch.Tensor):
+    return tape._rectify(x, m.inplace, None) if tape.index_of(x) is not None else None
+
+
+def _note_relu6(tape: Tape, m: nn.ReLU6, x: torch.Tensor):
+    return tape._rectify(x, m.inplace, 6.0) if tape.index_of(x) is not None else None
+
+
+def _note_max_pool(tape: Tape, m: nn.MaxPool2d, x: torch.Tensor):
+    return tape._max_pool(
+        x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices
+    )
+
+
+# Module classes whose stock forward is one call the tape knows: (when it applies, how noted).
+_FAST = {
+    nn.Conv2d: (lambda m: m.padding_mode == "zeros", _note_conv),
+    nn.BatchNorm2d: (lambda m: True, _note_batch_norm),
+    nn.ReLU: (lambda m: True, _note_relu),
+    nn.ReLU6: (lambda m: True, _note_relu6),
+    nn.MaxPool2d: (lambda m: True, _note_max_pool),
 }

@@ -196,6 +196,7 @@ def test_the_model_is_never_modified(traps):
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key  # BatchNorm statistics untouched
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all("forward" not in vars(m) for m in model.modules())  # the view's forwards only
 
 
 def test_another_thread_running_the_model_sees_plain_relus(traps):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from graph_reference import reference_projection
 from test_graph import Traps, _images, _one_thread, _seeded  # noqa: F401 (_one_thread: autouse)
+from torch import nn
 
 from deconvnet import DeconvNetError
 from deconvnet.graph import GraphDeconvNet
@@ -88,6 +90,31 @@ def test_depthwise_and_relu6_walk(monkeypatch):
             expected = _check(net, x, layer, many, rule)
             scale = expected.abs().amax()
             assert ((many.reconstruction - expected).abs().amax() / scale) < 1e-5
+
+
+class StandardizedConv(nn.Conv2d):
+    """A conv of a subclass with its own forward (weight standardization): its stock fast path
+    (deconvnet.tape.bind_modules) must not apply; the kernels the walk uses are those made."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding)
+
+
+def test_modules_with_their_own_forward_are_walked_as_they_compute():
+    model = _seeded(torchvision.models.resnet18)
+    model.layer1[0].conv1 = StandardizedConv(64, 64, 3, padding=1, bias=False)
+    torch.manual_seed(3)
+    nn.init.normal_(model.layer1[0].conv1.weight, std=0.1)
+    net = GraphDeconvNet(model, input_size=(97, 83))
+    x = _images((97, 83), seed=11)[:1]
+    record = net.forward(x, "layer1", "guided")
+    assert net._walk(record, net.layer("layer1")) is not None
+    for rule in RULES:
+        many = net.project_many(x, [f"layer1:{c}" for c in range(0, 64, 13)], rule)
+        expected = _check(net, x, "layer1", many, rule)
+        scale = expected.abs().amax()
+        assert ((many.reconstruction - expected).abs().amax() / scale) < 1e-5
 
 
 def test_unknown_node_falls_back_to_autograd():
