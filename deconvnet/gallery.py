@@ -18,13 +18,14 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from deconvnet.crops import Crops
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import cannot_write, write_text_atomic
@@ -236,6 +237,8 @@ def make_gallery(
         if rank == 0:
             logger.info("weights: %s", weights_source(net.model))
         with _writing(out):
+            # The crops the scan saw spare the projections reading the images again.
+            crops = stack.enter_context(closing(Crops(out))) if rank == 0 else None
             state = scan_folder(
                 net,
                 folder,
@@ -250,6 +253,7 @@ def make_gallery(
                 checkpoint_every=checkpoint_every,
                 progress=progress and rank == 0,
                 fast_decode=fast_decode,
+                crops=crops,
             )
             if world > 1:
                 states = gather_states(state)
@@ -265,6 +269,7 @@ def make_gallery(
                 batch_size=batch_size,
                 workers=workers,
                 progress=progress,
+                crops=crops,
             )
 
 
@@ -404,10 +409,12 @@ def render_gallery(
     batch_size: int = 32,
     workers: int = DEFAULT_WORKERS,
     progress: bool = True,
+    crops: Crops | None = None,
 ) -> Gallery:
     """Project the units of a finished scan and write tiles, sheets, manifest and index to
     ``out``. Every file is written atomically; the manifest last. Tiles in ``out`` that the
-    previous gallery there drew and this one does not are deleted."""
+    previous gallery there drew and this one does not are deleted. ``crops``: those the scan
+    kept (``deconvnet.crops``), whose images are not read again."""
     check_rule(rule)
     if not state.done:
         raise DeconvNetError(
@@ -426,7 +433,14 @@ def render_gallery(
         if isinstance(layer, dict) and isinstance(layer.get("name"), str)
     }
     cells = project_top(
-        net, state, out, rule=rule, batch_size=batch_size, workers=workers, progress=progress
+        net,
+        state,
+        out,
+        rule=rule,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        crops=crops,
     )
     try:
         entries = _entries(net, state)

@@ -1,8 +1,9 @@
 """Projections for galleries: every unit of a finished scan, pushed back to pixels over its
 receptive field and stored as a (reconstruction, patch) pair of uint8 cells.
 
-    the chosen images run again with switches -> batched inverse passes -> display scaling ->
-    cells in a scratch file, which ``deconvnet.tiles`` draws
+    the chosen images (their crops kept by the scan, or read again) run again with switches ->
+    batched inverse passes -> display scaling -> cells in a scratch file, which
+    ``deconvnet.tiles`` draws
 
 How a cell shows a unit: the cell is the unit's whole receptive field (the window the inverse
 pass returns), so the unit sits at its centre. The reconstruction is shown centred at zero, as
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deconvnet.crops import Crops
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.heap import LIBC, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX
@@ -178,81 +180,111 @@ def project_top(
     batch_size: int = 32,
     workers: int = DEFAULT_WORKERS,
     progress: bool = True,
+    crops: Crops | None = None,
 ) -> dict[str, Cells]:
     """Run the chosen images again, with switches, and project every unit of ``state``.
 
     One forward pass per batch of images, up to the deepest layer, serves every layer: its record
     holds the switches of all the pools below and keeps every layer's map, so each layer's units
-    go down from the same record. Units go down ``PROJECTION_CHUNK`` at a time.
+    go down from the same record. Units go down ``PROJECTION_CHUNK`` at a time. Images whose
+    crops the scan kept in ``crops`` are not read again.
     """
     plan = _plan(state)
     names = list(state.layers)
     entries = [net.layer(name) for name in names]
-    deepest = max(entry.index for entry in entries)
-    normalize = Preprocessing().normalize
-    channel_of = [torch.tensor(state.channels[name], dtype=torch.long) for name in names]
-    fields = [net.receptive_field(name).size for name in names]
     cells = {
-        name: Cells(scratch, len(state.channels[name]) * state.top, field)
-        for name, field in zip(names, fields, strict=True)
+        name: Cells(scratch, len(state.channels[name]) * state.top, net.receptive_field(name).size)
+        for name in names
     }
-    items = [(i, state.paths[i]) for i in torch.unique(plan.image).tolist()]
-    device = net.device
-    batches = image_batches(
-        state.root, items, batch_size, workers, device.type == "cuda", fast=state.fast_decode
-    )
-    start = 0
+    chosen = torch.unique(plan.image).tolist()
+    kept = [i for i in chosen if crops is not None and i in crops]
+    again = [(i, state.paths[i]) for i in chosen if crops is None or i not in crops]
+    # The crops the scan kept go first, then the images read again: each in listing order, as
+    # its part of the plan.
+    runs = []
+    if kept:
+        runs.append((_part(plan, kept, True), crops.batches(kept, batch_size)))
+    if again:
+        batches = image_batches(
+            state.root,
+            again,
+            batch_size,
+            workers,
+            net.device.type == "cuda",
+            fast=state.fast_decode,
+        )
+        runs.append((_part(plan, kept, False), batches))
     with (
         _steady_heap(),
         progress_bar("projecting", len(plan.image), 0, "units", progress) as advance,
     ):
-        for indices, pixels, failed in batches:
-            if failed:
-                raise DeconvNetError(
-                    f"{failed[0][1]}; it was read during the scan, so the folder has changed: "
-                    "scan it again (without --resume)"
-                )
-            # The plan is sorted by image, so this batch's units are one run of it.
-            stop = start + int(torch.searchsorted(plan.image[start:], indices[-1], right=True))
-            here = slice(start, stop)
-            rows = torch.searchsorted(indices, plan.image[here])
-            x = normalize(pixels.to(device, non_blocking=True))
-            record = net.forward(x, deepest, rule, keep=[entry.index for entry in entries])
-            for number, entry in enumerate(entries):
-                mine = plan.layer[here] == number
-                if not mine.any():
-                    continue
-                units = net.units(
-                    record,
-                    entry,
-                    rows[mine].to(device),
-                    channel_of[number][plan.slot[here][mine]].to(device),
-                    plan.position[here][mine].to(device),
-                )
-                _check_unchanged(state, plan.image[here][mine], units, plan.value[here][mine])
-                where = plan.slot[here][mine] * state.top + plan.rank[here][mine]
-                for part in range(0, len(where), PROJECTION_CHUNK):
-                    chunk = slice(part, part + PROJECTION_CHUNK)
-                    pick = torch.arange(part, part + PROJECTION_CHUNK).clamp(max=len(where) - 1)
-                    pick = pick.to(device)
-                    some = Units(
-                        units.image[pick],
-                        units.channel[pick],
-                        units.position[pick],
-                        units.activation[pick],
-                    )
-                    windows, origin = net.reconstruct_windows(record, entry, some, rule)
-                    inside = inside_count(origin, fields[number], INPUT_SIZE)
-                    scale = display_scale(windows, inside)
-                    shown = display_reconstruction(windows, scale).cpu().numpy()
-                    patches = cut_patches(pixels, some.image, origin, fields[number]).numpy()
-                    real = where[chunk].tolist()  # the units this pass is for, without filler
-                    for t, index in enumerate(real):
-                        cells[entry.name].put(index, shown[t], patches[t])
-                    advance(len(real))
-            start = stop
-            _release_free_memory()
+        for part, batches in runs:
+            _project_run(net, state, part, batches, entries, cells, rule, advance)
     return cells
+
+
+def _part(plan: _Plan, kept: list[int], inside: bool) -> _Plan:
+    """The units of ``plan`` whose image is (``inside``) or is not among ``kept``."""
+    mask = torch.isin(plan.image, torch.tensor(kept, dtype=torch.long))
+    mask = mask if inside else ~mask
+    return _Plan(*(column[mask] for column in vars(plan).values()))
+
+
+def _project_run(net, state, plan, batches, entries, cells, rule, advance) -> None:
+    """Project the units of ``plan`` from ``batches`` of their images, in the plan's order."""
+    device = net.device
+    names = list(state.layers)
+    normalize = Preprocessing().normalize
+    channel_of = [torch.tensor(state.channels[name], dtype=torch.long) for name in names]
+    sizes = [net.receptive_field(name).size for name in names]
+    deepest = max(entry.index for entry in entries)
+    start = 0
+    for indices, pixels, failed in batches:
+        if failed:
+            raise DeconvNetError(
+                f"{failed[0][1]}; it was read during the scan, so the folder has changed: "
+                "scan it again (without --resume)"
+            )
+        # The plan is sorted by image, so this batch's units are one run of it.
+        stop = start + int(torch.searchsorted(plan.image[start:], indices[-1], right=True))
+        here = slice(start, stop)
+        rows = torch.searchsorted(indices, plan.image[here])
+        x = normalize(pixels.to(device, non_blocking=True))
+        record = net.forward(x, deepest, rule, keep=[entry.index for entry in entries])
+        for number, entry in enumerate(entries):
+            mine = plan.layer[here] == number
+            if not mine.any():
+                continue
+            units = net.units(
+                record,
+                entry,
+                rows[mine].to(device),
+                channel_of[number][plan.slot[here][mine]].to(device),
+                plan.position[here][mine].to(device),
+            )
+            _check_unchanged(state, plan.image[here][mine], units, plan.value[here][mine])
+            where = plan.slot[here][mine] * state.top + plan.rank[here][mine]
+            for part in range(0, len(where), PROJECTION_CHUNK):
+                chunk = slice(part, part + PROJECTION_CHUNK)
+                pick = torch.arange(part, part + PROJECTION_CHUNK).clamp(max=len(where) - 1)
+                pick = pick.to(device)
+                some = Units(
+                    units.image[pick],
+                    units.channel[pick],
+                    units.position[pick],
+                    units.activation[pick],
+                )
+                windows, origin = net.reconstruct_windows(record, entry, some, rule)
+                inside = inside_count(origin, sizes[number], INPUT_SIZE)
+                scale = display_scale(windows, inside)
+                shown = display_reconstruction(windows, scale).cpu().numpy()
+                patches = cut_patches(pixels, some.image, origin, sizes[number]).numpy()
+                real = where[chunk].tolist()  # the units this pass is for, without filler
+                for t, index in enumerate(real):
+                    cells[entry.name].put(index, shown[t], patches[t])
+                advance(len(real))
+        start = stop
+        _release_free_memory()
 
 
 @contextmanager

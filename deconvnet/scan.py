@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
 
+from deconvnet.crops import Crops
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import write_bytes_atomic
@@ -857,6 +858,7 @@ def scan(
     workers: int = DEFAULT_WORKERS,
     threads: int | None = None,
     progress: bool = True,
+    crops: Crops | None = None,
 ) -> ScanState:
     """Scan the rest of ``state``'s shard of ``listing``, updating ``state`` in place.
 
@@ -864,7 +866,8 @@ def scan(
     (``forward_maxima``); no switches are recorded. Images are decoded as ``image_batches``
     says (``workers`` processes, else ``threads`` threads), while the forward pass runs.
     With ``checkpoint``, the state is saved there atomically every ``checkpoint_every`` images
-    and at the end; scanning a loaded state continues where it stopped.
+    and at the end; scanning a loaded state continues where it stopped. ``crops`` keeps the
+    crops of the images in some top-k, for the projections that follow.
     """
     if state.listing != (len(listing.files), listing.fingerprint):
         raise DeconvNetError(
@@ -909,6 +912,8 @@ def scan(
                 for name, topk in state.layers.items():
                     values, position = (t[:, rows[name]].cpu() for t in maxima[name])
                     topk.update(values, indices, position)
+                if crops is not None:
+                    crops.keep(indices, images, set(state.referenced()))
                 state.scanned += len(indices)
             state.skipped.update(failed)
             state.cursor += len(indices) + len(failed)
@@ -936,6 +941,7 @@ def scan_folder(
     checkpoint_every: int = CHECKPOINT_EVERY,
     progress: bool = True,
     fast_decode: bool = False,
+    crops: Crops | None = None,
 ) -> ScanState:
     """Scan shard ``(i, n)`` of the images under ``folder``, checkpointing into ``out``.
 
@@ -971,6 +977,7 @@ def scan_folder(
         workers=workers,
         threads=threads,
         progress=progress,
+        crops=crops,
     )
 
 

@@ -36,6 +36,7 @@ from deconvnet.gallery import (
     display_scale,
     inside_count,
     make_gallery,
+    render_gallery,
 )
 from deconvnet.images import load_image, preprocessing
 from deconvnet.scan import Preprocessing, ScanState, state_path
@@ -195,6 +196,27 @@ def test_another_rule_redraws_a_finished_scan_with_the_same_entries(net, folder,
     assert guided.entries == first.entries
     assert _manifest(tmp_path)["rule"] == "guided"
     assert (tmp_path / "conv2" / "c0003.png").read_bytes() != tile
+
+
+def test_projections_take_the_crops_the_scan_kept(net, folder, reference, tmp_path, monkeypatch):
+    """A gallery made in one process reads each image once: the projections take the crops the
+    scan kept (deconvnet.crops), and draw the tiles that reading the images again draws."""
+    read = []
+    load = Preprocessing.load
+    monkeypatch.setattr(
+        Preprocessing, "load", lambda self, path: read.append(path) or load(self, path)
+    )
+    options = dict(model=net, batch_size=4, workers=0, progress=False)
+    make_gallery(folder, LAYERS, CHANNELS, out=tmp_path / "kept", **options)
+    state = ScanState.load(state_path(tmp_path / "kept"))
+    assert len(read) == len(set(read)) == state.scanned + len(state.skipped)
+    read.clear()
+    render_gallery(net, state, tmp_path / "again", batch_size=4, workers=0, progress=False)
+    assert len(read) == len(set(state.referenced()) - set(state.skipped)) > 0
+    for tile in sorted((tmp_path / "kept").glob("conv*/*.png")):
+        again = tmp_path / "again" / tile.relative_to(tmp_path / "kept")
+        assert np.array_equal(_tile(tile), _tile(again)), tile
+    assert (tmp_path / "kept" / "conv5").is_dir()
 
 
 def test_reconstructions_are_shown_centred_at_zero_and_scaled_symmetrically():
