@@ -31,6 +31,7 @@ before and after: on a shared machine the figures are lower and noisier than on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -184,19 +185,30 @@ def topk_changes(exact, fast) -> tuple[int, int, int, int]:
 
 
 def child(folder: str, out: str, batch_size: int, fast: bool) -> None:
-    """One whole gallery, timed in phases; prints JSON."""
+    """One whole gallery, timed in phases, as ``deconvnet gallery`` makes it (the projections
+    take the crops the scan kept); prints JSON."""
     torch.set_num_threads(THREADS)
+    from deconvnet.crops import Crops
     from deconvnet.gallery import load_net, render_gallery
     from deconvnet.scan import scan_folder
 
     start = time.perf_counter()
     net = load_net("alexnet", WEIGHTS, "cpu")
-    state = scan_folder(
-        net, folder, LAYERS, out=out, batch_size=batch_size, progress=False, fast_decode=fast
-    )
-    scanned = time.perf_counter()
-    result = render_gallery(net, state, out, batch_size=batch_size, progress=False)
-    done = time.perf_counter()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(Crops(out)) as crops:
+        state = scan_folder(
+            net,
+            folder,
+            LAYERS,
+            out=out,
+            batch_size=batch_size,
+            progress=False,
+            fast_decode=fast,
+            crops=crops,
+        )
+        scanned = time.perf_counter()
+        result = render_gallery(net, state, out, batch_size=batch_size, progress=False, crops=crops)
+        done = time.perf_counter()
     report = {
         "scan_s": scanned - start,
         "render_s": done - scanned,
