@@ -26,6 +26,7 @@ from torch import nn
 from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.heap import LIBC, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD_MAX
 from deconvnet.inverse import check_rule, full_transposed_conv, phase_kernels, rectify, unpool
+from deconvnet.kernels import Kernels
 from deconvnet.layers import (
     Layer,
     feature_stack,
@@ -82,7 +83,7 @@ class DeconvNet:
         ]
         self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
         self._fields: dict[int, ReceptiveField] = {}
-        self._phase_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._kernels = Kernels()  # phase kernels of the strided convs
 
     # --- layers --------------------------------------------------------------------------------
 
@@ -488,7 +489,10 @@ class DeconvNet:
         elif conv.groups == 1 and conv.dilation == (1, 1):
             kernels = None
             if geometry.stride != (1, 1):
-                kernels = self._phase_kernels(index, weight, geometry.stride)
+                stride = geometry.stride
+                kernels = self._kernels.get(
+                    (conv.weight, stride), lambda: phase_kernels(weight, stride)
+                )
             projected = full_transposed_conv(signal, weight, geometry.stride, kernels)
         else:
             projected = F.conv_transpose2d(
@@ -499,16 +503,6 @@ class DeconvNet:
             return projected, below
         # What lands on the forward's zero padding has no pixel to go to: drop it.
         return _keep_inside(projected, below, record.input_sizes[index]), below
-
-    def _phase_kernels(
-        self, index: int, weight: torch.Tensor, stride: tuple[int, int]
-    ) -> torch.Tensor:
-        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, stride)
-        cached = self._phase_cache.get(index)
-        if cached is None or cached[0] != key:
-            cached = (key, phase_kernels(weight, stride))
-            self._phase_cache[index] = cached
-        return cached[1]
 
 
 @contextmanager

@@ -45,6 +45,7 @@ from deconvnet.errors import DeconvNetError
 from deconvnet.graph_field import Field, FieldTracer
 from deconvnet.graph_inverse import Walk, prepare, reframe
 from deconvnet.inverse import check_rule
+from deconvnet.kernels import Kernels
 from deconvnet.layers import Layer, _kind, check_supported, feature_stack, name_layers, naming_style
 from deconvnet.receptive_field import ReceptiveField
 from deconvnet.selection import Units
@@ -160,7 +161,7 @@ class GraphDeconvNet(DeconvNet):
             raise DeconvNetError("the model has no Conv2d: there is nothing to project through")
         self._paths = {id(m): name for name, m in model.named_modules()}
         self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
-        self._kernels: dict = {}  # kernels made from weights, by weight (graph_inverse)
+        self._kernels = Kernels()  # made from weights, for the way down (graph_inverse)
         self._walkable: dict[int, bool] = {}  # layers whose way down the tape walk knows
         self._views = threading.local()  # this thread's private view: see _view
         self._probe(tuple(input_size), style)
@@ -396,8 +397,6 @@ class GraphDeconvNet(DeconvNet):
             with torch.no_grad():
                 tape = Tape(record.images, box)
                 tapped = self._run(record.images, wanted, box, tape=tape)
-                if len(self._kernels) > 1024:  # new weights time after time (evolution)
-                    self._kernels.clear()
                 walks = {
                     index: prepare(tape, tape.index_of(tapped[index]), self._kernels)
                     for index in wanted

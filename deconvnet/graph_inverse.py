@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from deconvnet.engine import Origins, _cut, _keep_inside
 from deconvnet.errors import DeconvNetError
 from deconvnet.inverse import full_transposed_conv, phase_kernels, unpool
+from deconvnet.kernels import Kernels
 from deconvnet.selection import Units
 from deconvnet.tape import (
     ADD,
@@ -76,9 +77,9 @@ class Walk:
     """The way down a tape from one layer's map to the input, prepared once per forward record
     and layer, and walked for any batch of that layer's units."""
 
-    def __init__(self, steps: list[Step], kernels: dict) -> None:
+    def __init__(self, steps: list[Step], kernels: Kernels) -> None:
         self.steps = steps
-        self._kernels = kernels  # the engine's cache of kernels made from weights (_kept)
+        self._kernels = kernels  # the engine's cache of kernels made from weights
 
     def down(self, units: Units, rule: str) -> tuple[torch.Tensor, Origins]:
         """Each unit's reconstruction on its window of the input: ``(T, C_in, h, w)`` and the
@@ -249,16 +250,16 @@ class Walk:
 
     def _cached(self, weight: torch.Tensor, what, make) -> torch.Tensor:
         """``make(weight)``, kept for as long as the weight is unchanged."""
-        return _kept(self._kernels, (weight, what), lambda: make(weight))
+        return self._kernels.get((weight, what), lambda: make(weight))
 
 
-def _scaled(kernels: dict, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _scaled(kernels: Kernels, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """A conv's kernels ``(C_out, ...)`` times a per-output-channel ``scale`` ``(C_out, 1, 1)``
     (a cached one), kept while both are unchanged."""
-    return _kept(kernels, (weight, scale), lambda: weight * scale.view(-1, 1, 1, 1))
+    return kernels.get((weight, scale), lambda: weight * scale.view(-1, 1, 1, 1))
 
 
-def _batch_norm_scale(kernels: dict, args: dict) -> torch.Tensor:
+def _batch_norm_scale(kernels: Kernels, args: dict) -> torch.Tensor:
     """BatchNorm's per-channel scale ``(C, 1, 1)``, kept while its statistics are unchanged."""
     variance, weight, eps = args["variance"], args["weight"], args["eps"]
 
@@ -268,20 +269,7 @@ def _batch_norm_scale(kernels: dict, args: dict) -> torch.Tensor:
             scale = scale * weight
         return scale.detach().view(-1, 1, 1)
 
-    return _kept(kernels, (variance, weight, eps), make)
-
-
-def _kept(kernels: dict, made_from: tuple, make) -> torch.Tensor:
-    """``make()``, kept in ``kernels`` for as long as the tensors of ``made_from`` are the same
-    tensors, unchanged (their in-place version counters). The entry holds them: while it lives
-    no other tensor can have their ids, so the key names them alone."""
-    key = tuple(
-        (id(part), part._version) if isinstance(part, torch.Tensor) else part for part in made_from
-    )
-    found = kernels.get(key)
-    if found is None:
-        found = kernels[key] = (made_from, make())
-    return found[1]
+    return kernels.get((variance, weight, eps), make)
 
 
 def _transposed(weight: torch.Tensor) -> torch.Tensor:
@@ -404,7 +392,7 @@ def _gather(signals: list[Signal], bound: tuple[int, int]) -> Signal:
 # --- preparing the walk ------------------------------------------------------------------------
 
 
-def prepare(tape: Tape, root: int | None, kernels: dict) -> Walk | None:
+def prepare(tape: Tape, root: int | None, kernels: Kernels) -> Walk | None:
     """The walk from map ``root`` of ``tape`` down to its input (map 0), or None when an op on
     the way is one the walk does not know (or ``root`` is None: no map of the tape).
     ``kernels``: a cache of kernels made from weights."""
