@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from deconvnet.crops import Crops
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.heap import LIBC, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX
+from deconvnet.layers import Layer
 from deconvnet.scan import (
     DEFAULT_WORKERS,
     INPUT_SIZE,
@@ -196,9 +197,10 @@ def project_top(
         name: Cells(scratch, len(state.channels[name]) * state.top, net.receptive_field(name).size)
         for name in names
     }
+    held = crops if crops is not None else ()
     chosen = torch.unique(plan.image).tolist()
-    kept = [i for i in chosen if crops is not None and i in crops]
-    again = [(i, state.paths[i]) for i in chosen if crops is None or i not in crops]
+    kept = [i for i in chosen if i in held]
+    again = [(i, state.paths[i]) for i in chosen if i not in held]
     # The crops the scan kept go first, then the images read again: each in listing order, as
     # its part of the plan.
     runs = []
@@ -230,8 +232,18 @@ def _part(plan: _Plan, kept: list[int], inside: bool) -> _Plan:
     return _Plan(*(column[mask] for column in vars(plan).values()))
 
 
-def _project_run(net, state, plan, batches, entries, cells, rule, advance) -> None:
-    """Project the units of ``plan`` from ``batches`` of their images, in the plan's order."""
+def _project_run(
+    net: DeconvNet,
+    state: ScanState,
+    plan: _Plan,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, list]],
+    entries: list[Layer],
+    cells: dict[str, Cells],
+    rule: str,
+    advance: Callable[[int], None],
+) -> None:
+    """Project the units of ``plan`` from ``batches`` of their images (as ``scan.collate``
+    makes them: listing indices, uint8 crops, failures), in the plan's order, into ``cells``."""
     device = net.device
     names = list(state.layers)
     normalize = Preprocessing().normalize
