@@ -39,6 +39,13 @@ def _check(net, x, layer, units, rule):
     return expected
 
 
+def _assert_reference(net, x, layer, projection, rule) -> None:
+    """``projection``'s reconstructions are the reference's, to 1e-5 of their largest value."""
+    expected = _check(net, x, layer, projection, rule)
+    scale = expected.abs().amax()
+    assert ((projection.reconstruction - expected).abs().amax() / scale) < 1e-5
+
+
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("layer", ["layer1.0.conv1", "layer1", "layer2.0.downsample", "layer3"])
 def test_many_units_on_windows_match_reference(resnet, layer, rule):
@@ -73,9 +80,7 @@ def test_project_many_walks_in_batches(resnet, monkeypatch):
     monkeypatch.setattr(graph, "PIXEL_BUDGET", 3 * 97 * 83)  # a few units per batch
     x = _images((97, 83), seed=6)[:1]
     many = resnet.project_many(x, [f"layer2:{c}" for c in range(0, 128, 9)])
-    expected = _check(resnet, x, "layer2", many, "deconvnet")
-    scale = expected.abs().amax()
-    assert ((many.reconstruction - expected).abs().amax() / scale) < 1e-5
+    _assert_reference(resnet, x, "layer2", many, "deconvnet")
 
 
 def test_depthwise_and_relu6_walk(monkeypatch):
@@ -87,9 +92,7 @@ def test_depthwise_and_relu6_walk(monkeypatch):
         assert net._walk(record, net.layer(layer)) is not None
         for rule in RULES:
             many = net.project_many(x, [f"{layer}:{c}" for c in range(0, 24, 5)], rule)
-            expected = _check(net, x, layer, many, rule)
-            scale = expected.abs().amax()
-            assert ((many.reconstruction - expected).abs().amax() / scale) < 1e-5
+            _assert_reference(net, x, layer, many, rule)
 
 
 class StandardizedConv(nn.Conv2d):
@@ -112,9 +115,7 @@ def test_modules_with_their_own_forward_are_walked_as_they_compute():
     assert net._walk(record, net.layer("layer1")) is not None
     for rule in RULES:
         many = net.project_many(x, [f"layer1:{c}" for c in range(0, 64, 13)], rule)
-        expected = _check(net, x, "layer1", many, rule)
-        scale = expected.abs().amax()
-        assert ((many.reconstruction - expected).abs().amax() / scale) < 1e-5
+        _assert_reference(net, x, "layer1", many, rule)
 
 
 def test_unknown_node_falls_back_to_autograd():
@@ -162,9 +163,7 @@ def test_kernels_made_once(resnet):
         with torch.no_grad():
             conv.weight.mul_(2.0)
         changed = resnet.project(x, "layer3:5")
-        expected = _check(resnet, x, "layer3", changed, "deconvnet")
-        scale = expected.abs().amax()
-        assert ((changed.reconstruction - expected).abs().amax() / scale) < 1e-5
+        _assert_reference(resnet, x, "layer3", changed, "deconvnet")
         assert not torch.allclose(changed.reconstruction, first.reconstruction)
     finally:
         with torch.no_grad():
@@ -181,9 +180,7 @@ def test_a_replaced_parameter_is_seen(resnet):
     try:
         conv.weight = torch.nn.Parameter(saved.detach() * -1.5)
         after = resnet.project(x, "layer2:3")
-        expected = _check(resnet, x, "layer2", after, "deconvnet")
-        scale = expected.abs().amax()
-        assert ((after.reconstruction - expected).abs().amax() / scale) < 1e-5
+        _assert_reference(resnet, x, "layer2", after, "deconvnet")
         assert not torch.allclose(after.reconstruction, before.reconstruction)
     finally:
         conv.weight = saved
