@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import os
 import statistics
 import time
 from pathlib import Path
@@ -111,8 +112,10 @@ def main() -> None:
         ours.append(mine / base)
         captum.append(other / base2)
     print(
-        f"one layer4 unit: project {statistics.median(ours):.2f}x a plain forward to layer4; "
-        f"Captum NeuronDeconvolution {statistics.median(captum):.2f}x (median of {args.repeats})"
+        f"one layer4 unit: project {statistics.median(ours):.2f}x a plain forward to layer4 "
+        f"(pairs ranged {min(ours):.2f}-{max(ours):.2f}); Captum NeuronDeconvolution "
+        f"{statistics.median(captum):.2f}x ({min(captum):.2f}-{max(captum):.2f}); medians of "
+        f"{args.repeats} pairs, load average {os.getloadavg()[0]:.1f} (a shared machine moves them)"
     )
 
     projection = None
