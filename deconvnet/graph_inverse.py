@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from deconvnet.engine import Origins, _cut, _keep_inside
 from deconvnet.errors import DeconvNetError
-from deconvnet.inverse import full_transposed_conv, phase_kernels, unpool
+from deconvnet.inverse import full_transposed_conv, phase_kernels, transposed_conv1x1, unpool
 from deconvnet.kernels import Kernels
 from deconvnet.selection import Units
 from deconvnet.tape import (
@@ -162,12 +162,15 @@ class Walk:
         ]
         plain = groups == 1 and dilation == (1, 1)
         # PyTorch's own transposed conv is slow on CPU for two common cases, which go other ways
-        # (measured on ResNet-50's convs, CPU, 2 threads): a 1x1 conv's is one 1x1 conv with the
-        # transposed kernel spread onto the strided grid (up to 8x faster than conv_transpose2d
-        # for stride 2); a strided conv back to few channels (the image's 3) runs as the
-        # stride-1 convolution of its phases (inverse.phase_kernels; 2.5x faster for the stem).
+        # (measured on ResNet-50's convs, CPU, 2 threads): a 1x1 conv's is the transposed weight
+        # matrix applied at each position (inverse.transposed_conv1x1) spread onto the strided
+        # grid (up to 8x faster than conv_transpose2d for stride 2); a strided conv back to few
+        # channels (the image's 3) runs as the stride-1 convolution of its phases
+        # (inverse.phase_kernels; 2.5x faster for the stem).
         if plain and weight.shape[-2:] == (1, 1):
-            projected = F.conv2d(values, self._cached(weight, "transposed", _transposed))
+            projected = transposed_conv1x1(
+                values, weight, self._cached(weight, "transposed", _transposed)
+            )
             if whole and padding == (0, 0):
                 # Whole maps: the strided grid of the input map, the rest of it zero.
                 if stride != (1, 1):

@@ -109,6 +109,29 @@ def transposed_conv(
     return torch.nn.grad.conv2d_input(shape, weight, signal, stride, padding, dilation, groups)
 
 
+def transposed_conv1x1(
+    signal: torch.Tensor, weight: torch.Tensor, kernel: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The transposed conv of a 1x1 conv of stride 1 and one group: ``signal`` ``(N, C_out, h,
+    w)`` -> ``(N, C_in, h, w)``, the transposed weight matrix ``weight`` ``(C_out, C_in, 1, 1)``
+    applied at every position. ``kernel`` may hold its transpose ``(C_in, C_out, 1, 1)``.
+
+    PyTorch's CPU conv2d (oneDNN on NCHW maps) reorders the maps into its blocked layout and
+    back on every call; as a matrix product per image the same sums ran 1.2-2x faster on
+    ResNet-50's 1x1 convs (2 threads), and a layer4 projection about 10% faster. Only for many
+    small maps (a sweep's windows of a few pixels), one conv for all of them is faster still.
+    """
+    n, c_out, h, w = signal.shape
+    if n > 1 and h * w < 64:
+        if kernel is None:
+            kernel = weight.transpose(0, 1)
+        return F.conv2d(signal, kernel.contiguous())
+    matrix = weight.reshape(c_out, -1).T
+    flat = signal.reshape(n, c_out, h * w)
+    out = torch.mm(matrix, flat[0]).unsqueeze(0) if n == 1 else torch.matmul(matrix, flat)
+    return out.view(n, -1, h, w)
+
+
 def full_transposed_conv(
     signal: torch.Tensor,
     weight: torch.Tensor,

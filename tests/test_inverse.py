@@ -13,6 +13,7 @@ from deconvnet.inverse import (
     phase_kernels,
     rectify,
     transposed_conv,
+    transposed_conv1x1,
     transposed_conv_by_flipped_kernel,
     unpool,
     unpool_by_scatter,
@@ -177,6 +178,24 @@ def test_full_transposed_conv_shortcuts_equal_the_transposed_conv(batch, size, k
     grad = _seeded(batch, 6, *size, seed=14)
     expected = F.conv_transpose2d(grad, weight, stride=stride)
     torch.testing.assert_close(full_transposed_conv(grad, weight, stride), expected)
+
+
+@pytest.mark.parametrize(
+    ("batch", "size"), [(1, (7, 7)), (1, (1, 1)), (3, (9, 9)), (3, (2, 3)), (2, (56, 20))]
+)
+def test_transposed_conv1x1_is_the_transposed_weight_matrix(batch, size):
+    # One matrix product per image, or for many small maps one conv: both are W^T at each pixel.
+    weight = _seeded(6, 4, 1, 1, seed=15)
+    grad = _seeded(batch, 6, *size, seed=16)
+    expected = F.conv_transpose2d(grad, weight)
+    torch.testing.assert_close(transposed_conv1x1(grad, weight), expected)
+    kernel = weight.transpose(0, 1).contiguous()
+    torch.testing.assert_close(transposed_conv1x1(grad, weight, kernel), expected)
+    # A channel slice of a wider map (as a concatenation's way down hands it over).
+    wide = _seeded(batch, 9, *size, seed=17)
+    torch.testing.assert_close(
+        transposed_conv1x1(wide[:, 2:8], weight), F.conv_transpose2d(wide[:, 2:8], weight)
+    )
 
 
 def test_phase_decomposition_with_unequal_strides():
