@@ -66,11 +66,14 @@ class Step:
 @dataclass
 class Signal:
     """Windows ``(T, C, h, w)`` of one map, unit t's at ``origin[t]``. ``owned``: a fresh array
-    of this walk's own, which the next step may overwrite."""
+    of this walk's own, which the next step may overwrite. ``stride``: where it is not (1, 1),
+    ``values`` holds only every ``stride``-th pixel of whole maps, the rest being 0 (a strided
+    1x1 conv's way down), to be added into the map's other signals without a zero map."""
 
     values: torch.Tensor
     origin: Origins
     owned: bool
+    stride: tuple[int, int] = (1, 1)
 
 
 class Walk:
@@ -173,14 +176,7 @@ class Walk:
             )
             if whole and padding == (0, 0):
                 # Whole maps: the strided grid of the input map, the rest of it zero.
-                if stride != (1, 1):
-                    spread = projected.new_zeros(*projected.shape[:2], *bound)
-                    h, w = values.shape[-2:]
-                    spread[..., : h * stride[0] : stride[0], : w * stride[1] : stride[1]] = (
-                        projected
-                    )
-                    projected = spread
-                return Signal(projected, [(0, 0)] * len(signal.origin), True)
+                return Signal(projected, [(0, 0)] * len(signal.origin), True, stride)
             if stride != (1, 1):
                 h, w = values.shape[-2:]
                 spread = projected.new_zeros(
@@ -354,6 +350,23 @@ def _add_into(out: torch.Tensor, at: Origins, values: torch.Tensor, origin: Orig
 
 def _gather(signals: list[Signal], bound: tuple[int, int]) -> Signal:
     """The sum of the signals a map received from its consumers, on windows that hold them all."""
+    strided = [s for s in signals if s.stride != (1, 1)]
+    if strided:
+        # Whole maps, the strided grids added into them.
+        dense = [s for s in signals if s.stride == (1, 1)]
+        first = strided[0].values
+        if not dense:
+            total = first.new_zeros(*first.shape[:2], *bound)
+        else:
+            gathered = _gather(dense, bound)
+            count = len(gathered.origin)
+            if _is_whole(gathered, bound):
+                total = gathered.values if gathered.owned else gathered.values.clone()
+            else:
+                total = reframe(gathered.values, gathered.origin, [(0, 0)] * count, bound)
+        for s in strided:
+            total[..., :: s.stride[0], :: s.stride[1]] += s.values
+        return Signal(total, [(0, 0)] * len(strided[0].origin), True)
     if len(signals) == 1:
         return signals[0]
     count = len(signals[0].origin)

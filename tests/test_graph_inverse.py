@@ -83,6 +83,32 @@ def test_project_many_walks_in_batches(resnet, monkeypatch):
     _assert_reference(resnet, x, "layer2", many, "deconvnet")
 
 
+def _strided_pointwise() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 1, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 5, padding=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 1, stride=2),
+        nn.ReLU(),
+    )
+
+
+def test_a_strided_1x1_conv_that_alone_reads_its_input_walks_down():
+    """A strided 1x1 conv's way down on whole maps leaves only its strided grid, which becomes a
+    whole map where nothing else adds to it (here the image); odd sizes, every rule."""
+    net = GraphDeconvNet(_seeded(_strided_pointwise), input_size=(9, 7))
+    x = _images((9, 7), seed=8)
+    for rule in RULES:
+        record = net.forward(x, "5", "guided")
+        assert net._walk(record, net.layer("5")) is not None
+        many = net.project(x, "5:3@1,1", rule)
+        _assert_reference(net, x, "5", many, rule)
+        many = net.project_many(x[:1], [f"5:{c}" for c in range(0, 16, 3)], rule)
+        _assert_reference(net, x[:1], "5", many, rule)
+
+
 def test_depthwise_and_relu6_walk(monkeypatch):
     model = _seeded(torchvision.models.mobilenet_v2)
     net = GraphDeconvNet(model, input_size=(71, 65))
