@@ -4,8 +4,9 @@
     .venv/bin/python scripts/benchmark_resnet.py [--channels 2048] [--captum-units 8]
 
 Prints, at 224x224 with 2 threads:
-1. one projection of a layer4 unit against a plain forward pass to layer4 (and Captum's
-   NeuronDeconvolution of the same unit against the same forward), timed alternately;
+1. one projection of a layer4 unit (the image's strongest) against a plain forward pass to
+   layer4 (and Captum's NeuronDeconvolution of the same unit against the same forward), timed
+   alternately;
 2. project_many over the channels of layer4 and of layer2 (each channel's strongest unit) against
    Captum's NeuronDeconvolution over the same units, in each configuration it offers: a loop of
    one ``attribute`` call per unit, and ``attribute`` on batches of copies of the image with one
@@ -39,6 +40,13 @@ def _timed(function) -> tuple[float, object]:
     start = time.perf_counter()
     result = function()
     return time.perf_counter() - start, result
+
+
+def _relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """The largest difference of two sets of reconstructions ``(T, 3, H, W)``, relative to each
+    of ``theirs``' largest value."""
+    scale = theirs.abs().amax(dim=(1, 2, 3)).clamp(min=1e-30)
+    return float(((ours - theirs).abs().amax(dim=(1, 2, 3)) / scale).max())
 
 
 def _peak_mib() -> float:
@@ -101,18 +109,24 @@ def main() -> None:
         return method.attribute(copies, neuron_selector=selector)
 
     print(f"ResNet-50, seeded random weights, 1x3x224x224, {torch.get_num_threads()} thread(s)")
+    # The image's strongest layer4 unit: some channels of the random network never fire on it.
+    strongest = net.project(x, "layer4")
+    channel, (row, column) = int(strongest.channel[0]), strongest.position[0].tolist()
+    unit = f"layer4:{channel}@{row},{column}"
     for _ in range(2):
-        plain_forward(), net.project(x, "layer4:12@3,4"), captum_unit("layer4", 12, 3, 4)
+        plain_forward(), net.project(x, unit), captum_unit("layer4", channel, row, column)
     ours, captum = [], []
     for _ in range(args.repeats):
         base, _ = _timed(plain_forward)
-        mine, _ = _timed(lambda: net.project(x, "layer4:12@3,4"))
+        mine, _ = _timed(lambda: net.project(x, unit))
         base2, _ = _timed(plain_forward)
-        other, _ = _timed(lambda: captum_unit("layer4", 12, 3, 4))
+        other, theirs = _timed(lambda: captum_unit("layer4", channel, row, column))
         ours.append(mine / base)
         captum.append(other / base2)
+    error = _relative_error(strongest.reconstruction, theirs * strongest.activation[0])
     print(
-        f"one layer4 unit: project {statistics.median(ours):.2f}x a plain forward to layer4 "
+        f"one layer4 unit ({unit}, the image's strongest; Captum agrees to {error:.1e}): "
+        f"project {statistics.median(ours):.2f}x a plain forward to layer4 "
         f"(pairs ranged {min(ours):.2f}-{max(ours):.2f}); Captum NeuronDeconvolution "
         f"{statistics.median(captum):.2f}x ({min(captum):.2f}-{max(captum):.2f}); medians of "
         f"{args.repeats} pairs, load average {os.getloadavg()[0]:.1f} (a shared machine moves them)"
@@ -126,7 +140,10 @@ def main() -> None:
         _reset_peak()
         seconds, projection = _timed(lambda targets=targets: net.project_many(x, targets))
         peak = _peak_mib()
-        sample = torch.linspace(0, count - 1, args.captum_units).long().tolist()
+        # Compared on units that fire (the strongest unit of a channel that never fires on the
+        # image is 0, and so is every projection of it).
+        live = torch.nonzero(projection.activation > 0).flatten()
+        sample = live[torch.linspace(0, len(live) - 1, args.captum_units).long()].tolist()
         units = [
             (int(projection.channel[t]), *map(int, projection.position[t].tolist())) for t in sample
         ]
@@ -146,13 +163,11 @@ def main() -> None:
                 )
             per_unit[name] = (time.perf_counter() - start) / len(units)
             # Captum seeds each unit with 1, the deconvnet with its value: scale before comparing.
-            theirs = attribution * values
-            scale = theirs.abs().amax(dim=(1, 2, 3)).clamp(min=1e-30)
-            error = (mine - theirs).abs().amax(dim=(1, 2, 3)) / scale
+            error = _relative_error(mine, attribution * values)
             print(
                 f"  {layer}, Captum on conv1..{layer}, {name}: {per_unit[name] * 1000:.0f} ms/unit "
-                f"(timed on {len(units)} units); largest relative difference from ours "
-                f"{float(error.max()):.1e}"
+                f"(timed on {len(units)} units that fire); largest relative difference from ours "
+                f"{error:.1e}"
             )
         fastest = min(per_unit, key=per_unit.get)
         loop_all = per_unit["loop of one unit per call"] * count
