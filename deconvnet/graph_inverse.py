@@ -31,7 +31,13 @@ import torch.nn.functional as F
 
 from deconvnet.engine import Origins, _cut, _keep_inside
 from deconvnet.errors import DeconvNetError
-from deconvnet.inverse import full_transposed_conv, phase_kernels, transposed_conv1x1, unpool
+from deconvnet.inverse import (
+    full_transposed_conv,
+    gemm_sized,
+    phase_kernels,
+    transposed_conv1x1,
+    unpool,
+)
 from deconvnet.kernels import Kernels
 from deconvnet.selection import Units
 from deconvnet.tape import (
@@ -184,6 +190,8 @@ class Walk:
                 )
                 spread[..., :: stride[0], :: stride[1]] = projected
                 projected = spread
+        elif plain and stride != (1, 1) and gemm_sized(values, weight):
+            projected = full_transposed_conv(values, weight, stride)
         elif plain and stride != (1, 1) and weight.shape[1] <= 16:
             kernels = self._cached(weight, stride, lambda w: phase_kernels(w, stride))
             projected = full_transposed_conv(values, weight, stride, kernels)

@@ -114,7 +114,8 @@ def transposed_conv1x1(
 ) -> torch.Tensor:
     """The transposed conv of a 1x1 conv of stride 1 and one group: ``signal`` ``(N, C_out, h,
     w)`` -> ``(N, C_in, h, w)``, the transposed weight matrix ``weight`` ``(C_out, C_in, 1, 1)``
-    applied at every position. ``kernel`` may hold its transpose ``(C_in, C_out, 1, 1)``.
+    applied at every position. ``kernel`` may hold its transpose ``(C_in, C_out, 1, 1)``,
+    contiguous (the weights of a conv are transposed once, not on every pass).
 
     PyTorch's CPU conv2d (oneDNN on NCHW maps) reorders the maps into its blocked layout and
     back on every call; as a matrix product per image the same sums ran 1.2-2x faster on
@@ -122,14 +123,30 @@ def transposed_conv1x1(
     small maps (a sweep's windows of a few pixels), one conv for all of them is faster still.
     """
     n, c_out, h, w = signal.shape
+    if kernel is None:
+        kernel = weight.transpose(0, 1).contiguous()
     if n > 1 and h * w < 64:
-        if kernel is None:
-            kernel = weight.transpose(0, 1)
-        return F.conv2d(signal, kernel.contiguous())
-    matrix = weight.reshape(c_out, -1).T
+        return F.conv2d(signal, kernel)
+    # W^T as its own array: as a transposed view, the product of a few pixels (layer4's windows)
+    # ran 2.5-3x slower.
+    matrix = kernel.view(kernel.shape[0], c_out)
     flat = signal.reshape(n, c_out, h * w)
     out = torch.mm(matrix, flat[0]).unsqueeze(0) if n == 1 else torch.matmul(matrix, flat)
     return out.view(n, -1, h, w)
+
+
+def gemm_sized(signal: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``full_transposed_conv`` goes down one small window ``signal`` ``(1, C_out, h,
+    w)`` with a kernel of at most 3x3 as one GEMM, then col2im (fold) adding up the overlapping
+    kernel copies: for so small an input PyTorch's CPU backend skips oneDNN (its threshold: 20480
+    input values) for a native transposed conv that ran 1.2-2x slower here than its own recipe
+    done by hand (3x slower for ResNet-50's strided layer4.0.conv2 on a 5x5 window)."""
+    return (
+        signal.shape[0] == 1
+        and signal.device.type == "cpu"
+        and weight.shape[-2] * weight.shape[-1] <= 9
+        and signal.numel() <= 20480
+    )
 
 
 def full_transposed_conv(
@@ -152,15 +169,11 @@ def full_transposed_conv(
     if (h, w) == (1, 1):
         # One position: the output is each unit's kernels weighted by its channels, one GEMM.
         return (signal.view(n, c_out) @ weight.view(c_out, -1)).view(n, -1, kh, kw)
+    if gemm_sized(signal, weight):
+        columns = signal.reshape(c_out, h * w).T @ weight.view(c_out, -1)
+        full = ((h - 1) * stride[0] + kh, (w - 1) * stride[1] + kw)
+        return F.fold(columns.T.unsqueeze(0), full, (kh, kw), stride=stride)
     if stride == (1, 1):
-        if n == 1 and signal.device.type == "cpu" and kh * kw <= 9 and signal.numel() <= 20480:
-            # For one small input and a kernel of at most 3x3, PyTorch's CPU backend skips
-            # oneDNN (its threshold: 20480 input values) for a native transposed conv that ran
-            # 1.2-2x slower here than its own recipe done by hand: one GEMM, then col2im (fold)
-            # adding up the overlapping kernel copies.
-            columns = signal.reshape(c_out, h * w).T @ weight.view(c_out, -1)
-            full = (h + kh - 1, w + kw - 1)
-            return F.fold(columns.T.unsqueeze(0), full, (kh, kw))
         return F.conv_transpose2d(signal, weight)
     if kernels is None:
         kernels = phase_kernels(weight, stride)

@@ -170,10 +170,14 @@ def test_phase_decomposition_equals_the_transposed_conv(kernel, stride):
         (1, (7, 5), (3, 3), 1),
         (2, (3, 3), (3, 3), 1),
         (1, (60, 60), (3, 3), 1),
+        (1, (5, 5), (3, 3), 2),
+        (1, (4, 7), (3, 3), (2, 3)),
+        (1, (3, 3), (1, 1), 2),
     ],
 )
 def test_full_transposed_conv_shortcuts_equal_the_transposed_conv(batch, size, kernel, stride):
-    # A 1x1 signal runs as one GEMM, and one small window as GEMM + col2im: same result.
+    # A 1x1 signal runs as one GEMM, and one small window as GEMM + col2im (strided too): same
+    # result.
     weight = _seeded(6, 4, *kernel, seed=13)
     grad = _seeded(batch, 6, *size, seed=14)
     expected = F.conv_transpose2d(grad, weight, stride=stride)
