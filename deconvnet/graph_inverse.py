@@ -112,12 +112,16 @@ class Walk:
             pending[index] = []
             if step.kind == LEAF:
                 return signal.values, signal.origin
-            outputs = self._step(step, signal, image, rule)
+            # A conv's result may be summed into a signal its input map already holds.
+            into = pending[step.sends[0][1]] if step.kind == CONV else None
+            outputs = self._step(step, signal, image, rule, into)
             for (_, target), out in zip(step.sends, outputs, strict=True):
                 pending[target].append(out)
         raise AssertionError("the walk never reached the input")
 
-    def _step(self, step: Step, signal: Signal, image, rule: str) -> list[Signal]:
+    def _step(
+        self, step: Step, signal: Signal, image, rule: str, into: list[Signal] | None = None
+    ) -> list[Signal]:
         kind, args, values = step.kind, step.args, signal.values
         if kind == COPY:
             return [Signal(values, signal.origin, False)]
@@ -139,7 +143,7 @@ class Walk:
         if kind == RECTIFY:
             return [self._rectify(step, signal, image, rule)]
         if kind == CONV:
-            return [self._conv(step, signal)]
+            return [self._conv(step, signal, into)]
         if kind == MAX_POOL:
             return [self._unpool(step, signal, image)]
         if kind == AVG_POOL:
@@ -160,7 +164,9 @@ class Walk:
             values = values * _frame(opened, image, signal.origin, values.shape[-2:])
         return Signal(values, signal.origin, True)
 
-    def _conv(self, step: Step, signal: Signal) -> Signal:
+    def _conv(self, step: Step, signal: Signal, into: list[Signal] | None = None) -> Signal:
+        """The way down a conv. ``into``: the signals its input map holds so far, of which one
+        may be taken and returned summed with this one."""
         args, values = step.args, signal.values
         weight, stride, padding = args["weight"], args["stride"], args["padding"]
         dilation, groups, bound = args["dilation"], args["groups"], args["input_bound"]
@@ -177,9 +183,14 @@ class Walk:
         # channels (the image's 3) runs as the stride-1 convolution of its phases
         # (inverse.phase_kernels; 2.5x faster for the stem).
         if plain and weight.shape[-2:] == (1, 1):
-            projected = transposed_conv1x1(
-                values, weight, self._cached(weight, "transposed", _transposed)
-            )
+            kernel = self._cached(weight, "transposed", _transposed)
+            if whole and padding == (0, 0) and stride == (1, 1) and into:
+                # A residual sum's other branch, summed within the product: one pass less.
+                partner = _take_whole(into, (len(signal.origin), weight.shape[1], *bound))
+                if partner is not None:
+                    projected = transposed_conv1x1(values, weight, kernel, partner.values)
+                    return Signal(projected, partner.origin, True)
+            projected = transposed_conv1x1(values, weight, kernel)
             if whole and padding == (0, 0):
                 # Whole maps: the strided grid of the input map, the rest of it zero.
                 return Signal(projected, [(0, 0)] * len(signal.origin), True, stride)
@@ -354,6 +365,22 @@ def _add_into(out: torch.Tensor, at: Origins, values: torch.Tensor, origin: Orig
         x0, x1 = max(0, -dx), min(big_w, w - dx)
         if y1 > y0 and x1 > x0:
             out[rows, :, y0:y1, x0:x1] += values[rows, :, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+
+
+def _take_whole(signals: list[Signal], shape: tuple[int, ...]) -> Signal | None:
+    """Remove from ``signals`` and return one that holds one whole contiguous map ``shape``
+    ``(1, C, H, W)``, or None."""
+    if shape[0] != 1:
+        return None
+    for i, s in enumerate(signals):
+        if (
+            s.stride == (1, 1)
+            and tuple(s.values.shape) == shape
+            and s.origin[0] == (0, 0)
+            and s.values.is_contiguous()
+        ):
+            return signals.pop(i)
+    return None
 
 
 def _gather(signals: list[Signal], bound: tuple[int, int]) -> Signal:

@@ -109,6 +109,27 @@ def test_a_strided_1x1_conv_that_alone_reads_its_input_walks_down():
         _assert_reference(net, x[:1], "5", many, rule)
 
 
+def test_bottleneck_sums_are_added_within_the_1x1_products(monkeypatch):
+    """On one image a bottleneck's residual sum is added within the way down of its first 1x1
+    conv (inverse.transposed_conv1x1's add_to); every rule, against the reference."""
+    import deconvnet.graph_inverse as graph_inverse
+
+    net = GraphDeconvNet(_seeded(torchvision.models.resnet50), input_size=(67, 61))
+    x = _images((67, 61), seed=9)[:1]
+    summed = []
+    plain = graph_inverse.transposed_conv1x1
+
+    def counting(signal, weight, kernel=None, add_to=None):
+        summed.append(add_to is not None)
+        return plain(signal, weight, kernel, add_to)
+
+    monkeypatch.setattr(graph_inverse, "transposed_conv1x1", counting)
+    for layer in ("layer3", "layer4.1"):
+        for rule in RULES:
+            _assert_reference(net, x, layer, net.project(x, layer, rule), rule)
+    assert any(summed)
+
+
 def test_depthwise_and_relu6_walk(monkeypatch):
     model = _seeded(torchvision.models.mobilenet_v2)
     net = GraphDeconvNet(model, input_size=(71, 65))
