@@ -1,7 +1,7 @@
 """Benchmark the general engine on ResNet-50 (seeded random weights) against Captum, on CPU.
 
     .venv/bin/python -m pip install -e '.[bench]'      # Captum, for this script only
-    .venv/bin/python scripts/benchmark_resnet.py [--channels 2048] [--captum-units 8]
+    .venv/bin/python scripts/benchmark_resnet.py [--channels 2048] [--captum-units 8] [--repeats 25]
 
 Prints, at 224x224 with 2 threads:
 1. one projection of a layer4 unit (the image's strongest) against a plain forward pass to
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=None, help="channels per sweep (all)")
     parser.add_argument("--captum-units", type=int, default=8)
     parser.add_argument("--captum-batches", type=int, nargs="*", default=[4, 8])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=25, help="alternating pairs timed")
     parser.add_argument(
         "--threads", type=int, default=2, help="1 on a machine shared with other jobs"
     )
