@@ -455,28 +455,19 @@ class DeconvNet:
         below = _below(origin, self._steps[index])
         (top, left), (h, w) = origin[0], signal.shape[-2:]
         (y0, y1), (x0, x1) = _span(top, h, switches.shape[-2]), _span(left, w, switches.shape[-1])
-        if (y0, y1, x0, x1) == (top, top + h, left, left + w):
-            # Inside the map: the window's own switches, as indices into its unpooled window.
-            # Switch r * width + c becomes (r - by) * size[1] + (c - bx), with (by, bx) = below.
-            width = record.input_sizes[index][1]
-            part = switches[batch : batch + 1, :, top : top + h, left : left + w]
-            local = torch.div(part, width, rounding_mode="floor").mul_(size[1] - width)
-            local.add_(part).sub_(below[0][0] * size[1] + below[0][1])
-            stride = self._steps[index].stride
-            return unpool(signal, local, size, pool.kernel_size, stride, 0, pool.dilation), below
-        # Over the map's edge: unpool its whole map with the switches as recorded (a few cheap
-        # operations on a small map) and cut the window out.
-        unpooled = unpool(
-            _place(signal, origin[0], switches.shape[-2:]),
-            switches[batch : batch + 1],
-            record.input_sizes[index],
-            pool.kernel_size,
-            pool.stride,
-            pool.padding,
-            pool.dilation,
-            pool.ceil_mode,
-        )
-        return _cut(unpooled, [0], below, size), below
+        # The window's own switches, as indices into its unpooled window: switch r * width + c
+        # becomes (r - by) * size[1] + (c - bx), with (by, bx) = below.
+        width = record.input_sizes[index][1]
+        part = switches[batch : batch + 1, :, y0:y1, x0:x1]
+        local = torch.div(part, width, rounding_mode="floor").mul_(size[1] - width)
+        local.add_(part).sub_(below[0][0] * size[1] + below[0][1])
+        if (y0, y1, x0, x1) != (top, top + h, left, left + w):
+            # Where the window hangs over the map the signal is 0 and any index will do; the
+            # map's own switches stay uncut (unpooling the whole map took 190 MB for one unit
+            # at pool1 of a 12-megapixel photo).
+            local = F.pad(local, (x0 - left, left + w - x1, y0 - top, top + h - y1))
+        stride = self._steps[index].stride
+        return unpool(signal, local, size, pool.kernel_size, stride, 0, pool.dilation), below
 
     def _transposed_conv_windows(self, index, record, signal, origin, channel=None, clip=True):
         conv, geometry = self._modules[index], self._steps[index]

@@ -64,6 +64,22 @@ def test_explicit_positions_near_the_border_match_autograd(rule, alexnet):
             assert_matches_reference(net, x, result, rule)
 
 
+@pytest.mark.parametrize("rule", RULES)
+def test_windows_over_the_edge_of_an_uneven_input_match_autograd(rule, alexnet):
+    # One window over a map's edge unpools with its own switches, padded where it hangs over.
+    net = DeconvNet(alexnet)
+    x = _input((97, 131), batch=1, seed=4)
+    h, w = net.forward(x, "conv5").output.shape[-2:]
+    projected = 0
+    for channel in range(0, 256, 17):
+        for y, x_ in [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)]:
+            result = net.project(x, f"conv5:{channel}@{y},{x_}", rule=rule)
+            if result.activation.abs().max() > 0:
+                assert_matches_reference(net, x, result, rule)
+                projected += 1
+    assert projected >= 6, projected
+
+
 def test_pre_activation_conv_targets_match_autograd(alexnet):
     net = DeconvNet(alexnet)
     x = _input((224, 224))
