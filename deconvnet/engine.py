@@ -462,9 +462,9 @@ class DeconvNet:
         local = torch.div(part, width, rounding_mode="floor").mul_(size[1] - width)
         local.add_(part).sub_(below[0][0] * size[1] + below[0][1])
         if (y0, y1, x0, x1) != (top, top + h, left, left + w):
-            # Where the window hangs over the map the signal is 0 and any index will do; the
-            # map's own switches stay uncut (unpooling the whole map took 190 MB for one unit
-            # at pool1 of a 12-megapixel photo).
+            # Where the window hangs over the map the signal is 0 and any index will do (0):
+            # only the window is unpooled, never the whole map (190 MB for one unit at pool1 of
+            # a 12-megapixel photo).
             local = F.pad(local, (x0 - left, left + w - x1, y0 - top, top + h - y1))
         stride = self._steps[index].stride
         return unpool(signal, local, size, pool.kernel_size, stride, 0, pool.dilation), below
