@@ -36,6 +36,7 @@ from deconvnet.inverse import (
     gemm_sized,
     phase_kernels,
     transposed_conv1x1,
+    transposed_kernel1x1,
     unpool,
 )
 from deconvnet.kernels import Kernels
@@ -183,7 +184,7 @@ class Walk:
         # channels (the image's 3) runs as the stride-1 convolution of its phases
         # (inverse.phase_kernels; 2.5x faster for the stem).
         if plain and weight.shape[-2:] == (1, 1):
-            kernel = self._cached(weight, "transposed", _transposed)
+            kernel = self._cached(weight, "transposed", transposed_kernel1x1)
             if whole and padding == (0, 0) and stride == (1, 1) and into:
                 # A residual sum's other branch, summed within the product: one pass less.
                 partner = _take_whole(into, (len(signal.origin), weight.shape[1], *bound))
@@ -288,11 +289,6 @@ def _batch_norm_scale(kernels: Kernels, args: dict) -> torch.Tensor:
         return scale.detach().view(-1, 1, 1)
 
     return kernels.get((variance, weight, eps), make)
-
-
-def _transposed(weight: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv's kernel ``(C_out, C_in, 1, 1)`` as the kernel of its transpose."""
-    return weight.transpose(0, 1).contiguous()
 
 
 # --- windows -------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def transposed_conv1x1(
     """
     n, c_out, h, w = signal.shape
     if kernel is None:
-        kernel = weight.transpose(0, 1).contiguous()
+        kernel = transposed_kernel1x1(weight)
     if n > 1 and h * w < 64:
         return F.conv2d(signal, kernel)
     # W^T as its own array: as a transposed view, the product of a few pixels (layer4's windows)
@@ -141,6 +141,12 @@ def transposed_conv1x1(
     if add_to is not None:
         return torch.addmm(add_to.view(-1, h * w), matrix, flat[0]).view(1, -1, h, w)
     return torch.mm(matrix, flat[0]).view(1, -1, h, w)
+
+
+def transposed_kernel1x1(weight: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv's kernel ``(C_out, C_in, 1, 1)`` as that of its transpose ``(C_in, C_out, 1,
+    1)``, contiguous (``transposed_conv1x1``'s ``kernel``)."""
+    return weight.transpose(0, 1).contiguous()
 
 
 def gemm_sized(signal: torch.Tensor, weight: torch.Tensor) -> bool:
