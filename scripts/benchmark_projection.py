@@ -121,20 +121,27 @@ def compare_with_captum(
     """Time the sweep and each Captum configuration on the same 256 neurons, alternating; print
     the figures and return the name of the fastest configuration."""
     targets = [f"{LAYER}:{c}" for c in range(net.channels(LAYER))]
+    start = CLOCK()
     result = net.project_many(x, targets)
+    first_s = CLOCK() - start
     neurons = [(int(c), *map(int, p)) for c, p in zip(result.channel, result.position, strict=True)]
-    sweep_times = [timed(lambda: net.project_many(x, targets)) for _ in range(2)]
+    # Warmed up as Captum is below; then timed three times, and twice after each Captum run.
+    # Single sweeps on this shared machine varied from 0.9x to 1.8x their median.
+    net.project_many(x, targets)
+    sweep_times = [timed(lambda: net.project_many(x, targets)) for _ in range(3)]
     captum_times, attributions = {}, {}
     for name, run in configurations.items():
         run(x, neurons[:2])  # warm-up (and Captum's one-time warnings)
         start = CLOCK()
         attributions[name] = run(x, neurons)
         captum_times[name] = CLOCK() - start
-        sweep_times.append(timed(lambda: net.project_many(x, targets)))
+        sweep_times += [timed(lambda: net.project_many(x, targets)) for _ in range(2)]
     sweep_s = statistics.median(sweep_times)
     print(
         f"  all {len(targets)} {LAYER} channels, one project_many call: {sweep_s * 1e3:.0f} ms "
-        f"(median of {len(sweep_times)}, between the Captum runs)"
+        f"(median of {len(sweep_times)} after a warm-up, some between the Captum runs; range "
+        f"{min(sweep_times) * 1e3:.0f}-{max(sweep_times) * 1e3:.0f}; the first call of this "
+        f"process took {first_s * 1e3:.0f})"
     )
     fastest = min(captum_times, key=captum_times.get)
     for name, seconds in captum_times.items():
