@@ -8,6 +8,12 @@ size, its shorter side resized to ``--size`` and nothing cropped), prints:
    against Captum's NeuronDeconvolution in the fastest configuration found (goal at 224: at
    least 12x faster than Captum's loop), with a check that both give the same reconstructions.
 
+Beside each, the floor of this design: the forward with switches, then only the inverse pass's
+own operators (unpool, rectify, transposed conv) replayed on the inputs they got, without the
+selection, the window cutting, the switch rewriting and the placing around them. What lies
+between a figure and its floor is bookkeeping; what lies below the floor needs fewer or faster
+operators.
+
 Captum runs on the smallest module that holds conv5: ``features[:12]`` (conv1 .. conv5's ReLU),
 not the whole AlexNet, whose classifier a conv5 unit never needs. Its configurations are a loop
 of one ``attribute`` call per neuron, and ``attribute`` on a batch of copies of the image with a
@@ -75,6 +81,64 @@ def projection_ratio(net: DeconvNet, stack: nn.Module, x: torch.Tensor, repeat: 
         f"{forward_ms:.2f} ms; ratio {projection_ms / forward_ms:.2f} (medians of {repeat}; "
         "goal at 224: <= 1.3)"
     )
+    floor = operators_alone(projection)
+    forward_times, floor_times = [], []
+    for _ in range(repeat):
+        forward_times.append(timed(plain_forward))
+        floor_times.append(timed(floor))
+    forward_ms = statistics.median(forward_times) * 1e3
+    floor_ms = statistics.median(floor_times) * 1e3
+    print(
+        f"  its floor, the forward with switches and then the inverse pass's {floor.calls} "
+        f"operator calls alone (unpool, rectify, transposed conv) on their own inputs: "
+        f"{floor_ms:.2f} ms, {floor_ms / forward_ms:.2f} plain forwards"
+    )
+
+
+def operators_alone(project: Callable[[], object]) -> Callable[[], None]:
+    """The floor of this design: a function that runs the engine's forward with switches, then
+    only the operators of ``project``'s inverse pass (unpool, rectify, transposed conv), replayed
+    on the very inputs they got, without selecting, cutting windows, rewriting switches or
+    placing the reconstructions on the image."""
+    import deconvnet.engine as engine
+
+    calls = []
+    names = ("unpool", "rectify", "full_transposed_conv")
+    originals = {name: getattr(engine, name) for name in names}
+
+    def recorder(function: Callable) -> Callable:
+        def record(*args, **kwargs):
+            copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+            calls.append((function, copies, kwargs))
+            return function(*args, **kwargs)
+
+        return record
+
+    forwards = []
+    forward = engine.DeconvNet.forward
+
+    def forward_recorder(self, *args, **kwargs):
+        forwards.append((self, args, kwargs))
+        return forward(self, *args, **kwargs)
+
+    for name, function in originals.items():
+        setattr(engine, name, recorder(function))
+    engine.DeconvNet.forward = forward_recorder
+    try:
+        project()
+    finally:
+        for name, function in originals.items():
+            setattr(engine, name, function)
+        engine.DeconvNet.forward = forward
+
+    def floor() -> None:
+        for net, args, kwargs in forwards:
+            net.forward(*args, **kwargs)
+        for function, args, kwargs in calls:  # in-place rectifying again changes nothing
+            function(*args, **kwargs)
+
+    floor.calls = len(calls)
+    return floor
 
 
 class CaptumDeconvolution:
@@ -151,6 +215,19 @@ def compare_with_captum(
             f"({seconds / len(neurons) * 1e3:.1f} ms per neuron); deconvnet is "
             f"{seconds / sweep_s:.1f}x faster{mark}"
         )
+    floor = operators_alone(lambda: net.project_many(x, targets))
+    floor_s = statistics.median([timed(floor) for _ in range(5)])
+    del floor
+    canvas_s = statistics.median(
+        [timed(lambda: x.new_zeros(len(targets), *x.shape[1:])) for _ in range(5)]
+    )
+    loop = captum_times.get("loop of one neuron per call")
+    best = f": at most {loop / (floor_s + canvas_s):.1f}x faster than Captum's loop" if loop else ""
+    print(
+        f"  the sweep's floor, the forward with switches and then its inverse passes' operators "
+        f"alone: {floor_s * 1e3:.0f} ms (median of 5), and {canvas_s * 1e3:.0f} ms more to zero "
+        f"the {len(targets)} images it places the reconstructions on{best}"
+    )
     # Captum seeds the unit with 1, the deconvnet with its activation: scale before comparing.
     for name, theirs in attributions.items():
         theirs = theirs * result.activation.view(-1, 1, 1, 1)
