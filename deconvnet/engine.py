@@ -416,8 +416,7 @@ class DeconvNet:
         key = (index, size)
         if key not in rewritten:
             rewritten[key] = self._window_switches(index, record, (h, w), size)
-        # A window's switches are its cut of the rewritten map, less its own corner; where it
-        # hangs over the map, the signal is 0 and any index in range will do.
+        # A window's switches are its cut of the rewritten map, less its own corner.
         padded = rewritten[key]
         corners = torch.tensor(
             [top * sy * size[1] + left * sx for top, left in origin], device=padded.device
@@ -428,14 +427,18 @@ class DeconvNet:
                 for n, (top, left) in zip(image.tolist(), origin, strict=True)
             ]
         )
-        local = cut.sub_(corners[:, None, None, None]).clamp_(0, size[0] * size[1] - 1)
+        local = cut.sub_(corners[:, None, None, None])
         unpooled = unpool(signal, local, size, pool.kernel_size, (sy, sx), 0, pool.dilation)
         return unpooled, _below(origin, geometry)
 
     def _window_switches(self, index, record, window, size):
         """Pool ``index``'s switches as indices into a window of ``size`` whose corner is at
-        pooled position (0, 0), zero-padded by ``window`` ``(h, w)`` on each side: a window at
-        pooled (top, left) then cuts its own and subtracts ``top * sy * size_x + left * sx``."""
+        pooled position (0, 0), padded by ``window`` ``(h, w)`` on each side: a window at pooled
+        (top, left) then cuts its own and subtracts ``top * sy * size_x + left * sx``.
+
+        The padding holds each pooled position's own corner pixel, ``sy * y * size_x + sx * x``:
+        where a window hangs over the map its signal is 0 and any index inside the window will
+        do, and that one is inside every window that holds the position, so no clamping."""
         geometry = self._steps[index]
         (sy, sx), (py, px) = geometry.stride, geometry.padding
         switches, width = record.switches[index], record.input_sizes[index][1]
@@ -448,7 +451,12 @@ class DeconvNet:
         dy = sum((rel >= step_ * width).long() for step_ in range(1, geometry.kernel[0]))
         rows = torch.arange(switches.shape[-2], device=switches.device)[:, None] * sy
         local = switches + (dy + rows) * (size[1] - width) + (py * width + px)
-        return F.pad(local, (window[1], window[1], window[0], window[0])).contiguous()
+        (h, w), (n, c, ph, pw) = window, switches.shape
+        own = (ph + 2 * h, pw + 2 * w)
+        padded = _grid(own, (sy * size[1], sx), -(h * sy * size[1] + w * sx), switches.device)
+        padded = padded.expand(n, c, *own).clone()
+        padded[..., h : h + ph, w : w + pw] = local
+        return padded
 
     def _unpool_one_window(self, index, record, batch, signal, origin, size):
         pool, switches = self._modules[index], record.switches[index]
