@@ -1,8 +1,8 @@
 """Benchmark of data-set galleries on JPEG photos of the sizes people have, decoding included.
 
     .venv/bin/python scripts/benchmark_gallery.py [--images 1000] [--rate-images 256]
-        [--sizes 500x375,4032x3024] [--configs exact,serial,fast] [--gallery-modes exact,fast]
-        [--repeats 2] [--dir DIR] [--memory-runs 1]
+        [--sizes 500x375,4032x3024] [--configs exact,overlap,serial,fast]
+        [--gallery-modes exact,fast] [--repeats 2] [--dir DIR] [--memory-runs 1]
 
 For each size (default: ImageNet-like 500x375 and 12-megapixel phone photos, 4032x3024), makes
 ``--images`` distinct JPEGs from ../shared/images (random 4:3 box and mirror, resized up or down
@@ -13,10 +13,11 @@ prints:
   ``--fast-decode`` (Pillow's JPEG draft mode);
 - scan throughput (decoding included, conv1..conv5 top 9) over a plain AlexNet ``features``
   forward of the same, already decoded images at the same batch size, on the first
-  ``--rate-images`` photos, for each of ``--configs``: ``exact`` (the default: decoding threads
-  beside the forward pass), ``serial`` (decoding between forward passes as before threads,
-  though without the two full-size copies ``load_image`` used to make),
-  ``fast`` (``--fast-decode``), ``workersN`` (N decoding processes). Goals: at least 0.8 for
+  ``--rate-images`` photos, for each of ``--configs``: ``exact`` (the default: on the CPU, each
+  batch decoded by all cores' threads between forward passes), ``overlap`` (decoding threads
+  beside the forward pass, the default on a GPU and on the CPU before), ``serial`` (one thread
+  decoding between forward passes), ``fast`` (``--fast-decode``), ``workersN`` (N decoding
+  processes, beside the forward pass). Goals: at least 0.8 for
   500x375, at least 0.5 for 12 MP. Plain forward and scans alternate, best of ``--repeats``;
 - how many top-9 entries ``--fast-decode`` changes against the exact scan of the same photos;
 - the whole gallery of ``--images`` photos, conv1..conv5, every channel, top 9 (goal: at most 3
@@ -148,6 +149,8 @@ def config_options(config: str) -> dict:
     """scan_folder's options for a configuration name."""
     if config == "exact":
         return {"workers": 0}
+    if config == "overlap":
+        return {"workers": 0, "overlap": True}
     if config == "serial":
         return {"workers": 0, "threads": 0}
     if config == "fast":
@@ -324,7 +327,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--rate-images", type=int, default=256)
     parser.add_argument("--sizes", default="500x375,4032x3024")
-    parser.add_argument("--configs", default="exact,serial,fast")
+    parser.add_argument("--configs", default="exact,overlap,serial,fast")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dir", type=Path, help="where to make the photos (default: a temp dir)")
     parser.add_argument("--batch-size", type=int, default=32)

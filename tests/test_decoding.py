@@ -91,11 +91,39 @@ def test_threads_processes_and_the_plain_loop_give_the_same_batches(folder):
     assert any(failed for _, _, failed in plain)  # the unreadable files are in there
     threaded = image_batches(folder, items, 3, workers=0, threads=2)
     assert isinstance(threaded, ThreadedBatches)
-    for other in (_batches(threaded), _batches(image_batches(folder, items, 3, workers=1))):
+    between = image_batches(folder, items, 3, workers=0, threads=2, overlap=False)
+    others = (threaded, between, image_batches(folder, items, 3, workers=1))
+    for other in map(_batches, others):
         assert len(other) == len(plain)
         for (i, x, failed), (j, y, failed2) in zip(plain, other, strict=True):
             assert i == j and failed == failed2
             assert (x is None and y is None) or torch.equal(x, y)
+
+
+class _Reads:
+    """A data set of ``count`` items that notes which ones were read."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.read: list[int] = []
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
+        self.read.append(i)
+        return i, torch.zeros(2, 2, 3, dtype=torch.uint8), ""
+
+
+def test_without_overlap_a_batch_is_decoded_only_when_asked_for():
+    reads = _Reads(10)
+    batches = iter(ThreadedBatches(reads, 3, threads=2, ahead=0))
+    for first in range(0, 10, 3):
+        indices, _, _ = next(batches)
+        assert indices.tolist() == list(range(first, min(first + 3, 10)))
+        # The pool is idle while the caller works on this batch: nothing further was read.
+        assert sorted(reads.read) == list(range(min(first + 3, 10)))
+    assert next(batches, None) is None
 
 
 def test_threads_stop_when_the_scan_stops(folder):
