@@ -59,6 +59,13 @@ def load_note() -> str:
     return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
 
 
+def alternated(first: Callable[[], object], second: Callable[[], object], repeat: int):
+    """Median milliseconds of ``first`` and of ``second``, timed in turn ``repeat`` times each, so
+    that both see the same machine load."""
+    times = [(timed(first), timed(second)) for _ in range(repeat)]
+    return tuple(statistics.median(column) * 1e3 for column in zip(*times, strict=True))
+
+
 def projection_ratio(net: DeconvNet, stack: nn.Module, x: torch.Tensor, repeat: int) -> None:
     def plain_forward():
         with torch.no_grad():
@@ -70,24 +77,14 @@ def projection_ratio(net: DeconvNet, stack: nn.Module, x: torch.Tensor, repeat: 
     for _ in range(5):
         plain_forward()
         projection()
-    forward_times, projection_times = [], []
-    for _ in range(repeat):  # alternate, so that both see the same machine load
-        forward_times.append(timed(plain_forward))
-        projection_times.append(timed(projection))
-    forward_ms = statistics.median(forward_times) * 1e3
-    projection_ms = statistics.median(projection_times) * 1e3
+    forward_ms, projection_ms = alternated(plain_forward, projection, repeat)
     print(
         f"  one {LAYER} projection: {projection_ms:.2f} ms; plain forward to {LAYER}: "
         f"{forward_ms:.2f} ms; ratio {projection_ms / forward_ms:.2f} (medians of {repeat}; "
         "goal at 224: <= 1.3)"
     )
     floor = operators_alone(projection)
-    forward_times, floor_times = [], []
-    for _ in range(repeat):
-        forward_times.append(timed(plain_forward))
-        floor_times.append(timed(floor))
-    forward_ms = statistics.median(forward_times) * 1e3
-    floor_ms = statistics.median(floor_times) * 1e3
+    forward_ms, floor_ms = alternated(plain_forward, floor, repeat)
     print(
         f"  its floor, the forward with switches and then the inverse pass's {floor.calls} "
         f"operator calls alone (unpool, rectify, transposed conv) on their own inputs: "
