@@ -16,9 +16,10 @@ from typing import Annotated
 
 import typer
 
+from deconvnet.decoding import DEFAULT_WORKERS
 from deconvnet.errors import DeconvNetError, plural
 from deconvnet.gallery import default_out, make_gallery, merge_gallery, scan_shard
-from deconvnet.scan import CHECKPOINT_EVERY, DEFAULT_WORKERS, parse_shard, state_path
+from deconvnet.scan import CHECKPOINT_EVERY, parse_shard, state_path
 
 logger = logging.getLogger("deconvnet")
 WORKERS_HELP = "Processes decoding images (0: this one; default: a quarter of the cores)."

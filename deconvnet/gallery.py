@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from deconvnet.crops import Crops
+from deconvnet.decoding import DEFAULT_WORKERS
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import cannot_write, write_text_atomic
@@ -45,7 +46,6 @@ from deconvnet.inverse import check_rule
 from deconvnet.models import load_model, resolve_device, weights_source
 from deconvnet.scan import (
     CHECKPOINT_EVERY,
-    DEFAULT_WORKERS,
     INPUT_SIZE,
     ScanState,
     check_request,
@@ -205,7 +205,7 @@ def make_gallery(
     ``overwrite`` (delete that gallery's files first). Under ``torchrun`` every rank scans its
     shard and rank 0 merges, projects and writes; the other ranks return ``None``.
     ``fast_decode``: JPEGs decoded at a reduced scale, faster on large photos but not exactly
-    the weights' preprocessing (``deconvnet.scan.Preprocessing``).
+    the weights' preprocessing (``deconvnet.decoding.Preprocessing``).
     """
     check_rule(rule)
     _check_folder(folder)

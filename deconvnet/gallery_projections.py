@@ -27,18 +27,12 @@ import numpy as np
 import torch
 
 from deconvnet.crops import Crops
+from deconvnet.decoding import DEFAULT_WORKERS, Preprocessing, image_batches
 from deconvnet.engine import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.heap import LIBC, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX
 from deconvnet.layers import Layer
-from deconvnet.scan import (
-    DEFAULT_WORKERS,
-    INPUT_SIZE,
-    Preprocessing,
-    ScanState,
-    image_batches,
-    progress_bar,
-)
+from deconvnet.scan import INPUT_SIZE, ScanState, progress_bar
 from deconvnet.selection import Units
 
 PERCENTILE = 0.995  # of |r|, the contrast scale of a reconstruction
@@ -242,7 +236,7 @@ def _project_run(
     rule: str,
     advance: Callable[[int], None],
 ) -> None:
-    """Project the units of ``plan`` from ``batches`` of their images (as ``scan.collate``
+    """Project the units of ``plan`` from ``batches`` of their images (as ``decoding.collate``
     makes them: listing indices, uint8 crops, failures), in the plan's order, into ``cells``."""
     device = net.device
     names = list(state.layers)

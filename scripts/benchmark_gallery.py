@@ -109,7 +109,7 @@ def load_state():
 
 def decode_costs(files: list[Path]) -> dict[str, float]:
     """Milliseconds per image, one thread: exact and fast preprocessing to the 224 crop."""
-    from deconvnet.scan import Preprocessing
+    from deconvnet.decoding import Preprocessing
 
     costs = {}
     for name, fast in (("exact", False), ("fast", True)):

@@ -14,17 +14,9 @@ import torchvision
 from PIL import Image
 
 from deconvnet import DeconvNetError
+from deconvnet.decoding import ImageFiles, Preprocessing, ThreadedBatches, image_batches
 from deconvnet.images import load_image
-from deconvnet.scan import (
-    ImageFiles,
-    Preprocessing,
-    ScanState,
-    ThreadedBatches,
-    image_batches,
-    list_images,
-    scan_folder,
-    state_path,
-)
+from deconvnet.scan import ScanState, list_images, scan_folder, state_path
 
 LAYERS = ["conv1", "conv3", "conv5"]
 TOP = 3

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from deconvnet import DeconvNet
 from deconvnet.cli_gallery import gallery as gallery_command
 from deconvnet.cli_gallery import merge as merge_command
+from deconvnet.decoding import Preprocessing
 from deconvnet.gallery import (
     BACKGROUND,
     GREY,
@@ -39,7 +40,7 @@ from deconvnet.gallery import (
     render_gallery,
 )
 from deconvnet.images import load_image, preprocessing
-from deconvnet.scan import Preprocessing, ScanState, state_path
+from deconvnet.scan import ScanState, state_path
 
 LAYERS = ["conv1", "conv5"]
 CHANNELS = "0-5"
@@ -363,15 +364,15 @@ def test_shards_merged_by_the_command_give_the_same_gallery(cli, folder, referen
 
 SLOW_DRIVER = """
 import sys, time
-import deconvnet.scan as scan
+import deconvnet.decoding as decoding
 
-real = scan.ImageFiles.__getitem__
+real = decoding.ImageFiles.__getitem__
 
 def slow(self, i):
     time.sleep(0.15)  # leave time to kill the scan in its middle
     return real(self, i)
 
-scan.ImageFiles.__getitem__ = slow
+decoding.ImageFiles.__getitem__ = slow
 from deconvnet.cli_gallery import main
 
 main(sys.argv[1:])

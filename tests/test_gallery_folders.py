@@ -232,9 +232,9 @@ def test_shards_share_a_folder_but_not_a_shard(net, small, tmp_path):
 
 SLOW_DRIVER = """
 import sys, time
-import deconvnet.scan as scan
+import deconvnet.decoding as decoding
 
-real = scan.ImageFiles.__getitem__
+real = decoding.ImageFiles.__getitem__
 
 def slow(self, i):
     # Leave time to act while the scan runs: the first two images come slowly, the others
@@ -242,7 +242,7 @@ def slow(self, i):
     time.sleep(0.4 if i < 2 else 600)
     return real(self, i)
 
-scan.ImageFiles.__getitem__ = slow
+decoding.ImageFiles.__getitem__ = slow
 from deconvnet.cli_gallery import main
 
 main(sys.argv[1:])

@@ -10,9 +10,9 @@ import torch
 from gallery_folder import UNREADABLE
 
 from deconvnet import DeconvNetError
+from deconvnet.decoding import ImageFiles, Preprocessing
 from deconvnet.images import load_image, preprocessing
 from deconvnet.scan import (
-    Preprocessing,
     ScanState,
     TopK,
     list_images,
@@ -232,12 +232,10 @@ def test_same_state_for_any_batch_size_workers_and_shards(net, folder, reference
 
 def test_checkpoints_resume_where_the_scan_stopped(net, folder, reference, tmp_path, monkeypatch):
     """An in-process interruption; test_gallery kills a real run with SIGKILL."""
-    import deconvnet.scan as scan_module
-
     listing = list_images(folder)
     state = new_state(net, listing, LAYERS, top=TOP)
     path = tmp_path / "state.pt"
-    real, seen = scan_module.ImageFiles.__getitem__, []
+    real, seen = ImageFiles.__getitem__, []
 
     def failing(self, i):
         seen.append(i)
@@ -245,7 +243,7 @@ def test_checkpoints_resume_where_the_scan_stopped(net, folder, reference, tmp_p
             raise KeyboardInterrupt
         return real(self, i)
 
-    monkeypatch.setattr(scan_module.ImageFiles, "__getitem__", failing)
+    monkeypatch.setattr(ImageFiles, "__getitem__", failing)
     with pytest.raises(KeyboardInterrupt):
         scan(net, listing, state, checkpoint=path, checkpoint_every=4, batch_size=2, workers=0)
     monkeypatch.undo()
