@@ -38,7 +38,14 @@ from deconvnet.layers import (
 )
 from deconvnet.projection import Projection
 from deconvnet.receptive_field import ReceptiveField, map_size, receptive_field, step
-from deconvnet.selection import Target, Units, check_in_range, select, strongest_channels
+from deconvnet.selection import (
+    Target,
+    Units,
+    check_in_range,
+    select,
+    select_many,
+    strongest_channels,
+)
 from deconvnet.switches import ForwardRecord, forward_with_switches
 
 # Units projected per inverse batch: bounds memory (conv5 windows at conv1 are 39x39x64), and
@@ -234,14 +241,9 @@ class DeconvNet:
             raise DeconvNetError("project_many takes targets of one layer; call it once per layer")
         layer = self.layer(layers.pop())
         record = self.forward(x, layer.index, rule)
-        picked = []
         for target in parsed:
             check_in_range(target, layer.name, record.output)
-            picked.append(select(target, record.output))
-        units = Units(
-            *(torch.cat(parts) for parts in zip(*(_fields(u) for u in picked), strict=True))
-        )
-        return self._projection(x, layer, record, units, rule)
+        return self._projection(x, layer, record, select_many(parsed, record.output), rule)
 
     def strongest_channels(self, x: torch.Tensor, layer: str | int, count: int) -> list[int]:
         """The ``count`` channels of ``layer`` that reach the largest activation anywhere in the

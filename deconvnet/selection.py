@@ -14,6 +14,7 @@ The layer is a paper name (``conv5``), an index, or a module path of any network
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -141,12 +142,51 @@ def select(target: Target, activations: torch.Tensor, image: torch.Tensor | None
         y, x = target.position
         flat = torch.full((t,), target.channel * plane + y * width + x, device=maps.device)
         activation = flat_maps.gather(1, flat[:, None]).view(t)
-    units = flat.tolist()
-    device = maps.device
     if image is None:
-        image = torch.arange(t, device=device)
-    channel = torch.tensor([u // plane for u in units], dtype=torch.long, device=device)
+        image = torch.arange(t, device=maps.device)
+    return _units(image, flat.tolist(), (height, width), activation)
+
+
+def select_many(targets: Sequence[Target], activations: torch.Tensor) -> Units:
+    """``select`` of each of ``targets`` in the single image of ``activations`` ``(1, C, H, W)``,
+    in their order, with one reduction for all the targets that name a channel alone and one for
+    those that name the layer alone: a sweep of every channel's strongest unit takes one max
+    instead of one per channel."""
+    maps = activations[0]
+    channels, height, width = maps.shape
+    plane = height * width
+    flat_maps = maps.reshape(channels, plane)
+    alone = sorted({t.channel for t in targets if t.channel is not None and t.position is None})
+    peaks = {}
+    if alone:
+        rows = torch.tensor(alone, device=maps.device)
+        at = flat_maps[rows].max(dim=1).indices.tolist()  # the first maximum, as in select
+        peaks = {c: c * plane + p for c, p in zip(alone, at, strict=True)}
+    strongest = None
+    flat = []
+    for target in targets:
+        if target.channel is None:
+            if strongest is None:
+                strongest = int(flat_maps.reshape(-1).max(dim=0).indices)
+            flat.append(strongest)
+        elif target.position is None:
+            flat.append(peaks[target.channel])
+        else:
+            y, x = target.position
+            flat.append(target.channel * plane + y * width + x)
+    activation = flat_maps.reshape(-1)[torch.tensor(flat, dtype=torch.long, device=maps.device)]
+    image = torch.zeros(len(flat), dtype=torch.long, device=maps.device)
+    return _units(image, flat, (height, width), activation)
+
+
+def _units(
+    image: torch.Tensor, flat: list[int], size: tuple[int, int], activation: torch.Tensor
+) -> Units:
+    """Units at flat indices ``flat`` into their images' ``(C, *size)`` maps."""
+    height, width = size
+    plane, device = height * width, activation.device
+    channel = torch.tensor([u // plane for u in flat], dtype=torch.long, device=device)
     position = torch.tensor(
-        [[u % plane // width, u % width] for u in units], dtype=torch.long, device=device
-    ).view(t, 2)
+        [[u % plane // width, u % width] for u in flat], dtype=torch.long, device=device
+    ).view(len(flat), 2)
     return Units(image, channel, position, activation)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deconvnet import DeconvNetError, Target
-from deconvnet.selection import select
+from deconvnet.selection import select, select_many
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,16 @@ def test_select_strongest_and_ties():
     assert every.image.tolist() == [0, 1]
     assert every.channel.tolist() == units.channel.tolist()
     assert every.position.tolist() == units.position.tolist()
+
+
+def test_select_many_is_select_of_each_target_in_order():
+    maps = torch.randint(0, 4, (1, 6, 5, 7)).float()  # many ties within and across channels
+    maps[0, 4, 1, 2] = 9.0
+    maps[0, 2, 3, 0] = 9.0  # the layer's strongest: the first 9 in (channel, y, x) order
+    targets = [Target("l", 3), Target("l"), Target("l", 0, (4, 6)), Target("l", 3)]
+    targets += [Target("l", c) for c in (5, 0, 2)] + [Target("l"), Target("l", 1, (0, 0))]
+    many = select_many(targets, maps)
+    one_by_one = [select(target, maps) for target in targets]
+    for field in ("image", "channel", "position", "activation"):
+        assert torch.equal(getattr(many, field), torch.cat([getattr(u, field) for u in one_by_one]))
+    assert many.channel[1] == 2 and many.position[1].tolist() == [3, 0]
