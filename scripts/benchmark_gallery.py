@@ -50,12 +50,20 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "images"
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "alexnet_features.pth"
+DEVICE = "cpu"  # --device; --weights sets WEIGHTS
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 THREADS = 2
 SMALL = 250
 
 
 def _photos() -> list[Path]:
+    """The photos the JPEGs are made from: ../shared/images, else scikit-image's sample data
+    (as on a machine with nothing beside the repository, a GPU machine say)."""
+    global PHOTOS
+    if not PHOTOS.is_dir():
+        import skimage
+
+        PHOTOS = Path(skimage.data_dir)
     return [p for p in sorted(PHOTOS.iterdir()) if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
 
 
@@ -135,14 +143,22 @@ def plain_forward_rate(x: torch.Tensor, batch_size: int) -> tuple[float, float]:
     CPU milliseconds per image."""
     from deconvnet import load_model
 
-    features = load_model("alexnet", weights=WEIGHTS).features
+    features = load_model("alexnet", weights=WEIGHTS).features.to(DEVICE)
+    x = x.to(DEVICE)  # on a GPU, the strongest baseline: the images already there
     with torch.inference_mode():
         features(x[:batch_size])  # warm-up
+        _synchronize()
         start, cpu = time.perf_counter(), cpu_seconds()
         for i in range(0, len(x), batch_size):
             features(x[i : i + batch_size])
+        _synchronize()
         wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
         return len(x) / wall, cpu / len(x) * 1000
+
+
+def _synchronize() -> None:
+    if torch.device(DEVICE).type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def config_options(config: str) -> dict:
@@ -165,7 +181,7 @@ def scan_rate(folder: Path, out: Path, batch_size: int, options: dict):
     from deconvnet.gallery import load_net
     from deconvnet.scan import scan_folder
 
-    net = load_net("alexnet", WEIGHTS, "cpu")
+    net = load_net("alexnet", WEIGHTS, DEVICE)
     start, cpu = time.perf_counter(), cpu_seconds()
     state = scan_folder(
         net, folder, LAYERS, out=out, batch_size=batch_size, progress=False, **options
@@ -196,7 +212,7 @@ def child(folder: str, out: str, batch_size: int, fast: bool) -> None:
     from deconvnet.scan import scan_folder
 
     start = time.perf_counter()
-    net = load_net("alexnet", WEIGHTS, "cpu")
+    net = load_net("alexnet", WEIGHTS, DEVICE)
     Path(out).mkdir(parents=True, exist_ok=True)
     with contextlib.closing(Crops(out)) as crops:
         state = scan_folder(
@@ -232,6 +248,7 @@ def run_child(folder: Path, out: Path, batch_size: int, fast: bool) -> dict:
     """A gallery in a fresh process: its JSON report, wall time and max RSS (MiB)."""
     command = [sys.executable, __file__, "--child", str(folder), str(out)]
     command += ["--batch-size", str(batch_size)] + ["--fast-decode"] * fast
+    command += ["--device", DEVICE] + (["--weights", str(WEIGHTS)] if WEIGHTS else [])
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO)
     _, status, usage = os.wait4(process.pid, 0)
@@ -323,6 +340,7 @@ def bench_size(args, base: Path, scratch: Path, size: tuple[int, int]) -> None:
 
 
 def main() -> None:
+    global DEVICE, WEIGHTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--rate-images", type=int, default=256)
@@ -342,9 +360,18 @@ def main() -> None:
         default="exact,fast",
         help="whole galleries to run: exact, fast (where draft mode helps), both, or none",
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the network runs")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=WEIGHTS if WEIGHTS.exists() else None,
+        help="AlexNet's conv weights (default: ../shared/weights/alexnet_features.pth when "
+        "present, else load_model's usual order)",
+    )
     parser.add_argument("--fast-decode", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    DEVICE, WEIGHTS = args.device, args.weights
     if args.child:
         child(*args.child, args.batch_size, args.fast_decode)
         return
@@ -354,8 +381,10 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     before = load_state()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cores} cores; load "
-        f"average {before:.1f}" + (" (the machine is shared and loaded)" if before > 1 else "")
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cores} cores, network on "
+        + (torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else "the CPU")
+        + f"; weights {WEIGHTS or 'by load_model'}; load average {before:.1f}"
+        + (" (the machine is shared and loaded)" if before > 1 else "")
     )
     with tempfile.TemporaryDirectory(prefix="gallery-bench-") as scratch:
         base = args.dir or Path(scratch)

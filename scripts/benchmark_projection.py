@@ -46,12 +46,20 @@ LAYER = "conv5"
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.process_time
+DEVICE = torch.device("cpu")  # --device
+
+
+def now() -> float:
+    """The clock, once the work queued on a GPU is done (CUDA runs asynchronously)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return CLOCK()
 
 
 def timed(function: Callable[[], object]) -> float:
-    start = CLOCK()
+    start = now()
     function()
-    return CLOCK() - start
+    return now() - start
 
 
 def load_note() -> str:
@@ -162,9 +170,9 @@ class CaptumDeconvolution:
         gradient only depends on its own neuron."""
         parts = []
         for start in range(0, len(neurons), batch):
-            chunk = torch.tensor(neurons[start : start + batch])
+            chunk = torch.tensor(neurons[start : start + batch], device=x.device)
             copies = x.expand(len(chunk), -1, -1, -1).clone()
-            rows = torch.arange(len(chunk))
+            rows = torch.arange(len(chunk), device=x.device)
 
             def selector(output, chunk=chunk, rows=rows):
                 return output[rows, chunk[:, 0], chunk[:, 1], chunk[:, 2]]
@@ -182,9 +190,9 @@ def compare_with_captum(
     """Time the sweep and each Captum configuration on the same 256 neurons, alternating; print
     the figures and return the name of the fastest configuration."""
     targets = [f"{LAYER}:{c}" for c in range(net.channels(LAYER))]
-    start = CLOCK()
+    start = now()
     result = net.project_many(x, targets)
-    first_s = CLOCK() - start
+    first_s = now() - start
     neurons = [(int(c), *map(int, p)) for c, p in zip(result.channel, result.position, strict=True)]
     # Warmed up as Captum is below; then timed three times, and twice after each Captum run.
     # Single sweeps on this shared machine varied from 0.9x to 1.8x their median.
@@ -193,9 +201,9 @@ def compare_with_captum(
     captum_times, attributions = {}, {}
     for name, run in configurations.items():
         run(x, neurons[:2])  # warm-up (and Captum's one-time warnings)
-        start = CLOCK()
+        start = now()
         attributions[name] = run(x, neurons)
-        captum_times[name] = CLOCK() - start
+        captum_times[name] = now() - start
         sweep_times += [timed(lambda: net.project_many(x, targets)) for _ in range(2)]
     sweep_s = statistics.median(sweep_times)
     print(
@@ -256,24 +264,34 @@ def main() -> None:
         "machine; with 1 thread it is the work itself",
     )
     parser.add_argument("--skip-captum", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (timed once it is idle)")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=SHARED_WEIGHTS if SHARED_WEIGHTS.exists() else None,
+        help="AlexNet's conv weights (default: ../shared/weights/alexnet_features.pth when "
+        "present, else load_model's usual order)",
+    )
     args = parser.parse_args()
 
-    global CLOCK
+    global CLOCK, DEVICE
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    weights = SHARED_WEIGHTS if SHARED_WEIGHTS.exists() else None
-    model = load_model("alexnet", weights=weights)
+    weights = args.weights
+    model = load_model("alexnet", weights=weights).to(DEVICE)
     net = DeconvNet(model)
     index = net.layer(LAYER).index
     stack = model.features[: index + 1]
     image_path = args.image or default_image()
     photo = load_image(image_path)
     inputs = {
-        "224 crop": preprocess(photo),
-        f"shorter side {args.size}": preprocess(photo, size=args.size),
+        "224 crop": preprocess(photo).to(DEVICE),
+        f"shorter side {args.size}": preprocess(photo, size=args.size).to(DEVICE),
     }
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {args.clock} "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}, {args.clock} "
         f"clock; weights: "
         f"{weights or 'load_model default chain'}; photo {image_path.name} "
         f"({photo.size[0]}x{photo.size[1]})"

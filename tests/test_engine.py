@@ -320,7 +320,20 @@ def test_a_stack_the_windowed_engine_cannot_invert_gets_the_general_one():
         check_supported(model)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def full_precision():
+    """CUDA convs and matrix products in float32, not TF32, to compare with the CPU."""
+    backends = torch.backends
+    before = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
+    yield
+    backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = before
+
+
+@CUDA
 def test_runs_on_cuda(alexnet):
     import copy
 
@@ -332,6 +345,28 @@ def test_runs_on_cuda(alexnet):
     cpu = DeconvNet(alexnet).project(x, "conv5:3", rule="guided")
     torch.testing.assert_close(
         result.reconstruction.cpu(), cpu.reconstruction, rtol=1e-3, atol=1e-4
+    )
+
+
+@CUDA
+@pytest.mark.parametrize("rule", RULES)
+def test_cuda_projections_and_sweeps_match_the_cpu(alexnet, rule, full_precision):
+    import copy
+
+    gpu, cpu = DeconvNet(copy.deepcopy(alexnet).cuda()), DeconvNet(alexnet)
+    x = _input((231, 250), batch=1)  # windows over the edges of an uneven map too
+    sweep = [f"conv5:{c}" for c in range(0, 256, 8)] + ["conv5", "conv5:7@0,0", "conv5:9@12,13"]
+    for layer_targets in (sweep, ["conv2:5", "conv2:100@20,25", "conv2"]):
+        ours = gpu.project_many(x.cuda(), layer_targets, rule)
+        theirs = cpu.project_many(x, layer_targets, rule)
+        assert ours.reconstruction.is_cuda
+        assert torch.equal(ours.position.cpu(), theirs.position)
+        torch.testing.assert_close(
+            ours.reconstruction.cpu(), theirs.reconstruction, rtol=1e-3, atol=1e-5
+        )
+    one = gpu.project(x.cuda(), "conv4", rule)
+    torch.testing.assert_close(
+        one.reconstruction.cpu(), cpu.project(x, "conv4", rule).reconstruction, rtol=1e-3, atol=1e-5
     )
 
 

@@ -230,6 +230,35 @@ def test_same_state_for_any_batch_size_workers_and_shards(net, folder, reference
     _same(merge_states(loaded), reference)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_scan_on_cuda_keeps_what_the_cpu_scan_keeps(alexnet, folder, reference, tmp_path):
+    import copy
+
+    from deconvnet import DeconvNet
+
+    gpu = DeconvNet(copy.deepcopy(alexnet).cuda())
+    backends = torch.backends
+    before = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False  # float32, as the CPU
+    try:
+        state = scan_folder(
+            gpu, folder, LAYERS, top=TOP, out=tmp_path, batch_size=4, workers=0, progress=False
+        )
+    finally:
+        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = before
+    assert state.settings() == reference.settings()  # the same weights, wherever they are
+    assert (state.scanned, state.skipped, state.paths) == (
+        reference.scanned,
+        reference.skipped,
+        reference.paths,
+    )
+    for name, theirs in reference.layers.items():
+        ours = state.layers[name]
+        assert ours.values.device.type == "cpu"  # a state is saved and merged on the CPU
+        assert torch.equal(ours.image, theirs.image) and torch.equal(ours.position, theirs.position)
+        torch.testing.assert_close(ours.values, theirs.values, rtol=1e-4, atol=1e-5)
+
+
 def test_checkpoints_resume_where_the_scan_stopped(net, folder, reference, tmp_path, monkeypatch):
     """An in-process interruption; test_gallery kills a real run with SIGKILL."""
     listing = list_images(folder)
