@@ -3,7 +3,7 @@
 #
 # A GPU machine here reaches no network and has neither ../shared nor this project's virtual
 # environment; its python3 has torch, torchvision, Pillow, typer, rich, matplotlib, scikit-image
-# and pytest. What else it needs travels in .devicecheck/ (ignored by git, about 12 MB): the
+# and pytest. What else it needs travels in .devicecheck/ (ignored by git, about 10 MB): the
 # converted AlexNet conv weights, in a TORCH_HOME as load_model caches them, and Captum's wheel.
 #
 #   bash scripts/device_check.sh --prepare    # here, once

@@ -71,6 +71,16 @@ def photos_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture
+def full_precision():
+    """CUDA convs and matrix products in float32, not TF32, to compare with the CPU."""
+    backends = torch.backends
+    before = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
+    yield
+    backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = before
+
+
 @pytest.fixture(scope="module")
 def net(alexnet):
     """A DeconvNet on the real AlexNet, one per test module."""

@@ -323,16 +323,6 @@ def test_a_stack_the_windowed_engine_cannot_invert_gets_the_general_one():
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture
-def full_precision():
-    """CUDA convs and matrix products in float32, not TF32, to compare with the CPU."""
-    backends = torch.backends
-    before = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
-    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
-    yield
-    backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = before
-
-
 @CUDA
 def test_runs_on_cuda(alexnet):
     import copy

@@ -261,38 +261,29 @@ def test_torchvision_networks_match_reference(name):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["resnet50", "densenet121"])
-def test_torchvision_networks_on_cuda_match_the_cpu(name):
+def test_torchvision_networks_on_cuda_match_the_cpu(name, full_precision):
     constructor, size, targets = NETWORKS[name]
     model = _seeded(constructor)
     gpu = DeconvNet(copy.deepcopy(model).cuda(), input_size=size)
     cpu = DeconvNet(model, input_size=size)
     x = _images(size)
-    backends = torch.backends
-    before = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
-    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False  # float32, as the CPU
-    try:
-        for rule in RULES:
-            for target in targets:
-                ours = gpu.project(x.cuda(), target, rule)
-                theirs = cpu.project(x, target, rule)
-                assert ours.reconstruction.is_cuda
-                assert torch.equal(ours.position.cpu(), theirs.position)
-                scale = theirs.reconstruction.abs().max()
-                torch.testing.assert_close(
-                    ours.reconstruction.cpu(), theirs.reconstruction, rtol=1e-3, atol=1e-5 * scale
-                )
-            layer = targets[-1]
-            sweep = [f"{layer}:{c}" for c in range(0, 64, 4)]
-            ours, theirs = (
-                gpu.project_many(x[:1].cuda(), sweep, rule),
-                cpu.project_many(x[:1], sweep, rule),
-            )
+    for rule in RULES:
+        for target in targets:
+            ours = gpu.project(x.cuda(), target, rule)
+            theirs = cpu.project(x, target, rule)
+            assert ours.reconstruction.is_cuda
+            assert torch.equal(ours.position.cpu(), theirs.position)
             scale = theirs.reconstruction.abs().max()
             torch.testing.assert_close(
                 ours.reconstruction.cpu(), theirs.reconstruction, rtol=1e-3, atol=1e-5 * scale
             )
-    finally:
-        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = before
+        sweep = [f"{targets[-1]}:{c}" for c in range(0, 64, 4)]
+        ours = gpu.project_many(x[:1].cuda(), sweep, rule)
+        theirs = cpu.project_many(x[:1], sweep, rule)
+        scale = theirs.reconstruction.abs().max()
+        torch.testing.assert_close(
+            ours.reconstruction.cpu(), theirs.reconstruction, rtol=1e-3, atol=1e-5 * scale
+        )
 
 
 # --- AlexNet and VGG16, real weights: the general engine agrees with the plain fast path ---

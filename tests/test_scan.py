@@ -231,21 +231,17 @@ def test_same_state_for_any_batch_size_workers_and_shards(net, folder, reference
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_scan_on_cuda_keeps_what_the_cpu_scan_keeps(alexnet, folder, reference, tmp_path):
+def test_a_scan_on_cuda_keeps_what_the_cpu_scan_keeps(
+    alexnet, folder, reference, tmp_path, full_precision
+):
     import copy
 
     from deconvnet import DeconvNet
 
     gpu = DeconvNet(copy.deepcopy(alexnet).cuda())
-    backends = torch.backends
-    before = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
-    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False  # float32, as the CPU
-    try:
-        state = scan_folder(
-            gpu, folder, LAYERS, top=TOP, out=tmp_path, batch_size=4, workers=0, progress=False
-        )
-    finally:
-        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = before
+    state = scan_folder(
+        gpu, folder, LAYERS, top=TOP, out=tmp_path, batch_size=4, workers=0, progress=False
+    )
     assert state.settings() == reference.settings()  # the same weights, wherever they are
     assert (state.scanned, state.skipped, state.paths) == (
         reference.scanned,
