@@ -5,9 +5,9 @@ net = DeconvNet(load_model("alexnet"))
 result = net.project(x, "conv5:12", rule="deconvnet")   # x: normalized (N, 3, H, W)
 """
 
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.projection import Projection
 from deconvnet.errors import DeconvNetError
-from deconvnet.projection import Projection
 from deconvnet.selection import Target
 
 __all__ = ["DeconvNet", "DeconvNetError", "Projection", "Target", "load_model"]
@@ -16,7 +16,7 @@ __all__ = ["DeconvNet", "DeconvNetError", "Projection", "Target", "load_model"]
 def __getattr__(name: str):
     # models imports torchvision's weight machinery; load it only when asked for.
     if name == "load_model":
-        from deconvnet.models import load_model
+        from deconvnet.models.loading import load_model
 
         return load_model
     raise AttributeError(f"module 'deconvnet' has no attribute {name!r}")

@@ -29,7 +29,7 @@ from deconvnet.images import unnormalize
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from deconvnet.projection import Projection
+    from deconvnet.engine.projection import Projection
 
 # Percentile of |r| that maps to full contrast; the values above it are clipped.
 PERCENTILE = 99.5

@@ -117,7 +117,7 @@ def load_state():
 
 def decode_costs(files: list[Path]) -> dict[str, float]:
     """Milliseconds per image, one thread: exact and fast preprocessing to the 224 crop."""
-    from deconvnet.decoding import Preprocessing
+    from deconvnet.gallery.decoding import Preprocessing
 
     costs = {}
     for name, fast in (("exact", False), ("fast", True)):
@@ -178,8 +178,8 @@ def config_options(config: str) -> dict:
 
 def scan_rate(folder: Path, out: Path, batch_size: int, options: dict):
     """Images/s of the gallery scan (decoding, forward, top-k, checkpoints), conv1..conv5."""
-    from deconvnet.gallery import load_net
-    from deconvnet.scan import scan_folder
+    from deconvnet.gallery.build import load_net
+    from deconvnet.gallery.scan import scan_folder
 
     net = load_net("alexnet", WEIGHTS, DEVICE)
     start, cpu = time.perf_counter(), cpu_seconds()
@@ -207,9 +207,9 @@ def child(folder: str, out: str, batch_size: int, fast: bool) -> None:
     """One whole gallery, timed in phases, as ``deconvnet gallery`` makes it (the projections
     take the crops the scan kept); prints JSON."""
     torch.set_num_threads(THREADS)
-    from deconvnet.crops import Crops
-    from deconvnet.gallery import load_net, render_gallery
-    from deconvnet.scan import scan_folder
+    from deconvnet.gallery.build import load_net, render_gallery
+    from deconvnet.gallery.crops import Crops
+    from deconvnet.gallery.scan import scan_folder
 
     start = time.perf_counter()
     net = load_net("alexnet", WEIGHTS, DEVICE)

@@ -29,7 +29,7 @@ from captum.attr import Occlusion
 from deconvnet import DeconvNet
 from deconvnet.analysis.occlusion import occlusion_sensitivity
 from deconvnet.images import default_image, load_image, preprocess
-from deconvnet.models import load_model
+from deconvnet.models.loading import load_model
 
 PATCH, STRIDE, LAYER = 48, 8, "conv5"
 PER_EVAL = (16, 32, 64, 128, 529)

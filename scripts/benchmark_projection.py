@@ -105,7 +105,7 @@ def operators_alone(project: Callable[[], object]) -> Callable[[], None]:
     only the operators of ``project``'s inverse pass (unpool, rectify, transposed conv), replayed
     on the very inputs they got, without selecting, cutting windows, rewriting switches or
     placing the reconstructions on the image."""
-    import deconvnet.engine as engine
+    import deconvnet.engine.plain as engine
 
     calls = []
     names = ("unpool", "rectify", "full_transposed_conv")

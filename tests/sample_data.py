@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from deconvnet import lpips, models
 from deconvnet.errors import DeconvNetError
+from deconvnet.models import loading as models
+from deconvnet.models import lpips
 
 ARCHS = ("alexnet", "vgg16")
 SETUP = "run `make test-data` (or `.venv/bin/python tests/sample_data.py`) first"

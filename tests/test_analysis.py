@@ -19,7 +19,7 @@ from deconvnet.analysis import correspondence, feature_evolution, invariance, re
 from deconvnet.analysis.correspondence import match_parts, sign_disagreements
 from deconvnet.analysis.invariance import default_layers, steps, transform
 from deconvnet.images import IMAGENET_MEAN, preprocess, preprocessing
-from deconvnet.models import load_model
+from deconvnet.models.loading import load_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

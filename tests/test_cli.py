@@ -18,10 +18,10 @@ from test_images import bomb_png
 from typer.testing import CliRunner
 
 from deconvnet import DeconvNet, Projection
-from deconvnet.cli import app, save_outputs
+from deconvnet.cli.main import app, save_outputs
 from deconvnet.errors import DeconvNetError
 from deconvnet.images import default_image, load_image, preprocess
-from deconvnet.models import resolve_device
+from deconvnet.models.loading import resolve_device
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -241,12 +241,12 @@ def test_compare_writes_the_three_rules(weights, out):
 
 
 def test_layers_lists_shapes_and_receptive_fields_without_weights(monkeypatch):
-    import deconvnet.models
+    import deconvnet.models.loading
 
     def no_weights(*args, **kwargs):
         raise AssertionError("layers must not load weights")
 
-    monkeypatch.setattr(deconvnet.models, "load_model", no_weights)
+    monkeypatch.setattr(deconvnet.models.loading, "load_model", no_weights)
     rows = {line.split()[0]: line.split() for line in ok(run("layers")) if line.strip()}
     assert rows["conv5"][1:] == ["features.11", "relu", "256×13×13", "256", "163", "16"]
     assert rows["pool5"][1:] == ["features.12", "pool", "256×6×6", "256", "195", "32"]
@@ -487,7 +487,7 @@ def test_quiet_stdout_carries_only_the_written_files(tmp_path, out, monkeypatch)
     """torch.hub prints "Downloading: ..." on stdout; under -q stdout is for `what -> path`."""
     from torchvision.models import WeightsEnum
 
-    from deconvnet.models import load_model
+    from deconvnet.models.loading import load_model
 
     state = load_model("alexnet", "random").state_dict()
 
@@ -596,7 +596,7 @@ def test_model_errors_are_one_line(tmp_path, user_module, model, message):
 
 
 def test_a_weights_file_for_a_torchvision_model(tmp_path):
-    from deconvnet.models import load_model
+    from deconvnet.models.loading import load_model
 
     path = tmp_path / "r18.pth"
     torch.save({"model": load_model("resnet18", "random").state_dict(), "epoch": 9}, path)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from deconvnet.cli import app
+from deconvnet.cli.main import app
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""The crops a gallery's scan keeps for its projections (deconvnet.crops)."""
+"""The crops a gallery's scan keeps for its projections (deconvnet.gallery.crops)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from deconvnet.crops import Crops
+from deconvnet.gallery.crops import Crops
 
 
 def _pixels(count: int, seed: int) -> torch.Tensor:

@@ -14,9 +14,9 @@ import torchvision
 from PIL import Image
 
 from deconvnet import DeconvNetError
-from deconvnet.decoding import ImageFiles, Preprocessing, ThreadedBatches, image_batches
+from deconvnet.gallery.decoding import ImageFiles, Preprocessing, ThreadedBatches, image_batches
+from deconvnet.gallery.scan import ScanState, list_images, scan_folder, state_path
 from deconvnet.images import load_image
-from deconvnet.scan import ScanState, list_images, scan_folder, state_path
 
 LAYERS = ["conv1", "conv3", "conv5"]
 TOP = 3

@@ -7,7 +7,7 @@ import torch
 from reference import autograd_projection
 
 from deconvnet import DeconvNet, DeconvNetError, Target
-from deconvnet.inverse import RULES
+from deconvnet.engine.inverse import RULES
 
 ALEXNET_LAYERS = ["conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"]
 SIZES = [(224, 224), (227, 227), (300, 451), (64, 64)]
@@ -309,10 +309,10 @@ def test_a_stack_without_convs_is_refused():
 
 
 def test_a_stack_the_windowed_engine_cannot_invert_gets_the_general_one():
-    # Since issue 10 BatchNorm is supported, by the general engine (deconvnet.graph); the
+    # Since issue 10 BatchNorm is supported, by the general engine (deconvnet.engine.general); the
     # windowed engine's own check still names the module it cannot go back through.
-    from deconvnet.graph import GraphDeconvNet
-    from deconvnet.layers import check_supported
+    from deconvnet.engine.general import GraphDeconvNet
+    from deconvnet.engine.layers import check_supported
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
     assert isinstance(DeconvNet(model), GraphDeconvNet)

@@ -25,10 +25,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from deconvnet import DeconvNet
-from deconvnet.cli_gallery import gallery as gallery_command
-from deconvnet.cli_gallery import merge as merge_command
-from deconvnet.decoding import Preprocessing
-from deconvnet.gallery import (
+from deconvnet.cli.gallery import gallery as gallery_command
+from deconvnet.cli.gallery import merge as merge_command
+from deconvnet.gallery.build import (
     BACKGROUND,
     GREY,
     TileLayout,
@@ -39,8 +38,9 @@ from deconvnet.gallery import (
     make_gallery,
     render_gallery,
 )
+from deconvnet.gallery.decoding import Preprocessing
+from deconvnet.gallery.scan import ScanState, state_path
 from deconvnet.images import load_image, preprocessing
-from deconvnet.scan import ScanState, state_path
 
 LAYERS = ["conv1", "conv5"]
 CHANNELS = "0-5"
@@ -201,7 +201,7 @@ def test_another_rule_redraws_a_finished_scan_with_the_same_entries(net, folder,
 
 def test_projections_take_the_crops_the_scan_kept(net, folder, reference, tmp_path, monkeypatch):
     """A gallery made in one process reads each image once: the projections take the crops the
-    scan kept (deconvnet.crops), and draw the tiles that reading the images again draws."""
+    scan kept (deconvnet.gallery.crops), and draw the tiles that reading the images again draws."""
     read = []
     load = Preprocessing.load
     monkeypatch.setattr(
@@ -364,7 +364,7 @@ def test_shards_merged_by_the_command_give_the_same_gallery(cli, folder, referen
 
 SLOW_DRIVER = """
 import sys, time
-import deconvnet.decoding as decoding
+import deconvnet.gallery.decoding as decoding
 
 real = decoding.ImageFiles.__getitem__
 
@@ -373,7 +373,7 @@ def slow(self, i):
     return real(self, i)
 
 decoding.ImageFiles.__getitem__ = slow
-from deconvnet.cli_gallery import main
+from deconvnet.cli.gallery import main
 
 main(sys.argv[1:])
 """
@@ -415,7 +415,7 @@ def test_torchrun_with_two_processes_gives_the_single_process_gallery(folder, re
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     command += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
-    command += ["-m", "deconvnet.cli_gallery", "gallery", str(folder), "--out", str(out)]
+    command += ["-m", "deconvnet.cli.gallery", "gallery", str(folder), "--out", str(out)]
     command += [*OPTIONS, "--batch-size", "3"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)

@@ -22,12 +22,12 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from deconvnet.cli_gallery import gallery as gallery_command
-from deconvnet.cli_gallery import merge as merge_command
+from deconvnet.cli.gallery import gallery as gallery_command
+from deconvnet.cli.gallery import merge as merge_command
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import LOCK_NAME, locked, write_bytes_atomic
-from deconvnet.gallery import make_gallery, scan_shard
-from deconvnet.scan import MAX_TOP, ScanState, list_images, parse_channels, state_path
+from deconvnet.gallery.build import make_gallery, scan_shard
+from deconvnet.gallery.scan import MAX_TOP, ScanState, list_images, parse_channels, state_path
 
 SMALL = ["cats/img00.jpg", "dogs/img01.png", "img02.bmp", "dup-a.png"]
 OPTIONS = dict(layers=["conv1"], channels="0-1", top=2, workers=0, progress=False)
@@ -127,7 +127,7 @@ def test_links_to_folders_are_followed_once_and_loops_are_reported(small, tmp_pa
 
 LIST_WITHOUT_OVERRIDE = """
 import json, sys
-from deconvnet.scan import list_images
+from deconvnet.gallery.scan import list_images
 print(json.dumps(list_images(sys.argv[1]).left_out))
 """
 
@@ -232,7 +232,7 @@ def test_shards_share_a_folder_but_not_a_shard(net, small, tmp_path):
 
 SLOW_DRIVER = """
 import sys, time
-import deconvnet.decoding as decoding
+import deconvnet.gallery.decoding as decoding
 
 real = decoding.ImageFiles.__getitem__
 
@@ -243,7 +243,7 @@ def slow(self, i):
     return real(self, i)
 
 decoding.ImageFiles.__getitem__ = slow
-from deconvnet.cli_gallery import main
+from deconvnet.cli.gallery import main
 
 main(sys.argv[1:])
 """
@@ -264,7 +264,7 @@ def save(self, file, *args, **kwargs):
     return real(self, file, *args, **kwargs)
 
 Image.Image.save = save
-from deconvnet.cli_gallery import main
+from deconvnet.cli.gallery import main
 
 main(sys.argv[1:])
 """

@@ -1,4 +1,4 @@
-"""The general engine (deconvnet.graph) against an independent autograd reference, on networks
+"""The general engine (engine.general) against an independent autograd reference, on networks
 with every trap: reused ReLU modules, functional and in-place ReLUs, residual sums, BatchNorm.
 
 torchvision's ResNet, DenseNet, GoogLeNet and MobileNet run with seeded random weights (no real
@@ -18,8 +18,8 @@ from graph_reference import reference_projection
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError, Target
-from deconvnet.graph import GraphDeconvNet
-from deconvnet.inverse import RULES
+from deconvnet.engine.general import GraphDeconvNet
+from deconvnet.engine.inverse import RULES
 
 
 @pytest.fixture(autouse=True, scope="module")

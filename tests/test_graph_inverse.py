@@ -1,4 +1,4 @@
-"""The general engine's hand walk down autograd's graph (deconvnet.graph_inverse): many units at
+"""The general engine's hand walk down autograd's graph (deconvnet.engine.walk): many units at
 once, on windows, against the independent autograd reference (tests/graph_reference.py), and
 the fallback to autograd where the graph holds a node the walk does not know.
 
@@ -17,8 +17,8 @@ from test_graph import Traps, _images, _one_thread, _seeded  # noqa: F401 (_one_
 from torch import nn
 
 from deconvnet import DeconvNetError
-from deconvnet.graph import GraphDeconvNet
-from deconvnet.inverse import RULES
+from deconvnet.engine.general import GraphDeconvNet
+from deconvnet.engine.inverse import RULES
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_many_units_on_windows_match_reference(resnet, layer, rule):
 
 def test_project_many_walks_in_batches(resnet, monkeypatch):
     """project_many over many channels, split into several batches, equals the reference."""
-    import deconvnet.graph as graph
+    import deconvnet.engine.general as graph
 
     monkeypatch.setattr(graph, "PIXEL_BUDGET", 3 * 97 * 83)  # a few units per batch
     x = _images((97, 83), seed=6)[:1]
@@ -112,7 +112,7 @@ def test_a_strided_1x1_conv_that_alone_reads_its_input_walks_down():
 def test_bottleneck_sums_are_added_within_the_1x1_products(monkeypatch):
     """On one image a bottleneck's residual sum is added within the way down of its first 1x1
     conv (inverse.transposed_conv1x1's add_to); every rule, against the reference."""
-    import deconvnet.graph_inverse as graph_inverse
+    import deconvnet.engine.walk as graph_inverse
 
     net = GraphDeconvNet(_seeded(torchvision.models.resnet50), input_size=(67, 61))
     x = _images((67, 61), seed=9)[:1]
@@ -144,7 +144,7 @@ def test_depthwise_and_relu6_walk(monkeypatch):
 
 class StandardizedConv(nn.Conv2d):
     """A conv of a subclass with its own forward (weight standardization): its stock fast path
-    (deconvnet.tape.bind_modules) must not apply; the kernels the walk uses are those made."""
+    (engine.tape.bind_modules) must not apply; the kernels the walk uses are those made."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)

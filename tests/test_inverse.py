@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deconvnet.inverse import (
+from deconvnet.engine.inverse import (
     RULES,
     full_transposed_conv,
     kernel_gradient_by_dilated_conv,

@@ -1,11 +1,11 @@
-"""The cache of kernels made from weights (deconvnet.kernels), which both engines go down with."""
+"""The cache of kernels made from weights (engine.kernels), which both engines go down with."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from deconvnet.kernels import Kernels
+from deconvnet.engine.kernels import Kernels
 
 
 def test_made_once_and_again_whenever_the_weight_changes():

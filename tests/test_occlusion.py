@@ -14,7 +14,7 @@ from torch import nn
 from deconvnet import DeconvNet, DeconvNetError
 from deconvnet.analysis import Occlusion, occlusion_sensitivity
 from deconvnet.analysis.occlusion import occlude, occluder_corners
-from deconvnet.models import load_model
+from deconvnet.models.loading import load_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -22,9 +22,9 @@ from playwright import sync_api as playwright
 from test_server import make_gallery_folder, picture, running
 
 from deconvnet import DeconvNet, load_model
-from deconvnet.explorer import Explorer, read_gallery
+from deconvnet.explorer.app import create_app
+from deconvnet.explorer.compute import Explorer, read_gallery
 from deconvnet.images import load_image, preprocess
-from deconvnet.server import create_app
 
 CHROMIUM = os.environ.get("DECONVNET_CHROMIUM") or shutil.which("chromium")
 if CHROMIUM is None:  # `make test` installs it; without it these tests fail, they never skip

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from deconvnet import DeconvNet
-from deconvnet.receptive_field import map_size, receptive_field
+from deconvnet.engine.receptive_field import map_size, receptive_field
 
 # AlexNet's receptive fields (size, stride), worked out by hand from its kernels and strides.
 ALEXNET_FIELDS = {

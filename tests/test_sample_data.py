@@ -13,8 +13,9 @@ from PIL import Image
 from sample_data import ARCHS, PHOTOS, MissingTestData, photo_file, state_digest, weights_file
 from torchvision.models import WeightsEnum
 
-from deconvnet import lpips, models
 from deconvnet.errors import DeconvNetError
+from deconvnet.models import loading as models
+from deconvnet.models import lpips
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -10,9 +10,8 @@ import torch
 from gallery_folder import UNREADABLE
 
 from deconvnet import DeconvNetError
-from deconvnet.decoding import ImageFiles, Preprocessing
-from deconvnet.images import load_image, preprocessing
-from deconvnet.scan import (
+from deconvnet.gallery.decoding import ImageFiles, Preprocessing
+from deconvnet.gallery.scan import (
     ScanState,
     TopK,
     list_images,
@@ -24,6 +23,7 @@ from deconvnet.scan import (
     scan_folder,
     state_path,
 )
+from deconvnet.images import load_image, preprocessing
 
 LAYERS = ["conv2", "conv5"]
 TOP = 4

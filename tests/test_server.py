@@ -1,4 +1,4 @@
-"""The explorer's JSON API (deconvnet.server over deconvnet.explorer), through FastAPI's TestClient
+"""The explorer's JSON API (explorer.app over explorer.compute), through FastAPI's TestClient
 and a real uvicorn server on loopback: numbers equal the Python API's on the same file, user
 errors are 4xx with the CLI's own message, uploads are bounded, gallery files stay inside their
 folder, concurrent requests give the sequential results, and the caches stay bounded."""
@@ -26,11 +26,11 @@ from test_images import bomb_png
 from typer.testing import CliRunner
 
 from deconvnet import DeconvNet, load_model
-from deconvnet.cli import app as cli_app
-from deconvnet.explorer import Explorer
+from deconvnet.cli.main import app as cli_app
+from deconvnet.explorer.app import create_app
+from deconvnet.explorer.compute import Explorer
 from deconvnet.figures import display_scale, to_display
 from deconvnet.images import load_image, preprocess
-from deconvnet.server import create_app
 
 STATIC = Path(__file__).resolve().parents[1] / "deconvnet" / "static"
 
@@ -370,7 +370,7 @@ def raw_get(base: str, path: str) -> tuple[int, bytes]:
 
 
 def test_gallery_files_cannot_reach_outside_their_folder(model, tmp_path):
-    from deconvnet.explorer import read_gallery
+    from deconvnet.explorer.compute import read_gallery
 
     gallery = read_gallery(make_gallery_folder(tmp_path))
     explorer = Explorer(DeconvNet(model))

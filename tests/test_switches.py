@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deconvnet.switches import forward_with_switches, recording
+from deconvnet.engine.switches import forward_with_switches, recording
 
 
 def test_switches_are_the_max_pool_argmaxes(alexnet):

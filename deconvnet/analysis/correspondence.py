@@ -37,7 +37,7 @@ from deconvnet.analysis.readout import (
     last_conv,
     layer_names,
 )
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.plain import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.images import IMAGENET_MEAN, IMAGENET_STD, preprocessing
 

@@ -1,7 +1,7 @@
 """Feature evolution during training (Zeiler & Fergus, Figure 4).
 
 For each checkpoint, in the order given, the strongest activation of each chosen channel over a
-folder of images (the gallery's scan, top 1: ``deconvnet.scan``) is projected to pixels. One
+folder of images (the gallery's scan, top 1: ``deconvnet.gallery.scan``) is projected to pixels. One
 figure per layer then shows a row per channel and a column per checkpoint. A checkpoint is a
 state dict, or a dict holding one under ``state_dict``, ``model_state_dict`` or ``model``
 (a ``module.`` prefix, as DistributedDataParallel saves it, is dropped); it must fit the
@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.plain import DeconvNet
 from deconvnet.errors import DeconvNetError
+from deconvnet.gallery.scan import list_images, new_state, scan
 from deconvnet.images import load_image, preprocess
-from deconvnet.scan import list_images, new_state, scan
-from deconvnet.weights import load_weights_file
+from deconvnet.models.weights import load_weights_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -89,7 +89,7 @@ def checkpoint_label(path: str) -> str:
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """A checkpoint file's state dict, read and checked as ``load_model`` reads weights files
-    (``deconvnet.weights.load_weights_file``), with ``module.`` prefixes (DataParallel's)
+    (``deconvnet.models.weights.load_weights_file``), with ``module.`` prefixes (DataParallel's)
     dropped."""
     path = Path(path)
     if not path.is_file():
@@ -103,8 +103,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 def model_loader(arch: str) -> Callable[[str], nn.Module]:
     """For ``load_model``'s architectures: a function from a checkpoint path to the model."""
-    from deconvnet import zoo
-    from deconvnet.models import model_from_state_dict
+    from deconvnet.models import zoo
+    from deconvnet.models.loading import model_from_state_dict
 
     name = zoo.resolve(arch).name  # an unknown name is an error before any checkpoint is read
 

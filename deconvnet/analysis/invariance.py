@@ -41,7 +41,7 @@ from deconvnet.analysis.readout import (
     layer_names,
     probabilities,
 )
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.plain import DeconvNet
 from deconvnet.errors import DeconvNetError
 
 if TYPE_CHECKING:

@@ -36,10 +36,10 @@ from deconvnet.analysis.readout import (
     last_conv,
     probabilities,
 )
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.projection import Projection
+from deconvnet.engine.receptive_field import step
 from deconvnet.errors import DeconvNetError
-from deconvnet.projection import Projection
-from deconvnet.receptive_field import step
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.plain import DeconvNet
 from deconvnet.errors import DeconvNetError
 
 PENULTIMATE = "penultimate"
@@ -21,7 +21,7 @@ PENULTIMATE = "penultimate"
 
 def classifier_available(net: DeconvNet) -> tuple[bool, str]:
     """Whether ``net``'s model gives class scores, and if not, why (one sentence)."""
-    from deconvnet.models import has_classifier
+    from deconvnet.models.loading import has_classifier
 
     model = getattr(net, "model", None)
     if model is None or model is getattr(net, "features", None):
@@ -144,7 +144,7 @@ def last_conv(net: DeconvNet) -> str:
     rather than the last Conv2d inside it, whose output the block still adds to and rectifies."""
     if net.plain_stack:
         return conv_names(net)[-1]
-    from deconvnet.gallery import default_layers
+    from deconvnet.gallery.build import default_layers
 
     return default_layers(net)[-1]
 

@@ -3,7 +3,7 @@ receptive field and stored as a (reconstruction, patch) pair of uint8 cells.
 
     the chosen images (their crops kept by the scan, or read again) run again with switches ->
     batched inverse passes -> display scaling -> cells in a scratch file, which
-    ``deconvnet.tiles`` draws
+    ``deconvnet.gallery.tiles`` draws
 
 How a cell shows a unit: the cell is the unit's whole receptive field (the window the inverse
 pass returns), so the unit sits at its centre. The reconstruction is shown centred at zero, as
@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deconvnet.crops import Crops
-from deconvnet.decoding import DEFAULT_WORKERS, Preprocessing, image_batches
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.heap import LIBC, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX
+from deconvnet.engine.layers import Layer
+from deconvnet.engine.plain import DeconvNet
 from deconvnet.errors import DeconvNetError
-from deconvnet.heap import LIBC, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX
-from deconvnet.layers import Layer
-from deconvnet.scan import INPUT_SIZE, ScanState, progress_bar
+from deconvnet.gallery.crops import Crops
+from deconvnet.gallery.decoding import DEFAULT_WORKERS, Preprocessing, image_batches
+from deconvnet.gallery.scan import INPUT_SIZE, ScanState, progress_bar
 from deconvnet.selection import Units
 
 PERCENTILE = 0.995  # of |r|, the contrast scale of a reconstruction

@@ -34,11 +34,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from deconvnet.crops import Crops
-from deconvnet.decoding import DEFAULT_WORKERS, Preprocessing, image_batches
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.plain import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import write_bytes_atomic
+from deconvnet.gallery.crops import Crops
+from deconvnet.gallery.decoding import DEFAULT_WORKERS, Preprocessing, image_batches
 from deconvnet.images import EXTENSIONS
 
 FORMAT = "deconvnet-scan/1"

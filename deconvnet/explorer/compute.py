@@ -32,15 +32,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.inverse import check_rule
+from deconvnet.engine.layers import Layer
+from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.projection import Projection
+from deconvnet.engine.switches import ForwardRecord
 from deconvnet.errors import DeconvNetError
 from deconvnet.figures import PERCENTILE, display_scale, image_to_display, to_display
 from deconvnet.images import load_image, preprocess
-from deconvnet.inverse import check_rule
-from deconvnet.layers import Layer
-from deconvnet.projection import Projection
 from deconvnet.selection import Target, check_in_range, select, strongest_channels
-from deconvnet.switches import ForwardRecord
 
 # Images kept (their normalized input, about 0.6 MB each at 224x224) and forward records kept
 # (every named layer's map and the switches: about 3 MB for AlexNet, 60 MB for VGG16 at 224).

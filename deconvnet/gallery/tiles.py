@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.plain import DeconvNet
 from deconvnet.files import write_atomic
-from deconvnet.gallery_projections import GREY, PERCENTILE, Cells
-from deconvnet.scan import ScanState
+from deconvnet.gallery.projections import GREY, PERCENTILE, Cells
+from deconvnet.gallery.scan import ScanState
 
 MIN_CELL = 48  # enlarge receptive fields smaller than this, by an integer factor
 THUMB = 32  # cell size on the per-layer sheets

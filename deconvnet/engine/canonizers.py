@@ -1,7 +1,7 @@
 """Each architecture quirk of an arbitrary network, and its one home (after Zennit's canonizers).
 
-The general engine (``deconvnet.graph``) goes down any network with the rule at every
-rectification: by walking a tape of its forward pass (``deconvnet.tape``), or by autograd with
+The general engine (``deconvnet.engine.general``) goes down any network with the rule at every
+rectification: by walking a tape of its forward pass (``engine.tape``), or by autograd with
 each rectification's backward replaced. What makes that right on real networks:
 
 - **The user's model is never touched** (``private_view``): the engine runs a structural copy
@@ -9,12 +9,12 @@ each rectification's backward replaced. What makes that right on real networks:
   eval mode. Hooks go on the copy, so no other thread running the model ever sees them.
 - **BatchNorm** (``private_view``): in eval mode it is an affine map per channel, whose transpose
   autograd applies on the way down; the copy is in eval mode even when the model is not.
-- **ReLUs called as functions** (``Rectifiers``; on the tape, ``deconvnet.tape.Tape``):
+- **ReLUs called as functions** (``Rectifiers``; on the tape, ``deconvnet.engine.tape.Tape``):
   ``F.relu``, ``torch.relu_``, ``Tensor.relu`` and the ReLU modules, which call ``F.relu``
   themselves, are caught by a ``torch.overrides.TorchFunctionMode``, which is thread-local:
   nothing outside the call sees it.
 - **In-place ops** (``_Rectify``): the rule for ``relu_`` works in place too (``mark_dirty``),
-  and a target's activation is copied when its module returns (``deconvnet.graph``), before a
+  and a target's activation is copied when its module returns (``engine.general``), before a
   later ``out += identity`` can overwrite it.
 - **Reused modules** (``call_names``): one module called several times per forward (torchvision
   ResNet's ``relu``) is named per call, ``layer1.0.relu#0``, ``#1``, ``#2``.

@@ -1,8 +1,8 @@
-"""``deconvnet gallery`` and ``deconvnet gallery-merge``: thin commands over deconvnet.gallery.
+"""``deconvnet gallery`` and ``deconvnet gallery-merge``: thin commands over ``gallery.build``.
 
 Registered on the main app as ``app.command("gallery")(gallery)`` and
-``app.command("gallery-merge")(merge)``; ``python -m deconvnet.cli_gallery`` runs them alone
-(``torchrun ... -m deconvnet.cli_gallery gallery DIR`` for several processes).
+``app.command("gallery-merge")(merge)``; ``python -m deconvnet.cli.gallery`` runs them alone
+(``torchrun ... -m deconvnet.cli.gallery gallery DIR`` for several processes).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Annotated
 
 import typer
 
-from deconvnet.decoding import DEFAULT_WORKERS
 from deconvnet.errors import DeconvNetError, plural
-from deconvnet.gallery import default_out, make_gallery, merge_gallery, scan_shard
-from deconvnet.scan import CHECKPOINT_EVERY, parse_shard, state_path
+from deconvnet.gallery.build import default_out, make_gallery, merge_gallery, scan_shard
+from deconvnet.gallery.decoding import DEFAULT_WORKERS
+from deconvnet.gallery.scan import CHECKPOINT_EVERY, parse_shard, state_path
 
 logger = logging.getLogger("deconvnet")
 WORKERS_HELP = "Processes decoding images (0: this one; default: a quarter of the cores)."

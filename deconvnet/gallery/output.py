@@ -21,7 +21,7 @@ from pathlib import Path
 
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import locked, remove_temporaries, writable_folder
-from deconvnet.scan import GALLERY_FORMAT_PREFIX, GALLERY_MANIFEST, ScanState, state_path
+from deconvnet.gallery.scan import GALLERY_FORMAT_PREFIX, GALLERY_MANIFEST, ScanState, state_path
 
 TILE = re.compile(r"^c\d{4,}\.png$")
 LAYER_FILES = ("sheet.png", "index.html")

@@ -1,7 +1,7 @@
 """The explorer's web application: a JSON API under ``/api/`` and the page that uses it.
 
 ``create_app(explorer)`` builds a FastAPI app (its documentation at ``/docs``); the page is plain
-HTML, JS and CSS from ``deconvnet/static``. Every computation is ``deconvnet.explorer``'s; here
+HTML, JS and CSS from ``explorer/static``. Every computation is ``explorer.compute``'s; here
 are routes, limits and errors. A ``DeconvNetError`` (a bad file, an unknown layer, a channel or
 position out of range) is answered ``{"detail": message}`` with status 400, or 404 for an image
 the server does not hold, 413 for an upload over the size limit: the message is the one
@@ -23,8 +23,9 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from deconvnet.engine.inverse import RULES
 from deconvnet.errors import DeconvNetError
-from deconvnet.explorer import (
+from deconvnet.explorer.compute import (
     Explorer,
     GalleryIndex,
     UnknownImage,
@@ -34,12 +35,11 @@ from deconvnet.explorer import (
 )
 from deconvnet.figures import PERCENTILE
 from deconvnet.images import default_image
-from deconvnet.inverse import RULES
 from deconvnet.selection import Target
 
 # Uploads larger than this are refused with 413 (a 24-megapixel JPEG is about 12 MB).
 MAX_UPLOAD = 20 * 1024 * 1024
-STATIC = resources.files("deconvnet") / "static"
+STATIC = resources.files("deconvnet.explorer") / "static"
 
 
 # --- response models (what /docs shows) ---------------------------------------------------------
@@ -418,6 +418,6 @@ def _base64(data: bytes) -> str:
 def _gallery_matches(explorer: Explorer, gallery: GalleryIndex | None) -> bool | None:
     if gallery is None:
         return None
-    from deconvnet.scan import weights_fingerprint
+    from deconvnet.gallery.scan import weights_fingerprint
 
     return gallery.manifest.get("weights_sha256") == weights_fingerprint(explorer.net.features)

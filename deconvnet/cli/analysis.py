@@ -74,7 +74,7 @@ ClassOption = Annotated[
 
 def _base():
     # cli.py imports this module to register the commands; its helpers are read at call time.
-    from deconvnet import cli
+    from deconvnet.cli import main as cli
 
     return cli
 
@@ -337,8 +337,8 @@ def evolution(
     with cli._reporting(quiet):
         from deconvnet.analysis import evolution as analysis
         from deconvnet.figures import figure_png
-        from deconvnet.gallery import default_layers
-        from deconvnet.models import resolve_device
+        from deconvnet.gallery.build import default_layers
+        from deconvnet.models.loading import resolve_device
 
         cli._check_out(out)
         where = resolve_device(device)

@@ -23,11 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deconvnet.errors import DeconvNetError, check_int
-from deconvnet.heap import LIBC, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD_MAX
-from deconvnet.inverse import check_rule, full_transposed_conv, phase_kernels, rectify, unpool
-from deconvnet.kernels import Kernels
-from deconvnet.layers import (
+from deconvnet.engine.heap import LIBC, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD_MAX
+from deconvnet.engine.inverse import (
+    check_rule,
+    full_transposed_conv,
+    phase_kernels,
+    rectify,
+    unpool,
+)
+from deconvnet.engine.kernels import Kernels
+from deconvnet.engine.layers import (
     Layer,
     feature_stack,
     is_plain_stack,
@@ -36,8 +41,10 @@ from deconvnet.layers import (
     resolve_layer,
     why_not_invertible,
 )
-from deconvnet.projection import Projection
-from deconvnet.receptive_field import ReceptiveField, map_size, receptive_field, step
+from deconvnet.engine.projection import Projection
+from deconvnet.engine.receptive_field import ReceptiveField, map_size, receptive_field, step
+from deconvnet.engine.switches import ForwardRecord, forward_with_switches
+from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.selection import (
     Target,
     Units,
@@ -46,7 +53,6 @@ from deconvnet.selection import (
     select_many,
     strongest_channels,
 )
-from deconvnet.switches import ForwardRecord, forward_with_switches
 
 # Units projected per inverse batch: bounds memory (conv5 windows at conv1 are 39x39x64), and
 # 64 ran faster per unit than 256 here: the windows of a chunk stay in cache.
@@ -59,7 +65,7 @@ class DeconvNet:
     ``model`` is torchvision's AlexNet or VGG (any model whose ``.features`` is such an
     ``nn.Sequential``, or the Sequential itself). The engine runs on the device and dtype of
     the model's weights; inputs must be there too. Any other network (ResNet, DenseNet, your
-    own) gets the general engine, ``deconvnet.graph.GraphDeconvNet``, with the same surface.
+    own) gets the general engine, ``engine.general.GraphDeconvNet``, with the same surface.
     """
 
     # True for this windowed engine on a plain stack, whose modules a scan may run one by one.
@@ -70,7 +76,7 @@ class DeconvNet:
         # (No model: unpickling or copying, which restores the instance's own class.)
         general = model is not None and (set(options) - {"style"} or not is_plain_stack(model))
         if cls is DeconvNet and general:
-            from deconvnet.graph import GraphDeconvNet
+            from deconvnet.engine.general import GraphDeconvNet
 
             cls = GraphDeconvNet
         return super().__new__(cls)

@@ -1,7 +1,7 @@
 """Receptive fields of any network, read off one forward pass.
 
 Every map of the pass carries, per axis, the receptive field of one of its positions: ``size``,
-``stride`` and ``offset`` in input pixels (``deconvnet.receptive_field.ReceptiveField``). The
+``stride`` and ``offset`` in input pixels (``deconvnet.engine.receptive_field.ReceptiveField``). The
 image carries (1, 1, 0). A convolution or pool with kernel k (dilated), stride s and padding p
 turns (n, t, o) into (n + (k - 1) t, t s, o - p t), as for a plain stack; an op that keeps the
 map's size (ReLU, BatchNorm, a residual sum, a concatenation of channels) gives each position
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from deconvnet.receptive_field import ReceptiveField
+from deconvnet.engine.receptive_field import ReceptiveField
 
 Field = ReceptiveField | None  # None: the whole image
 

@@ -29,14 +29,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deconvnet.cli_analysis import correspondence, evolution, invariance, occlusion
-from deconvnet.cli_gallery import gallery, merge
-from deconvnet.cli_serve import serve
-from deconvnet.engine import DeconvNet
+from deconvnet.cli.analysis import correspondence, evolution, invariance, occlusion
+from deconvnet.cli.gallery import gallery, merge
+from deconvnet.cli.serve import serve
+from deconvnet.engine.inverse import RULES, check_rule
+from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.projection import Projection
 from deconvnet.errors import DeconvNetError, plural
 from deconvnet.files import write_bytes_atomic
-from deconvnet.inverse import RULES, check_rule
-from deconvnet.projection import Projection
 from deconvnet.selection import Target, check_in_range
 
 if TYPE_CHECKING:
@@ -522,7 +522,7 @@ class _Run:
         size: int | None,
         percentile: float,
     ) -> _Run:
-        from deconvnet.models import load_model, resolve_device, weights_source
+        from deconvnet.models.loading import load_model, resolve_device, weights_source
 
         where = resolve_device(device)
         module = load_model(model, weights=weights, progress=False).to(where)
@@ -762,7 +762,7 @@ def _parse_pair(text: str, option: str, expected: str) -> tuple[int, int]:
 def _architecture(model: str) -> torch.nn.Module:
     """The model's modules without weights (on the meta device): enough to name and measure.
     A factory (``package.module:factory``) is called as it is: it builds what it builds."""
-    from deconvnet import zoo
+    from deconvnet.models import zoo
 
     spec = zoo.resolve(model)
     if spec.kind == "factory":

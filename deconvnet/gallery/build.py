@@ -4,11 +4,11 @@ activations over a folder of images, each projected to pixels beside the patch i
     listing -> scan (streaming top-k, one or many processes) -> the chosen images run again
     with switches -> batched projections -> tiles, sheets, manifest.json, index.html
 
-``make_gallery`` does all of it; ``scan_folder`` (deconvnet.scan) and ``render_gallery`` are its
+``make_gallery`` does all of it; ``scan_folder`` (``gallery.scan``) and ``render_gallery`` are its
 two halves, and ``merge_gallery`` renders the shards of a scan run as separate jobs.
 
-The parts live apart: ``deconvnet.gallery_projections`` projects the chosen units into cells,
-``deconvnet.tiles`` draws them as tiles and sheets, ``deconvnet.gallery_pages`` writes the HTML;
+The parts live apart: ``gallery.projections`` projects the chosen units into cells,
+``gallery.tiles`` draws them as tiles and sheets, ``gallery.pages`` writes the HTML;
 this module runs them in order and writes the manifest.
 """
 
@@ -25,14 +25,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deconvnet.crops import Crops
-from deconvnet.decoding import DEFAULT_WORKERS
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.inverse import check_rule
+from deconvnet.engine.plain import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import cannot_write, write_text_atomic
-from deconvnet.gallery_out import claim, gallery_manifest, sweep_stale
-from deconvnet.gallery_pages import index_html, layer_html
-from deconvnet.gallery_projections import (
+from deconvnet.gallery.crops import Crops
+from deconvnet.gallery.decoding import DEFAULT_WORKERS
+from deconvnet.gallery.output import claim, gallery_manifest, sweep_stale
+from deconvnet.gallery.pages import index_html, layer_html
+from deconvnet.gallery.projections import (
     GREY,
     PERCENTILE,
     PROJECTION_CHUNK,
@@ -42,9 +43,7 @@ from deconvnet.gallery_projections import (
     inside_count,
     project_top,
 )
-from deconvnet.inverse import check_rule
-from deconvnet.models import load_model, resolve_device, weights_source
-from deconvnet.scan import (
+from deconvnet.gallery.scan import (
     CHECKPOINT_EVERY,
     INPUT_SIZE,
     ScanState,
@@ -58,7 +57,7 @@ from deconvnet.scan import (
     state_path,
     weights_fingerprint,
 )
-from deconvnet.tiles import (
+from deconvnet.gallery.tiles import (
     BACKGROUND,
     MIN_CELL,
     SHEET_COLUMNS,
@@ -68,6 +67,7 @@ from deconvnet.tiles import (
     tile_name,
     write_layer,
 )
+from deconvnet.models.loading import load_model, resolve_device, weights_source
 
 # Names that lived here before the parts had their own modules stay importable from here.
 __all__ = [
@@ -205,7 +205,7 @@ def make_gallery(
     ``overwrite`` (delete that gallery's files first). Under ``torchrun`` every rank scans its
     shard and rank 0 merges, projects and writes; the other ranks return ``None``.
     ``fast_decode``: JPEGs decoded at a reduced scale, faster on large photos but not exactly
-    the weights' preprocessing (``deconvnet.decoding.Preprocessing``).
+    the weights' preprocessing (``deconvnet.gallery.decoding.Preprocessing``).
     """
     check_rule(rule)
     _check_folder(folder)
@@ -414,7 +414,7 @@ def render_gallery(
     """Project the units of a finished scan and write tiles, sheets, manifest and index to
     ``out``. Every file is written atomically; the manifest last. Tiles in ``out`` that the
     previous gallery there drew and this one does not are deleted. ``crops``: those the scan
-    kept (``deconvnet.crops``), whose images are not read again."""
+    kept (``deconvnet.gallery.crops``), whose images are not read again."""
     check_rule(rule)
     if not state.done:
         raise DeconvNetError(

@@ -113,7 +113,7 @@ class Crops:
     def batches(
         self, indices: list[int], batch_size: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list]]:
-        """``indices`` (all kept) in batches as ``deconvnet.decoding.collate`` makes them: listing
+        """``indices`` (all kept) in batches as ``decoding.collate`` makes them: listing
         indices ``(N,)``, crops ``(N, H, W, 3)``, no failures."""
         for start in range(0, len(indices), batch_size):
             part = indices[start : start + batch_size]

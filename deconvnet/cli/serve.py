@@ -1,4 +1,4 @@
-"""``deconvnet serve``: the live explorer in the browser, a thin command over deconvnet.server.
+"""``deconvnet serve``: the live explorer in the browser, a thin command over ``explorer.app``.
 
 Registered on the main app as ``app.command("serve")(serve)``. FastAPI and uvicorn are imported
 only when the command runs, so the other commands start as fast as before.
@@ -99,11 +99,11 @@ def build_app(
 ):
     """Load the model (and the gallery's manifest) and build the FastAPI app. On a loopback
     ``host`` only loopback Host headers are answered (a guard against DNS rebinding)."""
-    from deconvnet.engine import DeconvNet
-    from deconvnet.explorer import Explorer, read_gallery
+    from deconvnet.engine.plain import DeconvNet
+    from deconvnet.explorer.app import create_app
+    from deconvnet.explorer.compute import Explorer, read_gallery
     from deconvnet.images import MIN_SIDE
-    from deconvnet.models import load_model, resolve_device, weights_source
-    from deconvnet.server import create_app
+    from deconvnet.models.loading import load_model, resolve_device, weights_source
 
     if size is not None and size < MIN_SIDE:
         raise DeconvNetError(f"--size {size} is too small; use at least {MIN_SIDE} pixels")

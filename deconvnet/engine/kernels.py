@@ -1,7 +1,7 @@
 """Kernels made from a model's weights, kept while those weights are unchanged.
 
 Both engines go down with kernels derived from the convs' own: phase kernels of strided convs
-(``deconvnet.inverse.phase_kernels``), and in the general engine transposed 1x1 kernels,
+(``deconvnet.engine.inverse.phase_kernels``), and in the general engine transposed 1x1 kernels,
 BatchNorm's per-channel scales and the kernels they fold into. Making them on every pass costs
 a copy of the weights each time; ``Kernels`` makes each once and finds it again for as long as
 the tensors it was made from are the same tensors, unchanged.

@@ -1,8 +1,8 @@
 """The general engine's way down, walked by hand: many units at once, each on its own window.
 
-The general engine's forward pass (``deconvnet.graph``) leaves a tape of how each map was made
-(``deconvnet.tape``). This module walks it down from a layer's map to the image with the
-deconvnet's own steps, as the plain engine (``deconvnet.engine``) walks a stack:
+The general engine's forward pass (``engine.general``) leaves a tape of how each map was made
+(``deconvnet.engine.tape``). This module walks it down from a layer's map to the image with the
+deconvnet's own steps, as the plain engine (``deconvnet.engine.plain``) walks a stack:
 
 - a conv goes down by its transposed conv with its own kernels; an average pool likewise;
 - a max pool unpools to its switches;
@@ -15,7 +15,7 @@ a unit near the top of a network costs about a whole backward pass and one low i
 field. Where a window would reach across a whole map it becomes that map.
 
 A tape holding an op it does not know on the way (a gate, a split, a reshape) gives no ``Walk``;
-the general engine then goes down by autograd (``deconvnet.graph``).
+the general engine then goes down by autograd (``deconvnet.engine.general``).
 
 Autograd goes down one seed at a time over the whole image, and its batched mode loops over the
 seeds; on ResNet-50 (CPU, 2 threads, 224) the walk took a layer2 sweep from 19 to 2.6 ms per unit
@@ -29,9 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from deconvnet.engine import Origins, _cut, _keep_inside
-from deconvnet.errors import DeconvNetError
-from deconvnet.inverse import (
+from deconvnet.engine.inverse import (
     full_transposed_conv,
     gemm_sized,
     phase_kernels,
@@ -39,9 +37,9 @@ from deconvnet.inverse import (
     transposed_kernel1x1,
     unpool,
 )
-from deconvnet.kernels import Kernels
-from deconvnet.selection import Units
-from deconvnet.tape import (
+from deconvnet.engine.kernels import Kernels
+from deconvnet.engine.plain import Origins, _cut, _keep_inside
+from deconvnet.engine.tape import (
     ADD,
     AVG_POOL,
     BATCH_NORM,
@@ -54,6 +52,8 @@ from deconvnet.tape import (
     RECTIFY,
     Tape,
 )
+from deconvnet.errors import DeconvNetError
+from deconvnet.selection import Units
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Step:
 
     ``sends`` lists ``(slot, step)``: the signal of the op's input ``slot`` goes to the step of
     that input; ``bound`` is the ``(H, W)`` of the map; ``args`` what its kind needs (kernels,
-    switches, ...: ``deconvnet.tape``)."""
+    switches, ...: ``deconvnet.engine.tape``)."""
 
     kind: str
     bound: tuple[int, int]

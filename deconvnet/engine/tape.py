@@ -1,6 +1,6 @@
 """The general engine's forward pass, taped without autograd: what the way down needs, and no more.
 
-The way down (``deconvnet.graph_inverse``) needs, of the forward pass, how each map was computed:
+The way down (``deconvnet.engine.walk``) needs, of the forward pass, how each map was computed:
 which op, from which maps, with which kernels and geometry, BatchNorm's scale, each max pool's
 switches, and for the guided and gradient rules where each rectification was open. It needs no
 activations. Autograd would keep them all (and its forward ran 15% slower here for it), so the
@@ -19,7 +19,7 @@ The private view's stock modules (``Conv2d``, ``BatchNorm2d``, ``ReLU``, ``ReLU6
 the mode's dispatch; the mode still sees every call the model's own code makes.
 
 Any other op that reads a map makes an opaque map: units above one cannot be walked down by
-hand, and the engine then runs its forward under autograd instead (``deconvnet.graph``).
+hand, and the engine then runs its forward under autograd instead (``deconvnet.engine.general``).
 A map is known by the tensor object: an in-place op makes that tensor a new map.
 """
 
@@ -34,9 +34,9 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
-from deconvnet.canonizers import RECTIFIERS, RuleBox
+from deconvnet.engine.canonizers import RECTIFIERS, RuleBox
 
-# What a map is made by (the names of deconvnet.graph_inverse's steps).
+# What a map is made by (the names of deconvnet.engine.walk's steps).
 LEAF, CONV, BATCH_NORM, MAX_POOL, AVG_POOL = "leaf", "conv", "batch_norm", "max_pool", "avg_pool"
 ADD, CAT, COPY, RECTIFY, OPAQUE = "add", "cat", "copy", "rectify", "opaque"
 

