@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python scripts/benchmark_projection.py
 
-# The explorer's page tests (tests/test_page.py) drive Debian's chromium through Playwright;
+# The explorer's page tests (tests/explorer/test_page.py) drive Debian's chromium through Playwright;
 # install it when missing (as root, or with sudo). Playwright's own browser download is not used.
 chromium:
 	command -v chromium >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq \

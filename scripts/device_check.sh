@@ -39,7 +39,7 @@ nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 python3 -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())' \
   | tee -a "$out/nvidia-smi.txt"
 timeout 150 python3 -m pytest -p no:cacheprovider -rs -k cuda \
-  tests/test_engine.py tests/test_graph.py tests/test_scan.py 2>&1 | tee "$out/tests.txt"
+  tests/engine/test_plain.py tests/engine/test_general.py tests/gallery/test_scan.py 2>&1 | tee "$out/tests.txt"
 timeout 120 python3 scripts/benchmark_projection.py --device cuda --weights "$weights" \
   --captum-batches 8 32 128 2>&1 | tee "$out/projection.txt"
 timeout 270 python3 scripts/benchmark_gallery.py --device cuda --weights "$weights" \

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 from playwright import sync_api as playwright
-from test_server import make_gallery_folder, picture, running
+from test_app import make_gallery_folder, picture, running
 
 from deconvnet import DeconvNet, load_model
 from deconvnet.explorer.app import create_app

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from graph_reference import reference_projection
-from test_graph import Traps, _images, _one_thread, _seeded  # noqa: F401 (_one_thread: autouse)
+from test_general import Traps, _images, _one_thread, _seeded  # noqa: F401 (_one_thread: autouse)
 from torch import nn
 
 from deconvnet import DeconvNetError

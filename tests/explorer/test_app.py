@@ -32,7 +32,7 @@ from deconvnet.explorer.compute import Explorer
 from deconvnet.figures import display_scale, to_display
 from deconvnet.images import load_image, preprocess
 
-STATIC = Path(__file__).resolve().parents[1] / "deconvnet" / "static"
+STATIC = Path(__file__).resolve().parents[2] / "deconvnet" / "explorer" / "static"
 
 
 # --- fixtures and helpers ----------------------------------------------------------------------
