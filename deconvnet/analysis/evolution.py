@@ -21,7 +21,9 @@ from torch import nn
 
 from deconvnet.engine.plain import DeconvNet
 from deconvnet.errors import DeconvNetError
-from deconvnet.gallery.scan import list_images, new_state, scan
+from deconvnet.gallery.listing import list_images
+from deconvnet.gallery.scan import scan
+from deconvnet.gallery.state import new_state
 from deconvnet.images import load_image, preprocess
 from deconvnet.models.weights import load_weights_file
 

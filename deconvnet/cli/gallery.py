@@ -19,7 +19,9 @@ import typer
 from deconvnet.errors import DeconvNetError, plural
 from deconvnet.gallery.build import default_out, make_gallery, merge_gallery, scan_shard
 from deconvnet.gallery.decoding import DEFAULT_WORKERS
-from deconvnet.gallery.scan import CHECKPOINT_EVERY, parse_shard, state_path
+from deconvnet.gallery.listing import parse_shard
+from deconvnet.gallery.scan import CHECKPOINT_EVERY
+from deconvnet.gallery.state import state_path
 
 logger = logging.getLogger("deconvnet")
 WORKERS_HELP = "Processes decoding images (0: this one; default: a quarter of the cores)."

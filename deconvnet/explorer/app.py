@@ -418,6 +418,6 @@ def _base64(data: bytes) -> str:
 def _gallery_matches(explorer: Explorer, gallery: GalleryIndex | None) -> bool | None:
     if gallery is None:
         return None
-    from deconvnet.gallery.scan import weights_fingerprint
+    from deconvnet.gallery.state import weights_fingerprint
 
     return gallery.manifest.get("weights_sha256") == weights_fingerprint(explorer.net.features)

@@ -45,15 +45,17 @@ from deconvnet.gallery.projections import (
 )
 from deconvnet.gallery.scan import (
     CHECKPOINT_EVERY,
-    INPUT_SIZE,
-    ScanState,
-    check_request,
     first_problem,
     gather_states,
-    merge_states,
     process_group,
     progress_bar,
     scan_folder,
+)
+from deconvnet.gallery.state import (
+    INPUT_SIZE,
+    ScanState,
+    check_request,
+    merge_states,
     state_path,
     weights_fingerprint,
 )

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import locked, remove_temporaries, writable_folder
-from deconvnet.gallery.scan import GALLERY_FORMAT_PREFIX, GALLERY_MANIFEST, ScanState, state_path
+from deconvnet.gallery.listing import GALLERY_FORMAT_PREFIX, GALLERY_MANIFEST
+from deconvnet.gallery.state import ScanState, state_path
 
 TILE = re.compile(r"^c\d{4,}\.png$")
 LAYER_FILES = ("sheet.png", "index.html")

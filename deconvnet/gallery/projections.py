@@ -32,7 +32,8 @@ from deconvnet.engine.plain import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.gallery.crops import Crops
 from deconvnet.gallery.decoding import DEFAULT_WORKERS, Preprocessing, image_batches
-from deconvnet.gallery.scan import INPUT_SIZE, ScanState, progress_bar
+from deconvnet.gallery.scan import progress_bar
+from deconvnet.gallery.state import INPUT_SIZE, ScanState
 from deconvnet.selection import Units
 
 PERCENTILE = 0.995  # of |r|, the contrast scale of a reconstruction

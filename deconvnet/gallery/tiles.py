@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from deconvnet.engine.plain import DeconvNet
 from deconvnet.files import write_atomic
 from deconvnet.gallery.projections import GREY, PERCENTILE, Cells
-from deconvnet.gallery.scan import ScanState
+from deconvnet.gallery.state import ScanState
 
 MIN_CELL = 48  # enlarge receptive fields smaller than this, by an integer factor
 THUMB = 32  # cell size on the per-layer sheets

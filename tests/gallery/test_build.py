@@ -39,7 +39,7 @@ from deconvnet.gallery.build import (
     render_gallery,
 )
 from deconvnet.gallery.decoding import Preprocessing
-from deconvnet.gallery.scan import ScanState, state_path
+from deconvnet.gallery.state import ScanState, state_path
 from deconvnet.images import load_image, preprocessing
 
 LAYERS = ["conv1", "conv5"]

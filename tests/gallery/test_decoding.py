@@ -15,7 +15,9 @@ from PIL import Image
 
 from deconvnet import DeconvNetError
 from deconvnet.gallery.decoding import ImageFiles, Preprocessing, ThreadedBatches, image_batches
-from deconvnet.gallery.scan import ScanState, list_images, scan_folder, state_path
+from deconvnet.gallery.listing import list_images
+from deconvnet.gallery.scan import scan_folder
+from deconvnet.gallery.state import ScanState, state_path
 from deconvnet.images import load_image
 
 LAYERS = ["conv1", "conv3", "conv5"]

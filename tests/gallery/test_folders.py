@@ -27,7 +27,8 @@ from deconvnet.cli.gallery import merge as merge_command
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import LOCK_NAME, locked, write_bytes_atomic
 from deconvnet.gallery.build import make_gallery, scan_shard
-from deconvnet.gallery.scan import MAX_TOP, ScanState, list_images, parse_channels, state_path
+from deconvnet.gallery.listing import list_images, parse_channels
+from deconvnet.gallery.state import MAX_TOP, ScanState, state_path
 
 SMALL = ["cats/img00.jpg", "dogs/img01.png", "img02.bmp", "dup-a.png"]
 OPTIONS = dict(layers=["conv1"], channels="0-1", top=2, workers=0, progress=False)
@@ -127,7 +128,7 @@ def test_links_to_folders_are_followed_once_and_loops_are_reported(small, tmp_pa
 
 LIST_WITHOUT_OVERRIDE = """
 import json, sys
-from deconvnet.gallery.scan import list_images
+from deconvnet.gallery.listing import list_images
 print(json.dumps(list_images(sys.argv[1]).left_out))
 """
 

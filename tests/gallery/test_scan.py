@@ -11,18 +11,9 @@ from gallery_folder import UNREADABLE
 
 from deconvnet import DeconvNetError
 from deconvnet.gallery.decoding import ImageFiles, Preprocessing
-from deconvnet.gallery.scan import (
-    ScanState,
-    TopK,
-    list_images,
-    merge_states,
-    new_state,
-    parse_channels,
-    parse_shard,
-    scan,
-    scan_folder,
-    state_path,
-)
+from deconvnet.gallery.listing import list_images, parse_channels, parse_shard
+from deconvnet.gallery.scan import scan, scan_folder
+from deconvnet.gallery.state import ScanState, TopK, merge_states, new_state, state_path
 from deconvnet.images import load_image, preprocessing
 
 LAYERS = ["conv2", "conv5"]
