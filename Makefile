@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-data lint bench setup clean chromium
+.PHONY: demo test test-isa test-data lint bench setup clean chromium
 
 setup: $(STAMP)
 
@@ -30,6 +30,12 @@ test-data: $(STAMP)
 
 test: lint test-data chromium
 	$(BIN)/python -m pytest
+
+# The suite with PyTorch's and oneDNN's instruction sets forced down (AVX2; none beyond SSE4.1):
+# other kernels round differently, and the tests must hold on any CPU, not only this one's.
+test-isa: test-data chromium
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
