@@ -614,7 +614,7 @@ def test_an_unreadable_file_is_one_line_in_our_words(tmp_path: Path, kind: str) 
     message = str(e.value)
     assert "\n" not in message and "weights_only" not in message and len(message) < 400
     if kind == "torch-advice":
-        assert "test_models.Marker" in message and "state_dict()" in message
+        assert "test_loading.Marker" in message and "state_dict()" in message
 
 
 def test_empty_weights_path() -> None:
