@@ -6,14 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-isa test-data lint bench setup clean chromium
+.PHONY: demo test test-isa test-data lint bench setup clean chromium docs
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,7 +28,7 @@ lint: $(STAMP)
 test-data: $(STAMP)
 	$(BIN)/python tests/sample_data.py
 
-test: lint test-data chromium
+test: lint test-data chromium docs
 	$(BIN)/python -m pytest
 
 # The suite with PyTorch's and oneDNN's instruction sets forced down (AVX2; none beyond SSE4.1):
@@ -36,6 +36,11 @@ test: lint test-data chromium
 test-isa: test-data chromium
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest
 	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(BIN)/python -m pytest
+
+# The documentation site, from docs/ into site/; offline (no plugin fetches anything), and
+# --strict turns every warning (a broken link, an undocumented parameter's type) into an error.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

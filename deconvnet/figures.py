@@ -54,12 +54,32 @@ def display_scale(
     box: Sequence[int] | torch.Tensor | None = None,
     percentile: float = PERCENTILE,
 ) -> float:
-    """The contrast scale ``s`` of one reconstruction ``(3, H, W)``: a percentile of ``|r|``.
+    """The contrast scale ``s`` of one reconstruction: a percentile of ``|r|``.
 
-    The percentile is taken over the ``box`` ``(top, left, bottom, right)`` when given (the
-    receptive field: outside it a single unit's reconstruction is zero, and those zeros would
-    drag the percentile to zero for small fields), else over the whole image. Falls back to the
-    maximum of ``|r|``, then to 1, so that an all-zero reconstruction still draws as flat grey.
+    The percentile is taken over the ``box`` when given (the receptive field: outside it a single
+    unit's reconstruction is zero, and those zeros would drag the percentile to zero for small
+    fields), else over the whole image. Falls back to the maximum of ``|r|``, then to 1, so that an
+    all-zero reconstruction still draws as flat grey.
+
+    Parameters
+    ----------
+    reconstruction : torch.Tensor
+        One reconstruction ``(3, H, W)``, raw (in the units of the normalized input).
+    box : Sequence[int] | torch.Tensor | None
+        ``(top, left, bottom, right)`` in pixels, bottom and right exclusive; ``None``: the whole
+        image.
+    percentile : float
+        The percentile of ``|r|`` in (0, 100] that maps to full contrast.
+
+    Returns
+    -------
+    float
+        ``s`` > 0: ``-s`` is drawn black, ``+s`` full colour.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``percentile`` is not a number in (0, 100].
     """
     percentile = check_percentile(percentile)
     values = _numpy(reconstruction)
@@ -76,14 +96,37 @@ def display_scale(
 
 
 def to_display(reconstruction: torch.Tensor, scale: float) -> np.ndarray:
-    """A reconstruction ``(3, H, W)`` as an ``(H, W, 3)`` image in [0, 1]: 0 -> grey, ±scale
-    -> the ends, clipped."""
+    """A reconstruction as an image: 0 is mid-grey, ``±scale`` the ends, the rest clipped.
+
+    Parameters
+    ----------
+    reconstruction : torch.Tensor
+        One reconstruction ``(3, H, W)``, raw.
+    scale : float
+        The contrast scale ``s``, e.g. from ``display_scale``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W, 3)`` in [0, 1]: ``clip(0.5 + r / (2 s), 0, 1)``.
+    """
     values = _numpy(reconstruction).transpose(1, 2, 0)
     return np.clip(0.5 + values / (2.0 * scale), 0.0, 1.0)
 
 
 def image_to_display(x: torch.Tensor) -> np.ndarray:
-    """A normalized input image ``(3, H, W)`` as an ``(H, W, 3)`` array in [0, 1]."""
+    """A normalized input image as an RGB array, the ImageNet normalization undone.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        One normalized image ``(3, H, W)``, on any device.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W, 3)`` in [0, 1].
+    """
     return _numpy(unnormalize(x.detach().float().cpu())).transpose(1, 2, 0)
 
 
@@ -97,9 +140,33 @@ def projection_figure(
     name: str | None = None,
     percentile: float = PERCENTILE,
 ) -> Figure:
-    """One unit, as one row of five panels: the input with the receptive field boxed, the
-    channel's activation map with the unit marked, the reconstruction, and the reconstruction
-    and the image cropped to the receptive field. ``name`` (e.g. the image's) heads the title."""
+    """One unit, as one row of five panels.
+
+    The panels: the input with the receptive field boxed, the channel's activation map with the
+    unit marked, the reconstruction, and the reconstruction and the image cropped to the receptive
+    field.
+
+    Parameters
+    ----------
+    projection : Projection
+        The result of ``DeconvNet.project``.
+    index : int
+        Which of its units to draw.
+    name : str | None
+        Heads the title (e.g. the image's name).
+    percentile : float
+        The percentile of ``|r|`` in (0, 100] drawn at full contrast (see ``display_scale``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Built without pyplot.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``index`` is not an int within the projection, or ``percentile`` is out of range.
+    """
     index = _check_index(projection, index)
     percentile = check_percentile(percentile)
     figure = Figure(figsize=(13.0, 3.3), layout="constrained")
@@ -123,7 +190,30 @@ def projection_sheet(
 ) -> Figure:
     """Several units of one Projection, one row each (e.g. the N strongest channels of a layer).
 
-    ``indices`` picks the rows (default: all). Each reconstruction has its own contrast scale.
+    Each reconstruction has its own contrast scale.
+
+    Parameters
+    ----------
+    projection : Projection
+        The result of ``DeconvNet.project`` or ``project_many``.
+    indices : Sequence[int] | None
+        The units to draw, one row each, in this order (a list, or a 1-D tensor or array);
+        ``None``: all of them.
+    title : str | None
+        The figure's title; default: the layer, the number of units and the rule.
+    percentile : float
+        The percentile of ``|r|`` in (0, 100] drawn at full contrast.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Built without pyplot.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``indices`` is empty, not a list of ints, or names a unit the projection does not hold,
+        or ``percentile`` is out of range.
     """
     if isinstance(indices, torch.Tensor | np.ndarray):
         indices = indices.reshape(-1).tolist()
@@ -164,10 +254,32 @@ def compare_figure(
     name: str | None = None,
     percentile: float = PERCENTILE,
 ) -> Figure:
-    """The same unit projected by several rules, side by side: ``{rule: Projection}``.
+    """The same unit projected by several rules, side by side.
 
     Top row: the input with the receptive field, then each rule's reconstruction; bottom row: the
     image patch, then each reconstruction cropped to the receptive field.
+
+    Parameters
+    ----------
+    projections : Mapping[str, Projection]
+        ``{rule: Projection}``, each of the same unit (layer, channel and position).
+    index : int
+        Which unit of each projection to draw.
+    name : str | None
+        Heads the title (e.g. the image's name).
+    percentile : float
+        The percentile of ``|r|`` in (0, 100] drawn at full contrast.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Built without pyplot.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``projections`` is not a non-empty mapping, its projections are of different units,
+        ``index`` is out of range, or ``percentile`` is out of range.
     """
     if not isinstance(projections, Mapping):
         raise DeconvNetError(
@@ -214,10 +326,28 @@ def compare_figure(
 
 
 def filter_grid(weight: torch.Tensor, *, title: str | None = None) -> Figure:
-    """A conv layer's filters ``(C_out, 3, kh, kw)`` as colour images in one grid.
+    """A conv layer's filters as colour images in one grid.
 
     Only filters that act on RGB pixels (the first layer's) are pictures; each is scaled on its
     own, symmetrically: grey is 0 and full colour is its largest ``|w|``.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        The filters ``(C_out, 3, kh, kw)``, e.g. ``net.features[0].weight``.
+    title : str | None
+        The figure's title; default: how many filters, and their size.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Built without pyplot.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``weight`` is not a tensor of shape ``(C_out, 3, kh, kw)`` with at least one filter, or
+        holds NaN or infinite values.
     """
     if not isinstance(weight, torch.Tensor):
         raise DeconvNetError(
@@ -262,7 +392,20 @@ def filter_grid(weight: torch.Tensor, *, title: str | None = None) -> Figure:
 
 
 def figure_png(figure: Figure, dpi: int = 100) -> bytes:
-    """Render ``figure`` to PNG bytes (the same figure gives the same bytes)."""
+    """Render a figure to PNG bytes; the same figure gives the same bytes.
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+        The figure to render, on a white background.
+    dpi : int
+        Pixels per inch.
+
+    Returns
+    -------
+    bytes
+        The PNG file's contents.
+    """
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, facecolor="white")
     return buffer.getvalue()

@@ -36,7 +36,13 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
 
 
 def default_image() -> Path:
-    """matplotlib's sample photograph (Grace Hopper), always installed with matplotlib."""
+    """matplotlib's sample photograph (Grace Hopper), always installed with matplotlib.
+
+    Returns
+    -------
+    pathlib.Path
+        The path of ``grace_hopper.jpg`` inside matplotlib's sample data.
+    """
     from matplotlib import cbook
 
     return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
@@ -54,10 +60,27 @@ _FILE_KINDS = {
 def load_image(path: str | os.PathLike[str], *, draft: int | None = None) -> Image.Image:
     """Read an image file as an RGB ``PIL.Image``, fully decoded, EXIF orientation applied.
 
-    ``draft`` (pixels) trades exactness for speed: a JPEG is decoded at the smallest of
-    libjpeg's scales (1/8, 1/4, 1/2) that keeps its shorter side at least ``draft`` pixels
-    (Pillow's draft mode), several times faster for a large photo; its pixels differ slightly
-    from a full decode resized to the same size. Other formats are decoded in full.
+    Parameters
+    ----------
+    path : str | os.PathLike[str]
+        An image file in any format and mode Pillow reads (converted as ``to_rgb`` does).
+    draft : int | None
+        Trades exactness for speed: a JPEG is decoded at the smallest of libjpeg's scales (1/8,
+        1/4, 1/2) that keeps its shorter side at least ``draft`` pixels (Pillow's draft mode),
+        several times faster for a large photo; its pixels differ slightly from a full decode
+        resized to the same size. Other formats are decoded in full. ``None``: always in full.
+
+    Returns
+    -------
+    PIL.Image.Image
+        The image in mode ``RGB``.
+
+    Raises
+    ------
+    DeconvNetError
+        If the path is missing, unreadable, a directory, a named pipe, device or socket (refused
+        before opening), not an image, truncated or corrupt, a possible decompression bomb, or
+        smaller than ``MIN_SIDE`` (16) pixels on a side.
     """
     path = Path(path)
     try:
@@ -110,6 +133,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
     Integer modes of more than 8 bits are read on a 16-bit scale (0..65535 to 0..255) and
     floating-point ones on 0..1, whatever the image holds (see the module's docstring).
+
+    Parameters
+    ----------
+    image : PIL.Image.Image
+        An image in any mode.
+
+    Returns
+    -------
+    PIL.Image.Image
+        The image in mode ``RGB`` (the same object when it already is).
     """
     if image.mode == "RGB":
         return image
@@ -131,9 +164,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def preprocessing(size: int | None = None) -> Callable[[Image.Image], torch.Tensor]:
     """The transform from an RGB image to the network's normalized ``(3, H, W)`` input.
 
-    ``size=None`` is the weights' own torchvision preprocessing (``AlexNet_Weights`` and
-    ``VGG16_Weights`` share it): resize the shorter side to 256, centre-crop 224, normalize. An
-    integer resizes the shorter side to ``size`` and keeps the whole image (no crop).
+    Parameters
+    ----------
+    size : int | None
+        ``None``: the weights' own torchvision preprocessing (``AlexNet_Weights`` and
+        ``VGG16_Weights`` share it): resize the shorter side to 256, centre-crop 224, normalize. An
+        integer resizes the shorter side to ``size`` pixels and keeps the whole image (no crop).
+
+    Returns
+    -------
+    Callable[[PIL.Image.Image], torch.Tensor]
+        Maps an RGB image to a float32 ``(3, H, W)`` tensor, ImageNet-normalized.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``size`` is under ``MIN_SIDE`` (16).
     """
     if size is None:
         from torchvision.models import AlexNet_Weights
@@ -152,12 +198,41 @@ def preprocessing(size: int | None = None) -> Callable[[Image.Image], torch.Tens
 
 
 def preprocess(image: Image.Image, size: int | None = None) -> torch.Tensor:
-    """An RGB image as a normalized ``(1, 3, H, W)`` batch (see ``preprocessing``)."""
+    """An RGB image as a normalized batch of one (see ``preprocessing``).
+
+    Parameters
+    ----------
+    image : PIL.Image.Image
+        An RGB image, e.g. from ``load_image``.
+    size : int | None
+        As for ``preprocessing``: ``None`` for the 224x224 centre crop, else the shorter side.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, 3, H, W)``, float32, ImageNet-normalized.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``size`` is under ``MIN_SIDE`` (16).
+    """
     return preprocessing(size)(image).unsqueeze(0)
 
 
 def unnormalize(x: torch.Tensor) -> torch.Tensor:
-    """Undo the ImageNet normalization: ``(..., 3, H, W)`` -> same shape, values in [0, 1]."""
+    """Undo the ImageNet normalization, for display.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Normalized images ``(..., 3, H, W)``.
+
+    Returns
+    -------
+    torch.Tensor
+        The same shape, dtype and device, values clamped to [0, 1].
+    """
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x * std + mean).clamp(0, 1)

