@@ -195,3 +195,11 @@ def test_real_alexnet_conv5_channels_rise_from_zero(alexnet):
     assert (result.activation > 0).all()
     assert (result.activation > start.activation).all()
     assert (result.objective[:, -1] > result.objective[:, 0]).all()
+
+
+def test_deconvnet_maximize_is_the_function_after_its_modules_are_imported():
+    import deconvnet
+    import deconvnet.maximize.objective
+
+    assert deconvnet.maximize is maximize
+    assert deconvnet.Maximization is Maximization
