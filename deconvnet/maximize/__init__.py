@@ -39,11 +39,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BATCH", "SIZE", "STEPS", "Maximization", "maximize"]
 
-# The defaults, chosen so that all 256 channels of AlexNet's conv5 take minutes on 2 CPU cores
-# while meeting the quality goals of scripts/benchmark_maximize.py (which prints both).
+# The defaults, sized for the budget of an atlas of all 256 channels of AlexNet's conv5 on 2 CPU
+# cores; scripts/benchmark_maximize.py prints what they cost and which quality goals they meet.
 STEPS = 256
 SIZE = 128
-# Targets per optimization batch: bounds memory (AlexNet at 224 pixels: about 4 MB each).
+# Targets per optimization batch: bounds the memory of the forward and backward pass.
 BATCH = 64
 
 # Images a notebook shows of a Maximization; figure() draws any number.
