@@ -11,12 +11,6 @@ from deconvnet.engine.projection import Projection
 from deconvnet.errors import DeconvNetError
 from deconvnet.selection import Target
 
-# isort: split
-# Imported last, as it imports the names above. Bound after the subpackage is imported, so that
-# deconvnet.maximize is the function: importing the subpackage again (deconvnet.maximize.objective)
-# finds it in sys.modules and leaves this name be.
-from deconvnet.maximize import Maximization, maximize
-
 __all__ = [
     "DeconvNet",
     "DeconvNetError",
@@ -34,4 +28,8 @@ def __getattr__(name: str):
         from deconvnet.models.loading import load_model
 
         return load_model
+    if name in ("maximize", "Maximization"):
+        from deconvnet import maximization
+
+        return getattr(maximization, name)
     raise AttributeError(f"module 'deconvnet' has no attribute {name!r}")

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deconvnet import DeconvNet, load_model
-from deconvnet.maximize import BATCH, IMAGENET_MEAN, IMAGENET_STD, SIZE, STEPS, maximize
-from deconvnet.maximize.objective import find_site, layer_maps
+from deconvnet.maximization import BATCH, IMAGENET_MEAN, IMAGENET_STD, SIZE, STEPS, maximize
+from deconvnet.maximization.objective import find_site, layer_maps
 
 PHOTOS = Path("/work/shared/images")
 ALEXNET_CHANNELS = (0, 12, 40, 77, 128, 150, 200, 255)

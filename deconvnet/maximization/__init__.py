@@ -7,7 +7,7 @@ Fourier basis (``parameterization``) and each step sees it randomly jittered, sc
 (``transforms``), so what it converges to is a pattern, not a pixel-aligned adversarial one.
 
     from deconvnet import load_model
-    from deconvnet.maximize import maximize
+    from deconvnet.maximization import maximize
     result = maximize(load_model("alexnet"), ["conv5:12", "conv5:40@6,6"])
     result.images        # (2, 3, 224, 224) RGB in [0, 1]
     result.activation    # (2,) each target's value on its image
@@ -30,9 +30,13 @@ from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError, Target
 from deconvnet.errors import check_int
-from deconvnet.maximize.objective import check_targets, find_site, layer_maps, target_values
-from deconvnet.maximize.parameterization import LEARNING_RATES, PARAMETERIZATIONS, ImageParameters
-from deconvnet.maximize.transforms import draw_transforms, transform
+from deconvnet.maximization.objective import check_targets, find_site, layer_maps, target_values
+from deconvnet.maximization.parameterization import (
+    LEARNING_RATES,
+    PARAMETERIZATIONS,
+    ImageParameters,
+)
+from deconvnet.maximization.transforms import draw_transforms, transform
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

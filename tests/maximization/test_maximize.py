@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError, Target
-from deconvnet.maximize import IMAGENET_MEAN, IMAGENET_STD, Maximization, maximize
+from deconvnet.maximization import IMAGENET_MEAN, IMAGENET_STD, Maximization, maximize
 
 SIZE = 32
 
@@ -199,7 +199,7 @@ def test_real_alexnet_conv5_channels_rise_from_zero(alexnet):
 
 def test_deconvnet_maximize_is_the_function_after_its_modules_are_imported():
     import deconvnet
-    import deconvnet.maximize.objective
+    import deconvnet.maximization.objective
 
     assert deconvnet.maximize is maximize
     assert deconvnet.Maximization is Maximization
