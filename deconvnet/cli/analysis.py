@@ -20,6 +20,7 @@ from deconvnet.cli.options import (
     ClassOption,
     DeviceOption,
     FillOption,
+    LayerOption,
     LayersOption,
     ModelOption,
     OutOption,
@@ -48,16 +49,7 @@ app = typer.Typer()
 @app.command()
 def occlusion(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image file.")],
-    layer: Annotated[
-        str | None,
-        typer.Option(
-            "--layer",
-            "-l",
-            metavar="LAYER",
-            help="Default: the last conv layer.",
-            show_default=False,
-        ),
-    ] = None,
+    layer: LayerOption = None,
     patch: Annotated[int, typer.Option(help="Side of the square occluder, in pixels.")] = 48,
     stride: Annotated[int, typer.Option(help="Pixels between occluder positions.")] = 8,
     target_class: ClassOption = None,

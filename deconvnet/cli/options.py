@@ -95,6 +95,17 @@ ArraysOption = Annotated[
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print only the files written and errors.")
 ]
+LayerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--layer",
+        "-l",
+        metavar="LAYER",
+        help="Layer: conv1..conv5, pool1, pool2, pool5 (VGG: conv3_2, ...) or features.N. "
+        "Default: the last conv layer (AlexNet's conv5, VGG16's conv5_3).",
+        show_default=False,
+    ),
+]
 LayersOption = Annotated[
     str | None,
     typer.Option(

@@ -21,6 +21,7 @@ from deconvnet.cli.options import (
     DEFAULT_PERCENTILE,
     ArraysOption,
     DeviceOption,
+    LayerOption,
     ModelOption,
     OutOption,
     PercentileOption,
@@ -58,17 +59,7 @@ def visualize(
             show_default=False,
         ),
     ] = None,
-    layer: Annotated[
-        str | None,
-        typer.Option(
-            "--layer",
-            "-l",
-            metavar="LAYER",
-            help="Layer: conv1..conv5, pool1, pool2, pool5 (VGG: conv3_2, ...) or features.N. "
-            "Default: the last conv layer (AlexNet's conv5, VGG16's conv5_3).",
-            show_default=False,
-        ),
-    ] = None,
+    layer: LayerOption = None,
     channel: Annotated[
         list[int] | None,
         typer.Option(
