@@ -18,6 +18,7 @@ from deconvnet.cli.options import (
     DEFAULT_OUT,
     BatchSizeOption,
     ClassOption,
+    DefaultLayersOption,
     DeviceOption,
     FillOption,
     LayerOption,
@@ -270,15 +271,7 @@ def evolution(
         Path,
         typer.Option("--images", metavar="DIR", help="Folder of images, searched recursively."),
     ],
-    layers: Annotated[
-        str | None,
-        typer.Option(
-            "--layers",
-            metavar="L1,L2",
-            help="Comma-separated layers. Default: every conv layer (AlexNet conv1..conv5).",
-            show_default=False,
-        ),
-    ] = None,
+    layers: DefaultLayersOption = None,
     channels: Annotated[
         str, typer.Option(help="Channels of every layer: all, a range 0-7, a list 5,9 or a mix.")
     ] = "0-7",

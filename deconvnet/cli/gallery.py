@@ -15,6 +15,7 @@ import typer
 from deconvnet.cli.options import (
     DEFAULT_MODEL,
     BatchSizeOption,
+    DefaultLayersOption,
     DeviceOption,
     ModelOption,
     RuleOption,
@@ -52,14 +53,7 @@ def gallery(
     folder: Annotated[
         Path, typer.Argument(help="Folder of images, searched recursively (or an ImageFolder).")
     ],
-    layers: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated layers (default: conv1..conv5 for AlexNet, each block's last "
-            "conv for VGG, the last four blocks of any other network).",
-            show_default=False,
-        ),
-    ] = None,
+    layers: DefaultLayersOption = None,
     channels: Annotated[
         str, typer.Option(help="Channels of every layer: all, a range 0-31, a list 5,9 or a mix.")
     ] = "all",

@@ -106,6 +106,8 @@ LayerOption = Annotated[
         show_default=False,
     ),
 ]
+# --layers where the analysis picks the layers (``penultimate`` is its name for fc7's input);
+# DefaultLayersOption where ``gallery.build.default_layers`` does.
 LayersOption = Annotated[
     str | None,
     typer.Option(
@@ -113,6 +115,16 @@ LayersOption = Annotated[
         metavar="L1,L2",
         help="Comma-separated layers (conv1, conv5, pool5, ..., or penultimate: the input of "
         "the classifier's last layer, fc7).",
+        show_default=False,
+    ),
+]
+DefaultLayersOption = Annotated[
+    str | None,
+    typer.Option(
+        "--layers",
+        metavar="L1,L2",
+        help="Comma-separated layers. Default: conv1..conv5 for AlexNet, each block's last conv "
+        "for VGG, the last four blocks of any other network.",
         show_default=False,
     ),
 ]
