@@ -157,6 +157,7 @@ def invariance(
         from deconvnet.analysis.invariance import steps as spaced
 
         check_transform(transform)
+        wanted_layers = layer_names(layers)
         low, high = _range(value_range)
         values = spaced(transform, low, high, steps)
         inputs = load_inputs(images, size, out)
@@ -174,7 +175,7 @@ def invariance(
             x,
             transform,
             values,
-            layer_names(layers),
+            wanted_layers,
             target_class=target_class,
             fill=fill,
             names=stems,
@@ -237,6 +238,7 @@ def correspondence(
 
         check_out(out)
         check_size(size)
+        wanted_layers = layer_names(layers)
         boxes = read_parts(parts)
         pictures = {str(path): load_image(path) for path in images}
         if len(pictures) != len(images):
@@ -247,7 +249,7 @@ def correspondence(
             run.net,
             pictures,
             boxes,
-            layer_names(layers),
+            wanted_layers,
             repeats=repeats,
             seed=seed,
             size=size,
