@@ -1,118 +1,74 @@
 """``deconvnet occlusion | invariance | correspondence | evolution``: the paper's other instruments.
 
-Thin commands over ``deconvnet.analysis``, registered on the main app in ``cli.py`` (one line
-each). They report mistakes as ``cli.py``'s commands do (one line ``error: ...``, exit status 2,
-no file written: every input is read and checked, and the whole analysis computed, before the
-first file is written) and write with the same rule: atomically, never over a different result.
-Each writes its figures and the raw numbers as CSV beside them.
+Thin commands over ``deconvnet.analysis``. Like every command they report a mistake in one line
+``error: ...`` with exit status 2 and write no file (every input is read and checked, and the
+whole analysis computed, before the first file is written), and they write atomically, never
+over a different result. Each writes its figures and the raw numbers as CSV beside them.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from deconvnet.cli.options import (
+    DEFAULT_MODEL,
+    DEFAULT_OUT,
+    BatchSizeOption,
+    ClassOption,
+    DefaultLayersOption,
+    DeviceOption,
+    FillOption,
+    LayerOption,
+    LayersOption,
+    ModelOption,
+    OutOption,
+    QuietOption,
+    SizeOption,
+    WeightsOption,
+    check_out,
+    check_size,
+    layer_names,
+)
+from deconvnet.cli.outputs import csv_bytes, safe, save_outputs, stem, written_note
+from deconvnet.cli.run import Run, architecture, load_inputs, reporting
 from deconvnet.errors import DeconvNetError
 
-MODEL_HELP = "alexnet, vgg11, vgg13, vgg16 or vgg19."
-WEIGHTS_HELP = (
-    "State dict file (torchvision keys; conv layers suffice, the class panels need the "
-    "classifier's too; 'random' for a seeded untrained model). Default: $DECONVNET_WEIGHTS, else "
-    "torchvision's ImageNet weights."
-)
-SIZE_HELP = (
-    "Resize the shorter side to this many pixels and keep the whole image. Default: "
-    "torchvision's preprocessing (shorter side 256, centre crop 224)."
-)
-FILL_HELP = "Value of the normalized input the hidden pixels take (0: the ImageNet mean colour)."
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-ModelOption = Annotated[str, typer.Option("--model", "-m", metavar="NAME", help=MODEL_HELP)]
-WeightsOption = Annotated[
-    str | None,
-    typer.Option("--weights", "-w", metavar="PATH", help=WEIGHTS_HELP, show_default=False),
-]
-DeviceOption = Annotated[
-    str | None,
-    typer.Option(
-        "--device", metavar="cpu|cuda", help="Default: cuda if present.", show_default=False
-    ),
-]
-SizeOption = Annotated[
-    int | None, typer.Option("--size", "-s", metavar="PIXELS", help=SIZE_HELP, show_default=False)
-]
-OutOption = Annotated[
-    Path, typer.Option("--out", "-o", metavar="DIR", help="Directory for the outputs.")
-]
-QuietOption = Annotated[
-    bool, typer.Option("--quiet", "-q", help="Print only the files written and errors.")
-]
-LayersOption = Annotated[
-    str | None,
-    typer.Option(
-        "--layers",
-        metavar="L1,L2",
-        help="Comma-separated layers (conv1, conv5, pool5, ..., or penultimate: the input of "
-        "the classifier's last layer, fc7).",
-        show_default=False,
-    ),
-]
-ClassOption = Annotated[
-    int | None,
-    typer.Option(
-        "--class",
-        metavar="INDEX",
-        help="ImageNet class index (0..999) whose probability is shown. Default: the top class "
-        "of the unaltered image.",
-        show_default=False,
-    ),
-]
+    from deconvnet.analysis.occlusion import Occlusion
 
-
-def _base():
-    # cli.py imports this module to register the commands; its helpers are read at call time.
-    from deconvnet.cli import main as cli
-
-    return cli
+app = typer.Typer()
 
 
 # --- occlusion -----------------------------------------------------------------------------------
 
 
+@app.command()
 def occlusion(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image file.")],
-    layer: Annotated[
-        str | None,
-        typer.Option(
-            "--layer",
-            "-l",
-            metavar="LAYER",
-            help="Default: the last conv layer.",
-            show_default=False,
-        ),
-    ] = None,
+    layer: LayerOption = None,
     patch: Annotated[int, typer.Option(help="Side of the square occluder, in pixels.")] = 48,
     stride: Annotated[int, typer.Option(help="Pixels between occluder positions.")] = 8,
     target_class: ClassOption = None,
-    fill: Annotated[float, typer.Option(help=FILL_HELP)] = 0.0,
-    model: ModelOption = "alexnet",
+    fill: FillOption = 0.0,
+    model: ModelOption = DEFAULT_MODEL,
     weights: WeightsOption = None,
     device: DeviceOption = None,
     size: SizeOption = None,
-    out: OutOption = Path("outputs"),
+    out: OutOption = DEFAULT_OUT,
     quiet: QuietOption = False,
 ) -> None:
     """Occlusion sensitivity (Zeiler & Fergus, Fig. 7): slide a grey square over the image and
     map how the strongest feature map and the class probabilities change."""
-    cli = _base()
-    with cli._reporting(quiet):
+    with reporting(quiet):
         from deconvnet.analysis.occlusion import occlusion_sensitivity
 
-        ((path, x),) = cli._load_inputs([image], size, out)
-        run = cli._Run.start(model, weights, device, size, cli.DEFAULT_PERCENTILE)
+        ((path, x),) = load_inputs([image], size, out)
+        run = Run.start(model, weights, device, size)
         result = occlusion_sensitivity(
             run.net,
             x.to(run.device),
@@ -122,19 +78,19 @@ def occlusion(
             fill=fill,
             target_class=target_class,
         )
-        stem = cli._stem(path)
-        base = f"{stem}_{result.layer}_occlusion_p{patch}s{stride}"
+        image_name = stem(path)
+        base = f"{image_name}_{result.layer}_occlusion_p{patch}s{stride}"
         if target_class is not None:
             base += f"_class{target_class}"
         if fill != 0:
             base += f"_fill{fill:g}"
-        figure = result.plot(name=stem)
+        figure = result.plot(name=image_name)
         positions = result.feature_total.numel()
-        what = f"{stem}: occlusion of {result.layer}:{result.channel}, {positions} positions"
-        _save(cli, run, out, base, figure, _occlusion_csv(result), what)
+        what = f"{image_name}: occlusion of {result.layer}:{result.channel}, {positions} positions"
+        _save(run, out, base, figure, _occlusion_csv(result), what)
 
 
-def _occlusion_csv(result) -> bytes:
+def _occlusion_csv(result: Occlusion) -> bytes:
     names = result.class_names or []
     rows = []
     for i, top in enumerate(result.rows.tolist()):
@@ -155,12 +111,13 @@ def _occlusion_csv(result) -> bytes:
                     top_class_name=names[cls] if cls < len(names) else cls,
                 )
             rows.append(row)
-    return _csv(rows)
+    return csv_bytes(rows)
 
 
 # --- invariance ----------------------------------------------------------------------------------
 
 
+@app.command()
 def invariance(
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Image files.")],
     transform: Annotated[
@@ -180,18 +137,17 @@ def invariance(
     steps: Annotated[int, typer.Option(help="Evenly spaced steps over the range.")] = 13,
     layers: LayersOption = None,
     target_class: ClassOption = None,
-    fill: Annotated[float, typer.Option(help=FILL_HELP)] = 0.0,
-    model: ModelOption = "alexnet",
+    fill: FillOption = 0.0,
+    model: ModelOption = DEFAULT_MODEL,
     weights: WeightsOption = None,
     device: DeviceOption = None,
     size: SizeOption = None,
-    out: OutOption = Path("outputs"),
+    out: OutOption = DEFAULT_OUT,
     quiet: QuietOption = False,
 ) -> None:
     """Invariance (Zeiler & Fergus, Fig. 5): feature distances and class probability as the
     images are translated, scaled or rotated."""
-    cli = _base()
-    with cli._reporting(quiet):
+    with reporting(quiet):
         import torch
 
         # (deconvnet.analysis re-exports the functions under the modules' names: import from
@@ -201,24 +157,25 @@ def invariance(
         from deconvnet.analysis.invariance import steps as spaced
 
         check_transform(transform)
+        wanted_layers = layer_names(layers)
         low, high = _range(value_range)
         values = spaced(transform, low, high, steps)
-        inputs = cli._load_inputs(images, size, out)
+        inputs = load_inputs(images, size, out)
         shapes = {tuple(x.shape) for _, x in inputs}
         if len(shapes) > 1:
             raise DeconvNetError(
                 "the images come out of preprocessing in different sizes; drop --size (the "
                 "default centre crop gives them one size)"
             )
-        run = cli._Run.start(model, weights, device, size, cli.DEFAULT_PERCENTILE)
+        run = Run.start(model, weights, device, size)
         x = torch.cat([x for _, x in inputs]).to(run.device)
-        stems = [cli._stem(path) for path, _ in inputs]
+        stems = [stem(path) for path, _ in inputs]
         result = measure(
             run.net,
             x,
             transform,
             values,
-            _split(layers),
+            wanted_layers,
             target_class=target_class,
             fill=fill,
             names=stems,
@@ -228,7 +185,7 @@ def invariance(
         what = (
             f"{group}: invariance to {transform}, {len(values)} steps, {', '.join(result.layers)}"
         )
-        _save(cli, run, out, base, result.plot(), _csv(result.rows()), what)
+        _save(run, out, base, result.plot(), csv_bytes(result.rows()), what)
 
 
 def _range(text: str | None) -> tuple[float | None, float | None]:
@@ -247,6 +204,7 @@ def _range(text: str | None) -> tuple[float | None, float | None]:
 # --- correspondence ------------------------------------------------------------------------------
 
 
+@app.command()
 def correspondence(
     images: Annotated[
         list[Path], typer.Argument(metavar="IMAGE", help="Image files (two or more).")
@@ -263,48 +221,50 @@ def correspondence(
     layers: LayersOption = None,
     repeats: Annotated[int, typer.Option(help="Draws of random boxes for the baseline.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the random boxes.")] = 0,
-    fill: Annotated[float, typer.Option(help=FILL_HELP)] = 0.0,
-    model: ModelOption = "alexnet",
+    fill: FillOption = 0.0,
+    model: ModelOption = DEFAULT_MODEL,
     weights: WeightsOption = None,
     device: DeviceOption = None,
     size: SizeOption = None,
-    out: OutOption = Path("outputs"),
+    out: OutOption = DEFAULT_OUT,
     quiet: QuietOption = False,
 ) -> None:
     """Correspondence (Zeiler & Fergus, Sec. 5): how consistently each layer reacts when the
     same part is hidden in different images, against random boxes."""
-    cli = _base()
-    with cli._reporting(quiet):
+    with reporting(quiet):
         from deconvnet.analysis.correspondence import correspondence as measure
         from deconvnet.analysis.correspondence import match_parts, read_parts
         from deconvnet.images import load_image
 
-        cli._check_out(out)
+        check_out(out)
+        check_size(size)
+        wanted_layers = layer_names(layers)
         boxes = read_parts(parts)
         pictures = {str(path): load_image(path) for path in images}
         if len(pictures) != len(images):
             raise DeconvNetError("an image is given twice")
         match_parts(boxes, pictures)
-        run = cli._Run.start(model, weights, device, size, cli.DEFAULT_PERCENTILE)
+        run = Run.start(model, weights, device, size)
         result = measure(
             run.net,
             pictures,
             boxes,
-            _split(layers),
+            wanted_layers,
             repeats=repeats,
             seed=seed,
             size=size,
             fill=fill,
         )
         typer.echo(result.table())
-        base = f"{cli._stem(parts)}_correspondence"
+        base = f"{stem(parts)}_correspondence"
         what = f"correspondence of {len(result.parts)} parts in {len(pictures)} images"
-        _save(cli, run, out, base, result.plot(), _csv(result.rows()), what)
+        _save(run, out, base, result.plot(), csv_bytes(result.rows()), what)
 
 
 # --- evolution -----------------------------------------------------------------------------------
 
 
+@app.command()
 def evolution(
     checkpoints: Annotated[
         list[Path], typer.Argument(metavar="CHECKPOINT", help="State dicts, in training order.")
@@ -313,41 +273,32 @@ def evolution(
         Path,
         typer.Option("--images", metavar="DIR", help="Folder of images, searched recursively."),
     ],
-    layers: Annotated[
-        str | None,
-        typer.Option(
-            "--layers",
-            metavar="L1,L2",
-            help="Comma-separated layers. Default: every conv layer (AlexNet conv1..conv5).",
-            show_default=False,
-        ),
-    ] = None,
+    layers: DefaultLayersOption = None,
     channels: Annotated[
         str, typer.Option(help="Channels of every layer: all, a range 0-7, a list 5,9 or a mix.")
     ] = "0-7",
-    model: ModelOption = "alexnet",
+    model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
-    out: OutOption = Path("outputs"),
+    batch_size: BatchSizeOption = 32,
+    out: OutOption = DEFAULT_OUT,
     quiet: QuietOption = False,
 ) -> None:
     """Feature evolution (Zeiler & Fergus, Fig. 4): each channel's strongest activation over the
     images, projected, checkpoint by checkpoint; a figure per layer."""
-    cli = _base()
-    with cli._reporting(quiet):
+    with reporting(quiet):
         from deconvnet.analysis import evolution as analysis
         from deconvnet.figures import figure_png
         from deconvnet.gallery.build import default_layers
         from deconvnet.models.loading import resolve_device
 
-        cli._check_out(out)
+        check_out(out)
         where = resolve_device(device)
         load = analysis.model_loader(model)
-        names = _split(layers)
+        names = layer_names(layers)
         if names is None:
             from deconvnet import DeconvNet
 
-            names = default_layers(DeconvNet(cli._architecture(model)))
+            names = default_layers(DeconvNet(architecture(model)))
         result = analysis.feature_evolution(
             [str(c) for c in checkpoints],
             images,
@@ -357,41 +308,20 @@ def evolution(
             device=where,
             batch_size=batch_size,
         )
-        base = f"{cli._safe(Path(images).resolve().name) or 'images'}_evolution"
+        base = f"{safe(Path(images).resolve().name) or 'images'}_evolution"
         contents = {f"_{layer}.png": figure_png(result.plot(layer)) for layer in result.layers}
-        contents[".csv"] = _csv(result.rows())
-        written = cli.save_outputs(out, base, contents)
+        contents[".csv"] = csv_bytes(result.rows())
+        written = save_outputs(out, base, contents)
         for path, state in written:
-            note = {"new": "", "same": " (unchanged)", "renamed": cli._renamed_note(path)}[state]
+            note = written_note(path, state)
             typer.echo(f"evolution over {len(checkpoints)} checkpoints -> {path}{note}")
 
 
 # --- shared --------------------------------------------------------------------------------------
 
 
-def _split(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    return names or None
-
-
-def _csv(rows: list[dict]) -> bytes:
-    buffer = io.StringIO()
-    fields: list[str] = []
-    for row in rows:
-        fields += [key for key in row if key not in fields]
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode("utf-8")
-
-
-def _save(cli, run, out: Path, base: str, figure, table: bytes, what: str) -> None:
+def _save(run: Run, out: Path, base: str, figure: Figure, table: bytes, what: str) -> None:
+    """Write the figure and its numbers as CSV beside it, never over a different result."""
     from deconvnet.figures import figure_png
 
-    contents = {".png": figure_png(figure), ".csv": table}
-    written = cli.save_outputs(out, cli._safe(base + run.qualifiers()), contents)
-    for path, state in written:
-        note = {"new": "", "same": " (unchanged)", "renamed": cli._renamed_note(path)}[state]
-        typer.echo(f"{what} -> {path}{note}" if path.suffix == ".png" else f"  + {path}{note}")
+    run.save(out, base, {".png": figure_png(figure), ".csv": table}, what)

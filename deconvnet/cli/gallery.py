@@ -1,44 +1,61 @@
 """``deconvnet gallery`` and ``deconvnet gallery-merge``: thin commands over ``gallery.build``.
 
-Registered on the main app as ``app.command("gallery")(gallery)`` and
-``app.command("gallery-merge")(merge)``; ``python -m deconvnet.cli.gallery`` runs them alone
-(``torchrun ... -m deconvnet.cli.gallery gallery DIR`` for several processes).
+``python -m deconvnet.cli.gallery`` runs them alone (``torchrun ... -m deconvnet.cli.gallery
+gallery DIR`` for several processes).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from deconvnet.errors import DeconvNetError, plural
-from deconvnet.gallery.build import default_out, make_gallery, merge_gallery, scan_shard
+from deconvnet.cli.options import (
+    DEFAULT_MODEL,
+    BatchSizeOption,
+    DefaultLayersOption,
+    DeviceOption,
+    ModelOption,
+    RuleOption,
+    WeightsOption,
+    layer_names,
+)
+from deconvnet.cli.run import reporting
+from deconvnet.errors import plural
+from deconvnet.gallery.build import Gallery, default_out, make_gallery, merge_gallery, scan_shard
 from deconvnet.gallery.decoding import DEFAULT_WORKERS
 from deconvnet.gallery.listing import parse_shard
 from deconvnet.gallery.scan import CHECKPOINT_EVERY
 from deconvnet.gallery.state import state_path
 
-logger = logging.getLogger("deconvnet")
-WORKERS_HELP = "Processes decoding images (0: this one; default: a quarter of the cores)."
-OVERWRITE_HELP = (
-    "Replace the gallery or scan the output folder holds (its files are deleted first); "
-    "without it such a folder is refused."
-)
-LAYERS_HELP = (
-    "Comma-separated layers (default: conv1..conv5 for AlexNet, each block's last conv for VGG)."
-)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Processes decoding images (0: this one; default: a quarter of the cores).",
+        show_default=False,
+    ),
+]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        help="Replace the gallery or scan the output folder holds (its files are deleted first); "
+        "without it such a folder is refused."
+    ),
+]
+ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
+@app.command("gallery")
 def gallery(
     folder: Annotated[
         Path, typer.Argument(help="Folder of images, searched recursively (or an ImageFolder).")
     ],
-    layers: Annotated[str | None, typer.Option(help=LAYERS_HELP, show_default=False)] = None,
+    layers: DefaultLayersOption = None,
     channels: Annotated[
         str, typer.Option(help="Channels of every layer: all, a range 0-31, a list 5,9 or a mix.")
     ] = "all",
@@ -47,26 +64,15 @@ def gallery(
         Path | None,
         typer.Option(help="Output folder (default: outputs/gallery-<folder>).", show_default=False),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
-    workers: Annotated[
-        int, typer.Option(min=0, help=WORKERS_HELP, show_default=False)
-    ] = DEFAULT_WORKERS,
+    batch_size: BatchSizeOption = 32,
+    workers: WorkersOption = DEFAULT_WORKERS,
     resume: Annotated[
         bool, typer.Option(help="Continue the scan checkpointed in the output folder.")
     ] = False,
-    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
-    rule: Annotated[
-        str, typer.Option(help="How ReLUs are inverted: deconvnet, guided or gradient.")
-    ] = "deconvnet",
-    model: Annotated[str, typer.Option(help="alexnet, vgg11, vgg13, vgg16 or vgg19.")] = "alexnet",
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            help="Weights file (a state dict), or random (an untrained net, for trials only); "
-            "default: see the README.",
-            show_default=False,
-        ),
-    ] = None,
+    overwrite: OverwriteOption = False,
+    rule: RuleOption = "deconvnet",
+    model: ModelOption = DEFAULT_MODEL,
+    weights: WeightsOption = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -77,10 +83,8 @@ def gallery(
     checkpoint_every: Annotated[
         int, typer.Option(min=1, help="Save the scan state every this many images.")
     ] = CHECKPOINT_EVERY,
-    device: Annotated[
-        str | None, typer.Option(help="cpu or cuda (default: cuda if present).", show_default=False)
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    device: DeviceOption = None,
+    progress: ProgressOption = True,
     fast_decode: Annotated[
         bool,
         typer.Option(
@@ -104,12 +108,14 @@ def gallery(
         progress=progress,
         fast_decode=fast_decode,
     )
-    with _reporting():
+    with reporting():
         if shard is not None:
             part = parse_shard(shard)
-            state = scan_shard(folder, part, _split(layers), channels, top, out, **options)
+            state = scan_shard(folder, part, layer_names(layers), channels, top, out, **options)
         else:
-            result = make_gallery(folder, _split(layers), channels, top, out, rule=rule, **options)
+            result = make_gallery(
+                folder, layer_names(layers), channels, top, out, rule=rule, **options
+            )
     if shard is not None:
         skipped = f", {len(state.skipped)} unreadable skipped" if state.skipped else ""
         if state.left_out:
@@ -124,6 +130,7 @@ def gallery(
         _summary(result)
 
 
+@app.command("gallery-merge")
 def merge(
     states: Annotated[
         list[Path], typer.Argument(help="The scan state of every shard (scan-state-I-of-N.pt).")
@@ -138,26 +145,20 @@ def merge(
             help="Where the images are now, if not where they were scanned.", show_default=False
         ),
     ] = None,
-    rule: Annotated[
-        str, typer.Option(help="How ReLUs are inverted: deconvnet, guided or gradient.")
-    ] = "deconvnet",
-    model: Annotated[str, typer.Option(help="alexnet, vgg11, vgg13, vgg16 or vgg19.")] = "alexnet",
+    rule: RuleOption = "deconvnet",
+    model: ModelOption = DEFAULT_MODEL,
     weights: Annotated[
         str | None, typer.Option(help="The weights the shards used.", show_default=False)
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
-    workers: Annotated[
-        int, typer.Option(min=0, help=WORKERS_HELP, show_default=False)
-    ] = DEFAULT_WORKERS,
-    device: Annotated[
-        str | None, typer.Option(help="cpu or cuda (default: cuda if present).", show_default=False)
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    batch_size: BatchSizeOption = 32,
+    workers: WorkersOption = DEFAULT_WORKERS,
+    device: DeviceOption = None,
+    overwrite: OverwriteOption = False,
+    progress: ProgressOption = True,
 ) -> None:
     """Merge the scan states of separately run shards (gallery --shard i/n) and write the
     gallery."""
-    with _reporting():
+    with reporting():
         result = merge_gallery(
             states,
             out,
@@ -174,20 +175,7 @@ def merge(
     _summary(result)
 
 
-def _split(text: str | None) -> list[str] | None:
-    """``--layers`` as names; not given: ``None`` (the default layers)."""
-    if text is None:
-        return None
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise DeconvNetError(
-            f"--layers {text!r} names no layer; write e.g. conv5 or conv1,conv5, or leave it out "
-            "for the default layers"
-        )
-    return names
-
-
-def _summary(result) -> None:
+def _summary(result: Gallery) -> None:
     skipped, left_out = len(result.skipped), len(result.left_out)
     note = f"; {skipped} unreadable file{'s' * (skipped != 1)} skipped" if skipped else ""
     if left_out:
@@ -201,37 +189,8 @@ def _summary(result) -> None:
     )
 
 
-class _StderrHandler(logging.Handler):
-    """The package's log (which weights, folders left out) as plain lines on stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        typer.echo(prefix + record.getMessage(), err=True)
-
-
-@contextmanager
-def _reporting() -> Iterator[None]:
-    """Show the package's log on stderr; a DeconvNetError becomes one line and exit status 2."""
-    handler = _StderrHandler()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    except DeconvNetError as error:
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(2) from None
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run ``gallery`` and ``gallery-merge`` as their own command line."""
-    app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-    app.command("gallery")(gallery)
-    app.command("gallery-merge")(merge)
     app(args=argv if argv is not None else sys.argv[1:], prog_name="deconvnet")
 
 

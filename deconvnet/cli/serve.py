@@ -1,33 +1,38 @@
 """``deconvnet serve``: the live explorer in the browser, a thin command over ``explorer.app``.
 
-Registered on the main app as ``app.command("serve")(serve)``. FastAPI and uvicorn are imported
-only when the command runs, so the other commands start as fast as before.
+FastAPI and uvicorn come with the ``serve`` extra, not with the library: they are imported only
+when the command runs, and where they are missing the command says how to install them.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from deconvnet.cli.options import DEFAULT_MODEL, DeviceOption, ModelOption, WeightsOption
+from deconvnet.cli.run import reporting
 from deconvnet.errors import DeconvNetError
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+# What ``pip install 'deconvnet[serve]'`` brings (and FastAPI's own Starlette): a missing one of
+# these is a missing extra; any other ImportError is a bug and shows as one.
+SERVER_PACKAGES = ("fastapi", "fastapi_offline", "starlette", "uvicorn", "multipart")
+INSTALL_SERVER = "pip install 'deconvnet[serve]'"
+
+app = typer.Typer()
 
 
+@app.command()
 def serve(
-    model: Annotated[str, typer.Option(help="alexnet, vgg11, vgg13, vgg16 or vgg19.")] = "alexnet",
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            metavar="PATH",
-            help="State dict file; default: $DECONVNET_WEIGHTS, else torchvision's ImageNet "
-            "weights (see the README).",
-            show_default=False,
-        ),
-    ] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    weights: WeightsOption = None,
     gallery: Annotated[
         Path | None,
         typer.Option(
@@ -52,9 +57,7 @@ def serve(
     max_upload_mb: Annotated[
         float, typer.Option(min=0.001, help="Largest upload accepted, in MiB (413 past it).")
     ] = 20.0,
-    device: Annotated[
-        str | None, typer.Option(help="cpu or cuda (default: cuda if present).", show_default=False)
-    ] = None,
+    device: DeviceOption = None,
     threads: Annotated[
         int,
         typer.Option(
@@ -65,15 +68,13 @@ def serve(
     ] = 1,
 ) -> None:
     """A live explorer in the browser: every channel's activations, any unit's projection."""
-    try:
-        app = build_app(
+    # Quiet: the server's own log is uvicorn's; only warnings of the loading are shown.
+    with reporting(quiet=True):
+        uvicorn = require_server()
+        explorer = build_app(
             model, weights, gallery, size, int(max_upload_mb * 2**20), device, host=host
         )
-    except DeconvNetError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     import torch
-    import uvicorn
 
     if threads:
         # With several threads, each small operation waits for every thread: when other
@@ -85,7 +86,7 @@ def serve(
     typer.echo(f"deconvnet serve: http://{shown}:{port}/  (API documentation: /docs)")
     if not _is_loopback(host):
         typer.echo(f"note: listening on {host}, reachable from other machines", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(explorer, host=host, port=port, log_level="warning")
 
 
 def build_app(
@@ -96,9 +97,33 @@ def build_app(
     max_upload: int,
     device: str | None = None,
     host: str = "127.0.0.1",
-):
-    """Load the model (and the gallery's manifest) and build the FastAPI app. On a loopback
-    ``host`` only loopback Host headers are answered (a guard against DNS rebinding)."""
+) -> FastAPI:
+    """Load the model (and the gallery's manifest) and build the FastAPI app.
+
+    Parameters
+    ----------
+    model, weights, device
+        As ``load_model`` takes them.
+    gallery
+        A folder made by ``deconvnet gallery``, or ``None``.
+    size
+        ``--size``: the shorter side in pixels, whole image; ``None``: centre crop 224.
+    max_upload
+        The largest upload accepted, in bytes.
+    host
+        Where the server listens: on a loopback address only loopback Host headers are
+        answered (a guard against DNS rebinding).
+
+    Returns
+    -------
+    FastAPI
+        The explorer's app, for uvicorn or a test client.
+
+    Raises
+    ------
+    DeconvNetError
+        For a size too small, a folder that holds no gallery, or a model that cannot load.
+    """
     from deconvnet.engine.plain import DeconvNet
     from deconvnet.explorer.app import create_app
     from deconvnet.explorer.compute import Explorer, read_gallery
@@ -115,6 +140,35 @@ def build_app(
     )
     hosts = LOOPBACK_NAMES if _is_loopback(host) else None
     return create_app(explorer, index, max_upload, allowed_hosts=hosts)
+
+
+def require_server() -> ModuleType:
+    """Import uvicorn and FastAPI, the packages of the ``serve`` extra.
+
+    Returns
+    -------
+    ModuleType
+        ``uvicorn``.
+
+    Raises
+    ------
+    DeconvNetError
+        If one of ``SERVER_PACKAGES`` is not installed, saying the command that installs them.
+    """
+    try:
+        # fastapi first by name: the explorer's app may have been imported before it went.
+        import fastapi  # noqa: F401
+        import uvicorn
+
+        import deconvnet.explorer.app  # noqa: F401  (fastapi_offline, starlette)
+    except ImportError as error:
+        if (error.name or "").split(".")[0] not in SERVER_PACKAGES:
+            raise
+        raise DeconvNetError(
+            f"deconvnet serve needs {error.name}, which is not installed; install the server "
+            f"with: {INSTALL_SERVER}"
+        ) from None
+    return uvicorn
 
 
 def _is_loopback(host: str) -> bool:

@@ -18,7 +18,8 @@ from test_images import bomb_png
 from typer.testing import CliRunner
 
 from deconvnet import DeconvNet, Projection
-from deconvnet.cli.main import app, save_outputs
+from deconvnet.cli.main import app
+from deconvnet.cli.outputs import save_outputs
 from deconvnet.errors import DeconvNetError
 from deconvnet.images import default_image, load_image, preprocess
 from deconvnet.models.loading import resolve_device

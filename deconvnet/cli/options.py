@@ -1,0 +1,234 @@
+"""The options several commands share, declared once as ``Annotated`` types, and the checks of
+their values.
+
+A command writes ``model: ModelOption = DEFAULT_MODEL``; the flag, its short form, metavar and
+help come from here, so ``--model`` reads the same in every command's ``--help``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deconvnet.engine.inverse import check_rule
+from deconvnet.errors import DeconvNetError
+
+DEFAULT_MODEL = "alexnet"
+DEFAULT_PERCENTILE = 99.5
+DEFAULT_OUT = Path("outputs")
+# --size: below 16 pixels there is nothing to see; above 2048 (or a longer side over 4096) one
+# image's feature maps alone run to gigabytes in VGG (conv1_1 at 2048x2048 is 1 GiB).
+MIN_SIZE, MAX_SIZE, MAX_SIDE = 16, 2048, 4096
+
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="NAME",
+        help="A torchvision classification model (alexnet, vgg16, resnet50, densenet121, ...) "
+        "or your own network as package.module:factory. Names are exact and lowercase.",
+    ),
+]
+WeightsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        "-w",
+        metavar="PATH",
+        help="State dict file, or a checkpoint holding one under 'state_dict' or 'model' "
+        "(AlexNet/VGG: conv layers suffice, class probabilities need the classifier's too); "
+        "'random' for testing. Default: $DECONVNET_WEIGHTS, else torchvision's ImageNet "
+        "weights (cache or download).",
+        show_default=False,
+    ),
+]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        metavar="cpu|cuda",
+        help="Where to run. Default: cuda when a GPU is available, else cpu.",
+        show_default=False,
+    ),
+]
+SizeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--size",
+        "-s",
+        metavar="PIXELS",
+        help=f"Resize the shorter side to this many pixels ({MIN_SIZE}..{MAX_SIZE}) and keep "
+        f"the whole image (its longer side at most {MAX_SIDE}). Default: torchvision's "
+        "preprocessing (shorter side 256, centre crop 224).",
+        show_default=False,
+    ),
+]
+RuleOption = Annotated[
+    str,
+    typer.Option("--rule", "-r", metavar="deconvnet|guided|gradient", help="How ReLUs are undone."),
+]
+PercentileOption = Annotated[
+    float,
+    typer.Option(
+        "--percentile",
+        metavar="P",
+        help="Reconstructions are shown with 0 as grey and ±(this percentile of |r| in the "
+        "receptive field) as the ends of the scale; larger values are clipped.",
+    ),
+]
+OutOption = Annotated[
+    Path,
+    typer.Option("--out", "-o", metavar="DIR", help="Directory for the outputs (made if missing)."),
+]
+ArraysOption = Annotated[
+    bool,
+    typer.Option(
+        "--save-arrays",
+        help="Also save the raw reconstructions, activations, positions, channels and boxes "
+        "beside each figure, as a .pt dict (torch.load(path, weights_only=True)).",
+    ),
+]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print only the files written and errors.")
+]
+LayerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--layer",
+        "-l",
+        metavar="LAYER",
+        help="Layer: conv1..conv5, pool1, pool2, pool5 (VGG: conv3_2, ...) or features.N. "
+        "Default: the last conv layer (AlexNet's conv5, VGG16's conv5_3).",
+        show_default=False,
+    ),
+]
+# --layers where the analysis picks the layers (``penultimate`` is its name for fc7's input);
+# DefaultLayersOption where ``gallery.build.default_layers`` does.
+LayersOption = Annotated[
+    str | None,
+    typer.Option(
+        "--layers",
+        metavar="L1,L2",
+        help="Comma-separated layers (conv1, conv5, pool5, ..., or penultimate: the input of "
+        "the classifier's last layer, fc7).",
+        show_default=False,
+    ),
+]
+DefaultLayersOption = Annotated[
+    str | None,
+    typer.Option(
+        "--layers",
+        metavar="L1,L2",
+        help="Comma-separated layers. Default: conv1..conv5 for AlexNet, each block's last conv "
+        "for VGG, the last four blocks of any other network.",
+        show_default=False,
+    ),
+]
+ClassOption = Annotated[
+    int | None,
+    typer.Option(
+        "--class",
+        metavar="INDEX",
+        help="ImageNet class index (0..999) whose probability is shown. Default: the top class "
+        "of the unaltered image.",
+        show_default=False,
+    ),
+]
+FillOption = Annotated[
+    float,
+    typer.Option(
+        help="Value of the normalized input the hidden pixels take (0: the ImageNet mean colour)."
+    ),
+]
+BatchSizeOption = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+
+
+def check_size(size: int | None) -> None:
+    """Refuse a ``--size`` outside ``MIN_SIZE..MAX_SIZE``.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``size`` is given and out of range.
+    """
+    if size is not None and not MIN_SIZE <= size <= MAX_SIZE:
+        raise DeconvNetError(
+            f"--size {size} is out of range (valid: {MIN_SIZE}..{MAX_SIZE} pixels for the "
+            "shorter side)"
+        )
+
+
+def read_rule(rule: str) -> str:
+    """The rule's name, exact (case matters) with outer spaces ignored, as for every name.
+
+    Raises
+    ------
+    DeconvNetError
+        If it names no rule.
+    """
+    check_rule(rule.strip())
+    return rule.strip()
+
+
+def check_percentile(percentile: float) -> None:
+    """Refuse a ``--percentile`` outside ``(0, 100]``.
+
+    Raises
+    ------
+    DeconvNetError
+        If it is out of range.
+    """
+    if not 0 < percentile <= 100:
+        raise DeconvNetError(f"--percentile {percentile:g} is out of range (valid: 0 < p <= 100)")
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, before any work.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``out`` exists and is not a directory.
+    """
+    if out.exists() and not out.is_dir():
+        raise DeconvNetError(f"--out {out} is a file; give a directory for the figures")
+
+
+def parse_pair(text: str, option: str, expected: str) -> tuple[int, int]:
+    """``"6,7"``, ``"(6, 7)"`` or ``"6 7"`` as ``(6, 7)``; one number ``n`` as ``(n, n)``, except
+    for ``--position``, which needs both.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``text`` is not such a pair; the message says to write ``expected``.
+    """
+    match = re.fullmatch(r"\s*\(?\s*(-?\d+)\s*(?:[, ]\s*(-?\d+)\s*)?\)?\s*", text)
+    if match is None or (option == "--position" and match[2] is None):
+        raise DeconvNetError(f"cannot read {option} {text!r}; write {expected}")
+    first = int(match[1])
+    return (first, int(match[2]) if match[2] is not None else first)
+
+
+def layer_names(text: str | None) -> list[str] | None:
+    """``--layers`` as names; not given: ``None`` (the command's default layers).
+
+    Raises
+    ------
+    DeconvNetError
+        If ``text`` is given but names no layer (``","``): leaving it out is how to ask for the
+        default, so an empty list is a mistake rather than a silent default.
+    """
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise DeconvNetError(
+            f"--layers {text!r} names no layer; write e.g. conv5 or conv1,conv5, or leave it out "
+            "for the default layers"
+        )
+    return names

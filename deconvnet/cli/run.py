@@ -1,0 +1,281 @@
+"""What every command run does around its own work: report, load the network and the images.
+
+A mistake a user can make (a bad image, an unknown layer, a channel out of range, no GPU) is a
+``DeconvNetError``: ``reporting`` prints it as one line ``error: ...`` on stderr and exits with
+status 2, and no output file is written, because inputs are all read and checked before the
+first file is.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from deconvnet.cli.options import (
+    DEFAULT_MODEL,
+    DEFAULT_PERCENTILE,
+    MAX_SIDE,
+    MIN_SIZE,
+    check_out,
+    check_size,
+)
+from deconvnet.cli.outputs import report_written, safe, save_outputs
+from deconvnet.engine.plain import DeconvNet
+from deconvnet.errors import DeconvNetError
+from deconvnet.models.weights import first_line
+
+logger = logging.getLogger("deconvnet")
+
+Result = TypeVar("Result")
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records as plain lines on the stderr console (above a progress bar, if one runs)."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        message = prefix + record.getMessage()
+        self.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def reporting(quiet: bool = False) -> Iterator[Console]:
+    """Show the package's log on stderr, and turn a ``DeconvNetError`` into one line and exit 2.
+
+    Parameters
+    ----------
+    quiet
+        Show only warnings, not the information (which weights were loaded, ...).
+
+    Returns
+    -------
+    Iterator[Console]
+        The stderr console, for a progress bar to share with the log.
+
+    Raises
+    ------
+    typer.Exit
+        With code 2, after printing ``error: <message on one line>``, for a ``DeconvNetError``.
+    """
+    console = Console(stderr=True, highlight=False)
+    handler = ConsoleHandler(console)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        yield console
+    except DeconvNetError as error:
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(code=2) from None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@contextmanager
+def progress(
+    console: Console, total: int, quiet: bool, description: str
+) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr when there are several items; yields the function that moves it
+    one step. It is gone before an error is reported."""
+    if quiet or total < 2:
+        yield lambda: None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        redirect_stdout=sys.stdout.isatty(),
+        redirect_stderr=False,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
+# --- the network -------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """The network and the settings every output of one command shares."""
+
+    net: DeconvNet
+    model: str
+    source: str
+    device: torch.device
+    size: int | None
+    percentile: float
+
+    @classmethod
+    def start(
+        cls,
+        model: str,
+        weights: str | None,
+        device: str | None,
+        size: int | None,
+        percentile: float = DEFAULT_PERCENTILE,
+    ) -> Run:
+        """Load ``model`` with ``weights`` onto ``device`` (``load_model``'s names and defaults).
+
+        Raises
+        ------
+        DeconvNetError
+            For an unknown model, unreadable weights or a device that is not there.
+        """
+        from deconvnet.models.loading import load_model, resolve_device, weights_source
+
+        where = resolve_device(device)
+        module = load_model(model, weights=weights, progress=False).to(where)
+        name = model.strip()
+        return cls(DeconvNet(module), name, weights_source(module), where, size, percentile)
+
+    def qualifiers(self) -> str:
+        """What sets a result apart beyond image, unit and rule, when not the default."""
+        parts = []
+        if self.model != DEFAULT_MODEL:
+            parts.append(self.model)
+        if self.size is not None:
+            parts.append(f"s{self.size}")
+        if self.percentile != DEFAULT_PERCENTILE:
+            parts.append(f"p{self.percentile:g}")
+        return "".join(f"_{part}" for part in parts)
+
+    def save(self, out: Path, base: str, contents: Mapping[str, bytes], what: str) -> None:
+        """Write ``{suffix: bytes}`` under ``out`` as ``base`` and this run's qualifiers, never
+        over a different result, and print what was written.
+
+        Raises
+        ------
+        DeconvNetError
+            If a file cannot be written.
+        """
+        report_written(save_outputs(out, safe(base + self.qualifiers()), contents), what)
+
+
+def architecture(model: str) -> torch.nn.Module:
+    """The model's modules without weights (on the meta device): enough to name and measure.
+    A factory (``package.module:factory``) is called as it is: it builds what it builds.
+
+    Raises
+    ------
+    DeconvNetError
+        For a name that is no torchvision model and no factory.
+    """
+    from deconvnet.models import zoo
+
+    spec = zoo.resolve(model)
+    if spec.kind == "factory":
+        return zoo.call_factory(spec.name)
+    with torch.device("meta"):
+        return zoo.build(spec.name)
+
+
+def conv_names(net: DeconvNet) -> list[str]:
+    """The paper's names of the rectified conv layers, bottom to top (conv1..conv5)."""
+    return [entry.name for entry in net.layers if entry.name.startswith("conv")]
+
+
+def first_conv(net: DeconvNet) -> str:
+    """The first conv layer's name (``features.0`` where no layer has a conv name)."""
+    names = conv_names(net)
+    return names[0] if names else "features.0"
+
+
+def last_conv(net: DeconvNet) -> str:
+    """The layer projected when none is named: the last conv layer (else the last layer)."""
+    names = conv_names(net)
+    return names[-1] if names else net.layers[-1].name
+
+
+# --- the images --------------------------------------------------------------------------------
+
+
+def load_inputs(
+    images: Sequence[Path] | None, size: int | None, out: Path
+) -> list[tuple[Path, torch.Tensor]]:
+    """Read and preprocess every image before anything else happens.
+
+    Parameters
+    ----------
+    images
+        Image files; ``None`` or empty: matplotlib's sample photo.
+    size
+        ``--size``: the shorter side in pixels, whole image; ``None``: resize and centre crop 224.
+    out
+        ``--out``, checked here so that a bad folder is reported before the model loads.
+
+    Returns
+    -------
+    list of (Path, Tensor)
+        Each path with its normalized image, ``(1, 3, H, W)``, on the CPU.
+
+    Raises
+    ------
+    DeconvNetError
+        For an unreadable image, a size out of range or an ``out`` that is a file.
+    """
+    from deconvnet.images import default_image
+
+    check_out(out)
+    check_size(size)
+    paths = list(images) if images else [default_image()]
+    return [(path, _load_one(path, size)) for path in paths]
+
+
+def _load_one(path: Path, size: int | None) -> torch.Tensor:
+    from deconvnet.images import load_image, preprocess
+
+    try:
+        image = load_image(path)
+        if size is not None:
+            short, long = sorted(image.size)
+            if round(long * size / short) > MAX_SIDE:
+                raise DeconvNetError(
+                    f"{path} is {image.width}x{image.height} pixels: with --size {size} its "
+                    f"longer side would be {round(long * size / short)}, over the limit of "
+                    f"{MAX_SIDE}; use --size {max(MIN_SIZE, MAX_SIDE * short // long)} or less"
+                )
+        return preprocess(image, size)
+    except DeconvNetError:
+        raise
+    except Exception as error:  # Pillow's decoders raise more kinds than OSError and ValueError
+        raise DeconvNetError(
+            f"{path}: cannot read the image ({type(error).__name__}: {first_line(error)[:120]})"
+        ) from None
+
+
+def naming(path: Path, count: int, function: Callable[..., Result], *args: object) -> Result:
+    """Call ``function(*args)``; with several images, a user error names the image it is about.
+
+    Raises
+    ------
+    DeconvNetError
+        ``function``'s, prefixed with ``path`` when ``count`` is 2 or more.
+    """
+    try:
+        return function(*args)
+    except DeconvNetError as error:
+        if count < 2 or str(error).startswith(str(path)):
+            raise
+        raise DeconvNetError(f"{path}: {error}") from None
