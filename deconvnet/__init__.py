@@ -5,12 +5,13 @@ net = DeconvNet(load_model("alexnet"))
 result = net.project(x, "conv5:12", rule="deconvnet")   # x: normalized (N, 3, H, W)
 """
 
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
+from deconvnet.engine.factory import DeconvNet
 from deconvnet.engine.projection import Projection
 from deconvnet.errors import DeconvNetError
 from deconvnet.selection import Target
 
-__all__ = ["DeconvNet", "DeconvNetError", "Projection", "Target", "load_model"]
+__all__ = ["DeconvNet", "DeconvNetError", "Engine", "Projection", "Target", "load_model"]
 
 
 def __getattr__(name: str):

@@ -18,7 +18,10 @@ import typer
 
 from deconvnet.errors import DeconvNetError
 
-MODEL_HELP = "alexnet, vgg11, vgg13, vgg16 or vgg19."
+MODEL_HELP = (
+    "A torchvision classification model (alexnet, vgg16, resnet50, densenet121, ...) or your own "
+    "network as package.module:factory."
+)
 WEIGHTS_HELP = (
     "State dict file (torchvision keys; conv layers suffice, the class panels need the "
     "classifier's too; 'random' for a seeded untrained model). Default: $DECONVNET_WEIGHTS, else "
@@ -318,7 +321,8 @@ def evolution(
         typer.Option(
             "--layers",
             metavar="L1,L2",
-            help="Comma-separated layers. Default: every conv layer (AlexNet conv1..conv5).",
+            help="Comma-separated layers. Default: a gallery's (AlexNet conv1..conv5, ResNet "
+            "layer1..layer4).",
             show_default=False,
         ),
     ] = None,
@@ -337,7 +341,6 @@ def evolution(
     with cli._reporting(quiet):
         from deconvnet.analysis import evolution as analysis
         from deconvnet.figures import figure_png
-        from deconvnet.gallery.build import default_layers
         from deconvnet.models.loading import resolve_device
 
         cli._check_out(out)
@@ -347,7 +350,7 @@ def evolution(
         if names is None:
             from deconvnet import DeconvNet
 
-            names = default_layers(DeconvNet(cli._architecture(model)))
+            names = DeconvNet(cli._architecture(model)).gallery_layers
         result = analysis.feature_evolution(
             [str(c) for c in checkpoints],
             images,

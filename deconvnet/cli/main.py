@@ -32,9 +32,10 @@ from rich.table import Table
 from deconvnet.cli.analysis import correspondence, evolution, invariance, occlusion
 from deconvnet.cli.gallery import gallery, merge
 from deconvnet.cli.serve import serve
-from deconvnet.engine.inverse import RULES, check_rule
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
+from deconvnet.engine.factory import DeconvNet
 from deconvnet.engine.projection import Projection
+from deconvnet.engine.rules import RULES, check_rule
 from deconvnet.errors import DeconvNetError, plural
 from deconvnet.files import write_bytes_atomic
 from deconvnet.selection import Target, check_in_range
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
-    help="See what a trained conv net has learned: Zeiler & Fergus's deconvnet (AlexNet, VGG).",
+    help="See what a trained conv net has learned: Zeiler & Fergus's deconvnet (any torchvision "
+    "classification model, or your own).",
     pretty_exceptions_show_locals=False,
 )
 
@@ -153,8 +155,10 @@ def visualize(
             "--layer",
             "-l",
             metavar="LAYER",
-            help="Layer: conv1..conv5, pool1, pool2, pool5 (VGG: conv3_2, ...) or features.N. "
-            "Default: the last conv layer (AlexNet's conv5, VGG16's conv5_3).",
+            help="Layer: conv1..conv5, pool1, pool2, pool5 (VGG: conv3_2, ...) or features.N; for "
+            "other networks a module path such as layer3.1.conv2 (`deconvnet layers` lists them). "
+            "Default: the deepest map before global pooling (AlexNet conv5, VGG16 conv5_3, "
+            "ResNet layer4).",
             show_default=False,
         ),
     ] = None,
@@ -276,7 +280,7 @@ def compare(
             "-t",
             metavar="LAYER[:CHANNEL[@Y,X]]",
             help="The unit to project, e.g. conv5:12 or conv5:12@6,7. Default: the strongest "
-            "unit of the last conv layer.",
+            "unit of the deepest map before global pooling (as --layer).",
             show_default=False,
         ),
     ] = None,
@@ -295,7 +299,7 @@ def compare(
         unit = Target.parse(target) if target is not None else None
         ((path, x),) = _load_inputs([image] if image is not None else None, size, out)
         run = _Run.start(model, weights, device, size, percentile)
-        unit = unit or Target(_last_conv(run.net))
+        unit = unit or Target(run.net.default_layer)
         job = run.plan(path, x, [unit])
         x = job.x.to(run.device)
         projections = {rule: run.net.project(x, unit, rule=rule) for rule in RULES}
@@ -339,10 +343,9 @@ def layers(
             channels = net.channels(entry.index)
             h, w = net.map_size(entry.index, size)
             field = net.receptive_field(entry.index)
-            calls = getattr(net, "calls", None)  # the general engine: any network
             table.add_row(
                 entry.name,
-                calls[entry.index].path if calls else f"features.{entry.index}",
+                net.module_name(entry.index),
                 entry.kind,
                 f"{channels}×{h}×{w}" if min(h, w) >= 1 else "too small",
                 str(channels),
@@ -373,12 +376,12 @@ def filters(
     with _reporting(quiet):
         _check_out(out)
         run = _Run.start(model, weights, "cpu", None, DEFAULT_PERCENTILE)
-        entry = run.net.layer(layer if layer is not None else _first_conv(run.net))
+        entry = run.net.layer(layer if layer is not None else run.net.conv_layers[0])
         conv = _own_conv(run.net, entry.index)
         if conv is None:
             raise DeconvNetError(
                 f"{entry.name} is a {_KINDS.get(entry.kind, entry.kind)} layer and has no "
-                f"learned filters; try --layer {_first_conv(run.net)}"
+                f"learned filters; try --layer {run.net.conv_layers[0]}"
             )
         if conv.in_channels != 3:
             raise DeconvNetError(
@@ -465,29 +468,15 @@ class _Request:
             where = _parse_pair(position, "--position", "Y,X such as 6,7")
         return cls([], layer, channels, where, top)
 
-    def resolve(self, net: DeconvNet) -> list[Target] | Strongest:
-        """The targets, or the strongest channels of a layer (by default the last conv's)."""
+    def resolve(self, net: Engine) -> list[Target] | Strongest:
+        """The targets, or the strongest channels of a layer (by default the engine's
+        ``default_layer``)."""
         if self.targets:
             return self.targets
-        layer = self.layer if self.layer is not None else _last_conv(net)
+        layer = self.layer if self.layer is not None else net.default_layer
         if self.channels:
             return [Target(layer, channel, self.position) for channel in self.channels]
         return Strongest(layer, self.top if self.top is not None else DEFAULT_TOP)
-
-
-def _conv_names(net: DeconvNet) -> list[str]:
-    """The paper's names of the rectified conv layers, bottom to top (conv1..conv5)."""
-    return [entry.name for entry in net.layers if entry.name.startswith("conv")]
-
-
-def _first_conv(net: DeconvNet) -> str:
-    names = _conv_names(net)
-    return names[0] if names else "features.0"
-
-
-def _last_conv(net: DeconvNet) -> str:
-    names = _conv_names(net)
-    return names[-1] if names else net.layers[-1].name
 
 
 @dataclass
@@ -506,7 +495,7 @@ class _Job:
 class _Run:
     """The network and the settings every output of one command shares."""
 
-    net: DeconvNet
+    net: Engine
     model: str
     source: str
     device: torch.device
@@ -774,7 +763,7 @@ def _architecture(model: str) -> torch.nn.Module:
 _KINDS = {"pool": "max-pool", "relu": "ReLU", "identity": "pass-through"}
 
 
-def _own_conv(net: DeconvNet, index: int) -> torch.nn.Conv2d | None:
+def _own_conv(net: Engine, index: int) -> torch.nn.Conv2d | None:
     """The conv whose filters make ``index``'s output: itself, or the conv before its ReLU."""
     while index >= 0:
         module = net.features[index]

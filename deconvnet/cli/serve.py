@@ -18,7 +18,13 @@ LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
 
 def serve(
-    model: Annotated[str, typer.Option(help="alexnet, vgg11, vgg13, vgg16 or vgg19.")] = "alexnet",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="A torchvision classification model (alexnet, vgg16, resnet50, densenet121, "
+            "...) or your own network as package.module:factory."
+        ),
+    ] = "alexnet",
     weights: Annotated[
         str | None,
         typer.Option(
@@ -99,7 +105,7 @@ def build_app(
 ):
     """Load the model (and the gallery's manifest) and build the FastAPI app. On a loopback
     ``host`` only loopback Host headers are answered (a guard against DNS rebinding)."""
-    from deconvnet.engine.plain import DeconvNet
+    from deconvnet.engine.factory import DeconvNet
     from deconvnet.explorer.app import create_app
     from deconvnet.explorer.compute import Explorer, read_gallery
     from deconvnet.images import MIN_SIDE

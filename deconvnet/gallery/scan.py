@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import write_bytes_atomic
 from deconvnet.gallery.crops import Crops
@@ -364,48 +364,6 @@ class TopK:
         )
 
 
-def channel_maxima(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's maximum per channel of ``maps`` ``(N, C, h, w)`` and its flat position, both
-    ``(N, C)``; a tie goes to the first position in row-major order."""
-    values, position = maps.flatten(2).max(dim=2)
-    return values, position
-
-
-def forward_maxima(
-    features: nn.Sequential, x: torch.Tensor, layers: dict[str, int]
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Run ``features`` on ``x`` ``(N, 3, H, W)`` up to the deepest of ``layers`` (name ->
-    index) and return each layer's ``channel_maxima``, taken as its output is made.
-
-    Taking them at once also reads a conv's pre-activation before an in-place ReLU overwrites
-    it, and keeps no map alive. The values are exactly those of the plain stack. (Max pools ran
-    in channels-last layout, three times faster alone; inside the whole pass, with the two
-    copies that takes, it was 5% slower here with torch 2.14, so the pass is the stack's own.)
-    """
-    wanted = {index: name for name, index in layers.items()}
-    found = {}
-    for index, module in enumerate(features):
-        x = module(x)
-        if index in wanted:
-            found[wanted[index]] = channel_maxima(x)
-            if len(found) == len(wanted):
-                break
-    return found
-
-
-def record_maxima(
-    net: DeconvNet, x: torch.Tensor, layers: dict[str, int]
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """``forward_maxima`` for any network (``GraphDeconvNet``): one forward pass of the engine to
-    the deepest of ``layers`` keeps every layer's map, each copied as its module returned it."""
-    deepest = max(layers, key=layers.__getitem__)
-    # The engine's pass may run under autograd (a layer above an op its tape walk does not
-    # know): it needs an ordinary tensor, not an inference one.
-    with torch.inference_mode(False):
-        record = net.forward(x.clone(), deepest, keep=[name for name in layers if name != deepest])
-        return {name: channel_maxima(record.map_of(index)) for name, index in layers.items()}
-
-
 # --- the scan state ---------------------------------------------------------------------------
 
 
@@ -586,7 +544,7 @@ def weights_fingerprint(features: nn.Module) -> str:
 
 
 def check_request(
-    net: DeconvNet,
+    net: Engine,
     layers: Sequence[str | int] | str,
     channels: str | int | Sequence[int] = "all",
     top: int = 9,
@@ -617,7 +575,7 @@ def check_request(
 
 
 def new_state(
-    net: DeconvNet,
+    net: Engine,
     listing: Listing,
     layers: Sequence[str | int] | str,
     channels: str | int | Sequence[int] = "all",
@@ -657,7 +615,7 @@ def new_state(
 
 
 def scan(
-    net: DeconvNet,
+    net: Engine,
     listing: Listing,
     state: ScanState,
     *,
@@ -673,7 +631,7 @@ def scan(
     """Scan the rest of ``state``'s shard of ``listing``, updating ``state`` in place.
 
     One forward pass per batch, up to the deepest of the state's layers, serves all of them
-    (``forward_maxima``); no switches are recorded. Images are decoded as ``image_batches``
+    (``net.channel_maxima``); no switches are recorded. Images are decoded as ``image_batches``
     says (``workers`` processes, else ``threads`` threads). The threads decode beside the
     forward pass when it runs on a GPU, and between forward passes when it runs on the CPU,
     whose cores it already keeps busy (``overlap`` None; True or False forces either): on 2
@@ -693,7 +651,7 @@ def scan(
     todo = [(i, listing.files[i]) for i in range(index, len(listing.files), count)]
     todo = todo[state.cursor :]
     device = net.device
-    layers = {name: net.layer(name).index for name in state.layers}
+    names = list(state.layers)
     normalize = Preprocessing().normalize
     rows = {name: torch.tensor(c, dtype=torch.long) for name, c in state.channels.items()}
     saved = state.cursor
@@ -720,10 +678,7 @@ def scan(
         for indices, images, failed in batches:
             if images is not None:
                 x = normalize(images.to(device, non_blocking=True))
-                if net.plain_stack:
-                    maxima = forward_maxima(net.features, x, layers)
-                else:
-                    maxima = record_maxima(net, x, layers)
+                maxima = net.channel_maxima(x, names)
                 for name, topk in state.layers.items():
                     values, position = (t[:, rows[name]].cpu() for t in maxima[name])
                     topk.update(values, indices, position)
@@ -741,7 +696,7 @@ def scan(
 
 
 def scan_folder(
-    net: DeconvNet,
+    net: Engine,
     folder: str | os.PathLike[str],
     layers: Sequence[str | int] | str,
     channels: str | int | Sequence[int] = "all",
