@@ -56,7 +56,13 @@ def gallery(
     rule: Annotated[
         str, typer.Option(help="How ReLUs are inverted: deconvnet, guided or gradient.")
     ] = "deconvnet",
-    model: Annotated[str, typer.Option(help="alexnet, vgg11, vgg13, vgg16 or vgg19.")] = "alexnet",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="A torchvision classification model (alexnet, vgg16, resnet50, densenet121, "
+            "...) or your own network as package.module:factory."
+        ),
+    ] = "alexnet",
     weights: Annotated[
         str | None,
         typer.Option(
@@ -139,7 +145,13 @@ def merge(
     rule: Annotated[
         str, typer.Option(help="How ReLUs are inverted: deconvnet, guided or gradient.")
     ] = "deconvnet",
-    model: Annotated[str, typer.Option(help="alexnet, vgg11, vgg13, vgg16 or vgg19.")] = "alexnet",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="A torchvision classification model (alexnet, vgg16, resnet50, densenet121, "
+            "...) or your own network as package.module:factory."
+        ),
+    ] = "alexnet",
     weights: Annotated[
         str | None, typer.Option(help="The weights the shards used.", show_default=False)
     ] = None,
