@@ -14,22 +14,29 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from deconvnet.engine.receptive_field import Step
+
 Origins = list[tuple[int, int]]  # the (top, left) corner of each of T windows
 
 
-def corners_below(origin: Origins, geometry) -> Origins:
-    """Window corners one module down: ``origin * stride - padding``."""
+def corners_below(origin: Origins, geometry: Step) -> Origins:
+    """Window corners one module down: ``origin * stride - padding``, with the module's
+    ``geometry`` (``receptive_field.step``)."""
     (sy, sx), (py, px) = geometry.stride, geometry.padding
     return [(top * sy - py, left * sx - px) for top, left in origin]
 
 
-def index_grid(size: Sequence[int], steps: Sequence[int], start: int, device) -> torch.Tensor:
+def index_grid(
+    size: Sequence[int], steps: Sequence[int], start: int, device: torch.device
+) -> torch.Tensor:
     """``(h, w)`` int64 grid ``start + y * steps[0] + x * steps[1]``."""
     rows = torch.arange(size[0], device=device)[:, None] * steps[0]
     return rows + (torch.arange(size[1], device=device) * steps[1] + start)
 
 
 def clipped_span(start: int, length: int, bound: int) -> tuple[int, int]:
+    """``(first, end)`` of the part of ``[start, start + length)`` inside ``[0, bound)`` (an
+    empty span, ``first >= end``, where they do not meet)."""
     return min(max(start, 0), bound), max(min(start + length, bound), 0)
 
 
