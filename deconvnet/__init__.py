@@ -6,7 +6,8 @@ result = net.project(x, "conv5:12", rule="deconvnet")   # x: normalized (N, 3, H
 images = maximize(net, ["conv5:12", "conv5:40"]).images   # what drives each channel most
 """
 
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
+from deconvnet.engine.factory import DeconvNet
 from deconvnet.engine.projection import Projection
 from deconvnet.errors import DeconvNetError
 from deconvnet.selection import Target
@@ -14,6 +15,7 @@ from deconvnet.selection import Target
 __all__ = [
     "DeconvNet",
     "DeconvNetError",
+    "Engine",
     "Maximization",
     "Projection",
     "Target",

@@ -120,7 +120,7 @@ def operators_alone(project: Callable[[], object]) -> Callable[[], None]:
         return record
 
     forwards = []
-    forward = engine.DeconvNet.forward
+    forward = engine.PlainDeconvNet.forward
 
     def forward_recorder(self, *args, **kwargs):
         forwards.append((self, args, kwargs))
@@ -128,13 +128,13 @@ def operators_alone(project: Callable[[], object]) -> Callable[[], None]:
 
     for name, function in originals.items():
         setattr(engine, name, recorder(function))
-    engine.DeconvNet.forward = forward_recorder
+    engine.PlainDeconvNet.forward = forward_recorder
     try:
         project()
     finally:
         for name, function in originals.items():
             setattr(engine, name, function)
-        engine.DeconvNet.forward = forward
+        engine.PlainDeconvNet.forward = forward
 
     def floor() -> None:
         for net, args, kwargs in forwards:

@@ -11,7 +11,7 @@ import torch
 from matplotlib.figure import Figure
 
 from deconvnet import DeconvNetError, figures
-from deconvnet.engine.inverse import RULES
+from deconvnet.engine.rules import RULES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -34,10 +34,9 @@ from deconvnet.analysis.readout import (
     PENULTIMATE,
     classifier_available,
     feature_vectors,
-    last_conv,
     layer_names,
 )
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError
 from deconvnet.images import IMAGENET_MEAN, IMAGENET_STD, preprocessing
 
@@ -199,14 +198,15 @@ def match_parts(
     return names, {image: matched[image] for image in images}
 
 
-def default_layers(net: DeconvNet) -> list[str]:
-    """The last conv layer and, with a classifier, the penultimate layer (the paper's 5 and 7)."""
+def default_layers(net: Engine) -> list[str]:
+    """The engine's ``default_layer`` (AlexNet's conv5) and, with a classifier, the penultimate
+    layer (the paper's 5 and 7)."""
     available, _ = classifier_available(net)
-    return [last_conv(net)] + ([PENULTIMATE] if available else [])
+    return [net.default_layer] + ([PENULTIMATE] if available else [])
 
 
 def correspondence(
-    net: DeconvNet,
+    net: Engine,
     images: Mapping[str, Image.Image],
     parts: Mapping[str, Mapping[str, Box]],
     layers: Sequence[str] | None = None,

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
+from deconvnet.engine.factory import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.gallery.listing import list_images
 from deconvnet.gallery.scan import scan
@@ -183,7 +184,7 @@ def feature_evolution(
     )
 
 
-def _project(net: DeconvNet, listing, layer: str, top, numbers: list[int], map_size):
+def _project(net: Engine, listing, layer: str, top, numbers: list[int], map_size):
     """Project the top-1 unit of each channel in ``numbers`` (the rows of ``top``); returns
     ``(C, 3, h, w)`` receptive-field windows, and each one's image path and position."""
     field = net.receptive_field(layer)

@@ -35,13 +35,11 @@ from deconvnet.analysis.readout import (
     check_classify,
     class_names,
     classifier_available,
-    conv_names,
     feature_vectors,
-    last_conv,
     layer_names,
     probabilities,
 )
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError
 
 if TYPE_CHECKING:
@@ -185,15 +183,15 @@ def steps(kind: str, low: float | None = None, high: float | None = None, count:
     return torch.where((values - whole).abs() < 1e-9, whole, values)
 
 
-def default_layers(net: DeconvNet) -> list[str]:
+def default_layers(net: Engine) -> list[str]:
     """The first conv layer and the last layer the model has: the classifier's penultimate
-    layer when there is a classifier, else the last conv layer."""
+    layer when there is a classifier, else the engine's ``default_layer``."""
     available, _ = classifier_available(net)
-    return [conv_names(net)[0], PENULTIMATE if available else last_conv(net)]
+    return [net.conv_layers[0], PENULTIMATE if available else net.default_layer]
 
 
 def invariance(
-    net: DeconvNet,
+    net: Engine,
     x: torch.Tensor,
     kind: str,
     values: Sequence[float] | torch.Tensor,

@@ -33,10 +33,9 @@ from deconvnet.analysis.readout import (
     check_class,
     check_classify,
     class_names,
-    last_conv,
     probabilities,
 )
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
 from deconvnet.engine.projection import Projection
 from deconvnet.engine.receptive_field import step
 from deconvnet.errors import DeconvNetError
@@ -133,7 +132,7 @@ def occlude(
 
 
 def occlusion_sensitivity(
-    net: DeconvNet,
+    net: Engine,
     x: torch.Tensor,
     layer: str | None = None,
     patch: int = 48,
@@ -147,9 +146,10 @@ def occlusion_sensitivity(
 ) -> Occlusion:
     """Slide a ``patch`` x ``patch`` occluder over ``x`` ``(1, 3, H, W)`` with ``stride``.
 
-    ``layer`` defaults to the last conv layer (AlexNet's conv5). ``classify``: whether to read
-    class probabilities (default: when the model has classifier weights). ``target_class``: the
-    class whose probability is mapped (default: the unoccluded image's top class).
+    ``layer`` defaults to the engine's ``default_layer`` (AlexNet's conv5). ``classify``:
+    whether to read class probabilities (default: when the model has classifier weights).
+    ``target_class``: the class whose probability is mapped (default: the unoccluded image's
+    top class).
     ``method``: ``windowed`` recomputes only what each occluder changes (plain conv stacks),
     ``plain`` runs every occluded copy whole, ``auto`` picks ``windowed`` where it applies.
     """
@@ -160,7 +160,7 @@ def occlusion_sensitivity(
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise DeconvNetError(f"occlusion takes one image, shape (1, 3, H, W); got {shape}")
-    entry = net.layer(layer if layer is not None else last_conv(net))
+    entry = net.layer(layer if layer is not None else net.default_layer)
     rows, columns = occluder_corners(x.shape[-2:], patch, stride)
     value = fill_value(fill, x.shape[1])
     classify, why = check_classify(net, classify, target_class)
@@ -179,7 +179,7 @@ def occlusion_sensitivity(
             names = class_names(clean.numel())
 
         corners = torch.cartesian_prod(rows, columns)
-        stack = _plain_stack(net) if method != "plain" else None
+        stack = net.stack if method != "plain" else None
         if method == "windowed" and stack is None:
             raise DeconvNetError(
                 "the windowed method needs a plain conv/ReLU/max-pool stack; use method='plain'"
@@ -244,28 +244,8 @@ def _plain(net, x, corners, patch, fill, layer, channel, classify):
 
 # --- the windowed path: only what each occluder changes ---------------------------------------
 
-_ELEMENTWISE = (nn.ReLU, nn.Dropout, nn.Dropout2d, nn.Identity)
 
-
-def _plain_stack(net: DeconvNet) -> list[nn.Module] | None:
-    """The modules of ``net``'s feature stack when every one of them is a zero-padded Conv2d,
-    a MaxPool2d or an elementwise module (ReLU, Dropout at inference, Identity); else None."""
-    features = getattr(net, "features", None)
-    if not isinstance(features, nn.Sequential):
-        return None
-    for module in features:
-        if isinstance(module, nn.Conv2d):
-            if module.padding_mode != "zeros":
-                return None
-        elif isinstance(module, nn.MaxPool2d):
-            if module.return_indices:
-                return None
-        elif not isinstance(module, _ELEMENTWISE):
-            return None
-    return list(features)
-
-
-def _head(net: DeconvNet):
+def _head(net: Engine):
     """What turns the feature stack's output into logits, for torchvision's AlexNet and VGG
     (``avgpool``, flatten, ``classifier``); None for other models (they take the plain path)."""
     from torchvision.models import VGG, AlexNet

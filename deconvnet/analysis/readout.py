@@ -13,13 +13,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError
 
 PENULTIMATE = "penultimate"
 
 
-def classifier_available(net: DeconvNet) -> tuple[bool, str]:
+def classifier_available(net: Engine) -> tuple[bool, str]:
     """Whether ``net``'s model gives class scores, and if not, why (one sentence)."""
     from deconvnet.models.loading import has_classifier
 
@@ -36,7 +36,7 @@ def classifier_available(net: DeconvNet) -> tuple[bool, str]:
     return True, ""
 
 
-def check_classify(net: DeconvNet, classify: bool | None, target_class) -> tuple[bool, str]:
+def check_classify(net: Engine, classify: bool | None, target_class) -> tuple[bool, str]:
     """Whether an analysis reads class probabilities (``classify``, or by default whenever the
     model has a classifier), and ``classifier_available``'s reason when it has none; asking for
     them, or for a ``target_class``, without one is an error that says why."""
@@ -66,14 +66,14 @@ def check_class(target: int | None, count: int) -> None:
         raise DeconvNetError(f"class {target} is out of range (valid: 0..{count - 1})")
 
 
-def probabilities(net: DeconvNet, x: torch.Tensor) -> torch.Tensor:
+def probabilities(net: Engine, x: torch.Tensor) -> torch.Tensor:
     """Softmax of the model's own logits for ``x`` ``(N, 3, H, W)``: ``(N, K)``."""
     with torch.no_grad():
         return torch.softmax(net.model(x), dim=1)
 
 
 def feature_vectors(
-    net: DeconvNet, x: torch.Tensor, layers: Sequence[str]
+    net: Engine, x: torch.Tensor, layers: Sequence[str]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Each layer's output for ``x`` ``(N, 3, H, W)`` flattened to ``(N, D)``, and the class
     probabilities ``(N, K)`` when the model's forward ran (for ``penultimate``), else None.
@@ -95,7 +95,7 @@ def feature_vectors(
     return {name: out[name] for name in layers}, probs
 
 
-def penultimate(net: DeconvNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def penultimate(net: Engine, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The input of the model's last Linear layer ``(N, D)`` and the class probabilities."""
     available, why = classifier_available(net)
     if not available:
@@ -110,7 +110,7 @@ def penultimate(net: DeconvNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return seen[-1].flatten(1), probs
 
 
-def layer_names(net: DeconvNet, layers: Sequence[str]) -> list[str]:
+def layer_names(net: Engine, layers: Sequence[str]) -> list[str]:
     """Canonical names (``features.11`` -> ``conv5``); ``penultimate`` is checked to exist."""
     names = []
     for layer in layers:
@@ -126,27 +126,6 @@ def layer_names(net: DeconvNet, layers: Sequence[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise DeconvNetError(f"a layer is named twice in {', '.join(map(str, layers))}")
     return names
-
-
-def conv_names(net: DeconvNet) -> list[str]:
-    """The rectified conv layers' names, bottom to top (conv1..conv5); for any other network
-    its Conv2d modules' (``conv1``, ``layer1.0.conv1``, ...)."""
-    if net.plain_stack:
-        names = [entry.name for entry in net.layers if entry.name.startswith("conv")]
-    else:
-        names = [entry.name for entry in net.layers if entry.kind == "conv"]
-    return names or [net.layers[-1].name]
-
-
-def last_conv(net: DeconvNet) -> str:
-    """The deepest conv layer's name (AlexNet's conv5, VGG16's conv5_3); for any other network
-    the deepest of the gallery's default layers, a whole stage's output (ResNet's ``layer4``)
-    rather than the last Conv2d inside it, whose output the block still adds to and rectifies."""
-    if net.plain_stack:
-        return conv_names(net)[-1]
-    from deconvnet.gallery.build import default_layers
-
-    return default_layers(net)[-1]
 
 
 def _last_linear(model: nn.Module) -> nn.Linear | None:

@@ -288,7 +288,6 @@ def evolution(
     with reporting(quiet):
         from deconvnet.analysis import evolution as analysis
         from deconvnet.figures import figure_png
-        from deconvnet.gallery.build import default_layers
         from deconvnet.models.loading import resolve_device
 
         check_out(out)
@@ -298,7 +297,7 @@ def evolution(
         if names is None:
             from deconvnet import DeconvNet
 
-            names = default_layers(DeconvNet(architecture(model)))
+            names = DeconvNet(architecture(model)).gallery_layers
         result = analysis.feature_evolution(
             [str(c) for c in checkpoints],
             images,

@@ -23,8 +23,9 @@ from deconvnet.cli.options import (
     check_out,
     parse_pair,
 )
-from deconvnet.cli.run import Run, architecture, first_conv, reporting
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.cli.run import Run, architecture, reporting
+from deconvnet.engine.base import Engine
+from deconvnet.engine.factory import DeconvNet
 from deconvnet.errors import DeconvNetError, plural
 
 app = typer.Typer()
@@ -62,10 +63,9 @@ def layers(
             channels = net.channels(entry.index)
             h, w = net.map_size(entry.index, size)
             field = net.receptive_field(entry.index)
-            calls = getattr(net, "calls", None)  # the general engine: any network
             table.add_row(
                 entry.name,
-                calls[entry.index].path if calls else f"features.{entry.index}",
+                net.module_name(entry.index),
                 entry.kind,
                 f"{channels}×{h}×{w}" if min(h, w) >= 1 else "too small",
                 str(channels),
@@ -98,12 +98,12 @@ def filters(
 
         check_out(out)
         run = Run.start(model, weights, "cpu", None)
-        entry = run.net.layer(layer if layer is not None else first_conv(run.net))
+        entry = run.net.layer(layer if layer is not None else run.net.conv_layers[0])
         conv = _own_conv(run.net, entry.index)
         if conv is None:
             raise DeconvNetError(
                 f"{entry.name} is a {_KINDS.get(entry.kind, entry.kind)} layer and has no "
-                f"learned filters; try --layer {first_conv(run.net)}"
+                f"learned filters; try --layer {run.net.conv_layers[0]}"
             )
         if conv.in_channels != 3:
             raise DeconvNetError(
@@ -123,7 +123,7 @@ def filters(
 _KINDS = {"pool": "max-pool", "relu": "ReLU", "identity": "pass-through"}
 
 
-def _own_conv(net: DeconvNet, index: int) -> torch.nn.Conv2d | None:
+def _own_conv(net: Engine, index: int) -> torch.nn.Conv2d | None:
     """The conv whose filters make ``index``'s output: itself, or the conv before its ReLU."""
     while index >= 0:
         module = net.features[index]

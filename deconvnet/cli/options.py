@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from deconvnet.engine.inverse import check_rule
+from deconvnet.engine.rules import check_rule
 from deconvnet.errors import DeconvNetError
 
 DEFAULT_MODEL = "alexnet"
@@ -101,13 +101,15 @@ LayerOption = Annotated[
         "--layer",
         "-l",
         metavar="LAYER",
-        help="Layer: conv1..conv5, pool1, pool2, pool5 (VGG: conv3_2, ...) or features.N. "
-        "Default: the last conv layer (AlexNet's conv5, VGG16's conv5_3).",
+        help="Layer: conv1..conv5, pool1, pool2, pool5 (VGG: conv3_2, ...) or features.N; for "
+        "other networks a module path such as layer3.1.conv2 (`deconvnet layers` lists them). "
+        "Default: the deepest map before global pooling (AlexNet conv5, VGG16 conv5_3, "
+        "ResNet layer4).",
         show_default=False,
     ),
 ]
 # --layers where the analysis picks the layers (``penultimate`` is its name for fc7's input);
-# DefaultLayersOption where ``gallery.build.default_layers`` does.
+# DefaultLayersOption where the engine's ``gallery_layers`` are the default.
 LayersOption = Annotated[
     str | None,
     typer.Option(

@@ -30,7 +30,8 @@ from deconvnet.cli.options import (
     check_size,
 )
 from deconvnet.cli.outputs import report_written, safe, save_outputs
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
+from deconvnet.engine.factory import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.models.weights import first_line
 
@@ -120,7 +121,7 @@ def progress(
 class Run:
     """The network and the settings every output of one command shares."""
 
-    net: DeconvNet
+    net: Engine
     model: str
     source: str
     device: torch.device
@@ -189,23 +190,6 @@ def architecture(model: str) -> torch.nn.Module:
         return zoo.call_factory(spec.name)
     with torch.device("meta"):
         return zoo.build(spec.name)
-
-
-def conv_names(net: DeconvNet) -> list[str]:
-    """The paper's names of the rectified conv layers, bottom to top (conv1..conv5)."""
-    return [entry.name for entry in net.layers if entry.name.startswith("conv")]
-
-
-def first_conv(net: DeconvNet) -> str:
-    """The first conv layer's name (``features.0`` where no layer has a conv name)."""
-    names = conv_names(net)
-    return names[0] if names else "features.0"
-
-
-def last_conv(net: DeconvNet) -> str:
-    """The layer projected when none is named: the last conv layer (else the last layer)."""
-    names = conv_names(net)
-    return names[-1] if names else net.layers[-1].name
 
 
 # --- the images --------------------------------------------------------------------------------

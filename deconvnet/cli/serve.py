@@ -124,7 +124,7 @@ def build_app(
     DeconvNetError
         For a size too small, a folder that holds no gallery, or a model that cannot load.
     """
-    from deconvnet.engine.plain import DeconvNet
+    from deconvnet.engine.factory import DeconvNet
     from deconvnet.explorer.app import create_app
     from deconvnet.explorer.compute import Explorer, read_gallery
     from deconvnet.images import MIN_SIDE

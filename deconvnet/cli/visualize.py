@@ -34,10 +34,10 @@ from deconvnet.cli.options import (
     read_rule,
 )
 from deconvnet.cli.outputs import stem
-from deconvnet.cli.run import Run, last_conv, load_inputs, naming, progress, reporting
-from deconvnet.engine.inverse import RULES
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.cli.run import Run, load_inputs, naming, progress, reporting
+from deconvnet.engine.base import Engine
 from deconvnet.engine.projection import Projection
+from deconvnet.engine.rules import RULES
 from deconvnet.errors import DeconvNetError
 from deconvnet.selection import Target, check_in_range
 
@@ -180,7 +180,7 @@ def compare(
             "-t",
             metavar="LAYER[:CHANNEL[@Y,X]]",
             help="The unit to project, e.g. conv5:12 or conv5:12@6,7. Default: the strongest "
-            "unit of the last conv layer.",
+            "unit of the deepest map before global pooling (as --layer).",
             show_default=False,
         ),
     ] = None,
@@ -201,7 +201,7 @@ def compare(
         unit = Target.parse(target) if target is not None else None
         ((path, x),) = load_inputs([image] if image is not None else None, size, out)
         run = Run.start(model, weights, device, size, percentile)
-        unit = unit or Target(last_conv(run.net))
+        unit = unit or Target(run.net.default_layer)
         job = plan(run, path, x, [unit])
         x = job.x.to(run.device)
         projections = {rule: run.net.project(x, unit, rule=rule) for rule in RULES}
@@ -264,11 +264,11 @@ class Request:
             where = parse_pair(position, "--position", "Y,X such as 6,7")
         return cls([], layer, channels, where, top)
 
-    def resolve(self, net: DeconvNet) -> list[Target] | Strongest:
+    def resolve(self, net: Engine) -> list[Target] | Strongest:
         """The targets, or the strongest channels of a layer (by default the last conv's)."""
         if self.targets:
             return self.targets
-        layer = self.layer if self.layer is not None else last_conv(net)
+        layer = self.layer if self.layer is not None else net.default_layer
         if self.channels:
             return [Target(layer, channel, self.position) for channel in self.channels]
         return Strongest(layer, self.top if self.top is not None else DEFAULT_TOP)

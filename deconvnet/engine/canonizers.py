@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from deconvnet.errors import DeconvNetError
+from deconvnet.engine.rules import rule_named
 
 # --- the model, untouched ------------------------------------------------------------------
 
@@ -86,25 +86,27 @@ def call_names(paths: list[str]) -> list[str]:
 
 
 class RuleBox:
-    """The rule that the rectifications of one forward pass apply on the way down.
-
-    Read at backward time, so one forward pass serves all three rules."""
+    """The rule that the rectifications of one forward pass apply on the way down, by name
+    (``engine.rules``). Read at backward time, so one forward pass serves all three rules."""
 
     def __init__(self, rule: str = "deconvnet") -> None:
         self.rule = rule
 
+    @property
+    def needs_mask(self) -> bool:
+        """Whether the rule reads where each rectification was open, which the pass then keeps."""
+        return rule_named(self.rule).needs_mask
+
 
 class _Rectify(torch.autograd.Function):
-    """ReLU (``top=None``) or ReLU6 (``top=6``) forward; backward by the rule of ``box``.
-
-    deconvnet: rectify the signal. guided: that, where the forward unit was open. gradient:
-    the signal where the forward unit was open (for ReLU6, open is 0 < x < 6). Where the unit
-    was open is kept only when the box's rule at forward time needs it, as the plain engine
-    keeps its ReLU outputs (a forward pass for "guided" serves all three rules)."""
+    """ReLU (``top=None``) or ReLU6 (``top=6``) forward; backward by the rule of ``box``
+    (``engine.rules``), with the forward unit open where 0 < x (< 6 for ReLU6). Where it was
+    open is kept only when the box's rule at forward time needs it, as the plain engine keeps
+    its ReLU outputs (a forward pass for "guided" serves all three rules)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, box: RuleBox, top: float | None, inplace: bool):
-        ctx.opened = box.rule != "deconvnet"
+        ctx.opened = box.needs_mask
         if ctx.opened:
             ctx.save_for_backward((x > 0) if top is None else (x > 0) & (x < top))
         out = x.clamp_(0, top) if inplace else x.clamp(0, top)
@@ -115,23 +117,8 @@ class _Rectify(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        rule = ctx.box.rule
-        if rule == "deconvnet":
-            return grad.clamp(min=0), None, None, None
-        opened = opened_units(ctx)
-        grad = grad.clamp(min=0) if rule == "guided" else grad
-        return grad * opened, None, None, None
-
-
-def opened_units(node) -> torch.Tensor:
-    """Where the forward unit of a rectification (its autograd node) was open, ``(N, C, H, W)``
-    booleans; only a forward pass made for the guided or gradient rule keeps it."""
-    if not node.opened:
-        raise DeconvNetError(
-            "this forward record was made for the deconvnet rule, which keeps no ReLU masks: "
-            "run the forward with rule='guided' (it serves all three rules)"
-        )
-    return node.saved_tensors[0]
+        opened = ctx.saved_tensors[0] if ctx.opened else None
+        return rule_named(ctx.box.rule).rectify(grad, opened), None, None, None
 
 
 # Functions that rectify, and how to read their arguments: (input, inplace, top).

@@ -31,7 +31,6 @@ its module returned, copied at once, before any later in-place op can change it.
 from __future__ import annotations
 
 import difflib
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,20 +38,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from deconvnet.engine.backprop import down_by_autograd
+from deconvnet.engine.base import Engine, channel_maxima
 from deconvnet.engine.canonizers import Rectifiers, RuleBox, call_names, private_view
 from deconvnet.engine.field import Field, FieldTracer
-from deconvnet.engine.inverse import check_rule
 from deconvnet.engine.kernels import Kernels
 from deconvnet.engine.layers import (
     Layer,
-    _kind,
     check_supported,
     feature_stack,
+    kind_of,
     name_layers,
     naming_style,
 )
-from deconvnet.engine.plain import DeconvNet
 from deconvnet.engine.receptive_field import ReceptiveField
+from deconvnet.engine.rules import check_rule
 from deconvnet.engine.tape import Binding, Tape, bind_modules
 from deconvnet.engine.walk import Walk, prepare, reframe
 from deconvnet.errors import DeconvNetError
@@ -63,8 +63,6 @@ OPT_INS = ("gradient",)
 # Input pixels one inverse batch may cover: bounds the memory of the forward passes on crops and
 # of the batched backward passes (ResNet-50: about 2 GiB at this size).
 PIXEL_BUDGET = 12 * 224 * 224
-# A crop larger than this share of the image costs about what the whole image costs.
-CROP_SHARE = 0.5
 
 # The receptive field of a unit that sees the whole image (after a global pool, say): any box of
 # it, clipped to the image, is the whole image.
@@ -133,17 +131,16 @@ class GraphRecord:
         return self.maps.get(index)
 
 
-class GraphDeconvNet(DeconvNet):
+class GraphDeconvNet(Engine):
     """A deconvnet attached to any ``nn.Module`` image network, without changing the model.
 
-    Same surface as ``DeconvNet`` (which dispatches here for anything but a plain stack).
+    Same surface as the plain engine (``engine.base.Engine``; ``deconvnet.DeconvNet`` picks this
+    one for anything but a plain stack, or when one of these options is given).
     ``other_nonlinearities="gradient"`` lets GELU, SiLU, sigmoid gates and other nonlinearities
     without a deconvnet rule pass their plain gradient (the result is then no longer a pure
     deconvnet); by default such a model is refused. ``input_size`` is the ``(H, W)`` of the probe
     pass that finds the model's layers, their shapes and receptive fields.
     """
-
-    plain_stack = False
 
     def __init__(
         self,
@@ -157,15 +154,10 @@ class GraphDeconvNet(DeconvNet):
                 f"other_nonlinearities={other_nonlinearities!r} is not an option; pass "
                 "'gradient' to let their plain gradient through, or leave it out"
             )
-        self.model = model
-        self.features = model
-        self.other_nonlinearities = other_nonlinearities
         # The pass runs a private view of the model in eval mode (canonizers.private_view), so
         # a Dropout left in training mode cannot make results change from run to run.
-        self._dropouts: list[tuple[int, nn.Module]] = []
-        self._first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        if self._first_conv is None:
-            raise DeconvNetError("the model has no Conv2d: there is nothing to project through")
+        super().__init__(model, model)
+        self.other_nonlinearities = other_nonlinearities
         self._paths = {id(m): name for name, m in model.named_modules()}
         self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
         self._kernels = Kernels()  # made from weights, for the way down (graph_inverse)
@@ -209,7 +201,9 @@ class GraphDeconvNet(DeconvNet):
         }
         aliases = self._friendly_names(style)
         self.layers = [
-            Layer(i, aliases.get(call.name, call.name), _kind(call.module) or "module", call.module)
+            Layer(
+                i, aliases.get(call.name, call.name), kind_of(call.module) or "module", call.module
+            )
             for i, call in enumerate(self.calls)
         ]
         self._index = {call.name: i for i, call in enumerate(self.calls)}
@@ -292,6 +286,44 @@ class GraphDeconvNet(DeconvNet):
     def channels(self, layer: str | int) -> int:
         """How many channels ``layer``'s map has."""
         return self.calls[self.layer(layer).index].shape[0]
+
+    def module_name(self, layer: str | int) -> str:
+        """The path of ``layer``'s module in the model (``layer3.1.conv2``)."""
+        return self.calls[self.layer(layer).index].path
+
+    @property
+    def conv_layers(self) -> list[str]:
+        """The model's Conv2d calls, bottom to top (``conv1``, ``layer1.0.conv1``, ...)."""
+        names = [entry.name for entry in self.layers if entry.kind == "conv"]
+        return names or [self.layers[-1].name]
+
+    @property
+    def default_layer(self) -> str:
+        """The last map made before global pooling, named by the outermost module that returns
+        it: a whole stage's output (ResNet ``layer4``, DenseNet ``features``) rather than a
+        module inside it, whose output the stage may still add to and rectify."""
+        spatial = self._partial_view_layers()
+        deepest = spatial[-1]  # the last to start; its enclosing modules finish after it
+        enclosing = [name for name in spatial if deepest.startswith(name + ".")]
+        return min(enclosing, key=len, default=deepest)
+
+    @property
+    def gallery_layers(self) -> list[str]:
+        """The last four modules, at the shallowest depth of the model's module tree that has
+        four, whose units see part of the image (ResNet: ``layer1``..``layer4``)."""
+        spatial = self._partial_view_layers()
+        for depth in range(max((name.count(".") for name in spatial), default=0) + 1):
+            found = [name for name in spatial if name.count(".") == depth]
+            if len(found) >= 4:
+                return found[-4:]
+        return spatial[-4:]
+
+    def _partial_view_layers(self) -> list[str]:
+        """Layers of modules called once whose units see part of the image, in call order."""
+        spatial = [
+            call.name for call in self.calls if "#" not in call.name and call.field is not None
+        ]
+        return [self.layers[self._index[name]].name for name in spatial] or [self.layers[-1].name]
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -425,6 +457,20 @@ class GraphDeconvNet(DeconvNet):
         record.output = tapped[entry.index].detach()
         return record
 
+    def channel_maxima(
+        self, x: torch.Tensor, layers: Sequence[str | int]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's ``channel_maxima`` for ``x`` ``(N, 3, H, W)``, keyed by the names given:
+        one forward pass to the deepest of ``layers`` keeps every layer's map, each copied as
+        its module returned it."""
+        indices = {layer: self.layer(layer).index for layer in layers}
+        deepest = max(indices, key=indices.__getitem__)
+        # The pass may run under autograd (a layer above an op the walk does not know): it
+        # needs an ordinary tensor, not an inference one.
+        with torch.inference_mode(False):
+            record = self.forward(x.clone(), deepest, keep=[i for i in layers if i != deepest])
+            return {name: channel_maxima(record.map_of(i)) for name, i in indices.items()}
+
     # --- the inverse pass ----------------------------------------------------------------------
 
     def reconstruct_windows(
@@ -472,24 +518,15 @@ class GraphDeconvNet(DeconvNet):
         walk = self._walk(record, layer)
         if walk is not None:
             return self._down_by_walk(walk, layer, units, rule, record.images.shape[-2:])
-        images = record.images
-        count, (height, width) = len(units.channel), images.shape[-2:]
-        result = images.new_zeros(count, images.shape[1], height, width)
-        crops = self._crops(layer, units.position.tolist(), (height, width))
-        whole = [t for t, crop in enumerate(crops) if crop is None]
-        if whole:
-            self._down_from_record(record, layer, units, whole, rule, result)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for t, crop in enumerate(crops):
-            if crop is not None:
-                by_size.setdefault(crop[2:], []).append(t)
-        for size, members in by_size.items():
-            per_batch = max(1, PIXEL_BUDGET // (size[0] * size[1]))
-            for start in range(0, len(members), per_batch):
-                part = members[start : start + per_batch]
-                chosen = [crops[t] for t in part]
-                self._down_on_crops(images, layer, units, part, chosen, rule, result)
-        return result, [(0, 0)] * count
+
+        def run(inputs: torch.Tensor) -> torch.Tensor:
+            return self._run(inputs, {layer.index}, RuleBox(rule))[layer.index]
+
+        tapped, found = record.tapped[layer.index], self.calls[layer.index].field
+        result = down_by_autograd(
+            record.images, record.inputs, tapped, record.box, found, units, rule, run, PIXEL_BUDGET
+        )
+        return result, [(0, 0)] * len(units.channel)
 
     def _walk(self, record: GraphRecord, layer: Layer) -> Walk | None:
         """The walk down from ``layer``'s map (graph_inverse), or None for a record whose way
@@ -519,97 +556,3 @@ class GraphDeconvNet(DeconvNet):
         if len(windows) == 1:
             return windows[0], corners
         return torch.cat(windows), corners
-
-    def _crops(
-        self, layer: Layer, positions: list[list[int]], image_size: tuple[int, int]
-    ) -> list[tuple[int, int, int, int] | None]:
-        """``(top, left, h, w)`` of the crop each unit goes down on, or None for the image.
-
-        A crop starts at a multiple of the unit's total stride, so that every map's grid is the
-        image's, and it reaches the image's edge wherever the field does, so that padding falls
-        where it falls for the image. Within that, crops are made as alike as possible (one
-        length per axis inside the image, one more for crops at the far edge), so that they
-        go down in few, large batches."""
-        found = self.calls[layer.index].field
-        if found is None:
-            return [None] * len(positions)
-        lengths = [
-            min(found.size[axis] + found.stride[axis] - 1, image_size[axis]) for axis in (0, 1)
-        ]
-        if lengths[0] * lengths[1] > CROP_SHARE * image_size[0] * image_size[1]:
-            return [None] * len(positions)
-        crops = []
-        for position in positions:
-            corner, extent = [], []
-            for axis in (0, 1):
-                stride, length, bound = found.stride[axis], lengths[axis], image_size[axis]
-                start = position[axis] * stride + found.offset[axis]
-                begin = max(start, 0) // stride * stride
-                if begin + length > bound:  # the field reaches the far edge: so does the crop
-                    begin = max(bound - length, 0) // stride * stride
-                    length = bound - begin
-                corner.append(begin)
-                extent.append(length)
-            crops.append((corner[0], corner[1], extent[0], extent[1]))
-        return crops
-
-    def _down_from_record(self, record, layer, units, members, rule, result) -> None:
-        """Units of ``members`` down from the record's own pass, in rounds of at most one unit
-        per image: one round's seed is one map, and rounds go down batched."""
-        tapped = record.tapped[layer.index]
-        n = tapped.shape[0]
-        images = units.image[members].tolist()
-        rounds, seen = [], {}
-        for image in images:
-            rounds.append(seen.get(image, 0))
-            seen[image] = rounds[-1] + 1
-        per_batch = max(1, PIXEL_BUDGET // math.prod(record.images.shape[-2:]) // n)
-        channel = units.channel[members]
-        position = units.position[members]
-        activation = units.activation[members]
-        round_of = torch.tensor(rounds, device=tapped.device)
-        image_of = torch.tensor(images, device=tapped.device)
-        record.box.rule = rule
-        total = max(rounds) + 1
-        for start in range(0, total, per_batch):
-            stop = min(start + per_batch, total)
-            here = (round_of >= start) & (round_of < stop)
-            seeds = tapped.new_zeros(stop - start, *tapped.shape)
-            seeds[
-                round_of[here] - start,
-                image_of[here],
-                channel[here],
-                position[here, 0],
-                position[here, 1],
-            ] = activation[here]
-            batched = stop - start > 1
-            (grads,) = torch.autograd.grad(
-                tapped,
-                record.inputs,
-                seeds if batched else seeds[0],
-                retain_graph=True,
-                is_grads_batched=batched,
-            )
-            if not batched:
-                grads = grads[None]
-            rows = torch.tensor(members, device=result.device)[here]
-            result[rows] = grads[round_of[here] - start, image_of[here]]
-
-    def _down_on_crops(self, images, layer, units, members, crops, rule, result) -> None:
-        """Units of ``members`` down on their crops of the image, one batched pass."""
-        pieces = [
-            images[image, :, top : top + h, left : left + w]
-            for image, (top, left, h, w) in zip(units.image[members].tolist(), crops, strict=True)
-        ]
-        inputs = torch.stack(pieces).requires_grad_(True)
-        with torch.enable_grad():
-            tapped = self._run(inputs, {layer.index}, RuleBox(rule))[layer.index]
-        found = self.calls[layer.index].field
-        seeds = torch.zeros_like(tapped)
-        for b, (t, (top, left, _, _)) in enumerate(zip(members, crops, strict=True)):
-            y = int(units.position[t, 0]) - top // found.stride[0]
-            x = int(units.position[t, 1]) - left // found.stride[1]
-            seeds[b, units.channel[t], y, x] = units.activation[t]
-        (grads,) = torch.autograd.grad(tapped, inputs, seeds)
-        for b, (t, (top, left, h, w)) in enumerate(zip(members, crops, strict=True)):
-            result[t, :, top : top + h, left : left + w] = grads[b]

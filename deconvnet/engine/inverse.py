@@ -5,7 +5,7 @@ The engine goes down a stack with three operators, each one PyTorch's own backwa
 
 - ``unpool``: max-pool backward. Each value goes back to the switch (argmax) of its window, zeros
   elsewhere; where overlapping windows (AlexNet's 3x3 stride 2) share a switch, both values add up.
-- ``rectify``: the ReLU on the way down; the three rules differ only here.
+- ``rectify``: the ReLU on the way down; the rules (``engine.rules``) differ only here.
 - ``transposed_conv``: convolution backward, i.e. multiplication by the transposed weight matrix
   W^T (not W^-1): a convolution of the zero-padded, zero-interleaved signal with the flipped
   kernel.
@@ -21,15 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from deconvnet.errors import DeconvNetError
-
-RULES = ("deconvnet", "guided", "gradient")
-
-
-def check_rule(rule: str) -> None:
-    """Raise ``DeconvNetError`` unless ``rule`` is one of ``RULES``."""
-    if rule not in RULES:
-        raise DeconvNetError(f"unknown rule {rule!r}; valid rules are {', '.join(RULES)}")
+from deconvnet.engine.rules import Rule, rule_named
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -70,24 +62,39 @@ def unpool(
 
 
 def rectify(
-    signal: torch.Tensor, rectified: torch.Tensor | None, rule: str, inplace: bool = False
+    signal: torch.Tensor,
+    rectified: torch.Tensor | None,
+    rule: str | Rule,
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """The ReLU on the way down, which is where the three rules differ.
+    """The ReLU on the way down, which is where the rules differ (``engine.rules``).
 
-    ``deconvnet`` (Zeiler-Fergus): ReLU of the signal itself. ``guided`` (Springenberg et al.):
-    that, and only where the forward ReLU was open. ``gradient``: only where the forward ReLU was
-    open, as plain backprop. ``rectified`` is the forward ReLU output, same shape as ``signal``
-    (unused by ``deconvnet``). ``inplace`` overwrites ``signal`` (the engine's own intermediate
-    signals: a pass over them instead of a new array of the same size).
+    Parameters
+    ----------
+    signal
+        What arrives from above, ``(N, C, H, W)``.
+    rectified
+        The forward ReLU's output, same shape (``> 0`` is where it was open); None, or anything,
+        for a rule that reads no mask (``deconvnet``).
+    rule
+        The rule, or its name.
+    inplace
+        Overwrite ``signal`` (the engine's own intermediate signals: a pass over them instead of
+        a new array of the same size).
+
+    Returns
+    -------
+    torch.Tensor
+        The rectified signal, ``(N, C, H, W)``.
+
+    Raises
+    ------
+    DeconvNetError
+        For an unknown rule, or a rule that needs the mask when ``rectified`` is None.
     """
-    if rule == "deconvnet":
-        return signal.clamp_(min=0) if inplace else signal.clamp(min=0)
-    assert rectified is not None, "guided and gradient rules need the forward ReLU output"
-    opened = rectified > 0
-    if rule == "guided":
-        signal = signal.clamp_(min=0) if inplace else signal.clamp(min=0)
-        return signal.mul_(opened)
-    return signal.mul_(opened) if inplace else signal * opened
+    rule = rule_named(rule)
+    opened = rectified > 0 if rule.needs_mask and rectified is not None else None
+    return rule.rectify(signal, opened, inplace)
 
 
 def transposed_conv(

@@ -46,7 +46,9 @@ def feature_stack(model: nn.Module) -> nn.Sequential:
     return features
 
 
-def _kind(module: nn.Module) -> str | None:
+def kind_of(module: nn.Module) -> str | None:
+    """``"conv"``, ``"relu"``, ``"pool"`` or ``"identity"``: what the inverse pass does with
+    ``module`` on a plain stack; None for a module it has no step for."""
     if isinstance(module, CONV):
         return "conv"
     if isinstance(module, RECTIFIER):
@@ -88,7 +90,7 @@ def why_not_invertible(module: nn.Module) -> str | None:
             f"{a(name)} in training mode: it drops random units, so results would change from "
             "run to run; call model.eval() first (deconvnet never changes your model)"
         )
-    if _kind(module) is None:
+    if kind_of(module) is None:
         hint = ""
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             hint = " (VGG with batch norm is not supported)"
@@ -115,7 +117,7 @@ def is_plain_stack(model: nn.Module) -> bool:
         features = feature_stack(model)
     except DeconvNetError:
         return False
-    return all(_kind(module) is not None for module in features)
+    return all(kind_of(module) is not None for module in features)
 
 
 def name_layers(features: nn.Sequential, style: str = "flat") -> list[Layer]:
@@ -144,7 +146,7 @@ def name_layers(features: nn.Sequential, style: str = "flat") -> list[Layer]:
             names[i] = f"pool{conv_count}" if style == "flat" else f"pool{block}"
             block += 1
             conv_in_block = 0
-    return [Layer(i, names[i], _kind(m) or "", m) for i, m in enumerate(modules)]
+    return [Layer(i, names[i], kind_of(m) or "", m) for i, m in enumerate(modules)]
 
 
 def naming_style(model: nn.Module) -> str:

@@ -38,7 +38,7 @@ from deconvnet.engine.inverse import (
     unpool,
 )
 from deconvnet.engine.kernels import Kernels
-from deconvnet.engine.plain import Origins, _cut, _keep_inside
+from deconvnet.engine.rules import Rule, rule_named
 from deconvnet.engine.tape import (
     ADD,
     AVG_POOL,
@@ -52,7 +52,7 @@ from deconvnet.engine.tape import (
     RECTIFY,
     Tape,
 )
-from deconvnet.errors import DeconvNetError
+from deconvnet.engine.windows import Origins, cut_windows, keep_inside
 from deconvnet.selection import Units
 
 
@@ -94,6 +94,7 @@ class Walk:
     def down(self, units: Units, rule: str) -> tuple[torch.Tensor, Origins]:
         """Each unit's reconstruction on its window of the input: ``(T, C_in, h, w)`` and the
         window corners; the windows of all units have one size."""
+        rule = rule_named(rule)
         count = len(units.channel)
         image = units.image.tolist() if count == 1 else units.image
         root = self.steps[0]
@@ -121,7 +122,7 @@ class Walk:
         raise AssertionError("the walk never reached the input")
 
     def _step(
-        self, step: Step, signal: Signal, image, rule: str, into: list[Signal] | None = None
+        self, step: Step, signal: Signal, image, rule: Rule, into: list[Signal] | None = None
     ) -> list[Signal]:
         kind, args, values = step.kind, step.args, signal.values
         if kind == COPY:
@@ -151,18 +152,11 @@ class Walk:
             return [self._avg_unpool(step, signal)]
         raise AssertionError(f"no way down through {kind}")
 
-    def _rectify(self, step: Step, signal: Signal, image, rule: str) -> Signal:
-        values = signal.values
-        if rule in ("deconvnet", "guided"):
-            values = values.clamp_(min=0) if signal.owned else values.clamp(min=0)
-        if rule in ("guided", "gradient"):
-            opened = step.args["opened"]
-            if opened is None:
-                raise DeconvNetError(
-                    "this forward record was made for the deconvnet rule, which keeps no ReLU "
-                    "masks: run the forward with rule='guided' (it serves all three rules)"
-                )
-            values = values * _frame(opened, image, signal.origin, values.shape[-2:])
+    def _rectify(self, step: Step, signal: Signal, image, rule: Rule) -> Signal:
+        opened = step.args["opened"] if rule.needs_mask else None
+        if opened is not None:
+            opened = _frame(opened, image, signal.origin, signal.values.shape[-2:])
+        values = rule.rectify(signal.values, opened, inplace=signal.owned)
         return Signal(values, signal.origin, True)
 
     def _conv(self, step: Step, signal: Signal, into: list[Signal] | None = None) -> Signal:
@@ -310,7 +304,7 @@ def _frame(maps: torch.Tensor, image, origin: Origins, size) -> torch.Tensor:
     """Each unit's window of ``size`` at ``origin`` cut from its image's map, zero outside."""
     if tuple(size) == tuple(maps.shape[-2:]) and all(corner == (0, 0) for corner in origin):
         return maps if _all_images(image, maps) else maps[image]
-    return _cut(maps, image, origin, tuple(size))
+    return cut_windows(maps, image, origin, tuple(size))
 
 
 def _settle(
@@ -322,7 +316,7 @@ def _settle(
     size = values.shape[-2:]
     if all(size[a] < bound[a] for a in (0, 1)):
         if not inside:
-            values = _keep_inside(values, origin, bound)
+            values = keep_inside(values, origin, bound)
         return Signal(values, origin, True)
     new_size = tuple(bound[a] if size[a] >= bound[a] else size[a] for a in (0, 1))
     new_origin = [
@@ -330,7 +324,7 @@ def _settle(
     ]
     out = reframe(values, origin, new_origin, new_size)
     if not inside and any(size[a] < bound[a] for a in (0, 1)):
-        out = _keep_inside(out, new_origin, bound)
+        out = keep_inside(out, new_origin, bound)
     return Signal(out, new_origin, True)
 
 

@@ -23,7 +23,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from deconvnet.engine.inverse import RULES
+from deconvnet.engine.rules import RULES
 from deconvnet.errors import DeconvNetError
 from deconvnet.explorer.compute import (
     Explorer,
@@ -62,6 +62,7 @@ class ModelInfo(BaseModel):
     weights: str
     rules: list[str]
     layers: list[LayerInfo]
+    default_layer: str  # the layer shown first: the one every command projects by default
     input_size: list[int] | None  # (H, W) of the network's input; None with --size (varies)
     preprocessing: str
     max_upload_bytes: int
@@ -171,6 +172,7 @@ def create_app(
             weights=explorer.weights,
             rules=list(RULES),
             layers=layers,
+            default_layer=explorer.default_layer,
             input_size=input_size,
             preprocessing="as deconvnet visualize: "
             + (
@@ -234,9 +236,10 @@ def create_app(
     # --- activations and projections ---------------------------------------------------------
 
     @app.get("/api/images/{key}/activations", response_model=ActivationsInfo, tags=["units"])
-    def activations(key: str, layer: str = "conv5") -> ActivationsInfo:
-        """Every channel's activation map of ``layer`` (float32, base64) with their peaks."""
-        found = explorer.activations(key, layer)
+    def activations(key: str, layer: str | None = None) -> ActivationsInfo:
+        """Every channel's activation map of ``layer`` (float32, base64) with their peaks;
+        default: the model's ``default_layer``."""
+        found = explorer.activations(key, layer or explorer.default_layer)
         return ActivationsInfo(
             image=key,
             layer=found.layer,

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from deconvnet.engine.inverse import check_rule
+from deconvnet.engine.base import Engine
 from deconvnet.engine.layers import Layer
-from deconvnet.engine.plain import DeconvNet
 from deconvnet.engine.projection import Projection
+from deconvnet.engine.rules import check_rule
 from deconvnet.engine.switches import ForwardRecord
 from deconvnet.errors import DeconvNetError
 from deconvnet.figures import PERCENTILE, display_scale, image_to_display, to_display
@@ -120,7 +120,7 @@ class Explorer:
 
     def __init__(
         self,
-        net: DeconvNet,
+        net: Engine,
         *,
         model: str = "alexnet",
         weights: str = "unknown",
@@ -137,6 +137,8 @@ class Explorer:
         ]
         if not self.layers:
             raise DeconvNetError("the model has no named conv or pool layers to explore")
+        # The layer shown first: the one every command projects when none is named.
+        self.default_layer: str = net.default_layer
         self._images = LRU(images)
         self._records = LRU(records)
         self._engine = threading.Lock()  # the model's modules take hooks during a forward

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deconvnet.engine.inverse import check_rule
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
+from deconvnet.engine.factory import DeconvNet
+from deconvnet.engine.rules import check_rule
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import cannot_write, write_text_atomic
 from deconvnet.gallery.crops import Crops
@@ -123,28 +124,10 @@ class Gallery:
 # --- the whole pipeline -----------------------------------------------------------------------
 
 
-def default_layers(net: DeconvNet) -> list[str]:
-    """AlexNet's ``conv1``..``conv5``; for VGG the last conv of each block (``conv3_3``); for any
-    other network the last four modules, at the shallowest depth of its module tree that has
-    four, whose units see part of the image (ResNet: ``layer1``..``layer4``)."""
-    if not net.plain_stack:
-        spatial = [
-            layer.name
-            for layer in net.layers
-            if "#" not in layer.name and net.receptive_field(layer.name).size[0] < 1 << 29
-        ]
-        for depth in range(max((name.count(".") for name in spatial), default=0) + 1):
-            found = [name for name in spatial if name.count(".") == depth]
-            if len(found) >= 4:
-                return found[-4:]
-        return spatial[-4:]
-    convs = [layer for layer in net.layers if layer.name.startswith("conv")]
-    if all("_" not in layer.name for layer in convs):
-        return [layer.name for layer in convs]
-    last: dict[str, str] = {}
-    for layer in convs:
-        last[layer.name.split("_")[0]] = layer.name
-    return list(last.values())
+def default_layers(net: Engine) -> list[str]:
+    """The layers a gallery shows when none are named: the engine's ``gallery_layers``
+    (AlexNet ``conv1``..``conv5``, VGG each block's last conv, ResNet ``layer1``..``layer4``)."""
+    return net.gallery_layers
 
 
 def default_out(folder: str | os.PathLike[str]) -> Path:
@@ -153,16 +136,16 @@ def default_out(folder: str | os.PathLike[str]) -> Path:
 
 
 def load_net(
-    model: str | nn.Module | DeconvNet = "alexnet",
+    model: str | nn.Module | Engine = "alexnet",
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
-) -> DeconvNet:
+) -> Engine:
     """A DeconvNet for a model name (``load_model``'s, with ``weights``), a torchvision model or
     a DeconvNet. A named model goes to ``device`` (default: CUDA if present, else the CPU; under
     ``torchrun``, this rank's GPU); a given one stays where it is unless ``device`` is named."""
     if isinstance(model, str):
         return DeconvNet(load_model(model, weights=weights).to(_device(device)))
-    net = model if isinstance(model, DeconvNet) else DeconvNet(model)
+    net = model if isinstance(model, Engine) else DeconvNet(model)
     if device is not None:
         net.model.to(_device(device))
     return net
@@ -187,7 +170,7 @@ def make_gallery(
     out: str | os.PathLike[str] | None = None,
     *,
     rule: str = "deconvnet",
-    model: str | nn.Module | DeconvNet = "alexnet",
+    model: str | nn.Module | Engine = "alexnet",
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 32,
@@ -283,7 +266,7 @@ def scan_shard(
     top: int = 9,
     out: str | os.PathLike[str] | None = None,
     *,
-    model: str | nn.Module | DeconvNet = "alexnet",
+    model: str | nn.Module | Engine = "alexnet",
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 32,
@@ -332,7 +315,7 @@ def merge_gallery(
     *,
     root: str | os.PathLike[str] | None = None,
     rule: str = "deconvnet",
-    model: str | nn.Module | DeconvNet = "alexnet",
+    model: str | nn.Module | Engine = "alexnet",
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 32,
@@ -403,7 +386,7 @@ def _writing(out: Path) -> Iterator[None]:
 
 
 def render_gallery(
-    net: DeconvNet,
+    net: Engine,
     state: ScanState,
     out: str | os.PathLike[str],
     *,
@@ -488,7 +471,7 @@ def render_gallery(
     return Gallery(out, manifest_path, index, entries, skipped, state.scanned, left_out)
 
 
-def _check_weights(state: ScanState, net: DeconvNet) -> None:
+def _check_weights(state: ScanState, net: Engine) -> None:
     if state.weights != weights_fingerprint(net.features):
         raise DeconvNetError(
             "the scan was made with other weights than this model's; pass the same --model "
@@ -496,7 +479,7 @@ def _check_weights(state: ScanState, net: DeconvNet) -> None:
         )
 
 
-def _entries(net: DeconvNet, state: ScanState) -> list[dict]:
+def _entries(net: Engine, state: ScanState) -> list[dict]:
     """The manifest's records, by layer, channel and rank: the units that fire."""
     entries = []
     for name, topk in state.layers.items():

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deconvnet.engine.base import Engine
 from deconvnet.engine.heap import LIBC, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX
 from deconvnet.engine.layers import Layer
-from deconvnet.engine.plain import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.gallery.crops import Crops
 from deconvnet.gallery.decoding import DEFAULT_WORKERS, Preprocessing, image_batches
@@ -168,7 +168,7 @@ def _plan(state: ScanState) -> _Plan:
 
 
 def project_top(
-    net: DeconvNet,
+    net: Engine,
     state: ScanState,
     scratch: Path,
     *,
@@ -228,7 +228,7 @@ def _part(plan: _Plan, kept: list[int], inside: bool) -> _Plan:
 
 
 def _project_run(
-    net: DeconvNet,
+    net: Engine,
     state: ScanState,
     plan: _Plan,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, list]],

@@ -27,12 +27,12 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError
 from deconvnet.gallery.crops import Crops
 from deconvnet.gallery.decoding import DEFAULT_WORKERS, Preprocessing, image_batches
 from deconvnet.gallery.listing import Listing, list_images
-from deconvnet.gallery.state import ScanState, forward_maxima, new_state, record_maxima, state_path
+from deconvnet.gallery.state import ScanState, new_state, state_path
 
 CHECKPOINT_EVERY = 256
 
@@ -40,7 +40,7 @@ logger = logging.getLogger("deconvnet")
 
 
 def scan(
-    net: DeconvNet,
+    net: Engine,
     listing: Listing,
     state: ScanState,
     *,
@@ -56,7 +56,7 @@ def scan(
     """Scan the rest of ``state``'s shard of ``listing``, updating ``state`` in place.
 
     One forward pass per batch, up to the deepest of the state's layers, serves all of them
-    (``forward_maxima``); no switches are recorded. Images are decoded as ``image_batches``
+    (``net.channel_maxima``); no switches are recorded. Images are decoded as ``image_batches``
     says (``workers`` processes, else ``threads`` threads). The threads decode beside the
     forward pass when it runs on a GPU, and between forward passes when it runs on the CPU,
     whose cores it already keeps busy (``overlap`` None; True or False forces either): on 2
@@ -76,7 +76,7 @@ def scan(
     todo = [(i, listing.files[i]) for i in range(index, len(listing.files), count)]
     todo = todo[state.cursor :]
     device = net.device
-    layers = {name: net.layer(name).index for name in state.layers}
+    names = list(state.layers)
     normalize = Preprocessing().normalize
     rows = {name: torch.tensor(c, dtype=torch.long) for name, c in state.channels.items()}
     saved = state.cursor
@@ -103,10 +103,7 @@ def scan(
         for indices, images, failed in batches:
             if images is not None:
                 x = normalize(images.to(device, non_blocking=True))
-                if net.plain_stack:
-                    maxima = forward_maxima(net.features, x, layers)
-                else:
-                    maxima = record_maxima(net, x, layers)
+                maxima = net.channel_maxima(x, names)
                 for name, topk in state.layers.items():
                     values, position = (t[:, rows[name]].cpu() for t in maxima[name])
                     topk.update(values, indices, position)
@@ -124,7 +121,7 @@ def scan(
 
 
 def scan_folder(
-    net: DeconvNet,
+    net: Engine,
     folder: str | os.PathLike[str],
     layers: Sequence[str | int] | str,
     channels: str | int | Sequence[int] = "all",

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import write_bytes_atomic
 from deconvnet.gallery.listing import Listing, parse_channels
@@ -87,48 +87,6 @@ class TopK:
         self.values, self.image, self.position = (
             t.gather(1, order).contiguous() for t in (values, image, position)
         )
-
-
-def channel_maxima(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's maximum per channel of ``maps`` ``(N, C, h, w)`` and its flat position, both
-    ``(N, C)``; a tie goes to the first position in row-major order."""
-    values, position = maps.flatten(2).max(dim=2)
-    return values, position
-
-
-def forward_maxima(
-    features: nn.Sequential, x: torch.Tensor, layers: dict[str, int]
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Run ``features`` on ``x`` ``(N, 3, H, W)`` up to the deepest of ``layers`` (name ->
-    index) and return each layer's ``channel_maxima``, taken as its output is made.
-
-    Taking them at once also reads a conv's pre-activation before an in-place ReLU overwrites
-    it, and keeps no map alive. The values are exactly those of the plain stack. (Max pools ran
-    in channels-last layout, three times faster alone; inside the whole pass, with the two
-    copies that takes, it was 5% slower here with torch 2.14, so the pass is the stack's own.)
-    """
-    wanted = {index: name for name, index in layers.items()}
-    found = {}
-    for index, module in enumerate(features):
-        x = module(x)
-        if index in wanted:
-            found[wanted[index]] = channel_maxima(x)
-            if len(found) == len(wanted):
-                break
-    return found
-
-
-def record_maxima(
-    net: DeconvNet, x: torch.Tensor, layers: dict[str, int]
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """``forward_maxima`` for any network (``GraphDeconvNet``): one forward pass of the engine to
-    the deepest of ``layers`` keeps every layer's map, each copied as its module returned it."""
-    deepest = max(layers, key=layers.__getitem__)
-    # The engine's pass may run under autograd (a layer above an op its tape walk does not
-    # know): it needs an ordinary tensor, not an inference one.
-    with torch.inference_mode(False):
-        record = net.forward(x.clone(), deepest, keep=[name for name in layers if name != deepest])
-        return {name: channel_maxima(record.map_of(index)) for name, index in layers.items()}
 
 
 # --- the scan state ---------------------------------------------------------------------------
@@ -311,7 +269,7 @@ def weights_fingerprint(features: nn.Module) -> str:
 
 
 def check_request(
-    net: DeconvNet,
+    net: Engine,
     layers: Sequence[str | int] | str,
     channels: str | int | Sequence[int] = "all",
     top: int = 9,
@@ -342,7 +300,7 @@ def check_request(
 
 
 def new_state(
-    net: DeconvNet,
+    net: Engine,
     listing: Listing,
     layers: Sequence[str | int] | str,
     channels: str | int | Sequence[int] = "all",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
 from deconvnet.files import write_atomic
 from deconvnet.gallery.projections import GREY, PERCENTILE, Cells
 from deconvnet.gallery.state import ScanState
@@ -82,7 +82,7 @@ def tile_name(name: str, channel: int) -> str:
 
 
 def write_layer(
-    net: DeconvNet,
+    net: Engine,
     state: ScanState,
     name: str,
     cells: Cells,

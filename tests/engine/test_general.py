@@ -19,7 +19,7 @@ from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError, Target
 from deconvnet.engine.general import GraphDeconvNet
-from deconvnet.engine.inverse import RULES
+from deconvnet.engine.rules import RULES
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from deconvnet.engine.inverse import (
-    RULES,
     full_transposed_conv,
     kernel_gradient_by_dilated_conv,
     phase_kernels,
@@ -18,6 +17,7 @@ from deconvnet.engine.inverse import (
     unpool,
     unpool_by_scatter,
 )
+from deconvnet.engine.rules import RULES
 
 
 def _seeded(*shape, seed=0):

@@ -7,7 +7,7 @@ import torch
 from reference import autograd_projection
 
 from deconvnet import DeconvNet, DeconvNetError, Target
-from deconvnet.engine.inverse import RULES
+from deconvnet.engine.rules import RULES
 
 ALEXNET_LAYERS = ["conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"]
 SIZES = [(224, 224), (227, 227), (300, 451), (64, 64)]

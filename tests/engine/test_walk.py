@@ -18,7 +18,7 @@ from torch import nn
 
 from deconvnet import DeconvNetError
 from deconvnet.engine.general import GraphDeconvNet
-from deconvnet.engine.inverse import RULES
+from deconvnet.engine.rules import RULES
 
 
 @pytest.fixture(scope="module")

@@ -451,7 +451,7 @@ def test_a_gallery_of_any_network_holds_each_channels_strongest_images(folder, t
         model.stem[1].running_mean.uniform_(-0.5, 0.5)
         model.stem[1].running_var.uniform_(0.5, 2.0)
     net = DeconvNet(model)
-    assert not net.plain_stack
+    assert net.stack is None
     assert default_layers(net) == ["stem.0", "stem.1", "block", "head"]
     result = make_gallery(
         folder, "block,head", "0-2", top=2, out=tmp_path, model=net, workers=0, progress=False

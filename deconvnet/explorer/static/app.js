@@ -94,8 +94,7 @@ function readURL() {
 }
 
 function defaultLayer() {
-  const convs = state.model.layers.filter((l) => l.kind === "relu");
-  return (convs.length ? convs[convs.length - 1] : state.model.layers[0]).name;
+  return state.model.default_layer; // the server's: what every command projects by default
 }
 
 function layerInfo() { return state.model.layers.find((l) => l.name === state.layer); }
