@@ -85,11 +85,6 @@ class Evolution:
         return figure_png(self.plot())
 
 
-def checkpoint_label(path: str) -> str:
-    """A checkpoint's short name for a figure: its file name without the extension."""
-    return Path(path).stem
-
-
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """A checkpoint file's state dict, read and checked as ``load_model`` reads weights files
     (``deconvnet.models.weights.load_weights_file``), with ``module.`` prefixes (DataParallel's)

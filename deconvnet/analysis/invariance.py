@@ -49,7 +49,6 @@ TRANSFORMS = ("translate", "scale", "rotate")
 # The paper's ranges (Figure 5): vertical translation of +-60 pixels, scale 1 to 1.8, rotation
 # through a full turn.
 DEFAULT_RANGES = {"translate": (-60.0, 60.0), "scale": (1.0, 1.8), "rotate": (0.0, 360.0)}
-UNITS = {"translate": "pixels (down)", "scale": "scale factor", "rotate": "degrees (CCW)"}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,6 +31,15 @@ if TYPE_CHECKING:
     from deconvnet.analysis.evolution import Evolution
     from deconvnet.analysis.invariance import Invariance
     from deconvnet.analysis.occlusion import Occlusion
+
+# The unit of each invariance transform's steps, for the axis.
+UNITS = {"translate": "pixels (down)", "scale": "scale factor", "rotate": "degrees (CCW)"}
+
+
+def checkpoint_label(path: str) -> str:
+    """A checkpoint's short name for a figure: its file name without the extension."""
+    return Path(path).stem
+
 
 LEGEND_CLASSES = 8  # classes named in panel (e); the rest share one colour
 
@@ -179,7 +189,6 @@ def _label(names: list[str], cls: int | None) -> str:
 def invariance_figure(result: Invariance) -> Figure:
     """A panel per layer, the distance against the transform's parameter with a line per image,
     and one panel for the probability of each image's class."""
-    from deconvnet.analysis.invariance import UNITS
 
     panels = len(result.layers) + (result.probability is not None)
     figure = Figure(figsize=(4.2 * panels, 3.8), layout="constrained")
@@ -252,7 +261,6 @@ def correspondence_figure(result: Correspondence) -> Figure:
 def evolution_figure(result: Evolution, layer: str) -> Figure:
     """One layer: a row per channel, a column per checkpoint, each cell the projection of the
     channel's strongest activation over the images (cropped to its receptive field)."""
-    from deconvnet.analysis.evolution import checkpoint_label
 
     windows = result.windows[layer]  # (K, C, 3, h, w)
     count, channels = windows.shape[:2]
