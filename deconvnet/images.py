@@ -201,9 +201,10 @@ def check_size(
     if size is None:
         return
     if not MIN_SIDE <= size <= MAX_SIZE:
+        advice = f"at least {MIN_SIDE}" if size < MIN_SIDE else f"at most {MAX_SIZE}"
         raise DeconvNetError(
             f"{option} {size} is out of range (valid: {MIN_SIDE}..{MAX_SIZE} pixels for the "
-            "shorter side)"
+            f"shorter side); use {advice}"
         )
     if image is None:
         return
