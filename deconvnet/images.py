@@ -32,6 +32,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Below this many pixels on a side there is nothing for a conv net to see.
 MIN_SIDE = 16
+# A size (the shorter side after resizing) above MAX_SIZE, or a longer side above MAX_SIDE, and
+# one image's feature maps alone run to gigabytes in VGG (conv1_1 at 2048x2048 is 1 GiB).
+MAX_SIZE = 2048
+MAX_SIDE = 4096
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
 
@@ -185,8 +189,7 @@ def preprocessing(size: int | None = None) -> Callable[[Image.Image], torch.Tens
         from torchvision.models import AlexNet_Weights
 
         return AlexNet_Weights.IMAGENET1K_V1.transforms()
-    if size < MIN_SIDE:
-        raise DeconvNetError(f"size {size} is too small; use at least {MIN_SIDE} pixels")
+    check_size(size)
     return transforms.Compose(
         [
             transforms.ToImage(),
@@ -215,9 +218,63 @@ def preprocess(image: Image.Image, size: int | None = None) -> torch.Tensor:
     Raises
     ------
     DeconvNetError
-        If ``size`` is under ``MIN_SIDE`` (16).
+        If ``size`` is out of range or would make the image's longer side too long
+        (``check_size``).
     """
+    check_size(size, image.size)
     return preprocessing(size)(image).unsqueeze(0)
+
+
+def check_size(
+    size: int | None,
+    image: tuple[int, int] | None = None,
+    *,
+    name: str = "the image",
+    option: str = "size",
+) -> None:
+    """Refuse a preprocessing ``size`` (the shorter side after resizing) that is out of range,
+    or that would stretch an image of ``image`` = ``(W, H)`` pixels past ``MAX_SIDE``.
+
+    One check for every place an image is resized to a size a user chose (``visualize``,
+    ``serve``, the analyses), so that all of them refuse the same inputs with the same words.
+
+    Parameters
+    ----------
+    size
+        The shorter side in pixels, or None for the default (shorter side 256, crop 224),
+        which is always accepted.
+    image
+        The image's ``(W, H)`` (PIL's ``Image.size``); None checks ``size`` alone.
+    name
+        What the message calls the image (its path, its upload name).
+    option
+        What the message calls ``size`` (``--size`` for the CLI).
+
+    Raises
+    ------
+    DeconvNetError
+        If ``size`` is outside ``MIN_SIDE..MAX_SIZE``, or the resized longer side would exceed
+        ``MAX_SIDE``; the message says the largest size that fits.
+    """
+    if size is None:
+        return
+    if not MIN_SIDE <= size <= MAX_SIZE:
+        advice = f"at least {MIN_SIDE}" if size < MIN_SIDE else f"at most {MAX_SIZE}"
+        raise DeconvNetError(
+            f"{option} {size} is out of range (valid: {MIN_SIDE}..{MAX_SIZE} pixels for the "
+            f"shorter side); use {advice}"
+        )
+    if image is None:
+        return
+    width, height = image
+    short, long = sorted((width, height))
+    longer = round(long * size / short)
+    if longer > MAX_SIDE:
+        raise DeconvNetError(
+            f"{name} is {width}x{height} pixels: with {option} {size} its longer side would be "
+            f"{longer}, over the limit of {MAX_SIDE}; use {option} "
+            f"{max(MIN_SIDE, MAX_SIDE * short // long)} or less"
+        )
 
 
 def unnormalize(x: torch.Tensor) -> torch.Tensor:

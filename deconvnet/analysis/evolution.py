@@ -5,14 +5,16 @@ folder of images (the gallery's scan, top 1: ``deconvnet.gallery.scan``) is proj
 figure per layer then shows a row per channel and a column per checkpoint. A checkpoint is a
 state dict, or a dict holding one under ``state_dict``, ``model_state_dict`` or ``model``
 (a ``module.`` prefix, as DistributedDataParallel saves it, is dropped); it must fit the
-architecture, or the error names it.
+architecture, or the error names it. Unreadable image files are skipped with a warning that
+names them (as ``deconvnet gallery`` does); a folder with none readable is refused.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,10 @@ from deconvnet.models.weights import load_weights_file
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+logger = logging.getLogger("deconvnet")
+# Skipped files named in the warning; the rest are counted.
+NAMED_SKIPPED = 5
+
 
 @dataclass(frozen=True)
 class Evolution:
@@ -38,7 +44,8 @@ class Evolution:
     strongest over the images; ``-inf`` if no image was read), ``image`` ``(K, C)`` (its
     image's path), ``position`` ``(K, C, 2)`` (y, x in the layer's map) and ``windows``
     ``(K, C, 3, h, w)``: the projection over the unit's whole receptive field (zero where it
-    hangs over the image's edge)."""
+    hangs over the image's edge). ``scanned`` images were read; ``skipped`` lists the paths of
+    the unreadable ones."""
 
     checkpoints: list[str]
     layers: list[str]
@@ -48,6 +55,7 @@ class Evolution:
     position: dict[str, torch.Tensor]
     windows: dict[str, torch.Tensor]
     scanned: int
+    skipped: list[str] = field(default_factory=list)
 
     def rows(self) -> list[dict]:
         """One record per layer, channel and checkpoint, as the CSV holds them."""
@@ -137,6 +145,13 @@ def feature_evolution(
 
     ``model`` is an architecture name (``load_model``'s) or a function from a checkpoint path to
     a model. Every checkpoint is loaded (and so checked) before the first scan.
+
+    Raises
+    ------
+    DeconvNetError
+        For no checkpoints, a checkpoint that cannot be read or does not fit, a folder without
+        image files, or one where none of the images can be read. Unreadable files among
+        readable ones are skipped, with a warning on the ``deconvnet`` logger naming them.
     """
     if not checkpoints:
         raise DeconvNetError("give at least one checkpoint")
@@ -146,7 +161,7 @@ def feature_evolution(
     names: list[str] | None = None
     chosen: dict[str, list[int]] = {}
     activation, image, position, windows = {}, {}, {}, {}
-    scanned = 0
+    scanned, skipped = 0, []
     for module in models:
         net = DeconvNet(module.to(device).eval())
         state = new_state(net, listing, layers, channels, top=1)
@@ -157,6 +172,8 @@ def feature_evolution(
                 activation[layer], image[layer] = [], []
                 position[layer], windows[layer] = [], []
         scan(net, listing, state, batch_size=batch_size, workers=workers, progress=progress)
+        if scanned == 0:  # the first checkpoint: every later scan reads the same files
+            skipped = _check_read(listing, state)
         scanned = state.scanned
         for layer in names:
             top = state.layers[layer]
@@ -176,7 +193,25 @@ def feature_evolution(
         position={n: torch.stack(v) for n, v in position.items()},
         windows={n: torch.stack(v) for n, v in windows.items()},
         scanned=scanned,
+        skipped=skipped,
     )
+
+
+def _check_read(listing, state) -> list[str]:
+    """The paths of the files the scan could not read, after warning about them; refuse a
+    scan that read none."""
+    reasons = [state.skipped[i] for i in sorted(state.skipped)]
+    paths = [listing.path(i) for i in sorted(state.skipped)]
+    if state.scanned == 0:
+        first = f" ({reasons[0]})" if reasons else ""
+        raise DeconvNetError(f"none of the {len(listing.files)} images could be read{first}")
+    if paths:
+        named = ", ".join(paths[:NAMED_SKIPPED])
+        more = len(paths) - NAMED_SKIPPED
+        rest = f" and {more} more" if more > 0 else ""
+        count = f"{len(paths)} unreadable image file{'s' * (len(paths) != 1)}"
+        logger.warning("skipped %s: %s%s", count, named, rest)
+    return paths
 
 
 def _project(net: Engine, listing, layer: str, top, numbers: list[int], map_size):

@@ -9,7 +9,8 @@ input ``(N, 3, H, W)`` and keep its size:
   as in the paper's vertical translation; the rows it leaves are set to ``fill``.
 - ``scale`` by ``v``: resized about its centre to ``round(H v) x round(W v)`` (bilinear, with
   antialiasing), then centre-cropped back to ``H x W`` when larger, or centred on an
-  ``H x W`` canvas of ``fill`` when smaller.
+  ``H x W`` canvas of ``fill`` when smaller. The resized image must keep within the limit of
+  any input (``deconvnet.images.MAX_SIDE`` pixels on its longer side).
 - ``rotate`` by ``v`` degrees, counter-clockwise about the centre (bilinear), the corners it
   uncovers set to ``fill``.
 
@@ -20,6 +21,7 @@ distance is exactly 0.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,6 +43,7 @@ from deconvnet.analysis.readout import (
 )
 from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError
+from deconvnet.images import MAX_SIDE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -122,8 +125,16 @@ class Invariance:
 def transform(
     x: torch.Tensor, kind: str, value: float, fill: float | Sequence[float] | torch.Tensor = 0.0
 ) -> torch.Tensor:
-    """``x`` ``(N, 3, H, W)`` transformed as the module's docstring says; same shape."""
-    check_transform(kind)
+    """``x`` ``(N, 3, H, W)`` transformed as the module's docstring says; same shape.
+
+    Raises
+    ------
+    DeconvNetError
+        For an unknown ``kind``, a ``value`` that is not a finite number, or a scale factor
+        that is not positive or would make the image larger than any input may be
+        (``check_values``).
+    """
+    check_values(kind, [value], tuple(x.shape[-2:]))
     colour = fill_value(fill, x.shape[1]).to(x)
     value = float(value)
     height, width = x.shape[-2:]
@@ -144,8 +155,6 @@ def transform(
         return TF.rotate(
             x, value, interpolation=InterpolationMode.BILINEAR, fill=[float(c) for c in colour]
         )
-    if value <= 0:
-        raise DeconvNetError(f"a scale factor must be positive, got {value:g}")
     if value == 1:
         return x
     size = [max(1, round(height * value)), max(1, round(width * value))]
@@ -161,8 +170,48 @@ def transform(
 
 
 def check_transform(kind: str) -> None:
+    """Refuse (``DeconvNetError``) a transform that is not one of ``TRANSFORMS``."""
     if kind not in TRANSFORMS:
         raise DeconvNetError(f"unknown transform {kind!r}; valid: {', '.join(TRANSFORMS)}")
+
+
+def check_values(
+    kind: str, values: Sequence[float] | torch.Tensor, size: tuple[int, int] | None = None
+) -> None:
+    """Refuse parameters of transform ``kind`` that cannot be applied to an ``(H, W)`` = ``size``
+    input (None: checks that need no size only).
+
+    Raises
+    ------
+    DeconvNetError
+        If ``kind`` is unknown; a value is NaN or infinite; a scale factor is not positive; or
+        a scale factor would resize the input past ``MAX_SIDE`` pixels on its longer side, the
+        limit of any input: the message says the largest factor allowed.
+    """
+    check_transform(kind)
+    values = [float(v) for v in torch.as_tensor(values, dtype=torch.float64).flatten()]
+    for value in values:
+        if not math.isfinite(value):
+            raise DeconvNetError(
+                f"{kind} parameter {value:g} is not a finite number; give numbers such as "
+                f"{DEFAULT_RANGES[kind][0]:g},{DEFAULT_RANGES[kind][1]:g}"
+            )
+    if kind != "scale" or not values:
+        return
+    if min(values) <= 0:
+        raise DeconvNetError(f"scale factors must be positive, got {min(values):g}")
+    if size is None:
+        return
+    height, width = size
+    largest = max(values)
+    longer = round(max(height, width) * largest)
+    if longer > MAX_SIDE:
+        bound = math.floor(MAX_SIDE / max(height, width) * 100) / 100
+        raise DeconvNetError(
+            f"scale factor {largest:g} would resize the {height}x{width} input to a longer side "
+            f"of {longer} pixels, over the limit of {MAX_SIDE} that any input has; use factors "
+            f"of at most {bound:g}"
+        )
 
 
 def steps(kind: str, low: float | None = None, high: float | None = None, count: int = 13):
@@ -175,8 +224,7 @@ def steps(kind: str, low: float | None = None, high: float | None = None, count:
     default = DEFAULT_RANGES[kind]
     low = default[0] if low is None else float(low)
     high = default[1] if high is None else float(high)
-    if kind == "scale" and min(low, high) <= 0:
-        raise DeconvNetError(f"scale factors must be positive, got {low:g} to {high:g}")
+    check_values(kind, [low, high])
     values = torch.linspace(low, high, count, dtype=torch.float64)
     whole = values.round()
     return torch.where((values - whole).abs() < 1e-9, whole, values)
@@ -207,6 +255,13 @@ def invariance(
     ``steps``); ``layers`` default to ``default_layers``. ``target_class`` (one for all images
     or one per image) defaults to each image's top class untransformed; ``classify`` to
     whether the model has a classifier.
+
+    Raises
+    ------
+    DeconvNetError
+        For an unknown ``kind``, no ``values``, values that cannot be applied (``check_values``:
+        not finite, or a scale past the input limit), ``x`` not ``(N, 3, H, W)``, and the
+        layer, class and name mismatches; all before any forward pass.
     """
     check_transform(kind)
     values = torch.as_tensor(values, dtype=torch.float64).flatten()
@@ -214,6 +269,7 @@ def invariance(
         raise DeconvNetError("give at least one transform step")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise DeconvNetError("invariance takes images of shape (N, 3, H, W)")
+    check_values(kind, values, tuple(x.shape[-2:]))
     count = x.shape[0]
     names = list(names) if names is not None else [f"image {i}" for i in range(count)]
     if len(names) != count:

@@ -2,26 +2,38 @@
 
 ``create_app(explorer)`` builds a FastAPI app (its documentation at ``/docs``); the page is plain
 HTML, JS and CSS from ``explorer/static``. Every computation is ``explorer.compute``'s; here
-are routes, limits and errors. A ``DeconvNetError`` (a bad file, an unknown layer, a channel or
-position out of range) is answered ``{"detail": message}`` with status 400, or 404 for an image
-the server does not hold, 413 for an upload over the size limit: the message is the one
-``deconvnet visualize`` prints. Heavy work runs in FastAPI's thread pool, so the event loop
-stays free while the explorer's lock serializes engine calls.
+are routes, limits and errors. The routes live in ``APIRouter``s and reach the explorer, the
+gallery and the limits through dependencies on ``app.state``; the query that names a unit
+(layer, channel, position, rule) is one dependency, ``UnitQuery``.
+
+A ``DeconvNetError`` (a bad file, an unknown layer, a channel or position out of range) is
+answered ``{"detail": message}`` with status 400, or 404 for an image the server does not hold,
+413 for an upload over the size limit: the message is the one ``deconvnet visualize`` prints.
+A request that a page of another origin makes (its ``Origin`` header is not this server's) is
+refused with 403, so no other web page can make the server compute or evict the user's images.
+Heavy work runs in FastAPI's thread pool, so the event loop stays free while the explorer's lock
+serializes engine calls.
 """
 
 from __future__ import annotations
 
 import base64
+import re
+from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
+from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deconvnet.engine.rules import RULES
 from deconvnet.errors import DeconvNetError
@@ -39,6 +51,8 @@ from deconvnet.selection import Target
 
 # Uploads larger than this are refused with 413 (a 24-megapixel JPEG is about 12 MB).
 MAX_UPLOAD = 20 * 1024 * 1024
+# Room for a multipart form's own headers around the file, when reading the raw body.
+FORM_OVERHEAD = 64 * 1024
 STATIC = resources.files("deconvnet.explorer") / "static"
 
 
@@ -113,9 +127,24 @@ def create_app(
 ) -> FastAPI:
     """The explorer's FastAPI application for ``explorer`` (and a gallery's tiles, if given).
 
-    ``allowed_hosts``: the Host headers answered (others get 400), e.g. the loopback names, so
-    that a web page elsewhere cannot reach a local server by rebinding its own name to
-    127.0.0.1; None answers any."""
+    Parameters
+    ----------
+    explorer
+        What the routes compute with (its ``size`` was checked when it was made).
+    gallery
+        A gallery's manifest (``read_gallery``): its tiles are served under ``/gallery``.
+    max_upload
+        The largest upload in bytes, raw or as a multipart form's file; larger gets 413.
+    allowed_hosts
+        The Host headers answered (others get 400), e.g. the loopback names, so that a web
+        page elsewhere cannot reach a local server by rebinding its own name to 127.0.0.1;
+        None answers any.
+
+    Returns
+    -------
+    FastAPI
+        The app; ``app.state.served`` holds what its routes use (``Served``).
+    """
     # FastAPI's own /docs loads Swagger UI from a CDN; fastapi-offline ships it, so the API's
     # documentation works on a machine without internet, like everything else here.
     app = FastAPIOffline(
@@ -126,230 +155,356 @@ def create_app(
         version="1",
     )
     app.state.explorer = explorer
+    app.state.served = Served(explorer, gallery, max_upload, _gallery_matches(explorer, gallery))
+    # The last added runs first: the Host check, then the Origin check.
+    app.add_middleware(SameOriginOnly)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
-    gallery_matches = _gallery_matches(explorer, gallery)
-
-    @app.exception_handler(DeconvNetError)
-    async def user_error(request: Request, error: DeconvNetError) -> JSONResponse:
-        status = 404 if isinstance(error, UnknownImage) else 400
-        return JSONResponse({"detail": str(error)}, status_code=status)
-
-    # --- model -----------------------------------------------------------------------------
-
-    @app.get("/api/model", response_model=ModelInfo, tags=["model"])
-    def model_info() -> ModelInfo:
-        """The model, its layers (channels, map size, receptive field) and the rules."""
-        input_size = None if explorer.size is not None else [224, 224]
-        layers = []
-        for layer in explorer.layers:
-            field = explorer.net.receptive_field(layer.index)
-            in_gallery = [] if gallery is None else gallery.channels(layer.name)
-            size = explorer.net.map_size(layer.index, tuple(input_size or (224, 224)))
-            layers.append(
-                LayerInfo(
-                    name=layer.name,
-                    index=layer.index,
-                    kind=layer.kind,
-                    channels=explorer.net.channels(layer.index),
-                    map_size=list(size),
-                    receptive_field=list(field.size),
-                    stride=list(field.stride),
-                    offset=list(field.offset),
-                    gallery_channels=in_gallery,
-                )
-            )
-        described = None
-        if gallery is not None:
-            described = {
-                "root": str(gallery.manifest.get("root", "")),
-                "top": gallery.manifest.get("top"),
-                "rule": gallery.manifest.get("rule"),
-                "same_weights": gallery_matches,
-            }
-        return ModelInfo(
-            model=explorer.model,
-            weights=explorer.weights,
-            rules=list(RULES),
-            layers=layers,
-            default_layer=explorer.default_layer,
-            input_size=input_size,
-            preprocessing="as deconvnet visualize: "
-            + (
-                "shorter side 256, centre crop 224, ImageNet normalization"
-                if explorer.size is None
-                else f"shorter side {explorer.size}, whole image, ImageNet normalization"
-            ),
-            max_upload_bytes=max_upload,
-            gallery=described,
-        )
-
-    # --- images ----------------------------------------------------------------------------
-
-    @app.post(
-        "/api/images",
-        response_model=ImageInfo,
-        tags=["images"],
-        responses={400: {"description": "not a readable image"}, 413: {"description": "too big"}},
-    )
-    async def upload(request: Request, name: Annotated[str, Query()] = "upload") -> ImageInfo:
-        """Upload an image: the raw file as the body (any content type), or a multipart form
-        with a ``file`` field. Returns its key (the content's hash) for the other calls; the
-        forward pass runs now, so the first activations or projection cost no more."""
-        body = await _read_body(request, max_upload)
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            request._body = body  # the form parser reads the body already read
-            form = await request.form(max_part_size=max_upload)
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise DeconvNetError("the form has no file field named 'file'")
-            body, name = await upload.read(), upload.filename or name
-        if not body:
-            raise DeconvNetError(f"{name} is empty; expected an image file")
-        stored = await run_in_threadpool(explorer.add_image, body, name)
-        await run_in_threadpool(explorer.record, stored.key)
-        return _image_info(stored)
-
-    @app.post("/api/images/sample", response_model=ImageInfo, tags=["images"])
-    def sample() -> ImageInfo:
-        """Upload matplotlib's sample photograph (what ``deconvnet visualize`` shows by default)."""
-        path = default_image()
-        stored = explorer.add_image(path.read_bytes(), path.name)
-        explorer.record(stored.key)
-        return _image_info(stored)
-
-    @app.get("/api/images/{key}", response_model=ImageInfo, tags=["images"])
-    def image_info(key: str) -> ImageInfo:
-        """Whether the server holds image ``key``, and its size."""
-        return _image_info(explorer.image(key))
-
-    @app.get(
-        "/api/images/{key}/image.png",
-        response_class=Response,
-        tags=["images"],
-        responses={200: {"content": {"image/png": {}}}},
-    )
-    def image_png(key: str) -> Response:
-        """The image as the network sees it (resized and cropped), as PNG."""
-        return Response(explorer.image(key).png, media_type="image/png", headers=_CACHED)
-
-    # --- activations and projections ---------------------------------------------------------
-
-    @app.get("/api/images/{key}/activations", response_model=ActivationsInfo, tags=["units"])
-    def activations(key: str, layer: str | None = None) -> ActivationsInfo:
-        """Every channel's activation map of ``layer`` (float32, base64) with their peaks;
-        default: the model's ``default_layer``."""
-        found = explorer.activations(key, layer or explorer.default_layer)
-        return ActivationsInfo(
-            image=key,
-            layer=found.layer,
-            shape=list(found.maps.shape),
-            peaks=found.peaks.tolist(),
-            order=found.order.tolist(),
-            maps=encode_maps(found.maps),
-        )
-
-    @app.get("/api/images/{key}/projection", response_model=ProjectionInfo, tags=["units"])
-    def projection(
-        key: str,
-        layer: str,
-        channel: int,
-        y: int | None = None,
-        x: int | None = None,
-        rule: str = "deconvnet",
-        percentile: float = PERCENTILE,
-    ) -> ProjectionInfo:
-        """One unit's projection to pixels: ``layer``'s ``channel`` at ``(y, x)`` in its map, or
-        at its strongest position when ``y`` and ``x`` are left out."""
-        target = _target(layer, channel, y, x)
-        result = explorer.project(key, target, rule)
-        png, scale = reconstruction_png(result, _percentile(percentile))
-        py, px = result.position[0].tolist()
-        return ProjectionInfo(
-            image=key,
-            layer=result.layer,
-            rule=rule,
-            channel=int(result.channel[0]),
-            position=[py, px],
-            activation=float(result.activation[0]),
-            box=result.box[0].tolist(),
-            map_size=list(result.activation_maps.shape[-2:]),
-            scale=scale,
-            percentile=percentile,
-            fires=bool(result.reconstruction.abs().max() > 0),
-            reconstruction_png=_base64(png),
-            target=f"{result.layer}:{int(result.channel[0])}@{py},{px}",
-        )
-
-    @app.get(
-        "/api/images/{key}/figure.png",
-        response_class=Response,
-        tags=["downloads"],
-        responses={200: {"content": {"image/png": {}}}},
-    )
-    def figure(
-        key: str,
-        layer: str,
-        channel: int,
-        y: int | None = None,
-        x: int | None = None,
-        rule: str = "deconvnet",
-        percentile: float = PERCENTILE,
-    ) -> Response:
-        """The unit's figure as ``deconvnet visualize`` draws it (five panels), as PNG."""
-        from deconvnet.figures import figure_png, projection_figure
-
-        stored = explorer.image(key)
-        result = explorer.project(key, _target(layer, channel, y, x), rule)
-        image = projection_figure(result, 0, name=stored.name, percentile=_percentile(percentile))
-        return _download(figure_png(image), "image/png", _file_stem(stored, result) + ".png")
-
-    @app.get(
-        "/api/images/{key}/arrays.pt",
-        response_class=Response,
-        tags=["downloads"],
-        responses={200: {"content": {"application/octet-stream": {}}}},
-    )
-    def arrays(
-        key: str,
-        layer: str,
-        channel: int,
-        y: int | None = None,
-        x: int | None = None,
-        rule: str = "deconvnet",
-    ) -> Response:
-        """The raw arrays of what is shown, for ``torch.load(path, weights_only=True)``: the
-        Projection's fields (as ``--save-arrays`` writes them) and ``layer_maps`` (C, h, w)."""
-        stored = explorer.image(key)
-        result = explorer.project(key, _target(layer, channel, y, x), rule)
-        data = arrays_pt(result, stored, explorer)
-        return _download(data, "application/octet-stream", _file_stem(stored, result) + ".pt")
-
-    # --- gallery ---------------------------------------------------------------------------
-
-    @app.get("/api/gallery/{layer}/{channel}", tags=["gallery"])
-    def gallery_tile(layer: str, channel: int) -> dict:
-        """The channel's top-k tile in the ``--gallery`` (its URL) and its manifest entries."""
-        if gallery is None:
-            raise HTTPException(404, "no gallery: start the server with --gallery DIR")
-        name = explorer.layer(layer).name
-        found = gallery.tiles(name, channel)
-        if found is None:
-            raise HTTPException(404, f"the gallery has no tile of {name}:{channel}")
-        return {"layer": name, "channel": channel, "url": f"/gallery/{found['tile']}", **found}
-
+    app.add_exception_handler(DeconvNetError, _user_error)
+    for router in (model_routes, image_routes, unit_routes, gallery_routes, page_routes):
+        # The routes themselves, not ``include_router``: FastAPI 0.165 wraps an included
+        # router in one lazy entry of ``app.routes`` without a ``path``, and whoever lists an
+        # app's routes (a test, a proxy's configuration) expects each route there.
+        app.router.routes.extend(router.routes)
     if gallery is not None:
         # Starlette's StaticFiles resolves symlinks and refuses any path outside the folder.
         app.mount("/gallery", StaticFiles(directory=gallery.root), name="gallery")
-
-    # --- the page ------------------------------------------------------------------------------
-
-    @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
-
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the routes serve: the explorer, the gallery (or None), the upload limit in bytes,
+    and whether the gallery was drawn with the served weights (None without a gallery)."""
+
+    explorer: Explorer
+    gallery: GalleryIndex | None
+    max_upload: int
+    gallery_matches: bool | None
+
+
+def served(request: Request) -> Served:
+    """The app's ``Served``, as a dependency."""
+    return request.app.state.served
+
+
+def explorer_of(request: Request) -> Explorer:
+    """The app's ``Explorer``, as a dependency."""
+    return request.app.state.served.explorer
+
+
+ServedDep = Annotated[Served, Depends(served)]
+ExplorerDep = Annotated[Explorer, Depends(explorer_of)]
+
+
+class UnitQuery:
+    """The query that names one unit: ``layer``'s ``channel`` at ``(y, x)`` in its map (its
+    strongest position when both are left out), projected with ``rule``."""
+
+    def __init__(
+        self,
+        layer: str,
+        channel: int,
+        y: int | None = None,
+        x: int | None = None,
+        rule: str = "deconvnet",
+    ) -> None:
+        self.layer, self.channel, self.y, self.x, self.rule = layer, channel, y, x, rule
+
+    def target(self) -> Target:
+        """The unit as a ``Target``; ``DeconvNetError`` if only one of ``y`` and ``x`` is given."""
+        if (self.y is None) != (self.x is None):
+            raise DeconvNetError("give both y and x for a position, or neither for the strongest")
+        position = None if self.y is None else (self.y, self.x)
+        return Target(self.layer, self.channel, position)
+
+
+UnitDep = Annotated[UnitQuery, Depends()]
+
+
+async def _user_error(request: Request, error: Exception) -> JSONResponse:
+    status = 404 if isinstance(error, UnknownImage) else 400
+    return JSONResponse({"detail": str(error)}, status_code=status)
+
+
+# --- model ------------------------------------------------------------------------------------
+
+model_routes = APIRouter(prefix="/api", tags=["model"])
+
+
+@model_routes.get("/model", response_model=ModelInfo)
+def model_info(serving: ServedDep) -> ModelInfo:
+    """The model, its layers (channels, map size, receptive field) and the rules."""
+    explorer, gallery = serving.explorer, serving.gallery
+    input_size = None if explorer.size is not None else [224, 224]
+    layers = []
+    for layer in explorer.layers:
+        field = explorer.net.receptive_field(layer.index)
+        in_gallery = [] if gallery is None else gallery.channels(layer.name)
+        size = explorer.net.map_size(layer.index, tuple(input_size or (224, 224)))
+        layers.append(
+            LayerInfo(
+                name=layer.name,
+                index=layer.index,
+                kind=layer.kind,
+                channels=explorer.net.channels(layer.index),
+                map_size=list(size),
+                receptive_field=list(field.size),
+                stride=list(field.stride),
+                offset=list(field.offset),
+                gallery_channels=in_gallery,
+            )
+        )
+    described = None
+    if gallery is not None:
+        described = {
+            "root": str(gallery.manifest.get("root", "")),
+            "top": gallery.manifest.get("top"),
+            "rule": gallery.manifest.get("rule"),
+            "same_weights": serving.gallery_matches,
+        }
+    return ModelInfo(
+        model=explorer.model,
+        weights=explorer.weights,
+        rules=list(RULES),
+        layers=layers,
+        default_layer=explorer.default_layer,
+        input_size=input_size,
+        preprocessing="as deconvnet visualize: "
+        + (
+            "shorter side 256, centre crop 224, ImageNet normalization"
+            if explorer.size is None
+            else f"shorter side {explorer.size}, whole image, ImageNet normalization"
+        ),
+        max_upload_bytes=serving.max_upload,
+        gallery=described,
+    )
+
+
+# --- images -----------------------------------------------------------------------------------
+
+image_routes = APIRouter(prefix="/api/images", tags=["images"])
+
+
+@image_routes.post(
+    "",
+    response_model=ImageInfo,
+    responses={400: {"description": "not a readable image"}, 413: {"description": "too big"}},
+)
+async def upload(
+    request: Request, serving: ServedDep, name: Annotated[str, Query()] = "upload"
+) -> ImageInfo:
+    """Upload an image: the raw file as the body (any content type), or a multipart form
+    with a ``file`` field. Returns its key (the content's hash) for the other calls; the
+    forward pass runs now, so the first activations or projection cost no more."""
+    limit, explorer = serving.max_upload, serving.explorer
+    form = request.headers.get("content-type", "").startswith("multipart/form-data")
+    body = await _read_body(request, limit + FORM_OVERHEAD if form else limit)
+    if form:
+        request._body = body  # the form parser reads the body already read
+        fields = await request.form(max_part_size=limit)
+        upload = fields.get("file")
+        if upload is None or isinstance(upload, str):
+            raise DeconvNetError("the form has no file field named 'file'")
+        body, name = await upload.read(), upload.filename or name
+        if len(body) > limit:
+            raise _too_big(limit)
+    if not body:
+        raise DeconvNetError(f"{name} is empty; expected an image file")
+    stored = await run_in_threadpool(explorer.add_image, body, name)
+    await run_in_threadpool(explorer.record, stored.key)
+    return _image_info(stored)
+
+
+@image_routes.post("/sample", response_model=ImageInfo)
+def sample(explorer: ExplorerDep) -> ImageInfo:
+    """Upload matplotlib's sample photograph (what ``deconvnet visualize`` shows by default)."""
+    path = default_image()
+    stored = explorer.add_image(path.read_bytes(), path.name)
+    explorer.record(stored.key)
+    return _image_info(stored)
+
+
+@image_routes.get("/{key}", response_model=ImageInfo)
+def image_info(key: str, explorer: ExplorerDep) -> ImageInfo:
+    """Whether the server holds image ``key``, and its size."""
+    return _image_info(explorer.image(key))
+
+
+@image_routes.get(
+    "/{key}/image.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def image_png(key: str, explorer: ExplorerDep) -> Response:
+    """The image as the network sees it (resized and cropped), as PNG."""
+    return Response(explorer.image(key).png, media_type="image/png", headers=_CACHED)
+
+
+# --- activations and projections ----------------------------------------------------------------
+
+unit_routes = APIRouter(prefix="/api/images")
+
+
+@unit_routes.get("/{key}/activations", response_model=ActivationsInfo, tags=["units"])
+def activations(key: str, explorer: ExplorerDep, layer: str | None = None) -> ActivationsInfo:
+    """Every channel's activation map of ``layer`` (float32, base64) with their peaks; default:
+    the model's ``default_layer``."""
+    found = explorer.activations(key, layer or explorer.default_layer)
+    return ActivationsInfo(
+        image=key,
+        layer=found.layer,
+        shape=list(found.maps.shape),
+        peaks=found.peaks.tolist(),
+        order=found.order.tolist(),
+        maps=encode_maps(found.maps),
+    )
+
+
+@unit_routes.get("/{key}/projection", response_model=ProjectionInfo, tags=["units"])
+def projection(
+    key: str, unit: UnitDep, explorer: ExplorerDep, percentile: float = PERCENTILE
+) -> ProjectionInfo:
+    """One unit's projection to pixels: ``layer``'s ``channel`` at ``(y, x)`` in its map, or
+    at its strongest position when ``y`` and ``x`` are left out."""
+    target = unit.target()
+    result = explorer.project(key, target, unit.rule)
+    png, scale = reconstruction_png(result, _percentile(percentile))
+    py, px = result.position[0].tolist()
+    return ProjectionInfo(
+        image=key,
+        layer=result.layer,
+        rule=unit.rule,
+        channel=int(result.channel[0]),
+        position=[py, px],
+        activation=float(result.activation[0]),
+        box=result.box[0].tolist(),
+        map_size=list(result.activation_maps.shape[-2:]),
+        scale=scale,
+        percentile=percentile,
+        fires=bool(result.reconstruction.abs().max() > 0),
+        reconstruction_png=_base64(png),
+        target=f"{result.layer}:{int(result.channel[0])}@{py},{px}",
+    )
+
+
+@unit_routes.get(
+    "/{key}/figure.png",
+    response_class=Response,
+    tags=["downloads"],
+    responses={200: {"content": {"image/png": {}}}},
+)
+def figure(
+    key: str, unit: UnitDep, explorer: ExplorerDep, percentile: float = PERCENTILE
+) -> Response:
+    """The unit's figure as ``deconvnet visualize`` draws it (five panels), as PNG."""
+    from deconvnet.figures import figure_png, projection_figure
+
+    stored = explorer.image(key)
+    result = explorer.project(key, unit.target(), unit.rule)
+    image = projection_figure(result, 0, name=stored.name, percentile=_percentile(percentile))
+    return _download(figure_png(image), "image/png", _file_stem(stored, result) + ".png")
+
+
+@unit_routes.get(
+    "/{key}/arrays.pt",
+    response_class=Response,
+    tags=["downloads"],
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def arrays(key: str, unit: UnitDep, explorer: ExplorerDep) -> Response:
+    """The raw arrays of what is shown, for ``torch.load(path, weights_only=True)``: the
+    Projection's fields (as ``--save-arrays`` writes them) and ``layer_maps`` (C, h, w)."""
+    stored = explorer.image(key)
+    result = explorer.project(key, unit.target(), unit.rule)
+    data = arrays_pt(result, stored, explorer)
+    return _download(data, "application/octet-stream", _file_stem(stored, result) + ".pt")
+
+
+# --- gallery ----------------------------------------------------------------------------------
+
+gallery_routes = APIRouter(prefix="/api/gallery", tags=["gallery"])
+
+
+@gallery_routes.get("/{layer}/{channel}")
+def gallery_tile(layer: str, channel: int, serving: ServedDep) -> dict:
+    """The channel's top-k tile in the ``--gallery`` (its URL) and its manifest entries."""
+    if serving.gallery is None:
+        raise HTTPException(404, "no gallery: start the server with --gallery DIR")
+    name = serving.explorer.layer(layer).name
+    found = serving.gallery.tiles(name, channel)
+    if found is None:
+        raise HTTPException(404, f"the gallery has no tile of {name}:{channel}")
+    return {"layer": name, "channel": channel, "url": f"/gallery/{found['tile']}", **found}
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+page_routes = APIRouter(include_in_schema=False)
+
+
+@page_routes.get("/")
+def page() -> FileResponse:
+    return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
+
+
+# --- the Origin check -------------------------------------------------------------------------
+
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+class SameOriginOnly:
+    """ASGI middleware: refuse (403) a request that a page of another origin made.
+
+    Browsers send ``Origin`` with every cross-origin request and every POST, so a request
+    whose ``Origin`` is not this server's own scheme, host and port (the ``Host`` it was sent
+    to, so any name the server answers works for its own page) comes from another site. A
+    POST without ``Origin`` is refused too when ``Sec-Fetch-Site`` says another site sent it.
+    Requests without either header (curl, scripts) and plain navigations to the page pass.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            origin = headers.get("origin")
+            foreign = (
+                origin is not None
+                and not _same_origin(origin, scope.get("scheme", "http"), headers.get("host", ""))
+            ) or (
+                origin is None
+                and scope["method"] not in _SAFE_METHODS
+                and headers.get("sec-fetch-site") in ("cross-site", "same-site")
+            )
+            if foreign:
+                response = JSONResponse(
+                    {"detail": f"refused: a page of another origin ({origin}) sent this request"},
+                    status_code=403,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _same_origin(origin: str, scheme: str, host: str) -> bool:
+    """Whether ``origin`` (``scheme://host[:port]``) is this server, reached as ``host``."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return False
+    if parts.scheme.lower() != scheme or not parts.netloc or parts.path not in ("", "/"):
+        return False
+    return _netloc(parts.netloc, scheme) == _netloc(host, scheme)
+
+
+def _netloc(netloc: str, scheme: str) -> str:
+    """``host:port`` in lower case, with the scheme's default port when none is given."""
+    host, port = re.fullmatch(r"(.*?)(?::(\d+))?", netloc.strip().lower()).groups()
+    return f"{host}:{port or _DEFAULT_PORTS.get(scheme, '')}"
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -358,29 +513,29 @@ _CACHED = {"Cache-Control": "private, max-age=3600"}  # an image key names its c
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    too_big = HTTPException(
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes, and with 400
+    (no traceback in the log) when the client disconnects before sending all of it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_big(limit)
+    chunks, total = [], 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise _too_big(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise HTTPException(400, "the upload was cut short: the client disconnected") from None
+    return b"".join(chunks)
+
+
+def _too_big(limit: int) -> HTTPException:
+    # The limit is the file's: a multipart form may be a little larger, its file not.
+    limit = limit - FORM_OVERHEAD if limit > FORM_OVERHEAD else limit
+    return HTTPException(
         413, f"the upload is larger than the server's limit of {limit / 2**20:g} MiB"
     )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise too_big
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit + 64 * 1024:  # room for a multipart form's own headers
-            raise too_big
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not request.headers.get("content-type", "").startswith("multipart/") and total > limit:
-        raise too_big
-    return body
-
-
-def _target(layer: str, channel: int, y: int | None, x: int | None) -> Target:
-    if (y is None) != (x is None):
-        raise DeconvNetError("give both y and x for a position, or neither for the strongest")
-    return Target(layer, channel, None if y is None else (y, x))
 
 
 def _percentile(value: float) -> float:

@@ -6,7 +6,8 @@ same key on every server and a page's URL can name it. The first request for an 
 forward pass, with switches, up to the deepest named layer and keeps every named layer's map:
 that record serves the activation grids of all layers and the projections of all their units
 under every rule, so a click costs only the inverse pass. Images and records are held in two
-small least-recently-used caches, so memory stays bounded however many images are uploaded.
+small least-recently-used caches, bounded by count and by bytes, so memory stays bounded however
+many images are uploaded and however large they are.
 
 The engine's forward pass attaches hooks to the model's modules, which another thread's forward
 would run too: every engine call holds one lock per explorer, so concurrent requests give what
@@ -24,7 +25,8 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +41,17 @@ from deconvnet.engine.rules import check_rule
 from deconvnet.engine.switches import ForwardRecord
 from deconvnet.errors import DeconvNetError
 from deconvnet.figures import PERCENTILE, display_scale, image_to_display, to_display
-from deconvnet.images import load_image, preprocess
+from deconvnet.images import check_size, load_image, preprocess
 from deconvnet.selection import Target, check_in_range, select, strongest_channels
 
 # Images kept (their normalized input, about 0.6 MB each at 224x224) and forward records kept
 # (every named layer's map and the switches: about 3 MB for AlexNet, 60 MB for VGG16 at 224).
 IMAGES_KEPT = 64
 RECORDS_KEPT = 8
+# And at most this many bytes of tensors in each cache: a large --size makes one VGG16 record
+# several hundred MB. The most recent entry is always kept, whatever its size.
+IMAGE_BYTES = 512 * 2**20
+RECORD_BYTES = 2 * 2**30
 # Bytes per digest in an image key: 64 bits name an upload well enough for a URL.
 KEY_BYTES = 8
 _KEY = re.compile(r"^[0-9a-f]{16}$")
@@ -84,13 +90,26 @@ class Activations:
 
 
 class LRU:
-    """A dict that keeps only its ``capacity`` most recently used entries."""
+    """A dict that keeps only its ``capacity`` most recently used entries, and, given ``weigh``
+    (an entry's size in bytes), only as many as fit in ``max_bytes``; the most recent entry is
+    kept even if it alone is larger."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        max_bytes: int | None = None,
+        weigh: Callable[[object], int] | None = None,
+    ) -> None:
         if capacity < 1:
             raise DeconvNetError(f"a cache needs room for at least one entry, got {capacity}")
+        if (max_bytes is None) != (weigh is None):
+            raise DeconvNetError("a cache bounded by bytes needs both max_bytes and weigh")
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._weigh = weigh
         self._items: OrderedDict = OrderedDict()
+        self._sizes: dict = {}
+        self.bytes = 0
 
     def get(self, key):
         if key not in self._items:
@@ -99,10 +118,17 @@ class LRU:
         return self._items[key]
 
     def put(self, key, value) -> None:
+        if self._weigh is not None:
+            size = self._weigh(value)
+            self.bytes += size - self._sizes.get(key, 0)
+            self._sizes[key] = size
         self._items[key] = value
         self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        while len(self._items) > self.capacity or (
+            self.max_bytes is not None and self.bytes > self.max_bytes and len(self._items) > 1
+        ):
+            old, _ = self._items.popitem(last=False)
+            self.bytes -= self._sizes.pop(old, 0)
 
     def __contains__(self, key) -> bool:
         return key in self._items
@@ -114,8 +140,11 @@ class LRU:
 class Explorer:
     """Images, forward records, activations and projections for one ``DeconvNet``.
 
-    ``size`` is ``deconvnet visualize``'s ``--size`` (None: shorter side 256, centre crop 224).
-    ``images`` and ``records`` bound the two caches. Thread-safe: engine calls hold a lock.
+    ``size`` is ``deconvnet visualize``'s ``--size`` (None: shorter side 256, centre crop 224),
+    with its limits (``deconvnet.images.check_size``): a ``DeconvNetError`` here, and for each
+    upload it would stretch too far. ``images`` and ``records`` bound the two caches by count,
+    ``image_bytes`` and ``record_bytes`` by the bytes of their tensors. Thread-safe: engine calls
+    hold a lock.
     """
 
     def __init__(
@@ -127,7 +156,10 @@ class Explorer:
         size: int | None = None,
         images: int = IMAGES_KEPT,
         records: int = RECORDS_KEPT,
+        image_bytes: int = IMAGE_BYTES,
+        record_bytes: int = RECORD_BYTES,
     ) -> None:
+        check_size(size)
         self.net = net
         self.model = model
         self.weights = weights
@@ -139,8 +171,8 @@ class Explorer:
             raise DeconvNetError("the model has no named conv or pool layers to explore")
         # The layer shown first: the one every command projects when none is named.
         self.default_layer: str = net.default_layer
-        self._images = LRU(images)
-        self._records = LRU(records)
+        self._images = LRU(images, image_bytes, _image_bytes)
+        self._records = LRU(records, record_bytes, _record_bytes)
         self._engine = threading.Lock()  # the model's modules take hooks during a forward
         self._caches = threading.Lock()
 
@@ -149,13 +181,16 @@ class Explorer:
     def add_image(self, data: bytes, name: str = "upload") -> StoredImage:
         """Decode and preprocess uploaded bytes (any format ``deconvnet visualize`` reads).
 
-        Errors are ``deconvnet visualize``'s, naming the file as uploaded."""
+        Errors are ``deconvnet visualize``'s, naming the file as uploaded. The same bytes
+        uploaded again under another name are the same image (its key, and the name it was
+        first held under, which ``image`` returns), but this upload's answer carries its own
+        name."""
         key = hashlib.sha256(data).hexdigest()[: 2 * KEY_BYTES]
+        shown = _file_name(name)
         with self._caches:
             known = self._images.get(key)
         if known is not None:
-            return known
-        shown = _file_name(name)
+            return known if known.name == shown else replace(known, name=shown)
         x = _read_upload(data, shown, self.size).to(self.net.device)
         png = _png(np.round(image_to_display(x[0]) * 255).astype(np.uint8))
         stored = StoredImage(key, shown, x, png)
@@ -300,8 +335,8 @@ class GalleryIndex:
     def channels(self, layer: str) -> list[int]:
         """The channels of ``layer`` that have a tile (none if the gallery lacks the layer)."""
         for described in self.manifest.get("layers", []):
-            if described.get("name") == layer:
-                return [int(c) for c in described.get("channels", [])]
+            if described["name"] == layer:
+                return list(described.get("channels", []))
         return []
 
     def tiles(self, layer: str, channel: int) -> dict | None:
@@ -314,7 +349,15 @@ class GalleryIndex:
 
 
 def read_gallery(folder: str | os.PathLike[str]) -> GalleryIndex:
-    """Read ``manifest.json`` of a gallery folder; ``DeconvNetError`` if it is not one."""
+    """Read ``manifest.json`` of a gallery folder and check the fields the explorer uses.
+
+    Raises
+    ------
+    DeconvNetError
+        If the folder or its manifest is missing or unreadable, or not a deconvnet gallery's, or
+        a field the explorer reads (``layers``, ``entries``) has the wrong shape: the message
+        names the file and the field.
+    """
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DeconvNetError(
@@ -333,10 +376,44 @@ def read_gallery(folder: str | os.PathLike[str]) -> GalleryIndex:
         "deconvnet-gallery/"
     ):
         raise DeconvNetError(f"{path} is not a deconvnet gallery manifest")
+    _check_records(path, manifest, "layers", {"name": str}, {"channels": _channel_list})
+    _check_records(path, manifest, "entries", {"layer": str, "channel": _channel}, {})
     entries: dict[tuple[str, int], list[dict]] = {}
     for entry in manifest.get("entries", []):
-        entries.setdefault((entry["layer"], int(entry["channel"])), []).append(entry)
+        entries.setdefault((entry["layer"], entry["channel"]), []).append(entry)
     return GalleryIndex(root.resolve(), manifest, entries)
+
+
+def _channel(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _channel_list(value) -> bool:
+    return isinstance(value, list) and all(_channel(c) for c in value)
+
+
+def _check_records(path: Path, manifest: dict, field: str, required: dict, optional: dict) -> None:
+    """Refuse a manifest whose ``field`` is not a list of records with ``required`` keys (and
+    ``optional`` ones, when present) of the right kind: a type, or a test of the value."""
+    records = manifest.get(field, [])
+    if not isinstance(records, list):
+        raise DeconvNetError(
+            f"{path}: field {field!r} must be a list of records, got {json.dumps(records)}"
+        )
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DeconvNetError(f"{path}: {field}[{i}] must be a record, got {json.dumps(record)}")
+        for key, kind in {**required, **optional}.items():
+            if key not in record:
+                if key in required:
+                    raise DeconvNetError(f"{path}: {field}[{i}] has no field {key!r}")
+                continue
+            value = record[key]
+            good = isinstance(value, kind) if isinstance(kind, type) else kind(value)
+            if not good:
+                raise DeconvNetError(
+                    f"{path}: {field}[{i}].{key} has an unexpected value {json.dumps(value)}"
+                )
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -352,6 +429,7 @@ def _read_upload(data: bytes, name: str, size: int | None) -> torch.Tensor:
             image = load_image(path)
         except DeconvNetError as error:
             raise DeconvNetError(str(error).replace(str(path), name)) from None
+    check_size(size, image.size, name=name)
     return preprocess(image, size)
 
 
@@ -359,6 +437,19 @@ def _file_name(name: str) -> str:
     """A safe plain file name from what the browser says the upload was called."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(name)).name).strip("-.")
     return base[:100] or "upload"
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _image_bytes(stored: StoredImage) -> int:
+    return _tensor_bytes([stored.x]) + len(stored.png)
+
+
+def _record_bytes(record: ForwardRecord) -> int:
+    parts = [*record.switches.values(), *record.rectified.values(), *record.maps.values()]
+    return _tensor_bytes([*parts, record.output])
 
 
 def _png(pixels: np.ndarray) -> bytes:
