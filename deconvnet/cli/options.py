@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from deconvnet import images
 from deconvnet.engine.rules import check_rule
 from deconvnet.errors import DeconvNetError
 
@@ -21,7 +22,7 @@ DEFAULT_PERCENTILE = 99.5
 DEFAULT_OUT = Path("outputs")
 # --size: below 16 pixels there is nothing to see; above 2048 (or a longer side over 4096) one
 # image's feature maps alone run to gigabytes in VGG (conv1_1 at 2048x2048 is 1 GiB).
-MIN_SIZE, MAX_SIZE, MAX_SIDE = 16, 2048, 4096
+MIN_SIZE, MAX_SIZE, MAX_SIDE = images.MIN_SIDE, images.MAX_SIZE, images.MAX_SIDE
 
 ModelOption = Annotated[
     str,
@@ -150,18 +151,14 @@ BatchSizeOption = Annotated[int, typer.Option(min=1, help="Images per forward pa
 
 
 def check_size(size: int | None) -> None:
-    """Refuse a ``--size`` outside ``MIN_SIZE..MAX_SIZE``.
+    """Refuse a ``--size`` out of range: the library's one check (``images.check_size``).
 
     Raises
     ------
     DeconvNetError
         If ``size`` is given and out of range.
     """
-    if size is not None and not MIN_SIZE <= size <= MAX_SIZE:
-        raise DeconvNetError(
-            f"--size {size} is out of range (valid: {MIN_SIZE}..{MAX_SIZE} pixels for the "
-            "shorter side)"
-        )
+    images.check_size(size, option="--size")
 
 
 def read_rule(rule: str) -> str:

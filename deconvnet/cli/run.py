@@ -24,8 +24,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from deconvnet.cli.options import (
     DEFAULT_MODEL,
     DEFAULT_PERCENTILE,
-    MAX_SIDE,
-    MIN_SIZE,
     check_out,
     check_size,
 )
@@ -228,18 +226,11 @@ def load_inputs(
 
 
 def _load_one(path: Path, size: int | None) -> torch.Tensor:
-    from deconvnet.images import load_image, preprocess
+    from deconvnet.images import check_size, load_image, preprocess
 
     try:
         image = load_image(path)
-        if size is not None:
-            short, long = sorted(image.size)
-            if round(long * size / short) > MAX_SIDE:
-                raise DeconvNetError(
-                    f"{path} is {image.width}x{image.height} pixels: with --size {size} its "
-                    f"longer side would be {round(long * size / short)}, over the limit of "
-                    f"{MAX_SIDE}; use --size {max(MIN_SIZE, MAX_SIDE * short // long)} or less"
-                )
+        check_size(size, image.size, name=str(path), option="--size")
         return preprocess(image, size)
     except DeconvNetError:
         raise

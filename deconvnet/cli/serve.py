@@ -127,11 +127,10 @@ def build_app(
     from deconvnet.engine.factory import DeconvNet
     from deconvnet.explorer.app import create_app
     from deconvnet.explorer.compute import Explorer, read_gallery
-    from deconvnet.images import MIN_SIDE
+    from deconvnet.images import check_size
     from deconvnet.models.loading import load_model, resolve_device, weights_source
 
-    if size is not None and size < MIN_SIDE:
-        raise DeconvNetError(f"--size {size} is too small; use at least {MIN_SIDE} pixels")
+    check_size(size, option="--size")
     index = read_gallery(gallery) if gallery is not None else None
     where = resolve_device(device)
     module = load_model(model, weights=weights, progress=False).to(where)
