@@ -92,6 +92,19 @@ def net(alexnet):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """The small scan and gallery data set of gallery_folder.py, one per test module."""
-    from gallery_folder import make_folder
+    from helpers import make_folder
 
     return make_folder(tmp_path_factory.mktemp("data"))
+
+
+# The fixtures that load the real ImageNet conv weights: a test using one is marked real_weights.
+REAL_WEIGHTS = {"alexnet", "vgg16", "alexnet_weights_file", "net"}
+
+
+def pytest_collection_modifyitems(config, items):
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if REAL_WEIGHTS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_weights)
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_cuda)

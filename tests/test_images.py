@@ -6,15 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import bomb_png
 from PIL import Image
 from sample_data import photo_file
 
@@ -33,22 +32,6 @@ from deconvnet.images import (
 
 def _pixels(height=40, width=56, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def bomb_png(path, side=100_000):
-    """A tiny PNG whose header claims side x side pixels (10^10 for the default)."""
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(b""))
-        + _png_chunk(b"IEND", b"")
-    )
-    return path
 
 
 # --- modes that convert --------------------------------------------------------------------

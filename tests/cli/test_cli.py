@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import bomb_png
 from PIL import Image
 from sample_data import photo_file
-from test_images import bomb_png
 from typer.testing import CliRunner
 
 from deconvnet import DeconvNet, Projection

@@ -14,7 +14,7 @@ from torch import nn
 from deconvnet import DeconvNet, DeconvNetError, Engine, load_model
 from deconvnet.analysis.correspondence import default_layers as correspondence_layers
 from deconvnet.analysis.invariance import default_layers as invariance_layers
-from deconvnet.cli.main import _Request
+from deconvnet.cli.visualize import Request
 from deconvnet.engine.general import GraphDeconvNet
 from deconvnet.engine.inverse import rectify
 from deconvnet.engine.plain import PlainDeconvNet
@@ -43,7 +43,7 @@ def test_the_default_layer_is_one_for_the_commands_and_the_explorer(named):
     assert net.default_layer == default
     # The commands: visualize and compare (Selection.resolve), occlusion, the analyses'
     # defaults end at it; the explorer shows it first.
-    assert _Request([], None, [], None, None).resolve(net).layer == default
+    assert Request([], None, [], None, None).resolve(net).layer == default
     assert invariance_layers(net)[-1] in (default, "penultimate")
     assert correspondence_layers(net)[0] == default
     assert Explorer(net).default_layer == default

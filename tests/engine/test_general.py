@@ -14,7 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from graph_reference import reference_projection
+from helpers import (
+    Traps,
+    one_thread,  # noqa: F401 (an autouse fixture: one thread for the module)
+    random_images,
+    reference_projection,
+    seeded,
+)
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError, Target
@@ -22,85 +28,9 @@ from deconvnet.engine.general import GraphDeconvNet
 from deconvnet.engine.rules import RULES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a loaded machine two threads wait on each other at every small op; one thread keeps
-    # these many small passes fast.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class Block(nn.Module):
-    """A residual block as torchvision writes it: one ReLU module called twice, in place, and
-    ``out += identity`` in place on the BatchNorm's output."""
-
-    def __init__(self, channels: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 2, dilation=2, groups=channels)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.down = nn.AvgPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += self.down(x)
-        return self.relu(out)
-
-
-class Traps(nn.Module):
-    """Every trap of the issue in one small network."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 5, stride=2, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.block1 = Block(8)
-        self.block2 = Block(8, stride=2)
-        self.left = nn.Conv2d(8, 6, 1)
-        self.right = nn.Conv2d(8, 6, 3, padding=1)
-        self.act6 = nn.ReLU6()
-        self.top = nn.Conv2d(12, 10, 3, stride=2)
-        self.drop = nn.Dropout(0.5)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 4))
-
-    def forward(self, x):
-        x = F.relu(self.bn(self.stem(x)))
-        x = F.max_pool2d(x, 3, 2, ceil_mode=True)
-        x = self.block2(self.block1(x))
-        left = torch.relu_(self.left(x)).relu()
-        right = self.act6(self.right(x).relu_())
-        x = torch.cat([left, right], dim=1)
-        x = F.relu(self.top(x), inplace=True)
-        return self.head(self.drop(x))
-
-
-def _seeded(constructor, **kwargs) -> nn.Module:
-    torch.manual_seed(0)
-    model = constructor(**kwargs).eval()
-    # Random BatchNorm statistics, so that BatchNorm is not the identity.
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            c = module.num_features
-            module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(c, generator=generator) * 0.1)
-    return model
-
-
 @pytest.fixture(scope="module")
 def traps() -> nn.Module:
-    return _seeded(Traps)
-
-
-def _images(size: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
+    return seeded(Traps)
 
 
 def _check_against_reference(model, net, x, targets, rules=RULES):
@@ -134,7 +64,7 @@ def test_traps_match_reference_for_every_rule(traps):
     net = DeconvNet(traps)
     assert isinstance(net, GraphDeconvNet)
     targets = ["stem:3", "block1.relu#0:2", "block1:5", "block2.relu#1:1@3,2", "left", "top:7"]
-    _check_against_reference(traps, net, _images((61, 67)), targets)
+    _check_against_reference(traps, net, random_images((61, 67)), targets)
 
 
 def test_every_call_of_a_reused_module_is_addressable(traps):
@@ -149,7 +79,7 @@ def test_every_call_of_a_reused_module_is_addressable(traps):
 def test_a_target_is_what_its_module_returned_before_an_inplace_sum(traps):
     # block1.bn2's output is overwritten by ``out += identity`` and then the in-place ReLU.
     net = GraphDeconvNet(traps)
-    x = _images((61, 67))
+    x = random_images((61, 67))
     record = net.forward(x, "block1.bn2")
     with torch.no_grad():
         h = F.max_pool2d(F.relu(traps.bn(traps.stem(x))), 3, 2, ceil_mode=True)
@@ -161,7 +91,7 @@ def test_a_target_is_what_its_module_returned_before_an_inplace_sum(traps):
 
 def test_project_many_and_units_of_several_layers_match_reference(traps):
     net = GraphDeconvNet(traps)
-    x = _images((61, 67), seed=3)
+    x = random_images((61, 67), seed=3)
     many = net.project_many(x[1:], [f"block2:{c}" for c in range(8)], "guided")
     expected, _ = reference_projection(
         traps, x[1:], "block2", 0, many.image_index, many.channel, many.position, "guided"
@@ -191,7 +121,7 @@ def test_the_model_is_never_modified(traps):
     model = copy.deepcopy(traps).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     net = GraphDeconvNet(model)
-    net.project(_images((61, 67)), "top:1", "guided")
+    net.project(random_images((61, 67)), "top:1", "guided")
     assert model.training and all(m.training for m in model.modules())
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key  # BatchNorm statistics untouched
@@ -201,7 +131,7 @@ def test_the_model_is_never_modified(traps):
 
 def test_another_thread_running_the_model_sees_plain_relus(traps):
     net = GraphDeconvNet(traps)
-    x = _images((61, 67))
+    x = random_images((61, 67))
     with torch.no_grad():
         expected = traps(x)
     stop = threading.Event()
@@ -253,20 +183,20 @@ NETWORKS = {
 def test_torchvision_networks_match_reference(name):
     constructor, size, targets = NETWORKS[name]
     options = {"init_weights": True, "aux_logits": False} if name == "googlenet" else {}
-    model = _seeded(constructor, **options)
+    model = seeded(constructor, **options)
     net = DeconvNet(model, input_size=size)
     assert isinstance(net, GraphDeconvNet)
-    _check_against_reference(model, net, _images(size), targets)
+    _check_against_reference(model, net, random_images(size), targets)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", ["resnet50", "densenet121"])
 def test_torchvision_networks_on_cuda_match_the_cpu(name, full_precision):
     constructor, size, targets = NETWORKS[name]
-    model = _seeded(constructor)
+    model = seeded(constructor)
     gpu = DeconvNet(copy.deepcopy(model).cuda(), input_size=size)
     cpu = DeconvNet(model, input_size=size)
-    x = _images(size)
+    x = random_images(size)
     for rule in RULES:
         for target in targets:
             ours = gpu.project(x.cuda(), target, rule)
@@ -340,7 +270,7 @@ def test_general_engine_matches_plain_path(fixture, targets, request, photo):
 def test_receptive_fields_are_the_support_of_a_structural_gradient():
     """With every weight positive, BatchNorm the identity, max pools averaging and ReLUs open,
     a unit's gradient is nonzero exactly where it depends on the input: its field's box."""
-    model = _seeded(torchvision.models.resnet18)
+    model = seeded(torchvision.models.resnet18)
     net = GraphDeconvNet(model, input_size=(64, 64))
     structural = copy.deepcopy(model)
     with torch.no_grad():
@@ -388,7 +318,7 @@ class Gelus(nn.Module):
 
 
 def test_a_nonlinearity_without_a_rule_is_refused_unless_opted_in():
-    model = _seeded(Gelus)
+    model = seeded(Gelus)
     with pytest.raises(DeconvNetError) as error:
         DeconvNet(model)
     message = str(error.value)
@@ -396,7 +326,7 @@ def test_a_nonlinearity_without_a_rule_is_refused_unless_opted_in():
     assert "GELU at act" in message and "sigmoid at (the model's own forward)" in message
     assert "other_nonlinearities='gradient'" in message
     net = DeconvNet(model, other_nonlinearities="gradient")
-    x = _images((19, 21))
+    x = random_images((19, 21))
     projection = net.project(x, "conv2:1", "guided")
     expected, _ = reference_projection(
         model,
@@ -418,11 +348,11 @@ def test_unknown_paths_suggest_near_names(traps):
     with pytest.raises(
         DeconvNetError, match=r"unknown layer 'block1\.con1'; did you mean.*block1\.conv1"
     ):
-        net.project(_images((61, 67)), "block1.con1:0")
+        net.project(random_images((61, 67)), "block1.con1:0")
     with pytest.raises(DeconvNetError, match="does not return an"):
         net.layer("head.2")
     with pytest.raises(DeconvNetError, match="out of range"):
-        net.project(_images((61, 67)), "top:10")
+        net.project(random_images((61, 67)), "top:10")
 
 
 def test_target_paths_parse():
@@ -436,7 +366,7 @@ def test_layers_are_measured_on_the_meta_device_without_weights():
     # `deconvnet layers` builds the architecture on the meta device: shapes and fields only.
     with torch.device("meta"):
         meta = torchvision.models.resnet18()
-    net, real = DeconvNet(meta), GraphDeconvNet(_seeded(torchvision.models.resnet18))
+    net, real = DeconvNet(meta), GraphDeconvNet(seeded(torchvision.models.resnet18))
     assert [layer.name for layer in net.layers] == [layer.name for layer in real.layers]
     assert "layer1.0.relu#1" in [layer.name for layer in net.layers]
     for layer in ("conv1", "layer1.0.relu#1", "layer3", "avgpool"):

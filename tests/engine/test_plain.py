@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import autograd_projection
+from helpers import autograd_projection
 
 from deconvnet import DeconvNet, DeconvNetError, Target
 from deconvnet.engine.rules import RULES
@@ -320,10 +320,7 @@ def test_a_stack_the_windowed_engine_cannot_invert_gets_the_general_one():
         check_supported(model)
 
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@CUDA
+@pytest.mark.cuda
 def test_runs_on_cuda(alexnet):
     import copy
 
@@ -338,7 +335,7 @@ def test_runs_on_cuda(alexnet):
     )
 
 
-@CUDA
+@pytest.mark.cuda
 @pytest.mark.parametrize("rule", RULES)
 def test_cuda_projections_and_sweeps_match_the_cpu(alexnet, rule, full_precision):
     import copy

@@ -12,8 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from graph_reference import reference_projection
-from test_general import Traps, _images, _one_thread, _seeded  # noqa: F401 (_one_thread: autouse)
+from helpers import (
+    Traps,
+    one_thread,  # noqa: F401 (an autouse fixture: one thread for the module)
+    random_images,
+    reference_projection,
+    seeded,
+)
 from torch import nn
 
 from deconvnet import DeconvNetError
@@ -23,7 +28,7 @@ from deconvnet.engine.rules import RULES
 
 @pytest.fixture(scope="module")
 def resnet() -> GraphDeconvNet:
-    return GraphDeconvNet(_seeded(torchvision.models.resnet18), input_size=(97, 83))
+    return GraphDeconvNet(seeded(torchvision.models.resnet18), input_size=(97, 83))
 
 
 def _check(net, x, layer, units, rule):
@@ -50,7 +55,7 @@ def _assert_reference(net, x, layer, projection, rule) -> None:
 @pytest.mark.parametrize("layer", ["layer1.0.conv1", "layer1", "layer2.0.downsample", "layer3"])
 def test_many_units_on_windows_match_reference(resnet, layer, rule):
     """Units of both images, in the middle and hanging over every edge, down one walk."""
-    x = _images((97, 83), seed=5)
+    x = random_images((97, 83), seed=5)
     record = resnet.forward(x, layer, "guided")
     assert resnet._walk(record, resnet.layer(layer)) is not None
     h, w = record.output.shape[-2:]
@@ -78,7 +83,7 @@ def test_project_many_walks_in_batches(resnet, monkeypatch):
     import deconvnet.engine.general as graph
 
     monkeypatch.setattr(graph, "PIXEL_BUDGET", 3 * 97 * 83)  # a few units per batch
-    x = _images((97, 83), seed=6)[:1]
+    x = random_images((97, 83), seed=6)[:1]
     many = resnet.project_many(x, [f"layer2:{c}" for c in range(0, 128, 9)])
     _assert_reference(resnet, x, "layer2", many, "deconvnet")
 
@@ -98,8 +103,8 @@ def _strided_pointwise() -> nn.Module:
 def test_a_strided_1x1_conv_that_alone_reads_its_input_walks_down():
     """A strided 1x1 conv's way down on whole maps leaves only its strided grid, which becomes a
     whole map where nothing else adds to it (here the image); odd sizes, every rule."""
-    net = GraphDeconvNet(_seeded(_strided_pointwise), input_size=(9, 7))
-    x = _images((9, 7), seed=8)
+    net = GraphDeconvNet(seeded(_strided_pointwise), input_size=(9, 7))
+    x = random_images((9, 7), seed=8)
     for rule in RULES:
         record = net.forward(x, "5", "guided")
         assert net._walk(record, net.layer("5")) is not None
@@ -114,8 +119,8 @@ def test_bottleneck_sums_are_added_within_the_1x1_products(monkeypatch):
     conv (inverse.transposed_conv1x1's add_to); every rule, against the reference."""
     import deconvnet.engine.walk as graph_inverse
 
-    net = GraphDeconvNet(_seeded(torchvision.models.resnet50), input_size=(67, 61))
-    x = _images((67, 61), seed=9)[:1]
+    net = GraphDeconvNet(seeded(torchvision.models.resnet50), input_size=(67, 61))
+    x = random_images((67, 61), seed=9)[:1]
     summed = []
     plain = graph_inverse.transposed_conv1x1
 
@@ -131,9 +136,9 @@ def test_bottleneck_sums_are_added_within_the_1x1_products(monkeypatch):
 
 
 def test_depthwise_and_relu6_walk(monkeypatch):
-    model = _seeded(torchvision.models.mobilenet_v2)
+    model = seeded(torchvision.models.mobilenet_v2)
     net = GraphDeconvNet(model, input_size=(71, 65))
-    x = _images((71, 65), seed=7)[:1]
+    x = random_images((71, 65), seed=7)[:1]
     for layer in ("features.2.conv.1", "features.5"):
         record = net.forward(x, layer, "guided")
         assert net._walk(record, net.layer(layer)) is not None
@@ -152,12 +157,12 @@ class StandardizedConv(nn.Conv2d):
 
 
 def test_modules_with_their_own_forward_are_walked_as_they_compute():
-    model = _seeded(torchvision.models.resnet18)
+    model = seeded(torchvision.models.resnet18)
     model.layer1[0].conv1 = StandardizedConv(64, 64, 3, padding=1, bias=False)
     torch.manual_seed(3)
     nn.init.normal_(model.layer1[0].conv1.weight, std=0.1)
     net = GraphDeconvNet(model, input_size=(97, 83))
-    x = _images((97, 83), seed=11)[:1]
+    x = random_images((97, 83), seed=11)[:1]
     record = net.forward(x, "layer1", "guided")
     assert net._walk(record, net.layer("layer1")) is not None
     for rule in RULES:
@@ -168,8 +173,8 @@ def test_modules_with_their_own_forward_are_walked_as_they_compute():
 def test_unknown_node_falls_back_to_autograd():
     """An average pool in ceil mode is not walked by hand: autograd goes down instead, and the
     result is still the reference's."""
-    net = GraphDeconvNet(_seeded(Traps), input_size=(61, 67))
-    x = _images((61, 67), seed=8)[:1]
+    net = GraphDeconvNet(seeded(Traps), input_size=(61, 67))
+    x = random_images((61, 67), seed=8)[:1]
     record = net.forward(x, "block2", "guided")
     assert net._walk(record, net.layer("block2")) is None
     record = net.forward(x, "block1", "guided")
@@ -182,13 +187,13 @@ def test_unknown_node_falls_back_to_autograd():
 def test_deconvnet_record_refuses_other_rules(resnet):
     """A forward pass for the deconvnet rule keeps no ReLU masks, as the plain engine's; asking
     it for guided says so, on the walk and on the autograd fallback alike."""
-    x = _images((97, 83), seed=9)
+    x = random_images((97, 83), seed=9)
     record = resnet.forward(x, "layer2", "deconvnet")
     units = resnet.units(record, resnet.layer("layer2"), [0], [3], [[2, 2]])
     with pytest.raises(DeconvNetError, match="rule='guided'"):
         resnet.reconstruct_windows(record, resnet.layer("layer2"), units, "guided")
-    traps = GraphDeconvNet(_seeded(Traps), input_size=(61, 67))
-    record = traps.forward(_images((61, 67)), "block2", "deconvnet")
+    traps = GraphDeconvNet(seeded(Traps), input_size=(61, 67))
+    record = traps.forward(random_images((61, 67)), "block2", "deconvnet")
     units = traps.units(record, traps.layer("block2"), [0], [3], [[2, 2]])
     with pytest.raises(DeconvNetError, match="rule='guided'"):
         traps.reconstruct_windows(record, traps.layer("block2"), units, "guided")
@@ -197,7 +202,7 @@ def test_deconvnet_record_refuses_other_rules(resnet):
 def test_kernels_made_once(resnet):
     """Kernels made from the weights (folded BatchNorm, phase and transposed kernels) are made
     on the first pass and found again on the next; a weight changed in place makes them anew."""
-    x = _images((97, 83), seed=10)[:1]
+    x = random_images((97, 83), seed=10)[:1]
     first = resnet.project(x, "layer3:5")
     made = len(resnet._kernels)
     assert made > 0
@@ -220,7 +225,7 @@ def test_kernels_made_once(resnet):
 def test_a_replaced_parameter_is_seen(resnet):
     """The engine keeps its private view of the model between passes; a parameter replaced by a
     new one (not changed in place) makes a new view, so the next pass uses it."""
-    x = _images((97, 83), seed=11)[:1]
+    x = random_images((97, 83), seed=11)[:1]
     before = resnet.project(x, "layer2:3")
     conv = resnet.model.layer1[0].conv2
     saved = conv.weight

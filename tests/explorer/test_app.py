@@ -10,10 +10,7 @@ import hashlib
 import http.client
 import io
 import json
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -21,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image, ImageDraw
-from test_images import bomb_png
+from helpers import bomb_png, make_gallery_folder, picture, running
+from PIL import Image
 from typer.testing import CliRunner
 
 from deconvnet import DeconvNet, load_model
@@ -36,23 +33,6 @@ STATIC = Path(__file__).resolve().parents[2] / "deconvnet" / "explorer" / "stati
 
 
 # --- fixtures and helpers ----------------------------------------------------------------------
-
-
-def picture(seed: int = 0, size: tuple[int, int] = (300, 260)) -> bytes:
-    """A small synthetic photo (gradients and shapes) as PNG bytes, different for each seed."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / 9.0 + seed)], axis=-1) * 200
-    image = Image.fromarray(base.astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x0, y0 = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        draw.ellipse((x0, y0, x0 + 30 + seed % 20, y0 + 25), fill=colour)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -308,53 +288,6 @@ def test_old_images_and_records_are_evicted(model):
 
 
 # --- a real server on loopback -----------------------------------------------------------
-
-
-@contextmanager
-def running(app, port: int = 0):
-    """Serve ``app`` with uvicorn on 127.0.0.1 in a thread; yields the base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-def make_gallery_folder(root: Path) -> Path:
-    """A gallery folder as ``deconvnet gallery`` writes it (manifest and tiles), a secret file
-    beside it and a symlink inside that points to the secret."""
-    gallery = root / "gallery"
-    (gallery / "conv5").mkdir(parents=True)
-    Image.new("RGB", (40, 20), (200, 30, 30)).save(gallery / "conv5" / "c0003.png")
-    entries = [
-        {"layer": "conv5", "channel": 3, "rank": r, "image": f"photos/{r}.jpg", "position": [r, 2],
-         "activation": 10.0 - r, "box": [0, 0, 163, 163], "tile": "conv5/c0003.png"}
-        for r in range(2)
-    ]  # fmt: skip
-    manifest = {
-        "format": "deconvnet-gallery/1", "root": "photos", "images": 2, "scanned": 2,
-        "weights_sha256": "0" * 64, "rule": "deconvnet", "top": 2, "input_size": [224, 224],
-        "layers": [{"name": "conv5", "channels": [3, 4], "map_size": [13, 13],
-                    "receptive_field": [163, 163], "cell_scale": 1, "sheet": "conv5/sheet.png",
-                    "page": "conv5/index.html"}],
-        "entries": entries, "skipped": [],
-    }  # fmt: skip
-    (gallery / "manifest.json").write_text(json.dumps(manifest))
-    (root / "secret.txt").write_text("outside the gallery")
-    (gallery / "link.txt").symlink_to(root / "secret.txt")
-    (gallery / "conv5" / "uplink").symlink_to(root)
-    return gallery
 
 
 def raw_get(base: str, path: str) -> tuple[int, bytes]:

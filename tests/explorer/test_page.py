@@ -17,14 +17,16 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from helpers import make_gallery_folder, picture, running
 from PIL import Image
 from playwright import sync_api as playwright
-from test_app import make_gallery_folder, picture, running
 
 from deconvnet import DeconvNet, load_model
 from deconvnet.explorer.app import create_app
 from deconvnet.explorer.compute import Explorer, read_gallery
 from deconvnet.images import load_image, preprocess
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("DECONVNET_CHROMIUM") or shutil.which("chromium")
 if CHROMIUM is None:  # `make test` installs it; without it these tests fail, they never skip

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import typer
-from gallery_folder import UNREADABLE, WEIGHTS
+from helpers import UNREADABLE, WEIGHTS
 from PIL import Image
 from typer.testing import CliRunner
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from gallery_folder import UNREADABLE
+from helpers import UNREADABLE
 
 from deconvnet import DeconvNetError
 from deconvnet.gallery.decoding import ImageFiles, Preprocessing
@@ -281,7 +281,7 @@ def test_same_state_for_any_batch_size_workers_and_shards(net, folder, reference
     _same(merge_states(loaded), merged)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_a_scan_on_cuda_keeps_what_the_cpu_scan_keeps(
     alexnet, folder, reference, tmp_path, full_precision
 ):
