@@ -312,7 +312,7 @@ def evolution(
         contents[".csv"] = csv_bytes(result.rows())
         written = save_outputs(out, base, contents)
         for path, state in written:
-            note = written_note(path, state)
+            note = written_note(path, state, base)
             typer.echo(f"evolution over {len(checkpoints)} checkpoints -> {path}{note}")
 
 

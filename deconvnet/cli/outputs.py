@@ -73,20 +73,22 @@ def _state(path: Path, data: bytes) -> str:
     return "same" if same else "taken"
 
 
-def written_note(path: Path, state: str) -> str:
-    """What to say after a written path: nothing, ``(unchanged)``, or which file kept its name."""
+def written_note(path: Path, state: str, base: str) -> str:
+    """What to say after a path that ``save_outputs`` wrote for ``base``: nothing,
+    ``(unchanged)``, or which file kept the plain name (``base`` + the path's own suffix, which
+    may hold more than the extension: ``_conv1.png``)."""
     if state == "same":
         return " (unchanged)"
     if state == "renamed":
-        plain = re.sub(r"-\d+$", "", path.stem) + path.suffix
+        plain = re.sub(rf"^{re.escape(base)}-\d+", lambda _: base, path.name)
         return f" ({plain} holds a different result)"
     return ""
 
 
-def report_written(written: list[tuple[Path, str]], what: str) -> None:
+def report_written(written: list[tuple[Path, str]], what: str, base: str) -> None:
     """Print ``what -> figure.png`` and, below it, ``  + path`` for each file beside it."""
     for path, state in written:
-        note = written_note(path, state)
+        note = written_note(path, state, base)
         typer.echo(f"{what} -> {path}{note}" if path.suffix == ".png" else f"  + {path}{note}")
 
 

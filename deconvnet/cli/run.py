@@ -169,7 +169,8 @@ class Run:
         DeconvNetError
             If a file cannot be written.
         """
-        report_written(save_outputs(out, safe(base + self.qualifiers()), contents), what)
+        name = safe(base + self.qualifiers())
+        report_written(save_outputs(out, name, contents), what, name)
 
 
 def architecture(model: str) -> torch.nn.Module:

@@ -163,11 +163,6 @@ def test_cli_evolution_warns_naming_the_skipped_file(checkpoints, mixed, tmp_pat
         assert {row["image"] for row in csv.DictReader(file)} == {str(mixed / "good.png")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/main.py's _renamed_note strips '-N' only at the end of the stem, and evolution's "
-    "files are named base-N_layer.png: the note names the new file itself",
-)
 def test_cli_evolution_twice_into_one_folder_names_the_earlier_file(checkpoints, mixed, tmp_path):
     out = tmp_path / "out"
     common = ("--images", mixed, "--layers conv1 -o", out)
