@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deconvnet.engine.checks import checked_model
 from deconvnet.engine.heap import LIBC, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD_MAX
 from deconvnet.engine.inverse import (
     check_rule,
@@ -82,6 +83,7 @@ class DeconvNet:
         return super().__new__(cls)
 
     def __init__(self, model: nn.Module, style: str | None = None) -> None:
+        model = checked_model(model)
         self.model = model
         self.features = feature_stack(model)
         self.layers: list[Layer] = name_layers(self.features, style or naming_style(model))
@@ -102,7 +104,7 @@ class DeconvNet:
 
     def layer(self, layer: str | int) -> Layer:
         """The layer named ``conv5``, ``features.11`` or indexed 11."""
-        return resolve_layer(self.layers, layer)
+        return resolve_layer(self.layers, layer, self.model)
 
     def receptive_field(self, layer: str | int) -> ReceptiveField:
         """Size, stride and offset, in input pixels, of one unit of ``layer``."""
