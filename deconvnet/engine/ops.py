@@ -179,8 +179,8 @@ FRIENDLY = {
     "__rpow__": "p ** x",
 }
 
-# Positions where a per-position op's output unit sees what its input units at the same
-# position see (deconvnet.engine.field): everything of these but the ops that move pixels.
+# Ops whose output at a position reads their inputs at that position alone, so that it sees
+# the union of what they see there (deconvnet.engine.field); no op that moves pixels.
 _PER_POSITION = _names(
     "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clamp_min clamp_min_ clip clip_",
     "threshold threshold_ _threshold maximum fmax where batch_norm add add_ __add__ __iadd__",
