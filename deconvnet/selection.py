@@ -7,8 +7,9 @@ A target is one small value with one parser, shared by the Python API, the CLI a
 - ``"conv5"``: the strongest channel and position, per image.
 
 The layer is a paper name (``conv5``), an index, or a module path of any network
-(``layer4.1:12@3,4``), with ``#k`` for the k-th call of a module run several times
-(``layer1.0.relu#2``).
+(``layer4.1:12@3,4``, ``trunk_output.block3.block3-6.f.b``: any name PyTorch allows but one
+holding ":" or "@", the target's separators), with ``#k`` for the k-th call of a module run
+several times (``layer1.0.relu#2``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import torch
 
 from deconvnet.errors import DeconvNetError, check_int
 
+# A layer is a module path with any characters PyTorch allows in a name (all but "."; RegNet has
+# ``trunk_output.block3.block3-6``), except the target's own separators ":" and "@": a module
+# named with those is reached by ``Target(layer, channel, position)`` or by its index.
 _SYNTAX = re.compile(
-    r"^\s*(?P<layer>[A-Za-z_\d][\w.]*(?:#\d+)?)\s*"
+    r"^\s*(?P<layer>[^:@\s](?:[^:@]*[^:@\s])?)\s*"
     r"(?::\s*(?P<channel>-?\d+)\s*"
     r"(?:@\s*\(?\s*(?P<y>-?\d+)\s*,\s*(?P<x>-?\d+)\s*\)?\s*)?)?$"
 )

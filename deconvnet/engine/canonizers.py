@@ -18,9 +18,11 @@ each rectification's backward replaced. What makes that right on real networks:
   later ``out += identity`` can overwrite it.
 - **Reused modules** (``call_names``): one module called several times per forward (torchvision
   ResNet's ``relu``) is named per call, ``layer1.0.relu#0``, ``#1``, ``#2``.
-- **Nonlinearities with no Zeiler-Fergus rule** (GELU, SiLU, Hardswish, sigmoid gates) are named
-  by ``Rectifiers`` so that the engine can refuse them, or let their plain gradient through
-  when the user opts in.
+- **ReLUs written by hand** (``clamp(min=0)``, ``where(x > 0, x, 0)``, ``x * (x > 0)``, ...):
+  recognized as rectifications too (``deconvnet.engine.ops.Rectifications``).
+- **Ops with no treatment** (GELU, sigmoid gates, softmax, LocalResponseNorm, ...: anything
+  not in ``deconvnet.engine.ops``'s table) are named by ``Rectifiers`` at the probe pass, so
+  that the engine can refuse them, or let their plain gradient through when the user opts in.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from deconvnet.engine.ops import Check, Rectifications
 from deconvnet.engine.rules import rule_named
 
 # --- the model, untouched ------------------------------------------------------------------
@@ -121,74 +123,15 @@ class _Rectify(torch.autograd.Function):
         return rule_named(ctx.box.rule).rectify(grad, opened), None, None, None
 
 
-# Functions that rectify, and how to read their arguments: (input, inplace, top).
-def _relu(x, inplace=False):
-    return x, inplace, None
-
-
-def _relu_(x):
-    return x, True, None
-
-
-def _plain(x):
-    return x, False, None
-
-
-def _relu6(x, inplace=False):
-    return x, inplace, 6.0
-
-
-def _hardtanh(x, min_val=-1.0, max_val=1.0, inplace=False):
-    # nn.ReLU6 is a Hardtanh(0, 6); any other clamp has no deconvnet rule.
-    if (min_val, max_val) != (0.0, 6.0):
-        return None
-    return x, inplace, 6.0
-
-
-RECTIFIERS: dict[Callable, Callable] = {
-    F.relu: _relu,
-    torch.relu: _plain,
-    torch.relu_: _relu_,
-    torch.Tensor.relu: _plain,
-    torch.Tensor.relu_: _relu_,
-    F.relu6: _relu6,
-    F.hardtanh: _hardtanh,
-}
-
-# Nonlinearities without a Zeiler-Fergus rule, found by name (functions and their modules).
-OTHER_NONLINEARITIES = {
-    F.gelu: "GELU",
-    F.silu: "SiLU",
-    F.hardswish: "Hardswish",
-    F.hardsigmoid: "Hardsigmoid",
-    F.mish: "Mish",
-    F.elu: "ELU",
-    F.selu: "SELU",
-    F.celu: "CELU",
-    F.leaky_relu: "LeakyReLU",
-    F.prelu: "PReLU",
-    F.rrelu: "RReLU",
-    F.softplus: "Softplus",
-    F.logsigmoid: "LogSigmoid",
-    F.softsign: "Softsign",
-    F.glu: "GLU",
-    torch.sigmoid: "sigmoid",
-    torch.sigmoid_: "sigmoid",
-    torch.Tensor.sigmoid: "sigmoid",
-    torch.Tensor.sigmoid_: "sigmoid",
-    torch.tanh: "tanh",
-    torch.tanh_: "tanh",
-    torch.Tensor.tanh: "tanh",
-    torch.Tensor.tanh_: "tanh",
-}
-
-
 class Rectifiers(TorchFunctionMode):
-    """Within the block, every ReLU and ReLU6 of the forward pass, however it is called, runs
-    with the rule of ``box`` on the way down. Thread-local: other threads are unaffected.
+    """Within the block, every ReLU and ReLU6 of the forward pass, however it is called or
+    written (``deconvnet.engine.ops.Rectifications``), runs with the rule of ``box`` on the way
+    down. Thread-local: other threads are unaffected.
 
-    ``where()`` says which module is running (the engine's hooks keep that); a nonlinearity
-    without a rule is reported to ``other(kind, path)``, and its plain gradient goes through.
+    With ``source``, the pass's input, every op that reads a map of the pass is checked against
+    the engine's table (``deconvnet.engine.ops``): one it has no treatment for is reported to
+    ``other(kind, path)``, ``where()`` saying which module is running (the engine's hooks keep
+    that), and its plain gradient goes through.
     """
 
     def __init__(
@@ -196,24 +139,30 @@ class Rectifiers(TorchFunctionMode):
         box: RuleBox,
         where: Callable[[], str] = lambda: "",
         other: Callable[[str, str], None] | None = None,
+        source: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.box = box
         self.where = where
         self.other = other
+        self.rectifications = Rectifications()
+        self.check = None if source is None else Check(source, self.rectifications)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        read = RECTIFIERS.get(func)
-        if read is not None:
-            parts = read(*args, **kwargs)
-            if parts is not None:
-                x, inplace, top = parts
-                return _Rectify.apply(x, self.box, top, inplace)
-        if self.other is not None:
-            kind = OTHER_NONLINEARITIES.get(func)
-            if kind is None and read is not None:
-                kind = "Hardtanh"
-            if kind is not None:
-                self.other(kind, self.where())
-        return func(*args, **kwargs)
+        parts = self.rectifications.read(func, args, kwargs)
+        if parts is not None:
+            x, inplace, top = parts
+            out = _Rectify.apply(x, self.box, top, inplace)
+            if self.check is not None and self.check.is_map(x):
+                self.check.mark(out)
+            return out
+        if self.check is not None:
+            refused = self.check.refusal(func, args, kwargs)
+            if refused is not None and self.other is not None:
+                self.other(refused, self.where())
+        out = func(*args, **kwargs)
+        self.rectifications.observe(func, args, kwargs, out)
+        if self.check is not None:
+            self.check.note(func, args, kwargs, out)
+        return out

@@ -3,10 +3,13 @@
 Every map of the pass carries, per axis, the receptive field of one of its positions: ``size``,
 ``stride`` and ``offset`` in input pixels (``deconvnet.engine.receptive_field.ReceptiveField``). The
 image carries (1, 1, 0). A convolution or pool with kernel k (dilated), stride s and padding p
-turns (n, t, o) into (n + (k - 1) t, t s, o - p t), as for a plain stack; an op that keeps the
-map's size (ReLU, BatchNorm, a residual sum, a concatenation of channels) gives each position
-the union of what its inputs' positions see. Anything else that reaches a map (a global pool, a
-gate from the whole map, an interpolation) makes its positions see the whole image: ``None``.
+turns (n, t, o) into (n + (k - 1) t, t s, o - p t), as for a plain stack; an op that reads
+each position at that position alone (ReLU, BatchNorm, a residual sum, a concatenation of
+channels: ``deconvnet.engine.ops.keeps_positions``) gives each position the union of what its
+inputs' positions see. Anything else that reaches a map (a global pool, a gate from the whole
+map, an interpolation, and any op that moves pixels even where it keeps the map's size: a flip,
+a roll, a transpose of H and W, a cumulative sum along W) makes its positions see the whole
+image: ``None``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from deconvnet.engine.ops import keeps_positions
 from deconvnet.engine.receptive_field import ReceptiveField
 
 Field = ReceptiveField | None  # None: the whole image
@@ -97,41 +101,50 @@ class FieldTracer(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        first = out[0] if isinstance(out, tuple) and out else out
-        if not isinstance(first, torch.Tensor):
+        made = [t for t in (out if isinstance(out, tuple | list) else (out,))]
+        if not made or not isinstance(made[0], torch.Tensor):
             return out
         leaves, _ = tree_flatten((args, kwargs))
         inputs = self._known(leaves)
         if not inputs:
             return out
-        field: Field
+        for tensor in made:
+            if isinstance(tensor, torch.Tensor):
+                self._fields[id(tensor)] = (
+                    tensor,
+                    self._field_of(func, args, kwargs, tensor, inputs),
+                )
+        return out
+
+    def _field_of(self, func, args, kwargs, first: torch.Tensor, inputs) -> Field:
         source, source_field = inputs[0]
         if first.dim() != 4:
-            field = None  # a vector, a flattened map: it may come back as a gate on a map
-        elif func in _CONV and source is args[0] and source_field is not None:
+            return None  # a vector, a flattened map: it may come back as a gate on a map
+        if func in _CONV and source is args[0] and source_field is not None:
             weight = args[1]
             given = _arguments(args, kwargs, ("weight", "bias", "stride", "padding", "dilation"))
-            field = _window(
+            return _window(
                 source_field,
                 weight.shape[-2:],
                 given["stride"] or 1,
                 given["padding"] or 0,
                 given["dilation"] or 1,
             )
-        elif func in _POOLS and source is args[0] and source_field is not None:
+        if func in _POOLS and source is args[0] and source_field is not None:
             given = _arguments(args, kwargs, _POOLS[func])
-            field = _window(
+            return _window(
                 source_field,
                 given["kernel_size"],
                 given["stride"],
                 given.get("padding") or 0,
                 given.get("dilation") or 1,
             )
-        elif any(f is None for _, f in inputs) or any(
-            t.shape[-2:] != first.shape[-2:] for t, _ in inputs if t.dim() == 4
+        if (
+            not keeps_positions(func, args, kwargs)
+            or any(f is None for _, f in inputs)
+            or any(t.shape[-2:] != first.shape[-2:] for t, _ in inputs if t.dim() == 4)
         ):
-            field = None
-        else:
-            field = _union([f for _, f in inputs])
-        self._fields[id(first)] = (first, field)
-        return out
+            # An op that moves pixels (a flip, a roll, a transpose of H and W), or one that
+            # mixes positions of other sizes: a position no longer sees one window.
+            return None
+        return _union([f for _, f in inputs])

@@ -41,6 +41,7 @@ from torch import nn
 from deconvnet.engine.backprop import down_by_autograd
 from deconvnet.engine.base import Engine, channel_maxima
 from deconvnet.engine.canonizers import Rectifiers, RuleBox, call_names, private_view
+from deconvnet.engine.checks import checked_model, in_order, probing
 from deconvnet.engine.field import Field, FieldTracer
 from deconvnet.engine.kernels import Kernels
 from deconvnet.engine.layers import (
@@ -135,11 +136,11 @@ class GraphDeconvNet(Engine):
     """A deconvnet attached to any ``nn.Module`` image network, without changing the model.
 
     Same surface as the plain engine (``engine.base.Engine``; ``deconvnet.DeconvNet`` picks this
-    one for anything but a plain stack, or when one of these options is given).
-    ``other_nonlinearities="gradient"`` lets GELU, SiLU, sigmoid gates and other nonlinearities
-    without a deconvnet rule pass their plain gradient (the result is then no longer a pure
-    deconvnet); by default such a model is refused. ``input_size`` is the ``(H, W)`` of the probe
-    pass that finds the model's layers, their shapes and receptive fields.
+    one for anything but a plain stack, or when one of these options is given). Only the ops of
+    ``deconvnet.engine.ops``'s table pass; ``other_nonlinearities="gradient"`` lets any other
+    (GELU, SiLU, sigmoid gates, normalizations) pass its plain gradient (the result is then no
+    longer a pure deconvnet); by default such a model is refused by name. ``input_size`` is the
+    ``(H, W)`` of the probe pass that finds the model's layers, their shapes and receptive fields.
     """
 
     def __init__(
@@ -154,6 +155,7 @@ class GraphDeconvNet(Engine):
                 f"other_nonlinearities={other_nonlinearities!r} is not an option; pass "
                 "'gradient' to let their plain gradient through, or leave it out"
             )
+        model = checked_model(model)
         # The pass runs a private view of the model in eval mode (canonizers.private_view), so
         # a Dropout left in training mode cannot make results change from run to run.
         super().__init__(model, model)
@@ -176,16 +178,19 @@ class GraphDeconvNet(Engine):
             others.setdefault(kind, set()).add(path or "(the model's own forward)")
 
         tracer = FieldTracer(x)
-        with torch.no_grad(), tracer:
+        with torch.no_grad(), tracer, probing(self.model, input_size):
             self._run(x, set(), RuleBox(), other=other, trace=trace)
         if others and self.other_nonlinearities is None:
             found = "; ".join(f"{kind} at {_some(sorted(p))}" for kind, p in others.items())
             raise DeconvNetError(
-                f"the model has nonlinearities with no deconvnet rule: {found}. Pass "
+                f"the model has ops with no deconvnet rule: {found}. Pass "
                 "other_nonlinearities='gradient' to let their plain gradient through (the result "
                 "is then no longer a pure deconvnet)"
             )
-        names = call_names([path for path, _ in trace])
+        # The calls the layers are named by: a pass that calls modules in another order would
+        # name other calls, and is refused (_run).
+        self._order = [path for path, _ in trace]
+        names = call_names(self._order)
         numbers: dict[str, int] = {}
         self.calls: list[Call] = []
         for (path, output), name in zip(trace, names, strict=True):
@@ -267,12 +272,15 @@ class GraphDeconvNet(Engine):
         if (index, input_size) not in self._map_sizes:
             x = torch.zeros(1, self.in_channels, *input_size, device=self.device, dtype=self._dtype)
             trace: list[list] = []
+            parted = None
             try:
                 # One pass measures every layer (``deconvnet layers`` asks for all of them).
                 with torch.no_grad():
                     self._run(x, set(), RuleBox(), trace=trace)
             except RuntimeError:
                 pass  # too small for some layer: those that ran are measured
+            except DeconvNetError as error:
+                parted = error  # calls that part from the probe's: those before are measured
             names = call_names([path for path, _ in trace])
             measured = {
                 name: tuple(output.shape[-2:])
@@ -280,8 +288,11 @@ class GraphDeconvNet(Engine):
                 if isinstance(output, torch.Tensor) and output.dim() == 4
             }
             for i, call in enumerate(self.calls):
-                self._map_sizes[i, input_size] = measured.get(call.name, (0, 0))
-        return self._map_sizes[index, input_size]
+                self._map_sizes[i, input_size] = measured.get(call.name, parted or (0, 0))
+        size = self._map_sizes[index, input_size]
+        if isinstance(size, DeconvNetError):
+            raise size
+        return size
 
     def channels(self, layer: str | int) -> int:
         """How many channels ``layer``'s map has."""
@@ -381,7 +392,12 @@ class GraphDeconvNet(Engine):
         handles = [module.register_forward_hook(after) for module in watched]
         if watching_all:
             handles += [module.register_forward_pre_hook(before) for module in watched]
-        mode = tape or Rectifiers(box, where=lambda: running[-1][0] if running else "", other=other)
+        where = lambda: running[-1][0] if running else ""  # noqa: E731
+        mode = tape or Rectifiers(box, where, other, source=x if other is not None else None)
+        order = getattr(self, "_order", None)
+        if order is not None:
+            hook = in_order(order, path_of)
+            handles += [module.register_forward_pre_hook(hook) for module in view.modules()]
         binding.tape = tape
         try:
             with mode:

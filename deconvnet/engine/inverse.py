@@ -141,12 +141,12 @@ def transposed_conv1x1(
         return F.conv2d(signal, kernel)
     # W^T as its own array: as a transposed view, the product of a few pixels (layer4's windows)
     # ran 2.5-3x slower.
-    matrix = kernel.view(kernel.shape[0], c_out)
+    matrix = kernel.reshape(kernel.shape[0], c_out)
     flat = signal.reshape(n, c_out, h * w)
     if n > 1:
         return torch.matmul(matrix, flat).view(n, -1, h, w)
     if add_to is not None:
-        return torch.addmm(add_to.view(-1, h * w), matrix, flat[0]).view(1, -1, h, w)
+        return torch.addmm(add_to.reshape(-1, h * w), matrix, flat[0]).view(1, -1, h, w)
     return torch.mm(matrix, flat[0]).view(1, -1, h, w)
 
 
@@ -189,9 +189,9 @@ def full_transposed_conv(
     kh, kw = weight.shape[-2:]
     if (h, w) == (1, 1):
         # One position: the output is each unit's kernels weighted by its channels, one GEMM.
-        return (signal.view(n, c_out) @ weight.view(c_out, -1)).view(n, -1, kh, kw)
+        return (signal.reshape(n, c_out) @ weight.reshape(c_out, -1)).view(n, -1, kh, kw)
     if gemm_sized(signal, weight):
-        columns = signal.reshape(c_out, h * w).T @ weight.view(c_out, -1)
+        columns = signal.reshape(c_out, h * w).T @ weight.reshape(c_out, -1)
         full = ((h - 1) * stride[0] + kh, (w - 1) * stride[1] + kw)
         return F.fold(columns.T.unsqueeze(0), full, (kh, kw), stride=stride)
     if stride == (1, 1):
@@ -203,7 +203,7 @@ def full_transposed_conv(
     ph, pw = phases.shape[-2:]
     c_in = weight.shape[1]
     # (N, C_in*sy*sx, h, w) -> (N, C_in, h*sy, w*sx): pixel shuffle with separate strides.
-    out = phases.view(n, c_in, stride[0], stride[1], ph, pw).permute(0, 1, 4, 2, 5, 3)
+    out = phases.reshape(n, c_in, stride[0], stride[1], ph, pw).permute(0, 1, 4, 2, 5, 3)
     out = out.reshape(n, c_in, ph * stride[0], pw * stride[1])
     return out[..., : (h - 1) * stride[0] + kh, : (w - 1) * stride[1] + kw]
 
@@ -222,7 +222,7 @@ def phase_kernels(weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor
     ty, tx = -(-kh // sy), -(-kw // sx)
     padded = F.pad(weight, (0, tx * sx - kw, 0, ty * sy - kh))
     # tap index a = m*s + r  ->  (m, r); flip m so that the phase kernels correlate.
-    taps = padded.view(c_out, c_in, ty, sy, tx, sx).flip(2, 4)
+    taps = padded.reshape(c_out, c_in, ty, sy, tx, sx).flip(2, 4)
     return taps.permute(1, 3, 5, 0, 2, 4).reshape(c_in * sy * sx, c_out, ty, tx).contiguous()
 
 

@@ -156,8 +156,15 @@ def naming_style(model: nn.Module) -> str:
     return "block" if isinstance(model, VGG) else "flat"
 
 
-def resolve_layer(layers: list[Layer], layer: str | int) -> Layer:
-    """Find a layer by paper name (``conv5``), torchvision name (``features.11``) or index."""
+def resolve_layer(layers: list[Layer], layer: str | int, model: nn.Module | None = None) -> Layer:
+    """Find a layer by paper name (``conv5``), torchvision name (``features.11``) or index.
+
+    Raises
+    ------
+    DeconvNetError
+        For any other name; for a module path of ``model`` outside its stack (AlexNet's
+        ``avgpool``), saying that the general engine projects it.
+    """
     if isinstance(layer, int) and not isinstance(layer, bool):
         if 0 <= layer < len(layers):
             return layers[layer]
@@ -168,6 +175,18 @@ def resolve_layer(layers: list[Layer], layer: str | int) -> Layer:
                 return candidate
     named = [entry.name for entry in layers if not entry.name.startswith("features.")]
     key = str(layer).strip()
+    # Paths of a model whose stack is its .features (a bare stack has no path outside itself).
+    outside = {
+        path
+        for path, _ in (model.named_modules() if hasattr(model, "features") else ())
+        if path and path != "features" and not path.startswith("features.")
+    }
+    if key in outside:
+        raise DeconvNetError(
+            f"{key} is a module of {type(model).__name__} outside its conv stack (features), "
+            "which this engine projects; the general engine projects any module: "
+            "deconvnet.engine.general.GraphDeconvNet(model)"
+        )
     if key.lower() in named:
         hint = f"did you mean {key.lower()}? (names are exact and lowercase); "
     else:

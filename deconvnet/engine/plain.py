@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deconvnet.engine.base import Engine, channel_maxima
+from deconvnet.engine.checks import checked_model
 from deconvnet.engine.inverse import full_transposed_conv, phase_kernels, rectify, unpool
 from deconvnet.engine.kernels import Kernels
 from deconvnet.engine.layers import (
@@ -63,6 +64,7 @@ class PlainDeconvNet(Engine):
     """
 
     def __init__(self, model: nn.Module, style: str | None = None) -> None:
+        model = checked_model(model)
         features = feature_stack(model)
         layers = name_layers(features, style or naming_style(model))
         super().__init__(model, features)
@@ -81,7 +83,7 @@ class PlainDeconvNet(Engine):
 
     def layer(self, layer: str | int) -> Layer:
         """The layer named ``conv5``, ``features.11`` or indexed 11."""
-        return resolve_layer(self.layers, layer)
+        return resolve_layer(self.layers, layer, self.model)
 
     def receptive_field(self, layer: str | int) -> ReceptiveField:
         """Size, stride and offset, in input pixels, of one unit of ``layer``."""

@@ -10,8 +10,9 @@ network calls, however it calls it, and notes those that read a map of this pass
 - ``conv2d``, ``batch_norm`` (eval), ``max_pool2d`` (run with its indices: the switches),
   ``avg_pool2d``, a sum of two maps (``+``, ``+=``, ``add``), ``cat`` along channels, copies
   (``clone``, ``contiguous``, dropout in eval);
-- every rectification (``F.relu``, ``torch.relu_``, ``Tensor.relu``, ReLU6 as ``hardtanh(0, 6)``
-  and the modules that call them), which it computes itself;
+- every rectification however written (``F.relu``, ``torch.relu_``, ``Tensor.relu``, ReLU6 as
+  ``hardtanh(0, 6)``, the modules that call them, ``clamp(min=0)``, ``where(x > 0, x, 0)``:
+  ``deconvnet.engine.ops.Rectifications``), which it computes itself;
 - a map plus a constant (a bias, say), which goes down as the map.
 
 The private view's stock modules (``Conv2d``, ``BatchNorm2d``, ``ReLU``, ``ReLU6``,
@@ -34,7 +35,8 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
-from deconvnet.engine.canonizers import RECTIFIERS, RuleBox
+from deconvnet.engine.canonizers import RuleBox
+from deconvnet.engine.ops import Rectifications
 
 # What a map is made by (the names of deconvnet.engine.walk's steps).
 LEAF, CONV, BATCH_NORM, MAX_POOL, AVG_POOL = "leaf", "conv", "batch_norm", "max_pool", "avg_pool"
@@ -61,6 +63,7 @@ class Tape(TorchFunctionMode):
     def __init__(self, x: torch.Tensor, box: RuleBox) -> None:
         super().__init__()
         self.box = box
+        self.rectifications = Rectifications()
         self.made: list[Made] = []
         # Maps by tensor id, with a weak reference that tells a live tensor from a new one that
         # took a dead one's id: the tape keeps no activation alive.
@@ -89,14 +92,13 @@ class Tape(TorchFunctionMode):
         elif func in INSPECTIONS:
             return func(*args, **kwargs)
         else:
-            read = RECTIFIERS.get(func)
-            if read is not None:
-                parts = read(*args, **kwargs)
-                if parts is not None and self.index_of(parts[0]) is not None:
-                    return self._rectify(*parts)
+            parts = self.rectifications.read(func, args, kwargs)
+            if parts is not None and self.index_of(parts[0]) is not None:
+                return self._rectify(*parts)
         if not any(self.index_of(t) is not None for t in _tensors(args, kwargs)):
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
+        self.rectifications.observe(func, args, kwargs, out)
         # Whatever it made depends on the input in a way the walk does not know.
         for tensor in _tensors(out if isinstance(out, list | tuple) else (out,), {}):
             self._note(tensor, Made(OPAQUE, [], {}, tuple(tensor.shape)))
@@ -107,7 +109,7 @@ class Tape(TorchFunctionMode):
     def _rectify(self, x: torch.Tensor, inplace: bool, top: float | None) -> torch.Tensor:
         source = self.index_of(x)
         opened = None
-        if self.box.rule != "deconvnet":
+        if self.box.needs_mask:
             opened = (x > 0) if top is None else (x > 0) & (x < top)
         out = x.clamp_(0, top) if inplace else x.clamp(0, top)
         self._note(out, Made(RECTIFY, [source], {"opened": opened}, tuple(out.shape)))

@@ -1,0 +1,101 @@
+"""What the general engine checks of a model before it names its layers, and at every pass.
+
+The general engine (``deconvnet.engine.general``) names a network's layers by the module calls of
+one probe pass on a zero image. That is only sound for a model it can run as ``model(x)`` on
+one image batch, and only for passes that call the model's modules in the probe's order:
+
+- a compiled module (``torch.compile``) is worked on through the module it wraps; TorchScript
+  is refused (its modules run no Python hooks);
+- a ``forward`` that needs more than one input is refused before the probe;
+- a probe pass that fails (a network made for one input size) says to set ``input_size``;
+- a pass whose calls differ from the probe's (a Python ``if`` on the input's values, a branch on
+  its size) is stopped at the first call that differs: a layer name would mean another call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from deconvnet.errors import DeconvNetError
+
+
+def checked_model(model: nn.Module) -> nn.Module:
+    """The module to work on: ``model``, or the module a ``torch.compile`` wrapper holds.
+
+    Raises
+    ------
+    DeconvNetError
+        For a TorchScript module, anything but an ``nn.Module``, or a ``forward`` that needs
+        more than one input.
+    """
+    compiled = getattr(model, "_orig_mod", None)
+    if isinstance(compiled, nn.Module) and type(model).__name__ == "OptimizedModule":
+        model = compiled  # the compiled wrapper runs this module's own forward
+    import torch.jit
+
+    if isinstance(model, torch.jit.ScriptModule):
+        raise DeconvNetError(
+            "TorchScript modules are not supported (their modules run no Python hooks): pass "
+            "the nn.Module before torch.jit.script or torch.jit.trace"
+        )
+    if not isinstance(model, nn.Module):
+        raise DeconvNetError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return model
+    needed = [
+        p.name
+        for p in parameters
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(needed) > 1:
+        raise DeconvNetError(
+            f"{type(model).__name__}.forward needs {len(needed)} inputs ({', '.join(needed)}); "
+            "deconvnet runs model(x) on one image batch: wrap the model in a module whose "
+            "forward takes the image alone"
+        )
+    return model
+
+
+@contextmanager
+def probing(model: nn.Module, input_size: tuple[int, int]) -> Iterator[None]:
+    """Within the block, a failing probe pass says which input size it tried, and what to do."""
+    try:
+        yield
+    except DeconvNetError:
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        height, width = input_size
+        raise DeconvNetError(
+            f"{type(model).__name__} failed on the probe pass, a zero image of {height}x{width} "
+            f"({type(error).__name__}: {reason}); if it takes another input size, pass "
+            "input_size=(H, W), e.g. DeconvNet(model, input_size=(32, 32))"
+        ) from error
+
+
+def in_order(order: list[str], path_of: dict[int, str]) -> Callable:
+    """A forward pre-hook for every module of a pass that raises at the first call that is not
+    the probe pass's (``order``: the module path of each of its calls, in call order)."""
+    seen = [0]
+
+    def hook(module: nn.Module, args) -> None:
+        path, k = path_of[id(module)], seen[0]
+        seen[0] = k + 1
+        expected = order[k] if k < len(order) else None
+        if path != expected:
+            was = "had ended" if expected is None else f"called {expected or 'the model'}"
+            raise DeconvNetError(
+                f"this forward pass called {path or 'the model'} (call {k}) where the probe pass "
+                f"{was}: the model calls its modules in an order that depends on its input "
+                "(a Python if on its values or size), so a layer name would mean another call; "
+                "deconvnet refuses such models (make the calls the same for every input, or "
+                "set input_size to your images' size if they depend on it)"
+            )
+
+    return hook

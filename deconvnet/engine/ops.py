@@ -1,0 +1,433 @@
+"""Every op the general engine lets through on the way down, and what it does at each one.
+
+The general engine (``deconvnet.engine.general``) goes down a network by autograd's transpose of
+each op, with the rule at every rectification. That is the deconvnet only where autograd's
+transpose is the paper's step: so an op that reads a map of the forward pass passes only if it is
+in this table; any other is refused by name at the probe pass, unless the user opts in to its
+plain gradient (``other_nonlinearities="gradient"``).
+
+==================  =====================================================  =====================
+treatment           ops                                                    on the way down
+==================  =====================================================  =====================
+rectifier           ``relu``, ``relu_``, ``nn.ReLU``, ``relu6``,           the rule (deconvnet,
+                    ``hardtanh(0, 6)``; ReLUs written by hand:             guided or gradient)
+                    ``clamp(min=0)`` (``max=6``: ReLU6), ``clamp_min(0)``,
+                    ``threshold(x, 0, 0)`` and ``nn.Threshold(0, 0)``,
+                    ``maximum(x, 0)``, ``where(x > 0, x, 0)``,
+                    ``x * (x > 0)``
+linear              ``conv1d/2d/3d`` and their transposes, ``linear``,     autograd's transpose
+                    ``batch_norm`` in eval (an affine map per channel),    (exact: a linear map's
+                    sums, differences, negation, a map times or divided    backward is its
+                    by a constant, ``sum``, ``mean``, ``cumsum``,          transpose)
+                    average pools (adaptive too), ``interpolate``,
+                    ``pad``, products with a constant matrix
+                    (``matmul``, ``einsum``), dropout in eval
+pool                ``max_pool1d/2d/3d`` (with indices too), adaptive      unpool to the
+                    max pools, ``max``/``amax`` over a dimension           switches
+shape               ``cat``, ``stack``, slicing, ``chunk``, ``split``,     autograd's transpose
+                    ``narrow``, ``select``, ``index_select``, ``gather``,  (exact: each output
+                    ``flip``, ``roll``, ``rot90``, ``transpose``,          unit is one input
+                    ``permute``, ``view``, ``reshape``, ``flatten``,       unit)
+                    ``squeeze``, ``unsqueeze``, ``expand``, ``repeat``,
+                    ``pixel_shuffle``, ``channel_shuffle``, copies,
+                    dtype and memory-format conversions
+inspection          ``shape``, ``size``, ``dim``, comparisons used as      nothing goes down
+                    Python conditions, ``item``, ``*_like`` constants
+refused             anything else that reads a map, among them: GELU,      refused by name, or
+                    SiLU, sigmoid, tanh, softmax, ``exp``, ``log``,        their plain gradient
+                    ``x ** 2``, ``abs``, a product or quotient of two      with
+                    maps (a gate, attention), a comparison used as a       ``other_nonlinearities
+                    gate, LocalResponseNorm, GroupNorm, InstanceNorm,      ="gradient"``
+                    LayerNorm, ``F.normalize``, BatchNorm with batch
+                    statistics, dropout in training mode, ``detach``
+==================  =====================================================  =====================
+
+**Normalization layers.** Zeiler and Fergus's own network contrast-normalized its maps across
+channels (as AlexNet's local response normalization does), and their deconvnet (Fig. 1: unpool,
+rectify, filter) has no step for it: the way down passes over it, the signal unchanged. That is
+a choice the paper made and did not justify; the plain gradient of a normalization is something
+else again. The engine makes neither choice silently: LocalResponseNorm, GroupNorm,
+InstanceNorm, LayerNorm and ``F.normalize`` are refused, and ``other_nonlinearities="gradient"``
+lets their gradient through. BatchNorm in eval mode is no normalization of the data but a fixed
+affine map per channel, and is linear.
+
+**Pixels that move.** A shape op that moves a map's pixels (``flip``, ``roll``, ``rot90``,
+a transpose of H and W, a permutation of columns, ``cumsum`` along W, an interpolation) is
+exact by autograd, but a unit above it no longer sees one window of the image that moves with
+it: its receptive field is the whole image (``deconvnet.engine.field``), and it goes down on the
+whole image, by autograd.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import torch
+
+RECTIFIER, LINEAR, POOL, SHAPE, INSPECTION, CONSTANT = (
+    "rectifier",
+    "linear",
+    "pool",
+    "shape",
+    "inspection",
+    "constant",
+)
+
+
+def _names(*groups: str) -> set[str]:
+    return {name for group in groups for name in group.split()}
+
+
+# Ops by the name torch dispatches them under (``torch.flip``, ``Tensor.flip`` and ``F.pad``
+# alike; ``x.shape`` is the getter ``shape``).
+TREATMENTS: dict[str, str] = {
+    **dict.fromkeys(
+        _names(
+            "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clamp_min clamp_min_ clip clip_",
+            "threshold threshold_ _threshold maximum fmax where",
+        ),
+        RECTIFIER,
+    ),
+    **dict.fromkeys(
+        _names(
+            "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear",
+            "batch_norm add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__",
+            "rsub subtract neg neg_ negative __neg__ __pos__ positive mul mul_ __mul__ __imul__",
+            "__rmul__ multiply div div_ __truediv__ __itruediv__ __div__ true_divide divide",
+            "sum mean cumsum avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d",
+            "adaptive_avg_pool2d adaptive_avg_pool3d interpolate upsample upsample_nearest",
+            "upsample_bilinear pad constant_pad_nd matmul __matmul__ mm bmm addmm einsum",
+            "tensordot dropout dropout1d dropout2d dropout3d alpha_dropout",
+            "feature_alpha_dropout",
+        ),
+        LINEAR,
+    ),
+    **dict.fromkeys(
+        _names(
+            "max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices",
+            "max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d",
+            "adaptive_max_pool3d adaptive_max_pool1d_with_indices",
+            "adaptive_max_pool2d_with_indices max amax",
+        ),
+        POOL,
+    ),
+    **dict.fromkeys(
+        _names(
+            "cat concat concatenate stack hstack vstack __getitem__ chunk split split_with_sizes",
+            "tensor_split unbind narrow select index_select gather take_along_dim flip fliplr",
+            "flipud roll rot90 transpose transpose_ swapaxes swapdims t permute movedim moveaxis",
+            "view view_as reshape reshape_as flatten unflatten squeeze squeeze_ unsqueeze",
+            "unsqueeze_ expand expand_as repeat tile broadcast_to pixel_shuffle pixel_unshuffle",
+            "channel_shuffle native_channel_shuffle clone contiguous to float double half",
+            "bfloat16 type type_as cpu cuda T mT H mH real identity __setitem__",
+        ),
+        SHAPE,
+    ),
+    **dict.fromkeys(
+        _names(
+            "size dim ndimension numel nelement __len__ shape dtype device ndim is_cuda",
+            "requires_grad layout is_leaf grad_fn names is_contiguous stride storage_offset",
+            "is_floating_point is_complex element_size data_ptr __format__ __repr__ item",
+            "tolist __bool__ __int__ __float__ __index__ any all isfinite isnan isinf gt ge",
+            "lt le eq ne __gt__ __ge__ __lt__ __le__ __eq__ __ne__ requires_grad_ retain_grad",
+            "is_nonzero equal allclose argmax argmin itemsize nbytes is_meta is_nested is_sparse",
+            "is_quantized is_mkldnn is_inference is_signed",
+        ),
+        INSPECTION,
+    ),
+    **dict.fromkeys(
+        _names(
+            "zeros_like ones_like empty_like full_like rand_like randn_like new_zeros new_ones",
+            "new_empty new_full new_tensor",
+        ),
+        CONSTANT,
+    ),
+}
+
+# What the refusal calls an op: the module that calls it, where that is how users write it.
+FRIENDLY = {
+    "gelu": "GELU",
+    "silu": "SiLU",
+    "hardswish": "Hardswish",
+    "hardsigmoid": "Hardsigmoid",
+    "mish": "Mish",
+    "elu": "ELU",
+    "selu": "SELU",
+    "celu": "CELU",
+    "leaky_relu": "LeakyReLU",
+    "prelu": "PReLU",
+    "rrelu": "RReLU",
+    "softplus": "Softplus",
+    "logsigmoid": "LogSigmoid",
+    "softsign": "Softsign",
+    "glu": "GLU",
+    "sigmoid": "sigmoid",
+    "sigmoid_": "sigmoid",
+    "tanh": "tanh",
+    "tanh_": "tanh",
+    "local_response_norm": "LocalResponseNorm",
+    "group_norm": "GroupNorm",
+    "instance_norm": "InstanceNorm",
+    "layer_norm": "LayerNorm",
+    "normalize": "F.normalize",
+    "softmax": "softmax",
+    "_softmax": "softmax",
+    "log_softmax": "log_softmax",
+    "pow": "x ** p",
+    "__pow__": "x ** p",
+    "__rpow__": "p ** x",
+}
+
+# Ops whose output at a position reads their inputs at that position alone, so that it sees
+# the union of what they see there (deconvnet.engine.field); no op that moves pixels.
+_PER_POSITION = _names(
+    "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clamp_min clamp_min_ clip clip_",
+    "threshold threshold_ _threshold maximum fmax where batch_norm add add_ __add__ __iadd__",
+    "__radd__ sub sub_ __sub__ __isub__ __rsub__ rsub subtract neg neg_ negative __neg__",
+    "__pos__ positive mul mul_ __mul__ __imul__ __rmul__ multiply div div_ __truediv__",
+    "__itruediv__ __div__ true_divide divide dropout dropout1d dropout2d dropout3d",
+    "alpha_dropout feature_alpha_dropout clone contiguous to float double half bfloat16 type",
+    "type_as cpu cuda identity gt ge lt le eq ne __gt__ __ge__ __lt__ __le__ __eq__ __ne__",
+    # Elementwise ops with no rule still keep positions (when let through by opt-in).
+    "gelu silu hardswish hardsigmoid mish elu selu celu leaky_relu prelu rrelu softplus",
+    "logsigmoid softsign sigmoid sigmoid_ tanh tanh_ exp log pow __pow__ abs sqrt rsqrt",
+)
+# Along the channel dimension (1 of (N, C, H, W)) or the batch, these keep positions too.
+_ALONG_A_DIM = _names("cat concat concatenate chunk split split_with_sizes narrow unbind")
+
+
+def name_of(func: Callable) -> str:
+    """The name torch dispatches ``func`` under: ``flip`` for ``torch.flip`` and
+    ``Tensor.flip``, ``shape`` for the getter of ``x.shape``."""
+    name = getattr(func, "__name__", None) or type(func).__name__
+    if name == "__get__":
+        owner = getattr(func, "__self__", None)
+        name = getattr(owner, "__name__", name)
+    return name
+
+
+def keeps_positions(func: Callable, args: tuple, kwargs: dict) -> bool:
+    """Whether each position of the op's (N, C, H, W) output reads only the same position of its
+    inputs (a per-channel or per-unit op, a concatenation of channels), so that its receptive
+    field is the union of its inputs' at that position."""
+    name = name_of(func)
+    if name in _PER_POSITION:
+        return True
+    if name in _ALONG_A_DIM:
+        if name in ("cat", "concat", "concatenate", "unbind"):
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        elif name == "narrow":
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        else:  # chunk, split, split_with_sizes
+            dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
+        return isinstance(dim, int) and dim in (0, 1, -3, -4)
+    if name == "__getitem__" and len(args) > 1:
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        if any(i is Ellipsis or i is None or isinstance(i, torch.Tensor) for i in index):
+            return False
+        # Rows and columns untouched: full slices at dims 2 and 3 (or no index there).
+        return all(isinstance(i, slice) and i == slice(None) for i in index[2:])
+    return False
+
+
+# --- rectifications, however they are written ------------------------------------------------
+
+
+def _zero(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return value == 0
+    if (
+        isinstance(value, torch.Tensor)
+        and value.numel() == 1
+        and not value.requires_grad
+        and value.device.type != "meta"
+    ):
+        return bool(value.detach().cpu().reshape(()) == 0)
+    return False
+
+
+def _map_like(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() > 0
+
+
+def _six(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == 6
+
+
+def _clamp(x, min=None, max=None, *, inplace=False):
+    if _zero(min) and (max is None or _six(max)):
+        return x, inplace, None if max is None else 6.0
+    return None
+
+
+def _threshold(x, threshold, value, inplace=False):
+    # x where x > threshold, else value: a ReLU when both are 0.
+    return (x, inplace, None) if _zero(threshold) and _zero(value) else None
+
+
+class Rectifications:
+    """Recognizes every rectification of a forward pass, however it is written, and says how
+    to apply it: ``read`` gives ``(input, inplace, top)`` (``top`` 6 for ReLU6) or None.
+
+    ``F.relu``, ``torch.relu_``, ``Tensor.relu``, ReLU6 as ``hardtanh(0, 6)``, the modules that
+    call them, and ReLUs written by hand (see the module's table). A comparison ``x > 0`` is
+    remembered (``observe``), so that ``where(x > 0, x, 0)`` and ``x * (x > 0)`` are known as
+    rectifications of ``x``."""
+
+    def __init__(self) -> None:
+        self._masks: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+
+    def mask_source(self, mask) -> torch.Tensor | None:
+        """The map ``x`` whose ``x > 0`` ``mask`` is, or None."""
+        held = self._masks.get(id(mask)) if isinstance(mask, torch.Tensor) else None
+        if held is None or held[0]() is not mask:
+            return None
+        return held[1]()
+
+    def observe(self, func: Callable, args: tuple, kwargs: dict, out) -> None:
+        """Remember ``out`` when it is ``x > 0`` (or ``x >= 0``, or that converted to a dtype)."""
+        if not isinstance(out, torch.Tensor):
+            return
+        name = name_of(func)
+        source = None
+        if name in ("gt", "ge", "__gt__", "__ge__") and len(args) == 2 and _zero(args[1]):
+            source = args[0]
+        elif name in ("lt", "le", "__lt__", "__le__") and len(args) == 2 and _zero(args[0]):
+            source = args[1]
+        elif name in ("float", "to", "type_as", "half", "double", "type") and args:
+            source = self.mask_source(args[0])
+        if isinstance(source, torch.Tensor):
+            self._masks[id(out)] = (weakref.ref(out), weakref.ref(source))
+
+    def read(self, func: Callable, args: tuple, kwargs: dict):
+        """``(x, inplace, top)`` when ``func(*args, **kwargs)`` rectifies ``x``, else None."""
+        name = name_of(func)
+        if name not in _READS:
+            return None
+        try:
+            if name == "relu":
+                inplace = kwargs.get("inplace", args[1] if len(args) > 1 else False)
+                return args[0], bool(inplace), None
+            if name == "relu_":
+                return args[0], True, None
+            if name == "relu6":
+                inplace = kwargs.get("inplace", args[1] if len(args) > 1 else False)
+                return args[0], bool(inplace), 6.0
+            if name in ("hardtanh", "hardtanh_"):
+                given = dict(zip(("min_val", "max_val", "inplace"), args[1:], strict=False))
+                given.update(kwargs)
+                if (given.get("min_val", -1.0), given.get("max_val", 1.0)) != (0.0, 6.0):
+                    return None
+                return args[0], name == "hardtanh_" or bool(given.get("inplace", False)), 6.0
+            if name in ("clamp", "clamp_", "clip", "clip_"):
+                return _clamp(*args, **kwargs, inplace=name.endswith("_"))
+            if name in ("clamp_min", "clamp_min_"):
+                return _clamp(args[0], *args[1:], **kwargs, inplace=name.endswith("_"))
+            if name in ("threshold", "_threshold", "threshold_"):
+                parts = _threshold(*args, **kwargs)
+                if parts is not None and name == "threshold_":
+                    return parts[0], True, None
+                return parts
+            if name in ("maximum", "fmax", "max") and len(args) == 2 and not kwargs:
+                for x, other in ((args[0], args[1]), (args[1], args[0])):
+                    # max(x, 0) is a max over dimension 0: only a tensor 0 rectifies.
+                    if _map_like(x) and isinstance(other, torch.Tensor) and _zero(other):
+                        return x, False, None
+                return None
+            if name == "where" and len(args) == 3:
+                x = self.mask_source(args[0])
+                if x is not None and args[1] is x and _zero(args[2]):
+                    return x, False, None
+                return None
+            if name in ("mul", "__mul__", "__rmul__", "multiply") and len(args) == 2:
+                for x, mask in ((args[0], args[1]), (args[1], args[0])):
+                    if _map_like(x) and self.mask_source(mask) is x:
+                        return x, False, None
+                return None
+        except TypeError:
+            return None  # called in a form that is no rectification
+        return None
+
+
+_READS = _names(
+    "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clip clip_ clamp_min clamp_min_",
+    "threshold _threshold threshold_ maximum fmax max where mul __mul__ __rmul__ multiply",
+)
+
+
+# --- the check: every op that reads a map, against the table ----------------------------------
+
+_PRODUCTS = _names(
+    "mul mul_ __mul__ __imul__ __rmul__ multiply matmul __matmul__ mm bmm addmm einsum tensordot",
+    "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear",
+)
+_QUOTIENTS = _names("div div_ __truediv__ __itruediv__ __div__ true_divide divide")
+_DROPOUTS = _names("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout")
+
+
+def _flat(values) -> list:
+    found = []
+    for value in values:
+        if isinstance(value, list | tuple):
+            found.extend(_flat(value))
+        else:
+            found.append(value)
+    return found
+
+
+class Check:
+    """The maps of one forward pass (what derives from its input ``x``), and every op that reads
+    one checked against ``TREATMENTS``: ``refusal`` names an op the engine has no treatment for,
+    ``note`` marks what an op made from a map as a map."""
+
+    def __init__(self, x: torch.Tensor, rectifications: Rectifications) -> None:
+        self.rectifications = rectifications
+        self._maps: dict[int, weakref.ref] = {id(x): weakref.ref(x)}
+
+    def is_map(self, value) -> bool:
+        held = self._maps.get(id(value)) if isinstance(value, torch.Tensor) else None
+        return held is not None and held() is value
+
+    def mark(self, value) -> None:
+        for tensor in _flat([value]):
+            if isinstance(tensor, torch.Tensor):
+                self._maps[id(tensor)] = weakref.ref(tensor)
+
+    def refusal(self, func: Callable, args: tuple, kwargs: dict) -> str | None:
+        """What to call the op when it reads a map and has no treatment here, else None."""
+        operands = [v for v in _flat([*args, *kwargs.values()]) if self.is_map(v)]
+        if not operands:
+            return None
+        name = name_of(func)
+        treatment = TREATMENTS.get(name)
+        if treatment is None:
+            return FRIENDLY.get(name, name)
+        if treatment == RECTIFIER:
+            # In the table's form it was read as a rectification; in any other it is none.
+            if name == "where" and not self.is_map(args[0] if args else None):
+                return None  # a fixed condition: a selection, linear
+            return f"{name} in a form that is no ReLU"
+        if name in _PRODUCTS and len(operands) > 1:
+            return f"a product of two maps ({name}: a gate)"
+        if name in _QUOTIENTS and len(args) > 1 and self.is_map(args[1]):
+            return f"a division by a map ({name})"
+        if name == "batch_norm":
+            training = kwargs.get("training", args[5] if len(args) > 5 else False)
+            return "BatchNorm with batch statistics" if training else None
+        if name in _DROPOUTS:
+            training = kwargs.get("training", args[2] if len(args) > 2 else True)
+            p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+            return f"{name} in training mode" if training and p else None
+        if name in ("max", "amax") and len(args) > 1 and len(operands) > 1:
+            return f"{name} of two maps"
+        return None
+
+    def note(self, func: Callable, args: tuple, kwargs: dict, out) -> None:
+        """Mark what ``func`` made as maps when it read one (constants made alike are none)."""
+        if TREATMENTS.get(name_of(func)) == CONSTANT:
+            return
+        if any(self.is_map(v) for v in _flat([*args, *kwargs.values()])):
+            self.mark(out)

@@ -1,0 +1,541 @@
+"""The general engine passes only the ops it has a treatment for (engine.ops), and answers for
+every other case correctly or with a one-line DeconvNetError: ops that move pixels, ReLUs
+written by hand, ops with no rule, forwards whose calls depend on the input, module names,
+channels-last models, compiled and scripted models, fixed-size and two-input networks.
+
+"Correct" is the independent autograd oracle (``graph_reference``): autograd through the whole
+network with every ReLU's backward replaced by the rule, and every other op's plain gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from graph_reference import reference_projection
+from torch import nn
+
+from deconvnet import DeconvNet, DeconvNetError, Target
+from deconvnet.engine.general import GraphDeconvNet
+from deconvnet.engine.rules import RULES
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _images(size: tuple[int, int], seed: int = 0, count: int = 2) -> torch.Tensor:
+    return torch.randn(count, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+class Op(nn.Module):
+    """A function as a module; the function is looked up at each call, so that the reference's
+    patched ``F.relu`` is the one called."""
+
+    def __init__(self, function) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, x):
+        return self.function(x)
+
+
+def _relu(x):
+    return F.relu(x)
+
+
+def _check(model, net, x, targets, rules=RULES, reference_model=None):
+    """Each target's projection, for every rule, equals the oracle's; the box it reports holds
+    everything the oracle's projection reaches."""
+    for target in targets:
+        layer = net.layer(Target.parse(target).layer)
+        call = net.calls[layer.index]
+        for rule in rules:
+            projection = net.project(x, target, rule)
+            expected, values = reference_projection(
+                reference_model or model,
+                x,
+                call.path,
+                call.number,
+                projection.image_index,
+                projection.channel,
+                projection.position,
+                rule,
+            )
+            torch.testing.assert_close(projection.activation, values, rtol=1e-5, atol=1e-6)
+            scale = expected.abs().max()
+            assert scale > 0, f"{target} {rule}: the reference is all zeros"
+            error = (projection.reconstruction - expected).abs().max() / scale
+            assert error < 1e-5, f"{target} {rule}: relative error {error:.2e}"
+            for t, (top, left, bottom, right) in enumerate(projection.box.tolist()):
+                reached = expected[t].abs().sum(0) > 0
+                if not reached.any():
+                    continue  # a unit that was 0 reaches nothing
+                rows, cols = reached.any(1).nonzero(), reached.any(0).nonzero()
+                assert top <= int(rows.min()) and int(rows.max()) < bottom, (target, rule)
+                assert left <= int(cols.min()) and int(cols.max()) < right, (target, rule)
+
+
+# --- 1: ops that move pixels -------------------------------------------------------------------
+
+
+class Body(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.r1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.r2 = nn.ReLU()
+
+    def forward(self, x):
+        return self.r2(self.conv2(self.r1(self.conv1(x))))
+
+
+class Augmented(nn.Module):
+    """Test-time augmentation inside forward: the body on the image and on its mirror."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = Body()
+
+    def forward(self, x):
+        return (self.body(x) + self.body(x.flip(3)).flip(3)) / 2
+
+
+def test_test_time_augmentation_inside_forward_matches_reference():
+    torch.manual_seed(0)
+    model = Augmented().eval()
+    net = DeconvNet(model)
+    x = _images((16, 36))
+    _check(model, net, x, ["body.r2#1:3@10,4", "body.r2#1:1", "body.conv2#0:2@3,30"])
+    # The mirrored call's unit sees the mirrored columns, and its box says so.
+    projection = net.project(x[1:], "body.r2#1:3@10,4")
+    reached = projection.reconstruction[0].abs().sum((0, 1)).nonzero().flatten()
+    assert int(reached.min()) >= 29 and int(reached.max()) <= 33
+    left, right = projection.box[0, 1], projection.box[0, 3]
+    assert left <= 29 and right >= 34
+
+
+class Moved(nn.Module):
+    """conv, ReLU, an op that moves pixels, conv, ReLU."""
+
+    def __init__(self, move) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.r1 = nn.ReLU()
+        self.move = Op(move)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.r2 = nn.ReLU()
+
+    def forward(self, x):
+        return self.r2(self.conv2(self.move(self.r1(self.conv1(x)))))
+
+
+_COLUMNS = torch.randperm(24, generator=torch.Generator().manual_seed(5))
+
+MOVES = {
+    "Tensor.flip(3)": (lambda x: x.flip(3), (16, 24)),
+    "torch.flip rows": (lambda x: torch.flip(x, (2,)), (16, 24)),
+    "rot90": (lambda x: torch.rot90(x, 1, (2, 3)), (20, 20)),
+    "rot90 non-square": (lambda x: torch.rot90(x, 1, (2, 3)), (16, 24)),
+    "transpose(2, 3) square": (lambda x: x.transpose(2, 3), (20, 20)),
+    "transpose(2, 3) non-square": (lambda x: x.transpose(2, 3), (16, 24)),
+    "permute": (lambda x: x.permute(0, 1, 3, 2), (16, 24)),
+    "mT": (lambda x: x.mT, (16, 24)),
+    "columns permuted": (lambda x: x[..., _COLUMNS], (16, 24)),
+    "index_select": (lambda x: x.index_select(3, _COLUMNS), (16, 24)),
+    "cumsum(3)": (lambda x: x.cumsum(3), (16, 24)),
+    "roll": (lambda x: torch.roll(x, 7, 3), (16, 24)),
+    "halves swapped": (lambda x: torch.cat([x[..., 12:], x[..., :12]], dim=3), (16, 24)),
+}
+
+
+@pytest.mark.parametrize("name", list(MOVES))
+def test_ops_that_move_pixels_match_reference_with_boxes_that_hold_them(name):
+    move, size = MOVES[name]
+    torch.manual_seed(1)
+    model = Moved(move).eval()
+    net = DeconvNet(model)
+    height, width = net.map_size("r2", size)
+    # Off the diagonal, near an edge: where a transpose taken as element-wise went wrong.
+    targets = ["r2:1", f"r2:2@{height - 2},1", f"r2:4@1,{width - 3}", "conv1:0@3,5"]
+    _check(model, net, _images(size), targets)
+
+
+# --- 2: ReLUs however written, and ops with no rule ---------------------------------------------
+
+
+class Stack(nn.Module):
+    """conv, act, max pool, conv, act, conv: ``act`` is a ReLU written some way."""
+
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.act1 = act()
+        self.pool = nn.MaxPool2d(3, 2)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.act2 = act()
+        self.conv3 = nn.Conv2d(6, 4, 3)
+
+    def forward(self, x):
+        return self.conv3(self.act2(self.conv2(self.pool(self.act1(self.conv1(x))))))
+
+
+def _stack(act) -> nn.Module:
+    torch.manual_seed(2)
+    return Stack(act).eval()
+
+
+RELUS = {
+    "nn.Threshold(0, 0)": lambda: nn.Threshold(0.0, 0.0),
+    "F.threshold": lambda: Op(lambda x: F.threshold(x, 0.0, 0.0)),
+    "x.clamp(min=0)": lambda: Op(lambda x: x.clamp(min=0)),
+    "torch.clamp(x, 0)": lambda: Op(lambda x: torch.clamp(x, 0)),
+    "x.clamp_min(0)": lambda: Op(lambda x: x.clamp_min(0)),
+    "x.clamp_(min=0)": lambda: Op(lambda x: x.clone().clamp_(min=0)),
+    "torch.maximum(x, 0)": lambda: Op(lambda x: torch.maximum(x, torch.zeros(()))),
+    "torch.max(0, x)": lambda: Op(lambda x: torch.max(torch.tensor(0.0), x)),
+    "torch.where(x > 0, x, 0)": lambda: Op(lambda x: torch.where(x > 0, x, 0)),
+    "x * (x > 0)": lambda: Op(lambda x: x * (x > 0)),
+    "(0 < x) * x": lambda: Op(lambda x: (0 < x) * x),  # noqa: SIM300 (written so on purpose)
+    "x * (x > 0).float()": lambda: Op(lambda x: x * (x > 0).float()),
+}
+
+
+@pytest.mark.parametrize("name", list(RELUS))
+def test_relus_however_written_get_the_rule(name):
+    model, written = _stack(lambda: Op(_relu)), _stack(RELUS[name])
+    net = DeconvNet(written)
+    assert isinstance(net, GraphDeconvNet)
+    _check(
+        written, net, _images((23, 25)), ["conv3:1", "act1:2", "conv2:2@5,6"], reference_model=model
+    )
+
+
+def test_relu6_written_as_a_clamp_gets_the_rule():
+    model = _stack(lambda: Op(lambda x: F.relu6(x)))
+    written = _stack(lambda: Op(lambda x: x.clamp(0, 6)))
+    x = _images((23, 25)) * 20  # units above 6
+    _check(written, DeconvNet(written), x, ["conv3:1", "conv3:3"], reference_model=model)
+
+
+def _nine(x):
+    return x
+
+
+REFUSED = {
+    "abs": (lambda: Op(torch.abs), "abs at act1"),
+    "LocalResponseNorm": (lambda: nn.LocalResponseNorm(3), "LocalResponseNorm at act1"),
+    "GroupNorm": (lambda: nn.GroupNorm(2, 6), "GroupNorm at act1"),
+    "InstanceNorm2d": (lambda: nn.InstanceNorm2d(6), "InstanceNorm at act1"),
+    "LayerNorm": (lambda: Op(lambda x: F.layer_norm(x, x.shape[1:])), "LayerNorm at act1"),
+    "softmax": (lambda: nn.Softmax(dim=1), "softmax at act1"),
+    "exp": (lambda: Op(torch.exp), "exp at act1"),
+    "x ** 2": (lambda: Op(lambda x: x**2), "x \\*\\* p at act1"),
+    "F.normalize": (lambda: Op(F.normalize), "F.normalize at act1"),
+    "sigmoid": (lambda: nn.Sigmoid(), "sigmoid at act1"),
+    "LeakyReLU": (lambda: nn.LeakyReLU(), "LeakyReLU at act1"),
+    "clamp(min=0.5)": (lambda: Op(lambda x: x.clamp(min=0.5)), "clamp in a form that is no ReLU"),
+    "hardtanh": (lambda: nn.Hardtanh(), "hardtanh in a form that is no ReLU"),
+    "threshold(0.5, 0)": (lambda: nn.Threshold(0.5, 0.0), "threshold in a form that is no ReLU"),
+    "a gate": (
+        lambda: Op(lambda x: x * x.mean((2, 3), keepdim=True)),
+        r"a product of two maps \(mul",
+    ),
+    "another map's mask": (
+        lambda: Op(lambda x: x * (x.roll(1, 3) > 0)),
+        r"a product of two maps \(mul",
+    ),
+    "a quotient of maps": (lambda: Op(lambda x: x / (1 + x * x)), "a division by a map"),
+    "F.dropout in training": (lambda: Op(lambda x: F.dropout(x, 0.5)), "dropout in training"),
+    "BatchNorm with batch statistics": (
+        lambda: nn.BatchNorm2d(6, track_running_stats=False),
+        "BatchNorm with batch statistics",
+    ),
+    "detach": (lambda: Op(lambda x: x.detach()), "detach at act1"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_ops_without_a_treatment_are_refused_by_name(name):
+    make, words = REFUSED[name]
+    with pytest.raises(DeconvNetError, match=words) as error:
+        DeconvNet(_stack(make))
+    message = str(error.value)
+    assert "\n" not in message
+    assert "other_nonlinearities='gradient'" in message
+
+
+@pytest.mark.parametrize("name", ["LocalResponseNorm", "softmax", "a gate", "GroupNorm"])
+def test_ops_without_a_treatment_pass_their_gradient_when_opted_in(name):
+    model = _stack(REFUSED[name][0])
+    net = DeconvNet(model, other_nonlinearities="gradient")
+    _check(model, net, _images((23, 25)), ["conv3:1", "conv2:2@4,4"])
+
+
+def test_a_zeiler_fergus_stack_with_contrast_normalization_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 7, 2, 1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+        nn.LocalResponseNorm(5),
+        nn.Conv2d(8, 8, 5, 2),
+        nn.ReLU(),
+    ).eval()
+    with pytest.raises(DeconvNetError, match=r"LocalResponseNorm at 3\b"):
+        DeconvNet(model)
+
+
+class Known(nn.Module):
+    """Every kind of op the table lets through, on one small network: pools of each kind, a
+    residual sum, channel concatenation, slicing and chunks, padding, interpolation, BatchNorm
+    (eval), dropout (eval), a flattened linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.left = nn.Conv2d(4, 4, 3, padding=1)
+        self.right = nn.Conv2d(4, 4, 1)
+        self.mix = nn.Conv2d(8, 6, 3)
+        self.drop = nn.Dropout2d(0.3)
+        self.head = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        x = F.avg_pool2d(x, 2) + F.max_pool2d(x, 2) * 0.5 - 1
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([self.left(a), self.right(b)], 1) + x[:, :8]
+        x = F.interpolate(F.pad(x, (1, 1, 1, 1)), scale_factor=0.5, mode="bilinear")
+        x = self.drop(torch.relu(self.mix(x)))
+        x = F.adaptive_avg_pool2d(x, 4) + F.adaptive_max_pool2d(x, 4)
+        return self.head(torch.flatten(x, 1))
+
+
+def test_every_treatment_of_the_table_passes_and_matches_reference():
+    torch.manual_seed(3)
+    model = Known().eval()
+    with torch.no_grad():
+        model.bn.running_var.uniform_(0.5, 1.5)
+    net = DeconvNet(model, input_size=(32, 32))
+    _check(model, net, _images((29, 35)), ["left:1", "mix:2@2,3", "stem:4@20,30"])
+
+
+# --- 3: calls that depend on the input ----------------------------------------------------------
+
+
+class Branchy(nn.Module):
+    """A Python if on the input's values: the probe's zero image takes the other branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.narrow = nn.Conv2d(3, 3, 3)
+        self.wide = nn.Conv2d(3, 8, 3)
+        self.r = nn.ReLU()
+
+    def forward(self, x):
+        if x.mean() > 0:
+            return self.r(self.narrow(x))
+        return self.r(self.wide(x))
+
+
+def test_a_forward_whose_calls_depend_on_the_input_is_refused_not_answered():
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    net = DeconvNet(model)
+    assert net.channels("r") == 8  # what the probe pass saw
+    bright = _images((15, 17)).abs() + 0.1
+    with pytest.raises(DeconvNetError, match=r"called narrow .*where the probe pass called wide"):
+        net.project(bright, "r")
+    with pytest.raises(DeconvNetError, match="order that depends on its input"):
+        net.forward(bright, "r", "guided")
+    # An input that takes the probe's branch is answered, and correctly.
+    _check(model, net, -(_images((15, 17)).abs() + 0.1), ["r:5"])
+
+
+class BySize(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.large = nn.Conv2d(4, 4, 3, 2)
+        self.small = nn.Conv2d(4, 4, 1)
+        self.top = nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = self.large(x) if x.shape[-1] > 40 else self.small(x)
+        return self.top(x)
+
+
+def test_a_forward_whose_calls_depend_on_the_input_size_is_refused():
+    torch.manual_seed(0)
+    model = BySize().eval()
+    net = DeconvNet(model)
+    with pytest.raises(DeconvNetError, match=r"called small .*where the probe pass called large"):
+        net.project(_images((30, 30)), "top:1")
+    with pytest.raises(DeconvNetError, match="called small"):
+        net.project(_images((30, 30)), "large:1")
+    # Layers below the branch are the same calls at any size.
+    _check(model, net, _images((30, 30)), ["conv:1"])
+    _check(model, net, _images((50, 50)), ["top:1"])
+
+
+# --- 4: module names -----------------------------------------------------------------------------
+
+
+def test_any_module_name_pytorch_allows_is_a_target():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    block = nn.Sequential()
+    block.add_module("block3-6", nn.Conv2d(3, 4, 3))
+    block.add_module("relu (1)", nn.ReLU())
+    block.add_module("$f#b", nn.Conv2d(4, 4, 3))
+    model.add_module("trunk_output", block)
+    model.add_module("bn", nn.BatchNorm2d(4))  # not a plain stack: the general engine
+    model.eval()
+    assert Target.parse("trunk_output.block3-6.f:2@1,2") == Target(
+        "trunk_output.block3-6.f", 2, (1, 2)
+    )
+    net = DeconvNet(model)
+    _check(model, net, _images((13, 14)), ["trunk_output.block3-6:2@1,2", "trunk_output.$f#b:1"])
+    assert net.channels("trunk_output.relu (1)") == 4
+
+
+class WithHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.avgpool = nn.AdaptiveAvgPool2d(2)
+
+
+def test_a_plain_stack_says_how_to_reach_modules_outside_its_stack():
+    net = DeconvNet(WithHead().eval())
+    assert not isinstance(net, GraphDeconvNet)
+    with pytest.raises(DeconvNetError, match="avgpool is a module of WithHead outside its conv"):
+        net.layer("avgpool")
+    with pytest.raises(DeconvNetError, match="unknown layer 'avgpol'"):
+        net.layer("avgpol")
+
+
+# --- 5: channels-last models ---------------------------------------------------------------------
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 5, 2, 2)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.down = nn.Conv2d(8, 16, 3, 2, 1)
+        self.top = nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.stem(x)))
+        x = F.relu(self.b(F.relu(self.a(x))) + x)
+        return F.relu(self.top(F.relu(self.down(x))))
+
+
+def _plain() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 5, 2, 1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 1),
+        nn.ReLU(),
+        nn.Conv2d(16, 8, 3, 2),
+        nn.ReLU(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "targets"),
+    [
+        (_plain, ["conv2:2", "conv3:5", "conv4:1@0,0", "conv4:3"]),
+        (Residual, ["b:3", "down:1@2,2", "top:9"]),
+    ],
+)
+def test_channels_last_models_project_as_contiguous_ones(make, targets):
+    torch.manual_seed(4)
+    model = make().eval()
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = _images((45, 47))
+    for engine in (DeconvNet, GraphDeconvNet):
+        ours, theirs = engine(last), engine(model)
+        for target in targets:
+            for rule in RULES:
+                a = ours.project(x.to(memory_format=torch.channels_last), target, rule)
+                b = theirs.project(x, target, rule)
+                scale = float(b.reconstruction.abs().max())
+                torch.testing.assert_close(
+                    a.reconstruction, b.reconstruction, rtol=1e-5, atol=1e-5 * scale
+                )
+        many = [f"{targets[-1].split(':')[0]}:{c}" for c in range(4)]
+        a, b = ours.project_many(x[:1], many), theirs.project_many(x[:1], many)
+        scale = float(b.reconstruction.abs().max())
+        torch.testing.assert_close(a.reconstruction, b.reconstruction, rtol=1e-5, atol=1e-5 * scale)
+
+
+# --- 6: compiled and scripted models --------------------------------------------------------------
+
+
+def test_a_compiled_model_is_worked_on_through_its_module():
+    torch.manual_seed(5)
+    model = Residual().eval()
+    net = DeconvNet(torch.compile(model))
+    assert net.model is model
+    _check(model, net, _images((33, 31)), ["b:3", "top:2"], rules=("deconvnet",))
+
+
+def test_torchscript_is_refused():
+    with pytest.raises(DeconvNetError, match="TorchScript modules are not supported"):
+        DeconvNet(torch.jit.script(Residual().eval()))
+
+
+# --- 7: fixed-size and two-input networks ---------------------------------------------------------
+
+
+class Cifar(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(8 * 16 * 16, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(F.relu(self.conv(x))), 1))
+
+
+def test_a_fixed_input_network_is_told_to_set_input_size():
+    torch.manual_seed(0)
+    model = Cifar().eval()
+    with pytest.raises(
+        DeconvNetError, match=r"zero image of 224x224.*input_size=\(H, W\)"
+    ) as error:
+        DeconvNet(model)
+    assert "\n" not in str(error.value)
+    net = DeconvNet(model, input_size=(32, 32))
+    _check(model, net, _images((32, 32)), ["conv:3", "pool:1@5,6"])
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x, y):
+        return self.conv(x) + self.conv(y)
+
+
+def test_a_two_input_forward_is_refused():
+    with pytest.raises(DeconvNetError, match=r"TwoInputs\.forward needs 2 inputs \(x, y\)"):
+        DeconvNet(TwoInputs())
