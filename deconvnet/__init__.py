@@ -3,6 +3,7 @@
 from deconvnet import DeconvNet, load_model
 net = DeconvNet(load_model("alexnet"))
 result = net.project(x, "conv5:12", rule="deconvnet")   # x: normalized (N, 3, H, W)
+images = maximize(net, ["conv5:12", "conv5:40"]).images   # what drives each channel most
 """
 
 from deconvnet.engine.plain import DeconvNet
@@ -10,7 +11,21 @@ from deconvnet.engine.projection import Projection
 from deconvnet.errors import DeconvNetError
 from deconvnet.selection import Target
 
-__all__ = ["DeconvNet", "DeconvNetError", "Projection", "Target", "load_model"]
+# isort: split
+# Imported last, as it imports the names above. Bound after the subpackage is imported, so that
+# deconvnet.maximize is the function: importing the subpackage again (deconvnet.maximize.objective)
+# finds it in sys.modules and leaves this name be.
+from deconvnet.maximize import Maximization, maximize
+
+__all__ = [
+    "DeconvNet",
+    "DeconvNetError",
+    "Maximization",
+    "Projection",
+    "Target",
+    "load_model",
+    "maximize",
+]
 
 
 def __getattr__(name: str):

@@ -1,0 +1,320 @@
+"""Feature visualization by optimization: images that a chosen channel or unit responds to most.
+
+The deconvnet shows what in a given photo drove a unit; this asks the converse, what image drives
+it hardest. Starting from faint noise, each image follows the gradient of its target (Erhan et
+al., 2009; Olah et al., 2017), with Lucid's two regularizers: the image lives in a decorrelated
+Fourier basis (``parameterization``) and each step sees it randomly jittered, scaled and rotated
+(``transforms``), so what it converges to is a pattern, not a pixel-aligned adversarial one.
+
+    from deconvnet import load_model
+    from deconvnet.maximize import maximize
+    result = maximize(load_model("alexnet"), ["conv5:12", "conv5:40@6,6"])
+    result.images        # (2, 3, 224, 224) RGB in [0, 1]
+    result.activation    # (2,) each target's value on its image
+
+Many targets are optimized as one batch; each has its own images, seeds and transforms, so a
+target's image does not depend on the others it was batched with.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from deconvnet import DeconvNet, DeconvNetError, Target
+from deconvnet.errors import check_int
+from deconvnet.maximize.objective import check_targets, find_site, layer_maps, target_values
+from deconvnet.maximize.parameterization import LEARNING_RATES, PARAMETERIZATIONS, ImageParameters
+from deconvnet.maximize.transforms import draw_transforms, transform
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["BATCH", "SIZE", "STEPS", "Maximization", "maximize"]
+
+# The defaults, chosen so that all 256 channels of AlexNet's conv5 take minutes on 2 CPU cores
+# while meeting the quality goals of scripts/benchmark_maximize.py (which prints both).
+STEPS = 256
+SIZE = 128
+# Targets per optimization batch: bounds memory (AlexNet at 224 pixels: about 4 MB each).
+BATCH = 64
+
+# ImageNet's normalization, which torchvision's weights expect of an RGB image in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# A progress callback: called after each step with (steps done, steps in all).
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Maximization:
+    """Images that maximize targets, one per target.
+
+    - ``images`` ``(N, 3, H, W)``: RGB in [0, 1], as optimized (no transform applied).
+    - ``targets``: the N targets, in the order given.
+    - ``objective`` ``(N, steps)``: what each step maximized (the value before the layer's
+      rectifier, on that step's transformed image).
+    - ``activation`` ``(N,)``: each target's value on its returned image, read at the layer's own
+      output (rectified where the layer is a rectifier).
+    - ``parameterization``, ``seed``: how the images were made.
+    """
+
+    images: torch.Tensor
+    targets: tuple[Target, ...]
+    objective: torch.Tensor
+    activation: torch.Tensor
+    parameterization: str
+    seed: int
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def figure(self, columns: int = 8) -> Figure:
+        """The images in a grid, each titled with its target and final activation."""
+        import numpy as np
+        from matplotlib.figure import Figure
+
+        columns = max(1, min(check_int(columns, "columns"), len(self)))
+        rows = -(-len(self) // columns)
+        figure = Figure(figsize=(1.8 * columns, 2.0 * rows))
+        for i in range(len(self)):
+            axes = figure.add_subplot(rows, columns, i + 1)
+            axes.imshow(np.ascontiguousarray(self.images[i].detach().cpu().permute(1, 2, 0)))
+            axes.set_title(f"{self.targets[i]}\n{float(self.activation[i]):.3g}", fontsize=8)
+            axes.axis("off")
+        figure.tight_layout()
+        return figure
+
+    def _repr_png_(self) -> bytes | None:
+        """What Jupyter shows for a Maximization: ``figure()`` as a PNG."""
+        if len(self) == 0:
+            return None
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=100, facecolor="white")
+        return buffer.getvalue()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(str(t) for t in self.targets[:3]) + (", ..." if len(self) > 3 else "")
+        steps = self.objective.shape[1]
+        return f"Maximization({len(self)} images, {steps} steps, {self.parameterization}: {shown})"
+
+
+def maximize(
+    net_or_model: DeconvNet | nn.Module,
+    targets: str | Target | Sequence[str | Target],
+    steps: int = STEPS,
+    size: int | tuple[int, int] = SIZE,
+    seed: int = 0,
+    *,
+    parameterization: str = "fourier",
+    learning_rate: float | None = None,
+    batch: int = BATCH,
+    progress: bool | Progress = False,
+) -> Maximization:
+    """Optimize one image per target to maximize it.
+
+    Parameters
+    ----------
+    net_or_model
+        A ``DeconvNet``, or the model to make one of (any network the engines accept). The model
+        must be in eval mode; it is not changed (no gradients are stored in its parameters).
+    targets
+        ``"conv5:12"`` (the mean of channel 12's map), ``"conv5:12@6,6"`` (one unit), a
+        ``Target``, or a list of them; any layer the engine names (``layer4.1.conv2``,
+        ``layer1.0.relu#1``).
+    steps
+        Optimization steps (Adam).
+    size
+        The image's ``H`` = ``W``, or ``(H, W)``; positions of unit targets refer to the layer's
+        map for an input of this size.
+    seed
+        With the target, fixes its starting image and transforms: the same seed gives the same
+        images on the CPU, however the targets are batched.
+    parameterization
+        ``"fourier"`` (Lucid's decorrelated Fourier basis), ``"maco"`` (phase only, fixed
+        magnitude) or ``"pixel"`` (plain pixels, a baseline).
+    learning_rate
+        Adam's step; by default the parameterization's own (``LEARNING_RATES``).
+    batch
+        Targets optimized together at most.
+    progress
+        True for a progress bar on stderr, or a function called with (steps done, steps in all).
+
+    Returns
+    -------
+    Maximization
+        ``images`` ``(N, 3, H, W)`` in [0, 1], ``objective`` ``(N, steps)``, ``activation``
+        ``(N,)``, in the order of ``targets``.
+
+    Raises
+    ------
+    DeconvNetError
+        For a target that cannot be read or names no channel, an unknown layer, a channel or
+        position out of range, a bad option, or a model in training mode.
+    """
+    net = net_or_model if isinstance(net_or_model, DeconvNet) else DeconvNet(net_or_model)
+    if isinstance(targets, str | Target):
+        targets = [targets]
+    targets = tuple(Target.parse(t) for t in targets)
+    if not targets:
+        raise DeconvNetError("no targets: give one such as 'conv5:12', or a list of them")
+    steps = check_int(steps, "steps")
+    batch = check_int(batch, "batch")
+    seed = check_int(seed, "seed")
+    if steps < 1 or batch < 1:
+        raise DeconvNetError(f"steps and batch must be at least 1, got {steps} and {batch}")
+    size = _check_size(size)
+    if parameterization not in PARAMETERIZATIONS:
+        raise DeconvNetError(
+            f"unknown parameterization {parameterization!r}; choose one of "
+            f"{', '.join(PARAMETERIZATIONS)}"
+        )
+    rate = LEARNING_RATES[parameterization] if learning_rate is None else float(learning_rate)
+    if not rate > 0:
+        raise DeconvNetError(f"learning_rate must be positive, got {learning_rate!r}")
+    training = [name for name, m in net.model.named_modules() if m.training]
+    if training:
+        raise DeconvNetError(
+            f"the model is in training mode ({training[0] or 'the model'}); call model.eval() "
+            "first (deconvnet never changes your model)"
+        )
+    check_targets(net, targets, size)
+
+    # One batch per chunk of targets of one layer; the results go back in the given order.
+    by_layer: dict[str, list[int]] = {}
+    for i, target in enumerate(targets):
+        by_layer.setdefault(net.layer(target.layer).name, []).append(i)
+    chunks = [
+        members[start : start + batch]
+        for members in by_layer.values()
+        for start in range(0, len(members), batch)
+    ]
+    images = torch.empty(len(targets), 3, *size)
+    objective = torch.empty(len(targets), steps)
+    activation = torch.empty(len(targets))
+    total = steps * len(chunks)
+    with _reporter(progress, total) as report:
+        for number, members in enumerate(chunks):
+            chunk = [targets[i] for i in members]
+            before = number * steps
+            found = _optimize(
+                net,
+                chunk,
+                steps,
+                size,
+                seed,
+                parameterization,
+                rate,
+                lambda n, before=before: report(before + n),
+            )
+            index = torch.tensor(members)
+            images[index], objective[index], activation[index] = (t.cpu() for t in found)
+    return Maximization(images, targets, objective, activation, parameterization, seed)
+
+
+def _optimize(
+    net: DeconvNet,
+    targets: list[Target],
+    steps: int,
+    size: tuple[int, int],
+    seed: int,
+    parameterization: str,
+    rate: float,
+    report: Callable[[int], None],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch of targets of one layer: images ``(N, 3, H, W)``, objective ``(N, steps)`` and
+    final activation ``(N,)``."""
+    site = find_site(net, targets[0].layer)
+    device, dtype = net.device, next(net.model.parameters()).dtype
+    generators = [target_generator(target, seed) for target in targets]
+    parameters = ImageParameters(parameterization, size, generators, device)
+    maps = draw_transforms(generators, steps).to(device)  # (N, steps, 2, 3)
+    channels = torch.tensor([t.channel for t in targets], device=device)
+    positions = [t.position for t in targets]
+    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    optimizer = torch.optim.Adam([parameters.tensor], lr=rate)
+    history = torch.empty(steps, len(targets))
+    for step in range(steps):
+        seen = transform(parameters.images(), maps[:, step])
+        read = layer_maps(net, site, _model_input(seen, mean, std))
+        values = target_values(read.before, channels, positions)
+        # Gradients for the image alone: the model's parameters get none stored.
+        (gradient,) = torch.autograd.grad(-values.sum(), parameters.tensor)
+        parameters.tensor.grad = gradient
+        optimizer.step()
+        history[step] = values.detach().float().cpu()
+        report(step + 1)
+    with torch.no_grad():
+        images = parameters.images()
+        read = layer_maps(net, site, _model_input(images, mean, std))
+        final = target_values(read.output, channels, positions)
+    return images.detach().float(), history.T.contiguous(), final.float()
+
+
+def _model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """RGB ``(N, 3, H, W)`` in [0, 1] normalized for the model, channels last: oneDNN's convs
+    ran a forward and backward pass of AlexNet a quarter faster so (CPU, torch 2.14)."""
+    normalized = (images.to(mean.dtype) - mean) / std
+    return normalized.contiguous(memory_format=torch.channels_last)
+
+
+def target_generator(target: Target, seed: int) -> torch.Generator:
+    """The random generator of one target's start and transforms: seeded by the seed and the
+    target itself, so it does not depend on the other targets."""
+    key = zlib.crc32(f"{seed}/{target}".encode())
+    return torch.Generator().manual_seed(key)
+
+
+def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, Sequence) and not isinstance(size, str):
+        if len(size) != 2:
+            raise DeconvNetError(f"size is an int or (H, W), got {size!r}")
+        height, width = (check_int(v, "size") for v in size)
+    else:
+        height = width = check_int(size, "size")
+    if min(height, width) < 8:
+        raise DeconvNetError(f"size must be at least 8 pixels, got {height}x{width}")
+    return height, width
+
+
+def _reporter(progress: bool | Progress, total: int):
+    """A context giving ``report(done)``: a rich bar, the caller's function, or nothing."""
+    if callable(progress):
+        return nullcontext(lambda done: progress(done, total))
+    if not progress:
+        return nullcontext(lambda done: None)
+    return _bar(total)
+
+
+class _bar:
+    """A rich progress bar over ``total`` steps on stderr."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.total = total
+        self.progress = Progress(
+            "maximizing",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+
+    def __enter__(self) -> Callable[[int], None]:
+        self.progress.start()
+        task = self.progress.add_task("maximizing", total=self.total)
+        return lambda done: self.progress.update(task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()

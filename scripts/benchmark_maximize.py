@@ -1,0 +1,361 @@
+"""Benchmark of deconvnet.maximize against horama's ``fourier`` and ``maco`` (Fel et al.).
+
+Real AlexNet conv5 and VGG16 conv5_3 channels, every method at the same steps and model input
+size. Prints, per method: the activation reached (the layer's own channel mean on the returned
+image), the share of it kept under random shifts of up to 8 pixels and under shifts of exactly 8,
+the share of spectral energy above half the Nyquist frequency (beside the photos' own), and the
+time per unit, batched and one at a time; then the goals, met or not, and what the 256 channels
+of AlexNet's conv5 cost at the defaults.
+
+horama runs at its own defaults, its strongest published configuration: a 1280-pixel image,
+6 crops per step, noise 0.05, NAdam at 1.0, decay 1.5. It sees crops of 25-30% of its image,
+so its activation is read on the centre crop of 27.5% resized to the input size. Its ``maco``
+downloads ImageNet's mean spectrum, which cannot be fetched offline: it gets the mean spectrum
+of the sample photos instead (decorrelated the way horama decorrelates).
+
+Needs ``horama`` (pip install --no-deps horama) and ``tqdm``.
+
+    python scripts/benchmark_maximize.py                    # the defaults, all of it
+    python scripts/benchmark_maximize.py --steps 64 --vgg-channels 1 --horama-units 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # horama's progress bars
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from deconvnet import DeconvNet, load_model
+from deconvnet.maximize import BATCH, IMAGENET_MEAN, IMAGENET_STD, SIZE, STEPS, maximize
+from deconvnet.maximize.objective import find_site, layer_maps
+
+PHOTOS = Path("/work/shared/images")
+ALEXNET_CHANNELS = (0, 12, 40, 77, 128, 150, 200, 255)
+VGG_CHANNELS = (5, 100, 300, 480)
+SHIFT = 8
+
+
+def mean_std(dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.tensor(IMAGENET_MEAN, dtype=dtype).view(1, 3, 1, 1),
+        torch.tensor(IMAGENET_STD, dtype=dtype).view(1, 3, 1, 1),
+    )
+
+
+def load_photos(size: int) -> torch.Tensor:
+    """The sample photos as RGB ``(P, 3, size, size)`` in [0, 1]: shorter side to ``size``,
+    centre crop."""
+    images = []
+    for path in sorted(PHOTOS.iterdir()):
+        if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            continue
+        with Image.open(path) as image:
+            x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255)
+        x = x.permute(2, 0, 1)[None]
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        x = F.interpolate(
+            x,
+            size=(round(h * scale), round(w * scale)),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
+        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+        images.append(x[..., top : top + size, left : left + size].clamp(0, 1))
+    return torch.cat(images)
+
+
+def high_frequency_share(images: torch.Tensor) -> torch.Tensor:
+    """Share of each ``(N, 3, H, W)`` image's spectral energy (mean removed) above half the
+    Nyquist frequency, radially: above 0.25 cycles per pixel. ``(N,)``."""
+    x = images.double()
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fft2(x).abs().pow(2).sum(dim=1)  # (N, H, W)
+    fy = torch.fft.fftfreq(x.shape[-2], dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(x.shape[-1], dtype=torch.float64)[None, :]
+    high = (fx**2 + fy**2).sqrt() > 0.25
+    return (power * high).sum(dim=(1, 2)) / power.sum(dim=(1, 2))
+
+
+def channel_means(net, site, model_input: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """Image i's mean of channel ``channels[i]`` of the layer's own (rectified) map. ``(N,)``."""
+    with torch.no_grad():
+        maps = layer_maps(net, site, model_input).output
+    return maps[torch.arange(len(channels)), channels].mean(dim=(1, 2))
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``x`` moved by (dy, dx) pixels, the border repeated into the gap."""
+    padded = F.pad(x, (SHIFT, SHIFT, SHIFT, SHIFT), mode="replicate")
+    h, w = x.shape[-2:]
+    return padded[..., SHIFT - dy : SHIFT - dy + h, SHIFT - dx : SHIFT - dx + w]
+
+
+def robustness(net, site, model_input, channels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the activation kept (ratio) under 8 random shifts of up to 8 pixels, and
+    under the 4 shifts of exactly 8 pixels, averaged."""
+    base = channel_means(net, site, model_input, channels).clamp(min=1e-6)
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.randint(-SHIFT, SHIFT + 1, (8, 2), generator=generator).tolist()
+    exact = [(SHIFT, 0), (-SHIFT, 0), (0, SHIFT), (0, -SHIFT)]
+
+    def kept(moves):
+        ratios = [
+            channel_means(net, site, shifted(model_input, dy, dx), channels) / base
+            for dy, dx in moves
+        ]
+        return torch.stack(ratios).mean(dim=0)
+
+    return kept(draws), kept(exact)
+
+
+# --- horama ---------------------------------------------------------------------------------
+
+
+def maco_template(photos: torch.Tensor, folder: Path) -> None:
+    """Write horama's ``spectrum_decorrelated.npy`` from the photos: the mean magnitude spectrum
+    of each photo, decorrelated and standardized as horama's preconditioner expects."""
+    from horama.common import get_color_correlation_svd_sqrt
+
+    mixing = get_color_correlation_svd_sqrt("cpu")  # rgb = flat @ mixing
+    mean, std = mean_std()
+    normalized = (photos - mean) / std
+    flat = normalized.permute(0, 2, 3, 1) @ torch.linalg.inv(mixing)
+    decorrelated = flat.permute(0, 3, 1, 2)
+    decorrelated = (decorrelated - decorrelated.mean()) / decorrelated.std()
+    magnitude = torch.fft.rfft2(decorrelated).abs().mean(dim=0)
+    np.save(folder / "spectrum_decorrelated.npy", magnitude.numpy().astype(np.float32))
+
+
+def run_horama(kind: str, net, site, channel: int, steps: int, size: int) -> tuple:
+    """One horama run at its defaults; its image's centre crop at ``size`` (model input units)
+    and the seconds it took."""
+    import horama
+
+    def objective(images: torch.Tensor) -> torch.Tensor:
+        # The value before the rectifier, as for ours: its strongest objective on dead channels.
+        return layer_maps(net, site, images).before[:, channel].mean()
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    run = horama.fourier if kind == "fourier" else horama.maco
+    image, _ = run(objective, total_steps=steps, model_input_size=size, device="cpu")
+    seconds = time.perf_counter() - start
+    image = image.detach()[None]
+    side = image.shape[-1]
+    crop = round(side * 0.275)
+    top = (side - crop) // 2
+    centre = image[..., top : top + crop, top : top + crop]
+    return F.interpolate(centre, size=(size, size), mode="bicubic", antialias=True), seconds
+
+
+# --- the runs -------------------------------------------------------------------------------
+
+
+def evaluate(net, site, rows: dict, photos_best: torch.Tensor, channels: list[int]) -> None:
+    """Fill each row's activation, robustness and spectrum figures from its images."""
+    index = torch.tensor(channels)
+    for row in rows.values():
+        model_input = row["input"]
+        row["activation"] = channel_means(net, site, model_input, index[: len(model_input)])
+        row["random"], row["exact"] = robustness(net, site, model_input, index[: len(model_input)])
+        mean, std = mean_std()
+        rgb = (model_input * std + mean).clamp(0, 1)
+        row["high"] = high_frequency_share(rgb)
+        row["vs_photo"] = row["activation"] / photos_best[: len(model_input)]
+
+
+def ours(net, targets, steps, size, parameterization="fourier") -> dict:
+    mean, std = mean_std()
+    start = time.perf_counter()
+    result = maximize(net, targets, steps=steps, size=size, parameterization=parameterization)
+    seconds = time.perf_counter() - start
+    return {"input": (result.images - mean) / std, "seconds_per_unit": seconds / len(targets)}
+
+
+def step_cost(net, layer: str, count: int, size: int) -> tuple[float, float]:
+    """Seconds per optimization step for ``count`` channels of ``layer`` in one batch (the
+    difference of a 1- and a 4-step run, which cancels the setup and the final read), and
+    seconds of one forward and backward pass of that batch (channels last, as the step runs)."""
+    targets = [f"{layer}:{c % net.channels(layer)}" for c in range(count)]
+    times = {}
+    for steps in (1, 4):
+        start = time.perf_counter()
+        maximize(net, targets, steps=steps, size=size, batch=count)
+        times[steps] = time.perf_counter() - start
+    per_step = (times[4] - times[1]) / 3
+    site = find_site(net, layer)
+    x = torch.rand(count, 3, size, size).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    channel = torch.arange(count) % net.channels(layer)
+    passes = []
+    for _ in range(3):
+        start = time.perf_counter()
+        before = layer_maps(net, site, x).before
+        torch.autograd.grad(before[torch.arange(count), channel].sum(), x)
+        passes.append(time.perf_counter() - start)
+    return per_step, statistics.median(passes)
+
+
+def network(name: str, layer: str, channels: list[int], args, photos224, photos_small) -> dict:
+    net = DeconvNet(load_model(name))
+    site = find_site(net, layer)
+    mean, std = mean_std()
+    # The strongest photo per channel, each photo at its natural 224 pixels.
+    with torch.no_grad():
+        maps = layer_maps(net, site, (photos224 - mean) / std).output
+    photos_best = maps[:, channels].mean(dim=(2, 3)).amax(dim=0)
+    targets = [f"{layer}:{c}" for c in channels]
+    steps, size = args.steps, args.size
+    rows = {
+        "deconvnet fourier (batched)": ours(net, targets, steps, size),
+        "deconvnet maco": ours(net, targets, steps, size, "maco"),
+        "pixel space (same transforms)": ours(net, targets, steps, size, "pixel"),
+    }
+    alone = [ours(net, [t], steps, size)["seconds_per_unit"] for t in targets[: args.alone]]
+    rows["deconvnet fourier (batched)"]["alone"] = statistics.mean(alone)
+    units = channels[: args.horama_units]
+    with tempfile.TemporaryDirectory() as folder:
+        here = os.getcwd()
+        maco_template(photos224, Path(folder))
+        os.chdir(folder)
+        try:
+            for kind in ("fourier", "maco"):
+                runs = [run_horama(kind, net, site, c, steps, size) for c in units]
+                rows[f"horama {kind} (its defaults)"] = {
+                    "input": torch.cat([image for image, _ in runs]),
+                    "seconds_per_unit": statistics.mean(s for _, s in runs),
+                }
+        finally:
+            os.chdir(here)
+    evaluate(net, site, rows, photos_best, channels)
+    photo_high = float(high_frequency_share(photos_small).mean())
+    print(
+        f"\n{name} {layer}, channels {channels}, {steps} steps, {size} px "
+        f"(horama on the first {len(units)}); strongest photo's channel mean: "
+        + ", ".join(f"{v:.2f}" for v in photos_best.tolist())
+    )
+    header = (
+        f"{'method':32} {'activation':>10} {'x photo':>8} {'kept<=8':>8} {'kept=8':>7} "
+        f"{'HF share':>8} {'s/unit':>7} {'alone':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for label, row in rows.items():
+        alone_text = f"{row['alone']:7.2f}" if "alone" in row else f"{row['seconds_per_unit']:7.2f}"
+        print(
+            f"{label:32} {float(row['activation'].mean()):10.2f} "
+            f"{float(row['vs_photo'].mean()):8.1f} {float(row['random'].mean()):8.2f} "
+            f"{float(row['exact'].mean()):7.2f} {float(row['high'].mean()):8.4f} "
+            f"{row['seconds_per_unit']:7.2f} {alone_text}"
+        )
+    print(
+        f"{'photos (' + str(len(photos_small)) + ')':32} {'':10} {'':8} {'':8} {'':7} "
+        f"{photo_high:8.4f}"
+    )
+    return {"rows": rows, "units": len(units), "photo_high": photo_high}
+
+
+def goals(results: dict, args) -> None:
+    print("\ngoals")
+    met = lambda ok: "MET" if ok else "NOT MET"  # noqa: E731
+    for name, result in results.items():
+        rows, k = result["rows"], result["units"]
+        mine = rows["deconvnet fourier (batched)"]
+        fourier = rows["horama fourier (its defaults)"]
+        pixel = rows["pixel space (same transforms)"]
+        mine_k = float(mine["activation"][:k].mean())
+        theirs = float(fourier["activation"].mean())
+        print(
+            f"  {name}: activation {mine_k:.2f} >= horama fourier {theirs:.2f} on the same "
+            f"{k} channel(s): {met(mine_k >= theirs)}"
+        )
+        hf, hf_pixel = float(mine["high"].mean()), float(pixel["high"].mean())
+        print(f"  {name}: HF share {hf:.4f} < pixel space {hf_pixel:.4f}: {met(hf < hf_pixel)}")
+        worst = float(mine["vs_photo"].min())
+        print(
+            f"  {name}: every channel >= 10x its strongest photo (lowest {worst:.1f}x): "
+            f"{met(worst >= 10)}"
+        )
+        kept = float(mine["exact"].min())
+        print(
+            f"  {name}: every channel keeps >= 0.7 under an 8 px shift (lowest {kept:.2f}): "
+            f"{met(kept >= 0.7)}"
+        )
+        speedup = fourier["seconds_per_unit"] / mine["seconds_per_unit"]
+        alone = fourier["seconds_per_unit"] / mine["alone"]
+        print(
+            f"  {name}: per unit {speedup:.1f}x faster than horama fourier batched, "
+            f"{alone:.1f}x one at a time (goal 2x): {met(speedup >= 2)}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--size", type=int, default=SIZE)
+    parser.add_argument("--alexnet-channels", type=int, default=len(ALEXNET_CHANNELS))
+    parser.add_argument("--vgg-channels", type=int, default=2)
+    parser.add_argument("--horama-units", type=int, default=2, help="channels horama runs on")
+    parser.add_argument("--alone", type=int, default=2, help="channels timed one at a time")
+    parser.add_argument("--atlas", type=int, default=256, help="channels of the atlas estimate")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; defaults: "
+        f"STEPS={STEPS}, SIZE={SIZE}, BATCH={BATCH}"
+    )
+    photos224, photos_small = load_photos(224), load_photos(args.size)
+    results = {}
+    results["alexnet conv5"] = network(
+        "alexnet",
+        "conv5",
+        list(ALEXNET_CHANNELS[: args.alexnet_channels]),
+        args,
+        photos224,
+        photos_small,
+    )
+    if args.vgg_channels:
+        results["vgg16 conv5_3"] = network(
+            "vgg16",
+            "conv5_3",
+            list(VGG_CHANNELS[: args.vgg_channels]),
+            args,
+            photos224,
+            photos_small,
+        )
+    goals(results, args)
+
+    net = DeconvNet(load_model("alexnet"))
+    count = len(ALEXNET_CHANNELS[: args.alexnet_channels])
+    per_step, one_pass = step_cost(net, "conv5", count, args.size)
+    ratio = per_step / one_pass
+    print(
+        f"  alexnet conv5: a step of {count} targets {per_step:.3f} s, one forward and backward "
+        f"pass of the batch {one_pass:.3f} s: ratio {ratio:.2f} (goal <= 1.5): "
+        f"{'MET' if ratio <= 1.5 else 'NOT MET'}"
+    )
+    per_step, one_pass = step_cost(net, "conv5", args.atlas, args.size)
+    minutes = per_step * STEPS * -(-256 // args.atlas) / 60
+    print(
+        f"  atlas: {args.atlas} alexnet conv5 channels at {args.size} px: {per_step:.2f} s per "
+        f"step (forward and backward {one_pass:.2f} s, ratio {per_step / one_pass:.2f}), "
+        f"{STEPS} steps (the default): {minutes:.1f} min for 256 channels (goal: the atlas, photos "
+        f"included, under 60 min): {'MET' if minutes < 50 else 'NOT MET'} with 10 min left "
+        "for the photos"
+    )
+
+
+if __name__ == "__main__":
+    main()
