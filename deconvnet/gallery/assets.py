@@ -28,6 +28,7 @@ input, button { font: inherit; color: var(--text); background: #262a31; border: 
 button { cursor: pointer; }
 button:hover, input:focus { border-color: var(--accent); outline: none; }
 #jump-note { color: var(--error); min-width: 1em; }
+#search { width: 17em; }
 main { padding: 12px 14px; }
 .muted { color: var(--muted); }
 .panel { background: var(--panel); border: 1px solid var(--line); border-radius: 6px;
@@ -49,12 +50,16 @@ img { max-width: 100%; }
 .card[hidden] { display: none; }
 .channel { display: none; }
 .channel:target { display: block; }
+.channel { scroll-margin-top: 60px; }  /* below the sticky header */
 body:has(.channel:target) #grid-view { display: none; }
 .row { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
-.row > .panel { margin: 0; }
+.row { margin-bottom: 12px; }
+.row > .panel { margin: 0; flex: 0 1 auto; max-width: 100%; }
+.panel p { max-width: 34em; }
 figure { margin: 0; } figcaption { color: var(--muted); font-size: 12px; margin-top: 4px; }
 .tile { image-rendering: auto; max-height: 70vh; }
 .maximized { width: 256px; height: 256px; image-rendering: auto; }
+.maximized + figcaption { max-width: 256px; }
 svg text { fill: var(--muted); font-size: 10px; }
 svg .bar { fill: var(--accent); } svg .frame { fill: #0d0e11; stroke: var(--line); }
 svg .field { fill: none; stroke: var(--accent); stroke-width: 2; }

@@ -128,6 +128,8 @@ def channel_view(
         "projections on the left (mid-grey is zero), their receptive fields in the 224x224 crop "
         "on the right.</figcaption>",
         "</figure>",
+        "</div>",
+        '<div class="row">',
         '<figure class="panel">',
     ]
     if maximized is not None:
@@ -142,7 +144,7 @@ def channel_view(
             "<figcaption>No optimized image: make it with <code>deconvnet gallery ... --resume "
             "--maximize</code>.</figcaption>"
         )
-    lines += ["</figure>", "</div>", '<div class="row">']
+    lines.append("</figure>")
     values = [e["activation"] for e in entries]
     lines += [
         '<div class="panel">',
