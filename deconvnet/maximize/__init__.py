@@ -39,12 +39,15 @@ if TYPE_CHECKING:
 
 __all__ = ["BATCH", "SIZE", "STEPS", "Maximization", "maximize"]
 
-# The defaults, chosen so that all 256 channels of AlexNet's conv5 take minutes on 2 CPU cores
-# while meeting the quality goals of scripts/benchmark_maximize.py (which prints both).
+# The defaults, sized for the budget of an atlas of all 256 channels of AlexNet's conv5 on 2 CPU
+# cores; scripts/benchmark_maximize.py prints what they cost and which quality goals they meet.
 STEPS = 256
 SIZE = 128
-# Targets per optimization batch: bounds memory (AlexNet at 224 pixels: about 4 MB each).
+# Targets per optimization batch: bounds the memory of the forward and backward pass.
 BATCH = 64
+
+# Images a notebook shows of a Maximization; figure() draws any number.
+SHOWN = 32
 
 # ImageNet's normalization, which torchvision's weights expect of an RGB image in [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,15 +80,17 @@ class Maximization:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def figure(self, columns: int = 8) -> Figure:
-        """The images in a grid, each titled with its target and final activation."""
+    def figure(self, count: int | None = None, columns: int = 8) -> Figure:
+        """The first ``count`` images (all by default) in a grid, each titled with its target
+        and final activation."""
         import numpy as np
         from matplotlib.figure import Figure
 
-        columns = max(1, min(check_int(columns, "columns"), len(self)))
-        rows = -(-len(self) // columns)
+        count = len(self) if count is None else min(check_int(count, "count"), len(self))
+        columns = max(1, min(check_int(columns, "columns"), count))
+        rows = max(1, -(-count // columns))
         figure = Figure(figsize=(1.8 * columns, 2.0 * rows))
-        for i in range(len(self)):
+        for i in range(count):
             axes = figure.add_subplot(rows, columns, i + 1)
             axes.imshow(np.ascontiguousarray(self.images[i].detach().cpu().permute(1, 2, 0)))
             axes.set_title(f"{self.targets[i]}\n{float(self.activation[i]):.3g}", fontsize=8)
@@ -94,11 +99,11 @@ class Maximization:
         return figure
 
     def _repr_png_(self) -> bytes | None:
-        """What Jupyter shows for a Maximization: ``figure()`` as a PNG."""
+        """What Jupyter shows for a Maximization: ``figure()`` of the first ``SHOWN`` as a PNG."""
         if len(self) == 0:
             return None
         buffer = io.BytesIO()
-        self.figure().savefig(buffer, format="png", dpi=100, facecolor="white")
+        self.figure(SHOWN).savefig(buffer, format="png", dpi=100, facecolor="white")
         return buffer.getvalue()
 
     def __repr__(self) -> str:
@@ -245,7 +250,7 @@ def _optimize(
     history = torch.empty(steps, len(targets))
     for step in range(steps):
         seen = transform(parameters.images(), maps[:, step])
-        read = layer_maps(net, site, _model_input(seen, mean, std))
+        read = layer_maps(net, site, _model_input(seen, mean, std, net.plain_stack))
         values = target_values(read.before, channels, positions)
         # Gradients for the image alone: the model's parameters get none stored.
         (gradient,) = torch.autograd.grad(-values.sum(), parameters.tensor)
@@ -255,16 +260,19 @@ def _optimize(
         report(step + 1)
     with torch.no_grad():
         images = parameters.images()
-        read = layer_maps(net, site, _model_input(images, mean, std))
+        read = layer_maps(net, site, _model_input(images, mean, std, net.plain_stack))
         final = target_values(read.output, channels, positions)
     return images.detach().float(), history.T.contiguous(), final.float()
 
 
-def _model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """RGB ``(N, 3, H, W)`` in [0, 1] normalized for the model, channels last: oneDNN's convs
-    ran a forward and backward pass of AlexNet a quarter faster so (CPU, torch 2.14)."""
+def _model_input(
+    images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, plain: bool
+) -> torch.Tensor:
+    """RGB ``(N, 3, H, W)`` in [0, 1] normalized for the model. Channels last on a plain stack:
+    oneDNN's convs ran AlexNet's forward and backward pass a quarter faster so (CPU, torch
+    2.14); other networks get the usual layout, which ``view`` calls in their forward expect."""
     normalized = (images.to(mean.dtype) - mean) / std
-    return normalized.contiguous(memory_format=torch.channels_last)
+    return normalized.contiguous(memory_format=torch.channels_last) if plain else normalized
 
 
 def target_generator(target: Target, seed: int) -> torch.Generator:
@@ -292,10 +300,10 @@ def _reporter(progress: bool | Progress, total: int):
         return nullcontext(lambda done: progress(done, total))
     if not progress:
         return nullcontext(lambda done: None)
-    return _bar(total)
+    return _ProgressBar(total)
 
 
-class _bar:
+class _ProgressBar:
     """A rich progress bar over ``total`` steps on stderr."""
 
     def __init__(self, total: int) -> None:
