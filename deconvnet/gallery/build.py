@@ -10,12 +10,11 @@ two halves, and ``merge_gallery`` renders the shards of a scan run as separate j
 
 The parts live apart: ``gallery.projections`` projects the chosen units into cells,
 ``gallery.tiles`` draws them as tiles and sheets, ``gallery.maximized`` optimizes images,
-``gallery.pages`` writes the HTML; this module runs them in order and writes the manifest.
+``gallery.pages`` writes the HTML and the manifest; this module runs them in order.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -29,13 +28,10 @@ from torch import nn
 from deconvnet.engine.inverse import check_rule
 from deconvnet.engine.plain import DeconvNet
 from deconvnet.errors import DeconvNetError
-from deconvnet.files import cannot_write, write_text_atomic
-from deconvnet.gallery.assets import ASSETS
-from deconvnet.gallery.atlas import channel_page
+from deconvnet.files import cannot_write
 from deconvnet.gallery.crops import Crops
 from deconvnet.gallery.decoding import DEFAULT_WORKERS
 from deconvnet.gallery.maximized import (
-    Maximized,
     Optimization,
     as_optimization,
     find_maximized,
@@ -45,7 +41,7 @@ from deconvnet.gallery.maximized import (
     steps_needed,
 )
 from deconvnet.gallery.output import claim, gallery_manifest, sweep_stale
-from deconvnet.gallery.pages import index_html, layer_html
+from deconvnet.gallery.pages import write_gallery_files
 from deconvnet.gallery.projections import (
     GREY,
     PERCENTILE,
@@ -514,63 +510,14 @@ def render_gallery(
     }
     # Images made before (by an interrupted run, or with other settings when none are asked).
     found = find_maximized(out, state.channels, state.weights, how)
-    _write_atlas(out, manifest, entries, skipped, left_out, found)
+    write_gallery_files(out, manifest, entries, skipped, left_out, found)
     todo = missing(state.channels, found) if how is not None else {}
     if todo:
         with progress_bar("maximizing", steps_needed(todo, how), 0, "steps", progress) as advance:
             found = maximize_missing(net, out, todo, state.weights, how, found, advance)
-        _write_atlas(out, manifest, entries, skipped, left_out, found)
+        write_gallery_files(out, manifest, entries, skipped, left_out, found)
     return Gallery(
         out, out / "manifest.json", out / "index.html", entries, skipped, state.scanned, left_out
-    )
-
-
-def _write_atlas(
-    out: Path,
-    manifest: dict,
-    entries: list[dict],
-    skipped: list[dict],
-    left_out: list[dict],
-    found: dict[tuple[str, int], Maximized],
-) -> None:
-    """The style sheet, script and pages of the atlas, then the manifest (with a record of
-    every channel: its view and its optimized image in ``found``)."""
-    layers = manifest["layers"]
-    channels = [
-        {
-            "layer": layer["name"],
-            "channel": channel,
-            "page": channel_page(layer, channel),
-            "maximized": found[key].path if (key := (layer["name"], channel)) in found else None,
-            "maximized_activation": found[key].activation if key in found else None,
-        }
-        for layer in layers
-        for channel in layer["channels"]
-    ]
-    for name, content in ASSETS.items():
-        write_text_atomic(out / name, content)
-    write_text_atomic(
-        out / "index.html", index_html({**manifest, "channels": channels}, skipped, out, left_out)
-    )
-    for layer in layers:
-        mine = [e for e in entries if e["layer"] == layer["name"]]
-        images = {
-            c["channel"]: {"path": c["maximized"], "activation": c["maximized_activation"]}
-            for c in channels
-            if c["layer"] == layer["name"] and c["maximized"]
-        }
-        page = layer_html(
-            layer,
-            mine,
-            layers,
-            out,
-            top=manifest["top"],
-            scanned=manifest["scanned"],
-            maximized=images,
-        )
-        write_text_atomic(out / layer["page"], page)
-    write_text_atomic(
-        out / "manifest.json", _manifest_text(manifest, entries, skipped, left_out, channels)
     )
 
 
@@ -607,24 +554,3 @@ def _entries(net: DeconvNet, state: ScanState) -> list[dict]:
                     }
                 )
     return entries
-
-
-# --- manifest.json and index.html -------------------------------------------------------------
-
-
-def _manifest_text(
-    manifest: dict,
-    entries: list[dict],
-    skipped: list[dict],
-    left_out: list[dict],
-    channels: list[dict],
-) -> str:
-    """JSON with one line per entry, so that manifests diff and grep well."""
-    lines = ["{"]
-    lines += [f"  {json.dumps(key)}: {json.dumps(value)}," for key, value in manifest.items()]
-    lists = (("entries", entries), ("skipped", skipped), ("left_out", left_out))
-    for key, items in (*lists, ("channels", channels)):
-        body = ",\n".join(f"    {json.dumps(item)}" for item in items)
-        lines.append(f'  "{key}": [' + (f"\n{body}\n  ]" if items else "]") + ",")
-    lines[-1] = lines[-1].rstrip(",")
-    return "\n".join(lines) + "\n}\n"

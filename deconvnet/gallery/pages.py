@@ -1,13 +1,18 @@
 """Gallery pages, an atlas to browse: ``index.html`` (every layer) and one page per layer (a grid
 of its channels and, at ``#c12``, each channel's view; ``gallery.atlas``), static, with relative,
-escaped links, one style sheet and one script (``gallery.assets``): they open from ``file://``."""
+escaped links, one style sheet and one script (``gallery.assets``): they open from ``file://``.
+``write_gallery_files`` writes them all, then ``manifest.json``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from deconvnet.gallery.atlas import channel_view, index_json, layer_grid
+from deconvnet.files import write_text_atomic
+from deconvnet.gallery.assets import ASSETS
+from deconvnet.gallery.atlas import channel_page, channel_view, index_json, layer_grid
 from deconvnet.gallery.markup import href, text
+from deconvnet.gallery.maximized import Maximized
 
 
 def _page(
@@ -140,3 +145,73 @@ def layer_html(
         )
     title = f"{layer['name']}: deconvnet atlas"
     return _page(title, body, out, here, layers, layer["name"])
+
+
+# --- writing them, with the manifest last ---------------------------------------------------
+
+
+def write_gallery_files(
+    out: Path,
+    manifest: dict,
+    entries: list[dict],
+    skipped: list[dict],
+    left_out: list[dict],
+    found: dict[tuple[str, int], Maximized],
+) -> None:
+    """The style sheet, script and pages of the atlas, then the manifest (with a record of
+    every channel: its view and its optimized image in ``found``)."""
+    layers = manifest["layers"]
+    channels = [
+        {
+            "layer": layer["name"],
+            "channel": channel,
+            "page": channel_page(layer, channel),
+            "maximized": found[key].path if (key := (layer["name"], channel)) in found else None,
+            "maximized_activation": found[key].activation if key in found else None,
+        }
+        for layer in layers
+        for channel in layer["channels"]
+    ]
+    for name, content in ASSETS.items():
+        write_text_atomic(out / name, content)
+    write_text_atomic(
+        out / "index.html", index_html({**manifest, "channels": channels}, skipped, out, left_out)
+    )
+    for layer in layers:
+        mine = [e for e in entries if e["layer"] == layer["name"]]
+        images = {
+            c["channel"]: {"path": c["maximized"], "activation": c["maximized_activation"]}
+            for c in channels
+            if c["layer"] == layer["name"] and c["maximized"]
+        }
+        page = layer_html(
+            layer,
+            mine,
+            layers,
+            out,
+            top=manifest["top"],
+            scanned=manifest["scanned"],
+            maximized=images,
+        )
+        write_text_atomic(out / layer["page"], page)
+    write_text_atomic(
+        out / "manifest.json", manifest_text(manifest, entries, skipped, left_out, channels)
+    )
+
+
+def manifest_text(
+    manifest: dict,
+    entries: list[dict],
+    skipped: list[dict],
+    left_out: list[dict],
+    channels: list[dict],
+) -> str:
+    """JSON with one line per entry, so that manifests diff and grep well."""
+    lines = ["{"]
+    lines += [f"  {json.dumps(key)}: {json.dumps(value)}," for key, value in manifest.items()]
+    lists = (("entries", entries), ("skipped", skipped), ("left_out", left_out))
+    for key, items in (*lists, ("channels", channels)):
+        body = ",\n".join(f"    {json.dumps(item)}" for item in items)
+        lines.append(f'  "{key}": [' + (f"\n{body}\n  ]" if items else "]") + ",")
+    lines[-1] = lines[-1].rstrip(",")
+    return "\n".join(lines) + "\n}\n"
