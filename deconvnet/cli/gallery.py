@@ -92,6 +92,13 @@ def gallery(
             "not exactly the weights' preprocessing (a top-k may hold other images)."
         ),
     ] = False,
+    maximize: Annotated[
+        bool,
+        typer.Option(
+            help="Also optimize each channel's image (deconvnet maximize's defaults); with "
+            "--resume on a finished gallery, only the images it lacks."
+        ),
+    ] = False,
 ) -> None:
     """Top activations of every channel over a folder of images, projected beside their patches
     (Zeiler & Fergus, Fig. 2): tiles, sheets, manifest.json and index.html."""
@@ -114,7 +121,14 @@ def gallery(
             state = scan_shard(folder, part, layer_names(layers), channels, top, out, **options)
         else:
             result = make_gallery(
-                folder, layer_names(layers), channels, top, out, rule=rule, **options
+                folder,
+                layer_names(layers),
+                channels,
+                top,
+                out,
+                rule=rule,
+                maximize=maximize,
+                **options,
             )
     if shard is not None:
         skipped = f", {len(state.skipped)} unreadable skipped" if state.skipped else ""

@@ -1,8 +1,8 @@
 """The ``deconvnet`` command: one Typer app joining the command groups (``deconvnet --help``).
 
 Each group is a module with its own ``typer.Typer()``: ``visualize`` (visualize, compare),
-``model`` (layers, filters), ``gallery`` (gallery, gallery-merge), ``serve`` and ``analysis``
-(occlusion, invariance, correspondence, evolution). Their shared options live in
+``model`` (layers, filters), ``maximize``, ``gallery`` (gallery, gallery-merge), ``serve`` and
+``analysis`` (occlusion, invariance, correspondence, evolution). Their shared options live in
 ``options``, what every run does around its work (reporting, loading) in ``run``, and how
 output files are named and written in ``outputs``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from deconvnet.cli import analysis, gallery, model, serve, visualize
+from deconvnet.cli import analysis, gallery, maximize, model, serve, visualize
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -33,6 +33,7 @@ def version() -> None:
     typer.echo(installed("deconvnet"))
 
 
-# In this order in ``--help``: projecting, the network, data sets, the browser, the analyses.
-for group in (visualize.app, model.app, gallery.app, serve.app, analysis.app, about):
+# In this order in ``--help``: projecting, the network, optimized images, data sets, the browser,
+# the analyses.
+for group in (visualize.app, model.app, maximize.app, gallery.app, serve.app, analysis.app, about):
     app.add_typer(group)

@@ -46,6 +46,7 @@ from deconvnet.explorer.compute import (
     reconstruction_png,
 )
 from deconvnet.figures import PERCENTILE
+from deconvnet.gallery.atlas import channel_page
 from deconvnet.images import default_image
 from deconvnet.selection import Target
 
@@ -436,6 +437,10 @@ def gallery_tile(layer: str, channel: int, serving: ServedDep) -> dict:
     found = serving.gallery.tiles(name, channel)
     if found is None:
         raise HTTPException(404, f"the gallery has no tile of {name}:{channel}")
+    record = next(d for d in serving.gallery.manifest["layers"] if d.get("name") == name)
+    # The channel's view in the gallery's atlas (its layer's page), if that page is there.
+    atlas = "page" in record and (serving.gallery.root / record["page"]).is_file()
+    found["page"] = f"/gallery/{channel_page(record, channel)}" if atlas else None
     return {"layer": name, "channel": channel, "url": f"/gallery/{found['tile']}", **found}
 
 

@@ -2,19 +2,19 @@
 activations over a folder of images, each projected to pixels beside the patch it came from.
 
     listing -> scan (streaming top-k, one or many processes) -> the chosen images run again
-    with switches -> batched projections -> tiles, sheets, manifest.json, index.html
+    with switches -> batched projections -> tiles, sheets, manifest.json, the atlas's pages
+    -> with ``maximize``, each channel's optimized image (``gallery.maximized``)
 
 ``make_gallery`` does all of it; ``scan_folder`` (``gallery.scan``) and ``render_gallery`` are its
 two halves, and ``merge_gallery`` renders the shards of a scan run as separate jobs.
 
 The parts live apart: ``gallery.projections`` projects the chosen units into cells,
-``gallery.tiles`` draws them as tiles and sheets, ``gallery.pages`` writes the HTML;
-this module runs them in order and writes the manifest.
+``gallery.tiles`` draws them as tiles and sheets, ``gallery.maximized`` optimizes images,
+``gallery.pages`` writes the HTML and the manifest; this module runs them in order.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -29,11 +29,20 @@ from deconvnet.engine.base import Engine
 from deconvnet.engine.factory import DeconvNet
 from deconvnet.engine.rules import check_rule
 from deconvnet.errors import DeconvNetError
-from deconvnet.files import cannot_write, write_text_atomic
+from deconvnet.files import cannot_write
 from deconvnet.gallery.crops import Crops
 from deconvnet.gallery.decoding import DEFAULT_WORKERS
+from deconvnet.gallery.maximized import (
+    Optimization,
+    as_optimization,
+    find_maximized,
+    maximize_missing,
+    maximized_name,
+    missing,
+    steps_needed,
+)
 from deconvnet.gallery.output import claim, gallery_manifest, sweep_stale
-from deconvnet.gallery.pages import index_html, layer_html
+from deconvnet.gallery.pages import write_gallery_files
 from deconvnet.gallery.projections import (
     GREY,
     PERCENTILE,
@@ -180,6 +189,7 @@ def make_gallery(
     checkpoint_every: int = CHECKPOINT_EVERY,
     progress: bool = True,
     fast_decode: bool = False,
+    maximize: bool | Optimization = False,
 ) -> Gallery | None:
     """Scan ``folder`` and write the gallery of ``layers`` (default: ``default_layers``; a
     string names one layer, or several comma-separated) to ``out`` (default
@@ -191,8 +201,12 @@ def make_gallery(
     shard and rank 0 merges, projects and writes; the other ranks return ``None``.
     ``fast_decode``: JPEGs decoded at a reduced scale, faster on large photos but not exactly
     the weights' preprocessing (``deconvnet.gallery.decoding.Preprocessing``).
+    ``maximize``: also optimize each channel's image (``True``: ``deconvnet.maximize``'s
+    defaults, or an ``Optimization``), see ``render_gallery``; with ``resume`` on a finished
+    gallery, only the images it lacks are made.
     """
     check_rule(rule)
+    as_optimization(maximize)
     _check_folder(folder)
     if resume and overwrite:
         raise DeconvNetError("resume keeps the scan in the folder, overwrite deletes it: give one")
@@ -255,6 +269,7 @@ def make_gallery(
                 workers=workers,
                 progress=progress,
                 crops=crops,
+                maximize=maximize,
             )
 
 
@@ -395,12 +410,22 @@ def render_gallery(
     workers: int = DEFAULT_WORKERS,
     progress: bool = True,
     crops: Crops | None = None,
+    maximize: bool | Optimization = False,
 ) -> Gallery:
-    """Project the units of a finished scan and write tiles, sheets, manifest and index to
-    ``out``. Every file is written atomically; the manifest last. Tiles in ``out`` that the
-    previous gallery there drew and this one does not are deleted. ``crops``: those the scan
-    kept (``deconvnet.gallery.crops``), whose images are not read again."""
+    """Project the units of a finished scan and write tiles, sheets, manifest and the atlas's
+    pages to ``out``. Every file is written atomically; the manifest last. Tiles in ``out`` that
+    the previous gallery there drew and this one does not are deleted. ``crops``: those the scan
+    kept (``deconvnet.gallery.crops``), whose images are not read again.
+
+    ``maximize`` (``True`` for ``deconvnet.maximize``'s defaults, or an ``Optimization``): then,
+    with the gallery already written, optimize the image of every channel that has no valid one
+    in ``out`` (``gallery.maximized``), in batches of one layer's channels, each written when
+    done, and write the manifest and pages again with them. An interrupted run leaves a whole
+    gallery and every image it finished; the next one makes only the rest. Without it, the
+    valid images already there are shown all the same. Each channel's record in the manifest's
+    ``channels`` names its image (``maximized``, relative to ``out``, or null)."""
     check_rule(rule)
+    how = as_optimization(maximize)
     if not state.done:
         raise DeconvNetError(
             f"the scan is unfinished ({state.cursor} of {state.shard_size} images); resume it"
@@ -439,7 +464,12 @@ def render_gallery(
         for store in cells.values():
             store.close()
     drawn = {
-        name: {Path(tile_name(name, c)).name for c in state.channels[name]} for name in state.layers
+        name: {
+            Path(file(name, c)).name
+            for c in state.channels[name]
+            for file in (tile_name, maximized_name)
+        }
+        for name in state.layers
     }
     sweep_stale(out, {n for n in old_layers if "/" not in n and not n.startswith(".")}, drawn)
     skipped = [
@@ -461,14 +491,17 @@ def render_gallery(
         "input_size": list(INPUT_SIZE),
         "layers": layers,
     }
-    manifest_path = out / "manifest.json"
-    index = out / "index.html"
-    write_text_atomic(index, index_html(manifest, skipped, out, left_out))
-    for layer in layers:
-        mine = [e for e in entries if e["layer"] == layer["name"]]
-        write_text_atomic(out / layer["page"], layer_html(layer, mine, layers, out))
-    write_text_atomic(manifest_path, _manifest_text(manifest, entries, skipped, left_out))
-    return Gallery(out, manifest_path, index, entries, skipped, state.scanned, left_out)
+    # Images made before (by an interrupted run, or with other settings when none are asked).
+    found = find_maximized(out, state.channels, state.weights, how)
+    write_gallery_files(out, manifest, entries, skipped, left_out, found)
+    todo = missing(state.channels, found) if how is not None else {}
+    if todo:
+        with progress_bar("maximizing", steps_needed(todo, how), 0, "steps", progress) as advance:
+            found = maximize_missing(net, out, todo, state.weights, how, found, advance)
+        write_gallery_files(out, manifest, entries, skipped, left_out, found)
+    return Gallery(
+        out, out / "manifest.json", out / "index.html", entries, skipped, state.scanned, left_out
+    )
 
 
 def _check_weights(state: ScanState, net: Engine) -> None:
@@ -504,19 +537,3 @@ def _entries(net: Engine, state: ScanState) -> list[dict]:
                     }
                 )
     return entries
-
-
-# --- manifest.json and index.html -------------------------------------------------------------
-
-
-def _manifest_text(
-    manifest: dict, entries: list[dict], skipped: list[dict], left_out: list[dict]
-) -> str:
-    """JSON with one line per entry, so that manifests diff and grep well."""
-    lines = ["{"]
-    lines += [f"  {json.dumps(key)}: {json.dumps(value)}," for key, value in manifest.items()]
-    for key, items in (("entries", entries), ("skipped", skipped), ("left_out", left_out)):
-        body = ",\n".join(f"    {json.dumps(item)}" for item in items)
-        lines.append(f'  "{key}": [' + (f"\n{body}\n  ]" if items else "]") + ",")
-    lines[-1] = lines[-1].rstrip(",")
-    return "\n".join(lines) + "\n}\n"

@@ -1,9 +1,11 @@
 """A gallery's output folder: checked before any work, locked while a run writes it, refused when
 it holds other work, cleared on request, and never left with another gallery's tiles.
 
-What a gallery owns in its folder: ``manifest.json``, ``index.html``, the scan states
+What a gallery owns in its folder: ``manifest.json``, ``index.html``, ``atlas.css``,
+``atlas.js``, the scan states
 (``scan-state.pt``, ``scan-state-i-of-n.pt``), and in each layer's folder its tiles
-(``c0012.png``), ``sheet.png`` and ``index.html``; plus the temporary files of atomic writes.
+(``c0012.png``), optimized images (``c0012-maximized.png``), ``sheet.png`` and
+``index.html``; plus the temporary files of atomic writes.
 Nothing else in the folder is touched.
 
 Locks: a whole gallery (or a merge) holds the folder's lock alone; shard scans (``--shard``,
@@ -24,7 +26,8 @@ from deconvnet.files import locked, remove_temporaries, writable_folder
 from deconvnet.gallery.listing import GALLERY_FORMAT_PREFIX, GALLERY_MANIFEST
 from deconvnet.gallery.state import ScanState, state_path
 
-TILE = re.compile(r"^c\d{4,}\.png$")
+# A channel's tile, and its optimized image (``gallery.maximized``).
+TILE = re.compile(r"^c\d{4,}(?:-maximized)?\.png$")
 LAYER_FILES = ("sheet.png", "index.html")
 
 
@@ -151,7 +154,7 @@ def clear(
     if gallery:
         for name in _gallery_layers(out, doomed):
             sweep_layer(out / name, keep=set(), keep_pages=False)
-        doomed += [out / GALLERY_MANIFEST, out / "index.html"]
+        doomed += [out / GALLERY_MANIFEST, out / "index.html", out / "atlas.css", out / "atlas.js"]
     for path in doomed:
         path.unlink(missing_ok=True)
     _remove_stale_temporaries(out, shard, alone)

@@ -522,6 +522,14 @@ async function showGallery() {
   const body = await api(`/api/gallery/${encodeURIComponent(state.layer)}/${state.channel}`);
   const g = state.model.gallery;
   $("gallery-tile").src = body.url;
+  let atlas = $("gallery-atlas");
+  if (!atlas) {
+    atlas = Object.assign(document.createElement("a"),
+      { id: "gallery-atlas", target: "_blank", textContent: "atlas page" });
+    $("gallery-note").after(" ", atlas);
+  }
+  atlas.hidden = !body.page;
+  if (body.page) atlas.href = body.page;
   $("gallery-note").textContent = `${body.layer}:${body.channel} · top ${body.entries.length} of the gallery (${g.rule} rule${g.same_weights ? "" : "; made with other weights"})`;
   panel.hidden = false;
 }
