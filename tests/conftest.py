@@ -91,7 +91,7 @@ def net(alexnet):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    """The small scan and gallery data set of gallery_folder.py, one per test module."""
+    """The small scan and gallery data set of helpers.make_folder, one per test module."""
     from helpers import make_folder
 
     return make_folder(tmp_path_factory.mktemp("data"))

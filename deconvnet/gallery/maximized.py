@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from deconvnet.engine.plain import DeconvNet
+from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.files import write_atomic
 from deconvnet.maximization import BATCH, SIZE, STEPS, maximize
@@ -144,7 +144,7 @@ def find_maximized(
 
 
 def maximize_missing(
-    net: DeconvNet,
+    net: Engine,
     out: Path,
     channels: dict[str, Sequence[int]],
     weights: str,

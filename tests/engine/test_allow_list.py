@@ -3,8 +3,9 @@ every other case correctly or with a one-line DeconvNetError: ops that move pixe
 written by hand, ops with no rule, forwards whose calls depend on the input, module names,
 channels-last models, compiled and scripted models, fixed-size and two-input networks.
 
-"Correct" is the independent autograd oracle (``graph_reference``): autograd through the whole
-network with every ReLU's backward replaced by the rule, and every other op's plain gradient.
+"Correct" is the independent autograd oracle (``helpers.reference_projection``): autograd
+through the whole network with every ReLU's backward replaced by the rule, and every other op's
+plain gradient.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from graph_reference import reference_projection
+from helpers import reference_projection
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError, Target

@@ -1,5 +1,5 @@
 """The general engine's hand walk down autograd's graph (deconvnet.engine.walk): many units at
-once, on windows, against the independent autograd reference (tests/graph_reference.py), and
+once, on windows, against the independent autograd reference (tests/helpers.py), and
 the fallback to autograd where the graph holds a node the walk does not know.
 
 ResNet-18 and MobileNet-V2 run with seeded random weights (no real weights of them exist on the
