@@ -27,7 +27,7 @@ from torch import nn
 # --- the plain stack's reference: autograd, with the ReLU's backward replaced by the rule ---------
 
 
-class _Rule(torch.autograd.Function):
+class _StackRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, rule):
         out = x.clamp(min=0)
@@ -58,7 +58,7 @@ def autograd_projection(features, x, layer_index, image, channel, position, acti
     inputs = x.detach().requires_grad_(True)
     h = inputs
     for module in list(features)[: layer_index + 1]:
-        h = _Rule.apply(h, rule) if isinstance(module, nn.ReLU) else module(h)
+        h = _StackRule.apply(h, rule) if isinstance(module, nn.ReLU) else module(h)
     # Round r seeds the r-th unit of every image: at most one unit per image in each backward.
     image = image.tolist()
     rounds = [sum(1 for earlier in image[:t] if earlier == n) for t, n in enumerate(image)]

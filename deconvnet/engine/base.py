@@ -118,6 +118,11 @@ class Engine(ABC):
         """The name the model itself gives ``layer``'s module (``features.11``,
         ``layer3.1.conv2``): what ``named_modules()`` lists."""
 
+    @abstractmethod
+    def call_number(self, layer: str | int) -> int:
+        """Which call of its module makes ``layer``'s map, counting from 0: a module that a
+        forward pass runs several times (a shared ReLU) makes several layers."""
+
     @property
     @abstractmethod
     def conv_layers(self) -> list[str]:

@@ -302,6 +302,10 @@ class GraphDeconvNet(Engine):
         """The path of ``layer``'s module in the model (``layer3.1.conv2``)."""
         return self.calls[self.layer(layer).index].path
 
+    def call_number(self, layer: str | int) -> int:
+        """Which call of its module the probe pass saw make ``layer``'s map (``name#k``)."""
+        return self.calls[self.layer(layer).index].number
+
     @property
     def conv_layers(self) -> list[str]:
         """The model's Conv2d calls, bottom to top (``conv1``, ``layer1.0.conv1``, ...)."""

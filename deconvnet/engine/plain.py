@@ -111,6 +111,12 @@ class PlainDeconvNet(Engine):
         """torchvision's name of ``layer``'s module, ``features.N`` (``layer`` accepts it too)."""
         return f"features.{self.layer(layer).index}"
 
+    def call_number(self, layer: str | int) -> int:
+        """How many times the stack runs ``layer``'s module below it (an ``nn.Sequential`` may
+        hold one module at several places)."""
+        entry = self.layer(layer)
+        return sum(module is entry.module for module in self._modules[: entry.index])
+
     @property
     def conv_layers(self) -> list[str]:
         """The rectified conv layers, bottom to top: ``conv1``..``conv5`` (VGG ``conv1_1``..),

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from deconvnet import DeconvNet, DeconvNetError, Target
-from deconvnet.errors import check_int
+from deconvnet.engine.base import Engine
+from deconvnet.engine.factory import DeconvNet
+from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.maximization.objective import check_targets, find_site, layer_maps, target_values
 from deconvnet.maximization.parameterization import (
     LEARNING_RATES,
@@ -37,6 +38,7 @@ from deconvnet.maximization.parameterization import (
     ImageParameters,
 )
 from deconvnet.maximization.transforms import draw_transforms, transform
+from deconvnet.selection import Target
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -117,7 +119,7 @@ class Maximization:
 
 
 def maximize(
-    net_or_model: DeconvNet | nn.Module,
+    net_or_model: Engine | nn.Module,
     targets: str | Target | Sequence[str | Target],
     steps: int = STEPS,
     size: int | tuple[int, int] = SIZE,
@@ -169,7 +171,7 @@ def maximize(
         For a target that cannot be read or names no channel, an unknown layer, a channel or
         position out of range, a bad option, or a model in training mode.
     """
-    net = net_or_model if isinstance(net_or_model, DeconvNet) else DeconvNet(net_or_model)
+    net = net_or_model if isinstance(net_or_model, Engine) else DeconvNet(net_or_model)
     if isinstance(targets, str | Target):
         targets = [targets]
     targets = tuple(Target.parse(t) for t in targets)
@@ -230,7 +232,7 @@ def maximize(
 
 
 def _optimize(
-    net: DeconvNet,
+    net: Engine,
     targets: list[Target],
     steps: int,
     size: tuple[int, int],
@@ -254,7 +256,7 @@ def _optimize(
     history = torch.empty(steps, len(targets))
     for step in range(steps):
         seen = transform(parameters.images(), maps[:, step])
-        read = layer_maps(net, site, _model_input(seen, mean, std, net.plain_stack))
+        read = layer_maps(net, site, _model_input(seen, mean, std, net.stack is not None))
         values = target_values(read.before, channels, positions)
         # Gradients for the image alone: the model's parameters get none stored.
         (gradient,) = torch.autograd.grad(-values.sum(), parameters.tensor)
@@ -264,7 +266,7 @@ def _optimize(
         report(step + 1)
     with torch.no_grad():
         images = parameters.images()
-        read = layer_maps(net, site, _model_input(images, mean, std, net.plain_stack))
+        read = layer_maps(net, site, _model_input(images, mean, std, net.stack is not None))
         final = target_values(read.output, channels, positions)
     return images.detach().float(), history.T.contiguous(), final.float()
 

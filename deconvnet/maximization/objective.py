@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deconvnet import DeconvNet, DeconvNetError, Target
+from deconvnet.engine.base import Engine
+from deconvnet.errors import DeconvNetError
+from deconvnet.selection import Target
 
 
 class _Stop(Exception):
@@ -36,17 +38,12 @@ class Site:
     rectifier: bool
 
 
-def find_site(net: DeconvNet, layer: str) -> Site:
+def find_site(net: Engine, layer: str) -> Site:
     """The module call that makes ``layer``'s map, for either engine; raises ``DeconvNetError``
     for a layer ``net`` does not name."""
     entry = net.layer(layer)
     module = entry.module
-    calls = getattr(net, "calls", None)
-    if calls is not None:  # the general engine numbers each call of a module run several times
-        number = calls[entry.index].number
-    else:  # a plain stack: an nn.Sequential may hold one module at several places
-        number = sum(other is module for other in list(net.features)[: entry.index])
-    return Site(entry.name, module, number, isinstance(module, nn.ReLU))
+    return Site(entry.name, module, net.call_number(layer), isinstance(module, nn.ReLU))
 
 
 @dataclass
@@ -94,7 +91,7 @@ def reading(site: Site) -> Iterator[Reading]:
             handle.remove()
 
 
-def layer_maps(net: DeconvNet, site: Site, x: torch.Tensor) -> Reading:
+def layer_maps(net: Engine, site: Site, x: torch.Tensor) -> Reading:
     """Run ``net.model`` on ``x`` ``(N, 3, H, W)`` (normalized) up to ``site``; the maps there."""
     with reading(site) as read, suppress(_Stop):
         net.model(x)
@@ -103,7 +100,7 @@ def layer_maps(net: DeconvNet, site: Site, x: torch.Tensor) -> Reading:
     return read
 
 
-def check_targets(net: DeconvNet, targets: Sequence[Target], size: tuple[int, int]) -> None:
+def check_targets(net: Engine, targets: Sequence[Target], size: tuple[int, int]) -> None:
     """Raise ``DeconvNetError`` unless every target names a channel (and position) of its layer
     that exists for an input of ``size`` ``(H, W)``."""
     for target in targets:
