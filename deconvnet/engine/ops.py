@@ -3,44 +3,32 @@
 The general engine (``deconvnet.engine.general``) goes down a network by autograd's transpose of
 each op, with the rule at every rectification. That is the deconvnet only where autograd's
 transpose is the paper's step: so an op that reads a map of the forward pass passes only if it is
-in this table; any other is refused by name at the probe pass, unless the user opts in to its
+in this list; any other is refused by name at the probe pass, unless the user opts in to its
 plain gradient (``other_nonlinearities="gradient"``).
 
-==================  =====================================================  =====================
-treatment           ops                                                    on the way down
-==================  =====================================================  =====================
-rectifier           ``relu``, ``relu_``, ``nn.ReLU``, ``relu6``,           the rule (deconvnet,
-                    ``hardtanh(0, 6)``; ReLUs written by hand:             guided or gradient)
-                    ``clamp(min=0)`` (``max=6``: ReLU6), ``clamp_min(0)``,
-                    ``threshold(x, 0, 0)`` and ``nn.Threshold(0, 0)``,
-                    ``maximum(x, 0)``, ``where(x > 0, x, 0)``,
-                    ``x * (x > 0)``
-linear              ``conv1d/2d/3d`` and their transposes, ``linear``,     autograd's transpose
-                    ``batch_norm`` in eval (an affine map per channel),    (exact: a linear map's
-                    sums, differences, negation, a map times or divided    backward is its
-                    by a constant, ``sum``, ``mean``, ``cumsum``,          transpose)
-                    average pools (adaptive too), ``interpolate``,
-                    ``pad``, products with a constant matrix
-                    (``matmul``, ``einsum``), dropout in eval
-pool                ``max_pool1d/2d/3d`` (with indices too), adaptive      unpool to the
-                    max pools, ``max``/``amax`` over a dimension           switches
-shape               ``cat``, ``stack``, slicing, ``chunk``, ``split``,     autograd's transpose
-                    ``narrow``, ``select``, ``index_select``, ``gather``,  (exact: each output
-                    ``flip``, ``roll``, ``rot90``, ``transpose``,          unit is one input
-                    ``permute``, ``view``, ``reshape``, ``flatten``,       unit)
-                    ``squeeze``, ``unsqueeze``, ``expand``, ``repeat``,
-                    ``pixel_shuffle``, ``channel_shuffle``, copies,
-                    dtype and memory-format conversions
-inspection          ``shape``, ``size``, ``dim``, comparisons used as      nothing goes down
-                    Python conditions, ``item``, ``*_like`` constants
-refused             anything else that reads a map, among them: GELU,      refused by name, or
-                    SiLU, sigmoid, tanh, softmax, ``exp``, ``log``,        their plain gradient
-                    ``x ** 2``, ``abs``, a product or quotient of two      with
-                    maps (a gate, attention), a comparison used as a       ``other_nonlinearities
-                    gate, LocalResponseNorm, GroupNorm, InstanceNorm,      ="gradient"``
-                    LayerNorm, ``F.normalize``, BatchNorm with batch
-                    statistics, dropout in training mode, ``detach``
-==================  =====================================================  =====================
+- **rectifier**, going down by the rule (deconvnet, guided or gradient): `relu`, `relu_`,
+  `nn.ReLU`, `relu6`, `hardtanh(0, 6)`; ReLUs written by hand: `clamp(min=0)` (`max=6`:
+  ReLU6), `clamp_min(0)`, `threshold(x, 0, 0)` and `nn.Threshold(0, 0)`, `maximum(x, 0)`,
+  `where(x > 0, x, 0)`, `x * (x > 0)`.
+- **linear**, going down by autograd's transpose (exact: a linear map's backward is its
+  transpose): `conv1d/2d/3d` and their transposes, `linear`, `batch_norm` in eval (an affine
+  map per channel), sums, differences, negation, a map times or divided by a constant, `sum`,
+  `mean`, `cumsum`, average pools (adaptive too), `interpolate`, `pad`, products with a
+  constant matrix (`matmul`, `einsum`), dropout in eval.
+- **pool**, unpooled to the switches: `max_pool1d/2d/3d` (with indices too), adaptive max
+  pools, `max`/`amax` over a dimension.
+- **shape**, going down by autograd's transpose (exact: each output unit is one input unit):
+  `cat`, `stack`, slicing, `chunk`, `split`, `narrow`, `select`, `index_select`, `gather`,
+  `flip`, `roll`, `rot90`, `transpose`, `permute`, `view`, `reshape`, `flatten`, `squeeze`,
+  `unsqueeze`, `expand`, `repeat`, `pixel_shuffle`, `channel_shuffle`, copies, dtype and
+  memory-format conversions.
+- **inspection**, nothing goes down: `shape`, `size`, `dim`, comparisons used as Python
+  conditions, `item`, `*_like` constants.
+- **refused** by name, or their plain gradient with `other_nonlinearities="gradient"`: anything
+  else that reads a map, among them GELU, SiLU, sigmoid, tanh, softmax, `exp`, `log`, `x ** 2`,
+  `abs`, a product or quotient of two maps (a gate, attention), a comparison used as a gate,
+  LocalResponseNorm, GroupNorm, InstanceNorm, LayerNorm, `F.normalize`, BatchNorm with batch
+  statistics, dropout in training mode, `detach`.
 
 **Normalization layers.** Zeiler and Fergus's own network contrast-normalized its maps across
 channels (as AlexNet's local response normalization does), and their deconvnet (Fig. 1: unpool,
