@@ -420,6 +420,7 @@ def test_draft_applies_the_exif_orientation_and_leaves_other_formats_whole(tmp_p
     assert load_image(png, draft=256).size == (1600, 1200)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
 def test_visualize_of_a_named_pipe_is_one_line_and_status_2(tmp_path):
     # The installed command, as a user runs it, in a process with a timeout: it used to hang.

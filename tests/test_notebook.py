@@ -21,6 +21,7 @@ def test_the_notebook_is_committed_without_outputs():
             assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
 
 
+@pytest.mark.slow
 def test_the_notebook_runs_and_draws(tmp_path, monkeypatch, alexnet_weights_file):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")

@@ -49,9 +49,10 @@ def test_a_shared_option_reads_the_same_wherever_it_is_shared(flag):
     helps = {command: _option_help(command, flag) for command in COMMANDS}
     given = {command: text for command, text in helps.items() if text is not None}
     assert len(given) >= 2, given
-    # serve's --size (the explorer's, with no upper bound) and the gallery commands' --out
-    # (a folder of their own by default) are other options under the same name.
-    own = {"--size": {"serve"}, "--out": {"gallery", "gallery-merge"}}
+    # serve's --size (the explorer's, with no upper bound), maximize's --size (the side of the
+    # images it optimizes, not a resizing of the user's) and the gallery commands' --out (a
+    # folder of their own by default) are other options under the same name.
+    own = {"--size": {"serve", "maximize"}, "--out": {"gallery", "gallery-merge"}}
     # gallery-merge's --weights are the ones the shards used, not a choice.
     own["--weights"] = {"gallery-merge"}
     shared = {command: text for command, text in given.items() if command not in own.get(flag, ())}

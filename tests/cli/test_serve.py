@@ -79,6 +79,7 @@ def test_serve_lets_any_other_import_error_through(monkeypatch):
     assert INSTALL_SERVER not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_command_line_imports_no_server_package():
     process = _without_server("visualize", "--help")
     assert process.returncode == 0, process.stderr
@@ -86,6 +87,7 @@ def test_the_command_line_imports_no_server_package():
     assert process.stderr.strip().splitlines()[-1] == "loaded: []"
 
 
+@pytest.mark.slow
 def test_serve_in_a_plain_install_fails_in_one_line():
     process = _without_server("serve", "--weights", "random")
     assert process.returncode == 2, process.stderr

@@ -379,6 +379,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_gallery(cli, folder, reference, tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(textwrap.dedent(SLOW_DRIVER))
@@ -411,6 +412,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_processes_gives_the_single_process_gallery(folder, reference, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]

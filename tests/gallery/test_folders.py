@@ -133,6 +133,7 @@ print(json.dumps(list_images(sys.argv[1]).left_out))
 """
 
 
+@pytest.mark.slow
 def test_folders_that_cannot_be_read_are_reported(small, tmp_path):
     private = small / "private"
     private.mkdir()
@@ -278,6 +279,7 @@ def _start(driver_text: str, tmp_path: Path, args: list) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_while_one_writes_and_a_killed_scan_is_kept(
     cli, small, weights, tmp_path
 ):
@@ -308,6 +310,7 @@ def test_a_second_run_is_refused_while_one_writes_and_a_killed_scan_is_kept(
     assert not (out / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_resume_cleans_the_temporary_files_of_a_run_killed_while_drawing(
     cli, small, weights, tmp_path
 ):
