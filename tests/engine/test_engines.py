@@ -56,9 +56,7 @@ def test_the_default_layer_is_one_for_the_commands_and_the_explorer(named):
 
 
 def test_a_projection_without_a_target_takes_the_default_layer(named):
-    name, net = named
-    if name in ("vgg16", "densenet121"):
-        pytest.skip("the two small ones show it; the large ones cost seconds on 2 cores")
+    _, net = named
     x = torch.randn(1, 3, 67, 67, generator=torch.Generator().manual_seed(1))
     result = net.project(x)
     assert result.layer == net.default_layer
