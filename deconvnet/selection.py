@@ -145,7 +145,9 @@ class Units:
     activation: torch.Tensor
 
 
-def check_in_range(target: Target, layer_name: str, activations: torch.Tensor) -> None:
+def check_in_range(
+    target: Target, layer_name: str, activations: torch.Tensor | Sequence[int]
+) -> None:
     """Raise if the target's channel or position lies outside the layer's map.
 
     Parameters
@@ -154,8 +156,8 @@ def check_in_range(target: Target, layer_name: str, activations: torch.Tensor) -
         The target to check.
     layer_name : str
         The layer's name, for the message.
-    activations : torch.Tensor
-        The layer's map ``(N, C, H, W)``.
+    activations : torch.Tensor | Sequence[int]
+        The layer's map ``(N, C, H, W)``, or only its shape.
 
     Raises
     ------
@@ -163,7 +165,8 @@ def check_in_range(target: Target, layer_name: str, activations: torch.Tensor) -
         If the channel is not in ``0..C-1`` or the position not in the ``H x W`` map; the message
         gives the valid range.
     """
-    _, channels, height, width = activations.shape
+    shape = activations.shape if isinstance(activations, torch.Tensor) else activations
+    _, channels, height, width = shape
     if target.channel is not None and not 0 <= target.channel < channels:
         raise DeconvNetError(
             f"channel {target.channel} is out of range for {layer_name}, which has {channels} "

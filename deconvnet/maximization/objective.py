@@ -20,7 +20,7 @@ from torch import nn
 
 from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError
-from deconvnet.selection import Target
+from deconvnet.selection import Target, check_in_range
 
 
 class _Stop(Exception):
@@ -110,25 +110,13 @@ def check_targets(net: Engine, targets: Sequence[Target], size: tuple[int, int])
                 f"target {target} names no channel; write {target.layer}:channel (0.."
                 f"{count - 1}), or {target.layer}:channel@y,x for one unit"
             )
-        count = net.channels(target.layer)
-        if not 0 <= target.channel < count:
-            raise DeconvNetError(
-                f"channel {target.channel} is out of range for {target.layer}, which has {count} "
-                f"channels (valid: 0..{count - 1})"
-            )
         height, width = net.map_size(target.layer, size)
         if min(height, width) < 1:
             raise DeconvNetError(
                 f"an image of {size[0]}x{size[1]} pixels is too small to reach {target.layer}; "
                 "use a larger size"
             )
-        if target.position is not None:
-            y, x = target.position
-            if not (0 <= y < height and 0 <= x < width):
-                raise DeconvNetError(
-                    f"position ({y}, {x}) is outside {target.layer}'s {height}x{width} map for a "
-                    f"{size[0]}x{size[1]} image (valid: y in 0..{height - 1}, x in 0..{width - 1})"
-                )
+        check_in_range(target, target.layer, (1, net.channels(target.layer), height, width))
 
 
 def target_values(maps: torch.Tensor, channels: torch.Tensor, positions: list) -> torch.Tensor:
