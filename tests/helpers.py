@@ -24,60 +24,15 @@ from PIL import Image, ImageDraw
 from sample_data import PHOTOS, WEIGHTS_FILES, photo_file
 from torch import nn
 
-# --- the plain stack's reference: autograd, with the ReLU's backward replaced by the rule ---------
+from deconvnet import Target
+from deconvnet.engine.rules import RULES
 
-
-class _StackRule(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, rule):
-        out = x.clamp(min=0)
-        ctx.save_for_backward(out)
-        ctx.rule = rule
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        if ctx.rule == "deconvnet":
-            return grad.clamp(min=0), None
-        if ctx.rule == "guided":
-            return grad.clamp(min=0) * (out > 0), None
-        return grad * (out > 0), None
-
-
-def autograd_projection(features, x, layer_index, image, channel, position, activation, rule):
-    """Gradient of activation_t * unit_t w.r.t. image ``image[t]`` of ``x``, one row per unit t.
-
-    The forward runs once, on ``x`` itself: the same tensor, batch and memory layout as the
-    engine's forward. A copy (``x[image]``, one image repeated per unit) may get another layout
-    or batch size, whose convs round differently, and PyTorch promises no bitwise equality across
-    those: a ReLU or max-pool window near a tie may then go the other way, and the reference
-    would differentiate another piecewise-linear function than the engine's. Each unit then gets
-    its own backward from that forward; units of different images share one.
-    """
-    inputs = x.detach().requires_grad_(True)
-    h = inputs
-    for module in list(features)[: layer_index + 1]:
-        h = _StackRule.apply(h, rule) if isinstance(module, nn.ReLU) else module(h)
-    # Round r seeds the r-th unit of every image: at most one unit per image in each backward.
-    image = image.tolist()
-    rounds = [sum(1 for earlier in image[:t] if earlier == n) for t, n in enumerate(image)]
-    rows = x.new_zeros(len(image), *x.shape[1:])
-    for r in range(max(rounds, default=-1) + 1):
-        units = [t for t in range(len(image)) if rounds[t] == r]
-        chosen = torch.tensor(units)
-        images = [image[t] for t in units]
-        seed = torch.zeros_like(h)
-        seed[images, channel[chosen], position[chosen, 0], position[chosen, 1]] = activation[chosen]
-        (grad,) = torch.autograd.grad(h, inputs, seed, retain_graph=True)
-        rows[chosen] = grad[images]
-    return rows
-
-
-# --- the general engine's reference: autograd on a copy of the model, every rectifier replaced ----
+# --- the references: autograd, with every ReLU's backward replaced by the rule --------------------
 
 
 class _Rule(torch.autograd.Function):
+    """A ReLU (a ReLU6 when ``top`` is 6) whose backward is the rule's."""
+
     @staticmethod
     def forward(ctx, x, rule, top, inplace):
         if top is None:
@@ -100,6 +55,38 @@ class _Rule(torch.autograd.Function):
         if ctx.rule == "guided":
             return grad.clamp(min=0) * opened, None, None, None
         return grad * opened, None, None, None
+
+
+def autograd_projection(features, x, layer_index, image, channel, position, activation, rule):
+    """Gradient of activation_t * unit_t w.r.t. image ``image[t]`` of ``x``, one row per unit t.
+
+    The forward runs once, on ``x`` itself: the same tensor, batch and memory layout as the
+    engine's forward. A copy (``x[image]``, one image repeated per unit) may get another layout
+    or batch size, whose convs round differently, and PyTorch promises no bitwise equality across
+    those: a ReLU or max-pool window near a tie may then go the other way, and the reference
+    would differentiate another piecewise-linear function than the engine's. Each unit then gets
+    its own backward from that forward; units of different images share one.
+    """
+    inputs = x.detach().requires_grad_(True)
+    h = inputs
+    for module in list(features)[: layer_index + 1]:
+        h = _Rule.apply(h, rule, None, False) if isinstance(module, nn.ReLU) else module(h)
+    # Round r seeds the r-th unit of every image: at most one unit per image in each backward.
+    image = image.tolist()
+    rounds = [sum(1 for earlier in image[:t] if earlier == n) for t, n in enumerate(image)]
+    rows = x.new_zeros(len(image), *x.shape[1:])
+    for r in range(max(rounds, default=-1) + 1):
+        units = [t for t in range(len(image)) if rounds[t] == r]
+        chosen = torch.tensor(units)
+        images = [image[t] for t in units]
+        seed = torch.zeros_like(h)
+        seed[images, channel[chosen], position[chosen, 0], position[chosen, 1]] = activation[chosen]
+        (grad,) = torch.autograd.grad(h, inputs, seed, retain_graph=True)
+        rows[chosen] = grad[images]
+    return rows
+
+
+# --- the general engine's reference: autograd on a copy of the model, every rectifier replaced ----
 
 
 class _RuleModule(nn.Module):
@@ -258,6 +245,62 @@ def bomb_png(path, side=100_000):
         + _png_chunk(b"IEND", b"")
     )
     return path
+
+
+def check_against_reference(model, net, x, targets, rules=RULES, *, boxes=False):
+    """Each target's projection, in every image of ``x`` and for every rule, equals the
+    reference's (``reference_projection`` on ``model``); with ``boxes``, the box it reports also
+    holds everything the reference's projection reaches."""
+    for target in targets:
+        layer = net.layer(Target.parse(target).layer)
+        call = net.calls[layer.index]
+        for rule in rules:
+            projection = net.project(x, target, rule)
+            expected, values = reference_projection(
+                model,
+                x,
+                call.path,
+                call.number,
+                projection.image_index,
+                projection.channel,
+                projection.position,
+                rule,
+            )
+            torch.testing.assert_close(projection.activation, values, rtol=1e-5, atol=1e-6)
+            scale = expected.abs().max()
+            assert scale > 0, f"{target} {rule}: the reference is all zeros"
+            error = (projection.reconstruction - expected).abs().max() / scale
+            assert error < 1e-5, f"{target} {rule}: relative error {error:.2e}"
+            if boxes:
+                _check_boxes(projection, expected, (target, rule))
+
+
+def _check_boxes(projection, expected, what) -> None:
+    for t, (top, left, bottom, right) in enumerate(projection.box.tolist()):
+        reached = expected[t].abs().sum(0) > 0
+        if not reached.any():
+            continue  # a unit that was 0 reaches nothing
+        rows, cols = reached.any(1).nonzero(), reached.any(0).nonzero()
+        assert top <= int(rows.min()) and int(rows.max()) < bottom, what
+        assert left <= int(cols.min()) and int(cols.max()) < right, what
+
+
+# --- the commands ---------------------------------------------------------------------------------
+
+
+def one_line_error(result, message: str, out: Path) -> str:
+    """A command refused in one line: exit status 2, the last line of stderr its only
+    ``error: ...`` line and holding ``message``, no traceback, and nothing written to ``out``.
+    Before that line stands only what loading reports (the random weights' warning). Returns
+    the error line."""
+    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in errors[0], errors[0]
+    assert not out.exists() or not any(out.iterdir())
+    return errors[0]
 
 
 # --- small networks with every trap of the general engine, seeded ---------------------------------

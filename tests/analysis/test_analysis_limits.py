@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -26,17 +27,6 @@ from deconvnet.images import MAX_SIDE
 def run(*args: str | Path):
     argv = [part for arg in args for part in (arg.split() if isinstance(arg, str) else [str(arg)])]
     return CliRunner().invoke(app, argv, env={"DECONVNET_WEIGHTS": None})
-
-
-def fails(result, message: str, out: Path) -> str:
-    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert "Traceback" not in result.stderr
-    assert message in errors[0], errors[0]
-    assert not out.exists() or not any(out.iterdir())
-    return errors[0]
 
 
 def write_png(path: Path, seed: int) -> Path:
@@ -87,7 +77,9 @@ def test_a_scale_past_the_input_limit_is_refused_with_the_bound(net):
 @pytest.mark.parametrize("text", ["nan,1", "inf,1", "nan,nan", "1,-inf"])
 def test_cli_invariance_refuses_a_range_that_is_not_finite(image, tmp_path, text):
     out = tmp_path / "out"
-    message = fails(run("invariance", image, "--range", text, "-o", out), "not a finite", out)
+    message = one_line_error(
+        run("invariance", image, "--range", text, "-o", out), "not a finite", out
+    )
     assert "input" not in message
 
 
@@ -95,7 +87,7 @@ def test_cli_invariance_refuses_a_scale_past_the_limit(image, tmp_path):
     out = tmp_path / "out"
     result = run("invariance", image, "-t scale --range 1,1000 --steps 2 --weights random -o", out)
     bound = math.floor(MAX_SIDE / 224 * 100) / 100
-    fails(result, f"use factors of at most {bound:g}", out)
+    one_line_error(result, f"use factors of at most {bound:g}", out)
 
 
 # --- evolution ----------------------------------------------------------------------------------
@@ -149,7 +141,7 @@ def test_cli_evolution_refuses_a_folder_with_no_readable_image(checkpoints, unre
     result = run(
         "evolution", *checkpoints, "--images", unreadable, "--layers conv1 --channels 0-1 -o", out
     )
-    fails(result, "none of the 2 images could be read", out)
+    one_line_error(result, "none of the 2 images could be read", out)
 
 
 def test_cli_evolution_warns_naming_the_skipped_file(checkpoints, mixed, tmp_path):

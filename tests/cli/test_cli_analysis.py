@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,17 +30,6 @@ def run(*args: str | Path):
 def ok(result) -> list[str]:
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     return result.stdout.splitlines()
-
-
-def fails(result, message: str, out: Path) -> None:
-    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
-    # One error line, last; before it only what loading reports (the random weights' warning).
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert "Traceback" not in result.stderr
-    assert message in errors[0], errors[0]
-    assert not out.exists() or not any(out.iterdir())
 
 
 def rows(path: Path) -> list[dict]:
@@ -120,12 +110,12 @@ def test_occlusion_with_classifier_and_class(photos, out):
 )
 def test_occlusion_errors(weights, photos, out, options, message):
     extra = () if "-w" in options else ("-w", weights)
-    fails(run("occlusion", photos[0], f"-s 64 {options}", *extra, "-o", out), message, out)
+    one_line_error(run("occlusion", photos[0], f"-s 64 {options}", *extra, "-o", out), message, out)
 
 
 def test_occlusion_class_needs_a_classifier(weights, photos, out):
     result = run("occlusion", photos[0], "--class 3 -s 64 -w", weights, "-o", out)
-    fails(result, "needs a classifier", out)
+    one_line_error(result, "needs a classifier", out)
 
 
 # --- invariance ----------------------------------------------------------------------------------
@@ -148,16 +138,18 @@ def test_invariance_writes_figure_and_csv(photos, out):
 
 
 def test_invariance_errors(weights, photos, out):
-    fails(
+    one_line_error(
         run("invariance", photos[0], "--transform shear -w", weights, "-o", out),
         "unknown transform",
         out,
     )
-    fails(
+    one_line_error(
         run("invariance", photos[0], "--range 1 -w", weights, "-o", out), "cannot read --range", out
     )
-    fails(run("invariance", photos[0], "--class 5000 -w random -o", out), "out of range", out)
-    fails(
+    one_line_error(
+        run("invariance", photos[0], "--class 5000 -w random -o", out), "out of range", out
+    )
+    one_line_error(
         run("invariance", photos[0], "--layers penultimate -w", weights, "-o", out),
         "classifier",
         out,
@@ -220,7 +212,7 @@ def test_correspondence_prints_and_writes_the_table(weights, photos, out, tmp_pa
 )
 def test_correspondence_errors(weights, photos, out, tmp_path, boxes, message):
     parts = parts_file(tmp_path, boxes)
-    fails(
+    one_line_error(
         run("correspondence", *photos, "--parts", parts, "-s 64 -w", weights, "-o", out),
         message,
         out,
@@ -260,9 +252,11 @@ def test_evolution_errors(random_vgg11, photos, out, tmp_path):
     features = {k: v for k, v in random_vgg11.state_dict().items() if k.startswith("features.")}
     torch.save(features, other)
     folder = photos[0].parent
-    fails(
+    one_line_error(
         run("evolution", other, "--images", folder, "--layers conv1 --device cpu -o", out),
         "vgg11.pth",
         out,
     )
-    fails(run("evolution", tmp_path / "nope.pth", "--images", folder, "-o", out), "nope.pth", out)
+    one_line_error(
+        run("evolution", tmp_path / "nope.pth", "--images", folder, "-o", out), "nope.pth", out
+    )

@@ -15,20 +15,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import reference_projection
+from helpers import (
+    check_against_reference,
+    one_thread,  # noqa: F401 (an autouse fixture: one thread for the module)
+)
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError, Target
 from deconvnet.engine.general import GraphDeconvNet
 from deconvnet.engine.rules import RULES
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _images(size: tuple[int, int], seed: int = 0, count: int = 2) -> torch.Tensor:
@@ -49,38 +44,6 @@ class Op(nn.Module):
 
 def _relu(x):
     return F.relu(x)
-
-
-def _check(model, net, x, targets, rules=RULES, reference_model=None):
-    """Each target's projection, for every rule, equals the oracle's; the box it reports holds
-    everything the oracle's projection reaches."""
-    for target in targets:
-        layer = net.layer(Target.parse(target).layer)
-        call = net.calls[layer.index]
-        for rule in rules:
-            projection = net.project(x, target, rule)
-            expected, values = reference_projection(
-                reference_model or model,
-                x,
-                call.path,
-                call.number,
-                projection.image_index,
-                projection.channel,
-                projection.position,
-                rule,
-            )
-            torch.testing.assert_close(projection.activation, values, rtol=1e-5, atol=1e-6)
-            scale = expected.abs().max()
-            assert scale > 0, f"{target} {rule}: the reference is all zeros"
-            error = (projection.reconstruction - expected).abs().max() / scale
-            assert error < 1e-5, f"{target} {rule}: relative error {error:.2e}"
-            for t, (top, left, bottom, right) in enumerate(projection.box.tolist()):
-                reached = expected[t].abs().sum(0) > 0
-                if not reached.any():
-                    continue  # a unit that was 0 reaches nothing
-                rows, cols = reached.any(1).nonzero(), reached.any(0).nonzero()
-                assert top <= int(rows.min()) and int(rows.max()) < bottom, (target, rule)
-                assert left <= int(cols.min()) and int(cols.max()) < right, (target, rule)
 
 
 # --- 1: ops that move pixels -------------------------------------------------------------------
@@ -114,7 +77,9 @@ def test_test_time_augmentation_inside_forward_matches_reference():
     model = Augmented().eval()
     net = DeconvNet(model)
     x = _images((16, 36))
-    _check(model, net, x, ["body.r2#1:3@10,4", "body.r2#1:1", "body.conv2#0:2@3,30"])
+    check_against_reference(
+        model, net, x, ["body.r2#1:3@10,4", "body.r2#1:1", "body.conv2#0:2@3,30"], boxes=True
+    )
     # The mirrored call's unit sees the mirrored columns, and its box says so.
     projection = net.project(x[1:], "body.r2#1:3@10,4")
     reached = projection.reconstruction[0].abs().sum((0, 1)).nonzero().flatten()
@@ -166,7 +131,7 @@ def test_ops_that_move_pixels_match_reference_with_boxes_that_hold_them(name):
     height, width = net.map_size("r2", size)
     # Off the diagonal, near an edge: where a transpose taken as element-wise went wrong.
     targets = ["r2:1", f"r2:2@{height - 2},1", f"r2:4@1,{width - 3}", "conv1:0@3,5"]
-    _check(model, net, _images(size), targets)
+    check_against_reference(model, net, _images(size), targets, boxes=True)
 
 
 # --- 2: ReLUs however written, and ops with no rule ---------------------------------------------
@@ -214,8 +179,8 @@ def test_relus_however_written_get_the_rule(name):
     model, written = _stack(lambda: Op(_relu)), _stack(RELUS[name])
     net = DeconvNet(written)
     assert isinstance(net, GraphDeconvNet)
-    _check(
-        written, net, _images((23, 25)), ["conv3:1", "act1:2", "conv2:2@5,6"], reference_model=model
+    check_against_reference(
+        model, net, _images((23, 25)), ["conv3:1", "act1:2", "conv2:2@5,6"], boxes=True
     )
 
 
@@ -223,7 +188,7 @@ def test_relu6_written_as_a_clamp_gets_the_rule():
     model = _stack(lambda: Op(lambda x: F.relu6(x)))
     written = _stack(lambda: Op(lambda x: x.clamp(0, 6)))
     x = _images((23, 25)) * 20  # units above 6
-    _check(written, DeconvNet(written), x, ["conv3:1", "conv3:3"], reference_model=model)
+    check_against_reference(model, DeconvNet(written), x, ["conv3:1", "conv3:3"], boxes=True)
 
 
 def _nine(x):
@@ -277,7 +242,7 @@ def test_ops_without_a_treatment_are_refused_by_name(name):
 def test_ops_without_a_treatment_pass_their_gradient_when_opted_in(name):
     model = _stack(REFUSED[name][0])
     net = DeconvNet(model, other_nonlinearities="gradient")
-    _check(model, net, _images((23, 25)), ["conv3:1", "conv2:2@4,4"])
+    check_against_reference(model, net, _images((23, 25)), ["conv3:1", "conv2:2@4,4"], boxes=True)
 
 
 def test_a_zeiler_fergus_stack_with_contrast_normalization_is_refused():
@@ -326,7 +291,9 @@ def test_every_treatment_of_the_table_passes_and_matches_reference():
     with torch.no_grad():
         model.bn.running_var.uniform_(0.5, 1.5)
     net = DeconvNet(model, input_size=(32, 32))
-    _check(model, net, _images((29, 35)), ["left:1", "mix:2@2,3", "stem:4@20,30"])
+    check_against_reference(
+        model, net, _images((29, 35)), ["left:1", "mix:2@2,3", "stem:4@20,30"], boxes=True
+    )
 
 
 # --- 3: calls that depend on the input ----------------------------------------------------------
@@ -358,7 +325,7 @@ def test_a_forward_whose_calls_depend_on_the_input_is_refused_not_answered():
     with pytest.raises(DeconvNetError, match="order that depends on its input"):
         net.forward(bright, "r", "guided")
     # An input that takes the probe's branch is answered, and correctly.
-    _check(model, net, -(_images((15, 17)).abs() + 0.1), ["r:5"])
+    check_against_reference(model, net, -(_images((15, 17)).abs() + 0.1), ["r:5"], boxes=True)
 
 
 class BySize(nn.Module):
@@ -384,8 +351,8 @@ def test_a_forward_whose_calls_depend_on_the_input_size_is_refused():
     with pytest.raises(DeconvNetError, match="called small"):
         net.project(_images((30, 30)), "large:1")
     # Layers below the branch are the same calls at any size.
-    _check(model, net, _images((30, 30)), ["conv:1"])
-    _check(model, net, _images((50, 50)), ["top:1"])
+    check_against_reference(model, net, _images((30, 30)), ["conv:1"], boxes=True)
+    check_against_reference(model, net, _images((50, 50)), ["top:1"], boxes=True)
 
 
 # --- 4: module names -----------------------------------------------------------------------------
@@ -405,7 +372,13 @@ def test_any_module_name_pytorch_allows_is_a_target():
         "trunk_output.block3-6.f", 2, (1, 2)
     )
     net = DeconvNet(model)
-    _check(model, net, _images((13, 14)), ["trunk_output.block3-6:2@1,2", "trunk_output.$f#b:1"])
+    check_against_reference(
+        model,
+        net,
+        _images((13, 14)),
+        ["trunk_output.block3-6:2@1,2", "trunk_output.$f#b:1"],
+        boxes=True,
+    )
     assert net.channels("trunk_output.relu (1)") == 4
 
 
@@ -494,7 +467,9 @@ def test_a_compiled_model_is_worked_on_through_its_module():
     model = Residual().eval()
     net = DeconvNet(torch.compile(model))
     assert net.model is model
-    _check(model, net, _images((33, 31)), ["b:3", "top:2"], rules=("deconvnet",))
+    check_against_reference(
+        model, net, _images((33, 31)), ["b:3", "top:2"], rules=("deconvnet",), boxes=True
+    )
 
 
 def test_torchscript_is_refused():
@@ -525,7 +500,7 @@ def test_a_fixed_input_network_is_told_to_set_input_size():
         DeconvNet(model)
     assert "\n" not in str(error.value)
     net = DeconvNet(model, input_size=(32, 32))
-    _check(model, net, _images((32, 32)), ["conv:3", "pool:1@5,6"])
+    check_against_reference(model, net, _images((32, 32)), ["conv:3", "pool:1@5,6"], boxes=True)
 
 
 class TwoInputs(nn.Module):

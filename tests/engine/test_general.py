@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import torchvision
 from helpers import (
     Traps,
+    check_against_reference,
     one_thread,  # noqa: F401 (an autouse fixture: one thread for the module)
     random_images,
     reference_projection,
@@ -33,30 +34,6 @@ def traps() -> nn.Module:
     return seeded(Traps)
 
 
-def _check_against_reference(model, net, x, targets, rules=RULES):
-    """Each target's projection, in both images and for every rule, matches the reference."""
-    for target in targets:
-        layer = net.layer(Target.parse(target).layer)
-        call = net.calls[layer.index]
-        for rule in rules:
-            projection = net.project(x, target, rule)
-            expected, values = reference_projection(
-                model,
-                x,
-                call.path,
-                call.number,
-                projection.image_index,
-                projection.channel,
-                projection.position,
-                rule,
-            )
-            torch.testing.assert_close(projection.activation, values, rtol=1e-5, atol=1e-6)
-            scale = expected.abs().max()
-            assert scale > 0, f"{target} {rule}: the reference is all zeros"
-            error = (projection.reconstruction - expected).abs().max() / scale
-            assert error < 1e-5, f"{target} {rule}: relative error {error:.2e}"
-
-
 # --- the trap network ----------------------------------------------------------------------------
 
 
@@ -64,7 +41,7 @@ def test_traps_match_reference_for_every_rule(traps):
     net = DeconvNet(traps)
     assert isinstance(net, GraphDeconvNet)
     targets = ["stem:3", "block1.relu#0:2", "block1:5", "block2.relu#1:1@3,2", "left", "top:7"]
-    _check_against_reference(traps, net, random_images((61, 67)), targets)
+    check_against_reference(traps, net, random_images((61, 67)), targets)
 
 
 def test_every_call_of_a_reused_module_is_addressable(traps):
@@ -186,7 +163,7 @@ def test_torchvision_networks_match_reference(name):
     model = seeded(constructor, **options)
     net = DeconvNet(model, input_size=size)
     assert isinstance(net, GraphDeconvNet)
-    _check_against_reference(model, net, random_images(size), targets)
+    check_against_reference(model, net, random_images(size), targets)
 
 
 @pytest.mark.cuda

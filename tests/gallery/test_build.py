@@ -19,14 +19,10 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 import torch
-import typer
 from helpers import UNREADABLE, WEIGHTS
 from PIL import Image
-from typer.testing import CliRunner
 
 from deconvnet import DeconvNet
-from deconvnet.cli.gallery import gallery as gallery_command
-from deconvnet.cli.gallery import merge as merge_command
 from deconvnet.gallery.build import (
     BACKGROUND,
     GREY,
@@ -56,14 +52,6 @@ def reference(net, folder, tmp_path_factory):
     return make_gallery(
         folder, LAYERS, CHANNELS, out=out, model=net, batch_size=4, workers=0, progress=False
     )
-
-
-@pytest.fixture
-def cli():
-    app = typer.Typer()
-    app.command("gallery")(gallery_command)
-    app.command("gallery-merge")(merge_command)
-    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
 
 
 def _manifest(out: Path) -> dict:
