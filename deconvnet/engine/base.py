@@ -24,6 +24,7 @@ from deconvnet.engine.heap import LIBC, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP
 from deconvnet.engine.layers import Layer
 from deconvnet.engine.projection import Projection
 from deconvnet.engine.receptive_field import ReceptiveField
+from deconvnet.engine.rules import Rule, rule_named
 from deconvnet.engine.windows import Origins, paste_windows, place_window
 from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.selection import (
@@ -161,7 +162,6 @@ class Engine(ABC):
 
     # --- the forward pass -----------------------------------------------------------------------
 
-    @abstractmethod
     def forward(
         self,
         x: torch.Tensor,
@@ -169,9 +169,44 @@ class Engine(ABC):
         rule: str = "deconvnet",
         keep: Sequence[str | int] = (),
     ) -> Record:
-        """Run the network on ``x`` ``(N, 3, H, W)`` up to ``layer``, recording what the way
-        down for ``rule`` needs. The record's ``output`` is the layer's ``(N, C, h, w)`` map and
-        ``map_of(index)`` that of a layer named in ``keep``, so that one pass serves several."""
+        """Run the network on ``x`` up to ``layer``, recording what the way down for ``rule``
+        needs.
+
+        Parameters
+        ----------
+        x
+            The images, ``(N, 3, H, W)``, on the model's device and in its dtype.
+        layer
+            The layer to stop at: a name or an index.
+        rule
+            The rule of the way down (``engine.rules``), which says what the pass keeps.
+        keep
+            Other layers whose maps the record keeps too, so that one pass serves units of
+            several layers.
+
+        Returns
+        -------
+        Record
+            Its ``output`` is the layer's ``(N, C, h, w)`` map and ``map_of(index)`` that of a
+            layer named in ``keep``.
+
+        Raises
+        ------
+        DeconvNetError
+            For an unknown rule or layer, ``keep`` given as one layer rather than a list, or an
+            input the network cannot take (``_check_input``).
+        """
+        chosen = rule_named(rule)
+        entry = self.layer(layer)
+        if isinstance(keep, str | int):
+            raise DeconvNetError(f"keep takes a list of layers, got {keep!r}: write [{keep!r}]")
+        kept = [self.layer(name).index for name in keep]
+        self._check_input(x, entry)
+        return self._forward(x, entry, chosen, kept)
+
+    @abstractmethod
+    def _forward(self, x: torch.Tensor, layer: Layer, rule: Rule, keep: list[int]) -> Record:
+        """``forward``'s pass once its arguments are checked; ``keep`` holds layer indices."""
 
     @abstractmethod
     def channel_maxima(

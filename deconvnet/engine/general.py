@@ -53,7 +53,7 @@ from deconvnet.engine.layers import (
     naming_style,
 )
 from deconvnet.engine.receptive_field import ReceptiveField
-from deconvnet.engine.rules import check_rule
+from deconvnet.engine.rules import Rule, check_rule
 from deconvnet.engine.tape import Binding, Tape, bind_modules
 from deconvnet.engine.walk import Walk, prepare, reframe
 from deconvnet.errors import DeconvNetError
@@ -434,23 +434,13 @@ class GraphDeconvNet(Engine):
     def _original(self, path: str) -> nn.Module:
         return self.model.get_submodule(path) if path else self.model
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        layer: str | int,
-        rule: str = "deconvnet",
-        keep: Sequence[str | int] = (),
-    ) -> GraphRecord:
-        """Run the model on ``x`` ``(N, 3, H, W)`` up to ``layer``, under autograd with the rule
-        at every rectification. The record's ``output`` is the layer's ``(N, C, h, w)`` map;
-        ``keep`` names other layers whose maps it keeps, so that one pass serves several."""
-        check_rule(rule)
-        entry = self.layer(layer)
-        kept = {self.layer(name).index for name in keep}
-        self._check_input(x, entry)
-        wanted = kept | {entry.index}
-        box = RuleBox(rule)
-        record = GraphRecord(images=x.detach(), inputs=None, box=box, upto=entry.index)
+    def _forward(self, x: torch.Tensor, layer: Layer, rule: Rule, keep: list[int]) -> GraphRecord:
+        """Run the model up to ``layer`` with the rule at every rectification: by the tape when
+        the walk knows every op below the layers asked for, else under autograd."""
+        kept = set(keep)
+        wanted = kept | {layer.index}
+        box = RuleBox(rule.name)
+        record = GraphRecord(images=x.detach(), inputs=None, box=box, upto=layer.index)
         if all(self._walkable.get(index, True) for index in wanted):
             # The way down walks the tape by hand (graph_inverse): no autograd needed.
             with torch.no_grad():
@@ -466,7 +456,7 @@ class GraphDeconvNet(Engine):
                 record.walks = walks
                 record.tapped = tapped
                 record.maps = {index: tapped[index] for index in kept}
-                record.output = tapped[entry.index]
+                record.output = tapped[layer.index]
                 return record
         # A layer above an op the walk does not know: the way down goes by autograd.
         record.inputs = x.detach().requires_grad_(True)
@@ -474,7 +464,7 @@ class GraphDeconvNet(Engine):
             tapped = self._run(record.inputs, wanted, box)
         record.tapped = tapped
         record.maps = {index: tapped[index].detach() for index in kept}
-        record.output = tapped[entry.index].detach()
+        record.output = tapped[layer.index].detach()
         return record
 
     def channel_maxima(

@@ -34,7 +34,7 @@ from deconvnet.engine.layers import (
     why_not_invertible,
 )
 from deconvnet.engine.receptive_field import ReceptiveField, map_size, receptive_field, step
-from deconvnet.engine.rules import rule_named
+from deconvnet.engine.rules import Rule, rule_named
 from deconvnet.engine.switches import ForwardRecord, forward_with_switches
 from deconvnet.engine.windows import (
     Origins,
@@ -148,29 +148,14 @@ class PlainDeconvNet(Engine):
 
     # --- the forward pass -----------------------------------------------------------------------
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        layer: str | int,
-        rule: str = "deconvnet",
-        keep: Sequence[str | int] = (),
-    ) -> ForwardRecord:
-        """Run the stack on ``x`` ``(N, 3, H, W)`` up to ``layer``, recording switches.
-
-        The record's ``output`` is the layer's ``(N, C, h, w)`` map. ``keep`` names layers below
-        it whose maps the record keeps too, so that one forward pass serves units of several
-        layers (``units`` and ``reconstruct_windows`` take the record for any of them).
-        """
-        rule = rule_named(rule)
-        entry = self.layer(layer)
-        if isinstance(keep, str | int):
-            raise DeconvNetError(f"keep takes a list of layers, got {keep!r}: write [{keep!r}]")
-        kept = [self.layer(name).index for name in keep]
-        if any(index > entry.index for index in kept):
-            raise DeconvNetError(f"layers to keep must lie at or below {entry.name}")
-        self._check_input(x, entry)
+    def _forward(self, x: torch.Tensor, layer: Layer, rule: Rule, keep: list[int]) -> ForwardRecord:
+        """Run the stack up to ``layer``, recording switches (and, for a rule that needs them,
+        where each ReLU was open). ``keep``'s maps are those ``units`` and
+        ``reconstruct_windows`` take the record for; they must lie at or below ``layer``."""
+        if any(index > layer.index for index in keep):
+            raise DeconvNetError(f"layers to keep must lie at or below {layer.name}")
         return forward_with_switches(
-            self.features, x, entry.index, keep_rectified=rule.needs_mask, keep=kept
+            self.features, x, layer.index, keep_rectified=rule.needs_mask, keep=keep
         )
 
     def channel_maxima(
