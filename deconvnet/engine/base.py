@@ -400,19 +400,7 @@ class Engine(ABC):
                     )
                     paste_windows(reconstruction[part], windows, origin)
         field = self.receptive_field(layer.index)
-        boxes = [field.box(tuple(p), (height, width)) for p in units.position.tolist()]
-        return Projection(
-            layer=layer.name,
-            rule=rule,
-            reconstruction=reconstruction,
-            activation=units.activation,
-            channel=units.channel,
-            position=units.position,
-            box=torch.tensor(boxes, dtype=torch.long).reshape(-1, 4),
-            image_index=units.image,
-            images=x,
-            activation_maps=record.output[units.image, units.channel],
-        )
+        return Projection.of_units(layer.name, rule, reconstruction, units, field, x, record.output)
 
     # --- the inverse pass -----------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ from deconvnet.errors import DeconvNetError, check_int, check_percentile
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from deconvnet.engine.receptive_field import ReceptiveField
+    from deconvnet.selection import Units
+
 
 @dataclass(frozen=True)
 class Projection:
@@ -41,6 +44,56 @@ class Projection:
     image_index: torch.Tensor
     images: torch.Tensor
     activation_maps: torch.Tensor
+
+    @classmethod
+    def of_units(
+        cls,
+        layer: str,
+        rule: str,
+        reconstruction: torch.Tensor,
+        units: Units,
+        field: ReceptiveField,
+        images: torch.Tensor,
+        maps: torch.Tensor,
+    ) -> Projection:
+        """The projection of ``units``, each with its receptive-field box in the image.
+
+        Parameters
+        ----------
+        layer
+            The name of the units' layer.
+        rule
+            The rule they were projected by.
+        reconstruction
+            Their reconstructions, ``(T, 3, H, W)``, the size of the input.
+        units
+            The units: their images, channels, positions and values.
+        field
+            The layer's receptive field, which gives each unit's box.
+        images
+            The input batch, ``(N, 3, H, W)``.
+        maps
+            The layer's maps, ``(N, C, h, w)``.
+
+        Returns
+        -------
+        Projection
+            T projections.
+        """
+        size = tuple(reconstruction.shape[-2:])
+        boxes = [field.box(tuple(p), size) for p in units.position.tolist()]
+        return cls(
+            layer=layer,
+            rule=rule,
+            reconstruction=reconstruction,
+            activation=units.activation,
+            channel=units.channel,
+            position=units.position,
+            box=torch.tensor(boxes, dtype=torch.long).reshape(-1, 4),
+            image_index=units.image,
+            images=images,
+            activation_maps=maps[units.image, units.channel],
+        )
 
     def __len__(self) -> int:
         return self.reconstruction.shape[0]

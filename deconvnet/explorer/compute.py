@@ -273,19 +273,7 @@ class Explorer:
         # One window placed on a zero image of the input's size (negative padding crops).
         reconstruction = F.pad(windows, (left, width - left - w, top, height - top - h))
         field = self.net.receptive_field(entry.index)
-        box = field.box(tuple(units.position[0].tolist()), (height, width))
-        return Projection(
-            layer=entry.name,
-            rule=rule,
-            reconstruction=reconstruction,
-            activation=units.activation,
-            channel=units.channel,
-            position=units.position,
-            box=torch.tensor([box], dtype=torch.long),
-            image_index=units.image,
-            images=stored.x,
-            activation_maps=maps[units.image, units.channel],
-        )
+        return Projection.of_units(entry.name, rule, reconstruction, units, field, stored.x, maps)
 
 
 # --- what the page is sent ----------------------------------------------------------------------
