@@ -9,7 +9,9 @@ import copy
 import io
 import json
 import random
+import signal
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -301,6 +303,26 @@ def one_line_error(result, message: str, out: Path) -> str:
     assert message in errors[0], errors[0]
     assert not out.exists() or not any(out.iterdir())
     return errors[0]
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def wait_for_file(process: subprocess.Popen, path: Path, seconds: float = 120) -> None:
+    """Wait until ``process`` (its stderr a pipe) has written ``path``; fail, with its stderr,
+    if it ends first."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, f"no {path.name} appeared"
+        time.sleep(0.01)
+
+
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL ``process``, as a crash or the OOM killer would, and reap it."""
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    process.stderr.close()
 
 
 # --- small networks with every trap of the general engine, seeded ---------------------------------

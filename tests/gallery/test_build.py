@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -19,7 +18,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 import torch
-from helpers import UNREADABLE, WEIGHTS
+from helpers import UNREADABLE, WEIGHTS, kill, wait_for_file
 from PIL import Image
 
 from deconvnet import DeconvNet
@@ -376,14 +375,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_gallery(cli, folder, refere
     command = [sys.executable, str(driver), "gallery", str(folder), "--out", str(out), *options]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = state_path(out)
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    process.stderr.close()
+    wait_for_file(process, checkpoint)
+    kill(process)
     assert process.returncode == -signal.SIGKILL
     killed = ScanState.load(checkpoint)
     assert 0 < killed.cursor < killed.shard_size  # killed in the middle of the scan

@@ -18,12 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
+from helpers import kill, wait_for_file
 from PIL import Image
-from typer.testing import CliRunner
 
-from deconvnet.cli.gallery import gallery as gallery_command
-from deconvnet.cli.gallery import merge as merge_command
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import LOCK_NAME, locked, write_bytes_atomic
 from deconvnet.gallery.build import make_gallery, scan_shard
@@ -42,14 +39,6 @@ def small(folder, tmp_path) -> Path:
     for name in SMALL:
         shutil.copy(folder / name, root / Path(name).name)
     return root
-
-
-@pytest.fixture
-def cli():
-    app = typer.Typer()
-    app.command("gallery")(gallery_command)
-    app.command("gallery-merge")(merge_command)
-    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -288,18 +277,12 @@ def test_a_second_run_is_refused_while_one_writes_and_a_killed_scan_is_kept(
     args += ["--workers", "0", "--no-progress", "--batch-size", "1", "--checkpoint-every", "1"]
     process = _start(SLOW_DRIVER, tmp_path, [small, "--out", out, *args])
     checkpoint = state_path(out)
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+    wait_for_file(process, checkpoint)
     # Two galleries into one folder at once: the second is refused, the first goes on.
     for extra in ([], ["--resume"], ["--overwrite"]):
         _one_line_error(cli("gallery", small, "--out", out, *args, *extra), "another deconvnet run")
     assert process.poll() is None
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    process.stderr.close()
+    kill(process)
     killed = checkpoint.read_bytes()
     assert 0 < ScanState.load(checkpoint).cursor < len(SMALL)
     # Run again without --resume: refused, and the checkpoint is kept as it was.
