@@ -23,7 +23,7 @@ from deconvnet.cli.options import (
     layer_names,
 )
 from deconvnet.cli.run import reporting
-from deconvnet.errors import plural
+from deconvnet.errors import DeconvNetError, plural
 from deconvnet.gallery.build import Gallery, default_out, make_gallery, merge_gallery, scan_shard
 from deconvnet.gallery.decoding import DEFAULT_WORKERS
 from deconvnet.gallery.listing import parse_shard
@@ -116,6 +116,11 @@ def gallery(
         fast_decode=fast_decode,
     )
     with reporting():
+        if shard is not None and maximize:
+            raise DeconvNetError(
+                "a shard's scan optimizes no images: drop --maximize here and pass it to "
+                "gallery-merge, which makes them when it joins the shards"
+            )
         if shard is not None:
             part = parse_shard(shard)
             state = scan_shard(folder, part, layer_names(layers), channels, top, out, **options)
@@ -169,6 +174,10 @@ def merge(
     device: DeviceOption = None,
     overwrite: OverwriteOption = False,
     progress: ProgressOption = True,
+    maximize: Annotated[
+        bool,
+        typer.Option(help="Also optimize each channel's image (deconvnet maximize's defaults)."),
+    ] = False,
 ) -> None:
     """Merge the scan states of separately run shards (gallery --shard i/n) and write the
     gallery."""
@@ -185,6 +194,7 @@ def merge(
             workers=workers,
             overwrite=overwrite,
             progress=progress,
+            maximize=maximize,
         )
     _summary(result)
 

@@ -207,12 +207,7 @@ def make_gallery(
     """
     check_rule(rule)
     as_optimization(maximize)
-    _check_folder(folder)
-    if resume and overwrite:
-        raise DeconvNetError("resume keeps the scan in the folder, overwrite deletes it: give one")
-    out = Path(out) if out is not None else default_out(folder)
-    net = load_net(model, weights, device)
-    layers = default_layers(net) if layers is None else layers
+    out, net, layers = _start_scan(folder, layers, out, model, weights, device, resume, overwrite)
     with process_group(net.device) as (rank, world), ExitStack() as stack:
         check_request(net, layers, channels, top, (rank, world))
         problem = None
@@ -297,12 +292,7 @@ def scan_shard(
 
     Shards of one split may run at once into one ``out``; a state of the same shard already
     there is refused unless ``resume`` or ``overwrite``."""
-    _check_folder(folder)
-    if resume and overwrite:
-        raise DeconvNetError("resume keeps the scan in the folder, overwrite deletes it: give one")
-    out = Path(out) if out is not None else default_out(folder)
-    net = load_net(model, weights, device)
-    layers = default_layers(net) if layers is None else layers
+    out, net, layers = _start_scan(folder, layers, out, model, weights, device, resume, overwrite)
     check_request(net, layers, channels, top, shard)
     with claim(out, resume=resume, overwrite=overwrite, shard=shard, gallery=False, alone=False):
         logger.info("weights: %s", weights_source(net.model))
@@ -337,13 +327,16 @@ def merge_gallery(
     workers: int = DEFAULT_WORKERS,
     overwrite: bool = False,
     progress: bool = True,
+    maximize: bool | Optimization = False,
 ) -> Gallery:
     """Merge the finished scan states of every shard (files) and write their gallery to ``out``
     (default: the first state's folder). ``root`` says where the images are now, if they have
     moved since the scan. Everything is checked (the states, the images under the root, the
     weights, ``out``) before anything is written; an ``out`` holding a gallery is refused
-    unless ``overwrite``."""
+    unless ``overwrite``. ``maximize``: also optimize each channel's image, as
+    ``render_gallery`` does (a shard's scan makes none: this is where they are made)."""
     check_rule(rule)
+    as_optimization(maximize)
     if not states:
         raise DeconvNetError("nothing to merge: give the scan state file of every shard")
     merged = merge_states([ScanState.load(path) for path in states])
@@ -357,14 +350,37 @@ def merge_gallery(
         logger.info("weights: %s", weights_source(net.model))
         merged.save(state_path(out))
         return render_gallery(
-            net, merged, out, rule=rule, batch_size=batch_size, workers=workers, progress=progress
+            net,
+            merged,
+            out,
+            rule=rule,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            maximize=maximize,
         )
 
 
-def _check_folder(folder: str | os.PathLike[str]) -> None:
+def _start_scan(
+    folder: str | os.PathLike[str],
+    layers: Sequence[str | int] | str | None,
+    out: str | os.PathLike[str] | None,
+    model: str | nn.Module | Engine,
+    weights: str | os.PathLike[str] | None,
+    device: str | torch.device | None,
+    resume: bool,
+    overwrite: bool,
+) -> tuple[Path, Engine, Sequence[str | int] | str]:
+    """What a scan, whole or one shard, starts from: the checked folder and flags, the output
+    folder, the engine and the layers (``default_layers`` when none are named)."""
     if not Path(folder).is_dir():
         what = "no such folder" if not Path(folder).exists() else "not a folder"
         raise DeconvNetError(f"{folder}: {what}; give a folder of images")
+    if resume and overwrite:
+        raise DeconvNetError("resume keeps the scan in the folder, overwrite deletes it: give one")
+    out = Path(out) if out is not None else default_out(folder)
+    net = load_net(model, weights, device)
+    return out, net, default_layers(net) if layers is None else layers
 
 
 def _check_images(state: ScanState, option: str | None) -> None:

@@ -21,10 +21,12 @@ import torch
 from helpers import kill, wait_for_file
 from PIL import Image
 
+import deconvnet.gallery.build as build_module
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import LOCK_NAME, locked, write_bytes_atomic
-from deconvnet.gallery.build import make_gallery, scan_shard
+from deconvnet.gallery.build import make_gallery, merge_gallery, scan_shard
 from deconvnet.gallery.listing import list_images, parse_channels
+from deconvnet.gallery.maximized import Optimization, maximized_name
 from deconvnet.gallery.state import MAX_TOP, ScanState, state_path
 
 SMALL = ["cats/img00.jpg", "dogs/img01.png", "img02.bmp", "dup-a.png"]
@@ -468,6 +470,37 @@ def test_merge_with_a_wrong_root_says_so_and_writes_nothing(cli, net, small, wei
     result = cli("gallery-merge", *states, "--root", tmp_path / "moved", "--weights", weights,
                  "--out", tmp_path / "merged", "--workers", "0", "--no-progress")  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+def test_merge_optimizes_the_images_a_shard_refuses_to(cli, net, small, weights, tmp_path):
+    quick = Optimization(steps=2, size=32, batch=2)
+    shards = tmp_path / "shards"
+    result = cli("gallery", small, "--out", shards, "--shard", "0/2", "--maximize",
+                 "--layers", "conv1", "--weights", weights, "--workers", "0")  # fmt: skip
+    _one_line_error(result, "--maximize", "gallery-merge")
+    assert not shards.exists()
+    for i in range(2):
+        scan_shard(small, (i, 2), out=shards, model=net, **OPTIONS)
+    states = [state_path(shards, (i, 2)) for i in range(2)]
+
+    gallery = merge_gallery(states, tmp_path / "library", model=net, workers=0, progress=False,
+                            maximize=quick)  # fmt: skip
+    channels = json.loads(gallery.manifest.read_text())["channels"]
+    assert [(c["layer"], c["channel"]) for c in channels] == [("conv1", 0), ("conv1", 1)]
+    for record in channels:
+        assert record["maximized"] == maximized_name("conv1", record["channel"])
+        with Image.open(gallery.out / record["maximized"]) as image:
+            assert image.size == (quick.size, quick.size)
+
+    # The command passes --maximize on (its defaults are too slow for a test: made quick here).
+    real = build_module.as_optimization
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build_module, "as_optimization", lambda m: real(quick if m is True else m))
+        result = cli("gallery-merge", *states, "--maximize", "--weights", weights,
+                     "--out", tmp_path / "command", "--workers", "0", "--no-progress")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for record in channels:
+        assert (tmp_path / "command" / record["maximized"]).is_file()
 
 
 def test_gallery_takes_random_weights_and_says_which_weights_it_used(cli, small, weights, tmp_path):
