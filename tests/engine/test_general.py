@@ -44,6 +44,14 @@ def test_traps_match_reference_for_every_rule(traps):
     check_against_reference(traps, net, random_images((61, 67)), targets)
 
 
+def test_forward_refuses_one_layer_to_keep_as_the_plain_engine_does(traps):
+    net = GraphDeconvNet(traps)
+    with pytest.raises(DeconvNetError, match=r"keep takes a list of layers.*write \['left'\]"):
+        net.forward(random_images((61, 67)), "top", keep="left")
+    record = net.forward(random_images((61, 67)), "top", keep=["left"])
+    assert record.map_of(net.layer("left").index).shape[:2] == (2, 6)
+
+
 def test_every_call_of_a_reused_module_is_addressable(traps):
     net = GraphDeconvNet(traps)
     names = [layer.name for layer in net.layers]
