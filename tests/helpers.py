@@ -290,6 +290,23 @@ def _check_boxes(projection, expected, what) -> None:
 # --- the commands ---------------------------------------------------------------------------------
 
 
+def run_command(*args: str | Path, env: dict[str, str] | None = None):
+    """Invoke ``deconvnet`` in process. Strings are split on spaces (``"-l conv2 -c 3"``), paths
+    are passed whole. DECONVNET_WEIGHTS is unset unless ``env`` sets it: nothing downloads."""
+    from typer.testing import CliRunner
+
+    from deconvnet.cli.main import app
+
+    argv = [part for arg in args for part in (arg.split() if isinstance(arg, str) else [str(arg)])]
+    return CliRunner().invoke(app, argv, env={"DECONVNET_WEIGHTS": None, **(env or {})})
+
+
+def ok(result) -> list[str]:
+    """A command that succeeded: its stdout's lines."""
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result.stdout.splitlines()
+
+
 def one_line_error(result, message: str, out: Path) -> str:
     """A command refused in one line: exit status 2, the last line of stderr its only
     ``error: ...`` line and holding ``message``, no traceback, and nothing written to ``out``.

@@ -12,21 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import one_line_error
+from helpers import one_line_error, run_command
 from PIL import Image
-from typer.testing import CliRunner
 
 from deconvnet import DeconvNet, load_model
 from deconvnet.analysis.evolution import feature_evolution
 from deconvnet.analysis.invariance import check_values, invariance, steps, transform
-from deconvnet.cli.main import app
 from deconvnet.errors import DeconvNetError
 from deconvnet.images import MAX_SIDE
-
-
-def run(*args: str | Path):
-    argv = [part for arg in args for part in (arg.split() if isinstance(arg, str) else [str(arg)])]
-    return CliRunner().invoke(app, argv, env={"DECONVNET_WEIGHTS": None})
 
 
 def write_png(path: Path, seed: int) -> Path:
@@ -78,14 +71,16 @@ def test_a_scale_past_the_input_limit_is_refused_with_the_bound(net):
 def test_cli_invariance_refuses_a_range_that_is_not_finite(image, tmp_path, text):
     out = tmp_path / "out"
     message = one_line_error(
-        run("invariance", image, "--range", text, "-o", out), "not a finite", out
+        run_command("invariance", image, "--range", text, "-o", out), "not a finite", out
     )
     assert "input" not in message
 
 
 def test_cli_invariance_refuses_a_scale_past_the_limit(image, tmp_path):
     out = tmp_path / "out"
-    result = run("invariance", image, "-t scale --range 1,1000 --steps 2 --weights random -o", out)
+    result = run_command(
+        "invariance", image, "-t scale --range 1,1000 --steps 2 --weights random -o", out
+    )
     bound = math.floor(MAX_SIDE / 224 * 100) / 100
     one_line_error(result, f"use factors of at most {bound:g}", out)
 
@@ -138,7 +133,7 @@ def test_evolution_skips_unreadable_files_by_name(checkpoints, mixed, caplog):
 
 def test_cli_evolution_refuses_a_folder_with_no_readable_image(checkpoints, unreadable, tmp_path):
     out = tmp_path / "out"
-    result = run(
+    result = run_command(
         "evolution", *checkpoints, "--images", unreadable, "--layers conv1 --channels 0-1 -o", out
     )
     one_line_error(result, "none of the 2 images could be read", out)
@@ -146,7 +141,7 @@ def test_cli_evolution_refuses_a_folder_with_no_readable_image(checkpoints, unre
 
 def test_cli_evolution_warns_naming_the_skipped_file(checkpoints, mixed, tmp_path):
     out = tmp_path / "out"
-    result = run(
+    result = run_command(
         "evolution", *checkpoints, "--images", mixed, "--layers conv1 --channels 0-1 -o", out
     )
     assert result.exit_code == 0, (result.stdout, result.stderr)
@@ -158,8 +153,8 @@ def test_cli_evolution_warns_naming_the_skipped_file(checkpoints, mixed, tmp_pat
 def test_cli_evolution_twice_into_one_folder_names_the_earlier_file(checkpoints, mixed, tmp_path):
     out = tmp_path / "out"
     common = ("--images", mixed, "--layers conv1 -o", out)
-    assert run("evolution", *checkpoints, *common, "--channels 0-1").exit_code == 0
-    second = run("evolution", *checkpoints, *common, "--channels 0-2")
+    assert run_command("evolution", *checkpoints, *common, "--channels 0-1").exit_code == 0
+    second = run_command("evolution", *checkpoints, *common, "--channels 0-2")
     assert second.exit_code == 0
     png = [
         line

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import bomb_png
+from helpers import bomb_png, ok, run_command
 from PIL import Image
 from sample_data import photo_file
 from typer.testing import CliRunner
@@ -35,18 +35,6 @@ def weights(alexnet_weights_file) -> Path:
 @pytest.fixture
 def out(tmp_path) -> Path:
     return tmp_path / "out"
-
-
-def run(*args: str | Path, env: dict[str, str] | None = None):
-    """Invoke the command in-process. Strings are split on spaces (``"-l conv2 -c 3"``), paths
-    are passed whole. DECONVNET_WEIGHTS is unset unless ``env`` sets it: nothing downloads."""
-    argv = [part for arg in args for part in (arg.split() if isinstance(arg, str) else [str(arg)])]
-    return CliRunner().invoke(app, argv, env={"DECONVNET_WEIGHTS": None, **(env or {})})
-
-
-def ok(result) -> list[str]:
-    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result.stdout.splitlines()
 
 
 def picture(path: Path, mode: str = "RGB", size=(80, 64), seed=0) -> Path:
@@ -72,7 +60,7 @@ def files(directory: Path) -> list[str]:
 def test_visualize_without_arguments(tmp_path, monkeypatch, alexnet, weights):
     # The README's main job: grace_hopper.jpg, the 9 strongest conv5 channels, under outputs/.
     monkeypatch.chdir(tmp_path)
-    result = run("visualize", env={"DECONVNET_WEIGHTS": str(weights)})
+    result = run_command("visualize", env={"DECONVNET_WEIGHTS": str(weights)})
     lines = ok(result)
     sheet = Path("outputs") / "grace_hopper_conv5_top9_deconvnet.png"
     assert files(tmp_path / "outputs") == [sheet.name]
@@ -87,7 +75,7 @@ def test_visualize_without_arguments(tmp_path, monkeypatch, alexnet, weights):
 
 def test_quiet_keeps_stderr_empty(weights, out):
     image = picture(out.parent / "cat.png")
-    result = run(
+    result = run_command(
         "visualize",
         image,
         "-l conv2 -c 3 -s 64 -q -o",
@@ -106,7 +94,7 @@ def test_channels_targets_and_positions_name_their_files(weights, out):
         "-t conv3:5@0,1 -t features.4:3 -r guided",
         "-l conv2 -c 3 --percentile 99",
     ):
-        ok(run("visualize", image, options, "-s 64 -w", weights, "-o", out))
+        ok(run_command("visualize", image, options, "-s 64 -w", weights, "-o", out))
     assert files(out) == [
         "cat_conv2_c003_deconvnet_s64.png",
         "cat_conv2_c003_deconvnet_s64_p99.png",
@@ -119,7 +107,7 @@ def test_channels_targets_and_positions_name_their_files(weights, out):
 
 def test_top_n_is_one_sheet_of_the_strongest_channels(weights, out, alexnet):
     image = picture(out.parent / "cat.png")
-    lines = ok(run("visualize", image, "-l pool2 --top 4 -s 64 -w", weights, "-o", out))
+    lines = ok(run_command("visualize", image, "-l pool2 --top 4 -s 64 -w", weights, "-o", out))
     assert files(out) == ["cat_pool2_top4_deconvnet_s64.png"]
     x = preprocess(load_image(image), 64)
     channels = DeconvNet(alexnet).strongest_channels(x, "pool2", 4)
@@ -132,7 +120,7 @@ def test_top_n_is_one_sheet_of_the_strongest_channels(weights, out, alexnet):
 def test_save_arrays_holds_what_the_python_api_gives(weights, out, alexnet):
     image = picture(out.parent / "cat.png")
     ok(
-        run(
+        run_command(
             "visualize",
             image,
             "-l conv2 -c 3 -r gradient -s 64 --save-arrays -w",
@@ -161,7 +149,7 @@ def test_several_images_of_every_mode_in_one_call(weights, out, tmp_path):
     ]
     # Two files with the same stem and different content: the second may not replace the first.
     images += [picture(tmp_path / "a" / "same.png", seed=10), picture(tmp_path / "b" / "same.png")]
-    lines = ok(run("visualize", *images, "-l conv2 -c 3 -s 48 -w", weights, "-o", out))
+    lines = ok(run_command("visualize", *images, "-l conv2 -c 3 -s 48 -w", weights, "-o", out))
     assert len(lines) == len(images)
     assert files(out) == sorted(
         [f"{name}_conv2_c003_deconvnet_s48.png" for name in modes]
@@ -172,7 +160,7 @@ def test_several_images_of_every_mode_in_one_call(weights, out, tmp_path):
 
 def test_a_real_greyscale_photo(weights, out):
     path = photo_file("camera.png")
-    ok(run("visualize", path, "-t conv1:0 -s 64 -w", weights, "-o", out))
+    ok(run_command("visualize", path, "-t conv1:0 -s 64 -w", weights, "-o", out))
     assert files(out) == ["camera_conv1_c000_deconvnet_s64.png"]
 
 
@@ -182,9 +170,9 @@ def test_a_real_greyscale_photo(weights, out):
 def test_an_identical_rerun_reuses_the_name(weights, out):
     image = picture(out.parent / "cat.png")
     args = ("visualize", image, "-l conv2 -c 3 -s 64 --save-arrays -w", weights, "-o", out)
-    ok(run(*args))
+    ok(run_command(*args))
     before = {name: (out / name).read_bytes() for name in files(out)}
-    lines = ok(run(*args))
+    lines = ok(run_command(*args))
     assert {name: (out / name).read_bytes() for name in files(out)} == before
     assert all(line.endswith("(unchanged)") for line in lines)
 
@@ -193,7 +181,7 @@ def test_a_different_earlier_result_is_never_overwritten(weights, out):
     image = picture(out.parent / "cat.png")
     out.mkdir()
     (out / "cat_conv2_c003_deconvnet_s64.png").write_bytes(b"an earlier, different result")
-    lines = ok(run("visualize", image, "-l conv2 -c 3 -s 64 -w", weights, "-o", out))
+    lines = ok(run_command("visualize", image, "-l conv2 -c 3 -s 64 -w", weights, "-o", out))
     earlier = out / "cat_conv2_c003_deconvnet_s64.png"
     assert earlier.read_bytes() == b"an earlier, different result"
     assert (out / "cat_conv2_c003_deconvnet_s64-2.png").read_bytes().startswith(PNG)
@@ -206,9 +194,9 @@ def test_a_different_earlier_result_is_never_overwritten(weights, out):
 def test_figure_and_arrays_keep_one_name(weights, out):
     image = picture(out.parent / "cat.png")
     args = ("visualize", image, "-l conv2 -c 3 -s 64 --save-arrays -w", weights, "-o", out)
-    ok(run(*args))
+    ok(run_command(*args))
     (out / "cat_conv2_c003_deconvnet_s64.pt").write_bytes(b"edited since")
-    ok(run(*args))
+    ok(run_command(*args))
     assert files(out) == [
         "cat_conv2_c003_deconvnet_s64-2.png",
         "cat_conv2_c003_deconvnet_s64-2.pt",
@@ -233,7 +221,9 @@ def test_save_outputs_picks_the_first_free_or_identical_name(tmp_path):
 
 def test_compare_writes_the_three_rules(weights, out):
     image = picture(out.parent / "cat.png")
-    lines = ok(run("compare", image, "-t conv2:3 -s 64 --save-arrays -w", weights, "-o", out))
+    lines = ok(
+        run_command("compare", image, "-t conv2:3 -s 64 --save-arrays -w", weights, "-o", out)
+    )
     assert files(out) == ["cat_conv2_c003_compare_s64.png", "cat_conv2_c003_compare_s64.pt"]
     assert "(deconvnet, guided, gradient)" in lines[0]
     saved = torch.load(out / "cat_conv2_c003_compare_s64.pt", weights_only=True)
@@ -248,18 +238,18 @@ def test_layers_lists_shapes_and_receptive_fields_without_weights(monkeypatch):
         raise AssertionError("layers must not load weights")
 
     monkeypatch.setattr(deconvnet.models.loading, "load_model", no_weights)
-    rows = {line.split()[0]: line.split() for line in ok(run("layers")) if line.strip()}
+    rows = {line.split()[0]: line.split() for line in ok(run_command("layers")) if line.strip()}
     assert rows["conv5"][1:] == ["features.11", "relu", "256×13×13", "256", "163", "16"]
     assert rows["pool5"][1:] == ["features.12", "pool", "256×6×6", "256", "195", "32"]
     assert rows["conv1"][1:] == ["features.1", "relu", "64×55×55", "64", "11", "4"]
-    rows = {line.split()[0]: line.split() for line in ok(run("layers --input-size 64,96"))}
+    rows = {line.split()[0]: line.split() for line in ok(run_command("layers --input-size 64,96"))}
     assert rows["conv5"][3] == "256×3×5"
-    rows = {line.split()[0]: line.split() for line in ok(run("layers --model vgg16"))}
+    rows = {line.split()[0]: line.split() for line in ok(run_command("layers --model vgg16"))}
     assert rows["conv5_3"][1:] == ["features.29", "relu", "512×14×14", "512", "196", "16"]
 
 
 def test_filters_draws_the_first_layer(weights, out):
-    lines = ok(run("filters -w", weights, "-o", out))
+    lines = ok(run_command("filters -w", weights, "-o", out))
     assert files(out) == ["conv1_filters.png"]
     assert lines == [f"alexnet conv1: 64 filters -> {out / 'conv1_filters.png'}"]
 
@@ -273,7 +263,7 @@ def test_filters_draws_the_first_layer(weights, out):
     ],
 )
 def test_filters_of_deeper_layers_say_why_not(weights, out, layer, message):
-    assert_user_error(run(f"filters -l {layer} -w", weights, "-o", out), message, out)
+    assert_user_error(run_command(f"filters -l {layer} -w", weights, "-o", out), message, out)
 
 
 # --- errors a user can cause ---------------------------------------------------------------------
@@ -333,19 +323,19 @@ def test_bad_images(tmp_path, out, case):
     folder = tmp_path / "in"
     folder.mkdir()
     # Weights are never reached: images are read first.
-    assert_user_error(run("visualize", make(folder), "-w unused.pth -o", out), message, out)
+    assert_user_error(run_command("visualize", make(folder), "-w unused.pth -o", out), message, out)
 
 
 def test_pillows_pixel_limit(tmp_path, out, monkeypatch):
     image = picture(tmp_path / "cat.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 80x64 = 5120 pixels
-    assert_user_error(run("visualize", image, "-o", out), "decompression bomb", out)
+    assert_user_error(run_command("visualize", image, "-o", out), "decompression bomb", out)
 
 
 def test_a_bad_image_after_a_good_one_writes_nothing(weights, tmp_path, out):
     good = picture(tmp_path / "cat.png")
     assert_user_error(
-        run("visualize", good, _one_pixel(tmp_path), "-s 64 -w", weights, "-o", out),
+        run_command("visualize", good, _one_pixel(tmp_path), "-s 64 -w", weights, "-o", out),
         "dot.png is 1x1 pixels",
         out,
     )
@@ -390,13 +380,13 @@ OPTION_ERRORS = {
 def test_bad_options(weights, tmp_path, out, case):
     options, message = OPTION_ERRORS[case]
     image = picture(tmp_path / "cat.png")
-    result = run("visualize", image, "-s 64 -w", weights, "-o", out, options)
+    result = run_command("visualize", image, "-s 64 -w", weights, "-o", out, options)
     assert_user_error(result, message, out)
 
 
 def test_compare_checks_its_target(weights, tmp_path, out):
     image = picture(tmp_path / "cat.png")
-    result = run("compare", image, "-t conv2:500 -s 64 -w", weights, "-o", out)
+    result = run_command("compare", image, "-t conv2:500 -s 64 -w", weights, "-o", out)
     assert_user_error(result, "channel 500 is out of range for conv2", out)
 
 
@@ -410,13 +400,15 @@ def test_compare_checks_its_target(weights, tmp_path, out):
 )
 def test_bad_weights(tmp_path, out, wrong_weights, case, message):
     path = wrong_weights.get(case, tmp_path / "missing.pth")
-    result = run("visualize", picture(tmp_path / "cat.png"), "-w", path, "-o", out)
+    result = run_command("visualize", picture(tmp_path / "cat.png"), "-w", path, "-o", out)
     assert_user_error(result, message, out)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu(weights, tmp_path, out):
-    result = run("visualize", picture(tmp_path / "cat.png"), "--device cuda -w", weights, "-o", out)
+    result = run_command(
+        "visualize", picture(tmp_path / "cat.png"), "--device cuda -w", weights, "-o", out
+    )
     assert_user_error(result, "--device cuda: no CUDA GPU is available", out)
 
 
@@ -433,7 +425,7 @@ def test_the_default_device_is_cuda_when_there_is_one(monkeypatch):
 
 def test_out_must_be_a_directory(tmp_path):
     (tmp_path / "taken").write_text("a file")
-    result = run("visualize", picture(tmp_path / "cat.png"), "-o", tmp_path / "taken")
+    result = run_command("visualize", picture(tmp_path / "cat.png"), "-o", tmp_path / "taken")
     assert result.exit_code == 2
     assert (
         result.stderr
@@ -442,9 +434,9 @@ def test_out_must_be_a_directory(tmp_path):
 
 
 def test_layers_input_size_and_model_errors(out):
-    assert_user_error(run("layers --input-size 0"), "must be positive", out)
-    assert_user_error(run("layers --input-size a,b"), "cannot read --input-size", out)
-    assert_user_error(run("layers --model resnet500"), "did you mean resnet50?", out)
+    assert_user_error(run_command("layers --input-size 0"), "must be positive", out)
+    assert_user_error(run_command("layers --input-size a,b"), "cannot read --input-size", out)
+    assert_user_error(run_command("layers --model resnet500"), "did you mean resnet50?", out)
 
 
 @pytest.mark.slow
@@ -499,7 +491,9 @@ def test_quiet_stdout_carries_only_the_written_files(tmp_path, out, monkeypatch)
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", downloading)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    result = run("visualize", picture(tmp_path / "cat.png"), "-l conv2 -c 3 -s 64 -q -o", out)
+    result = run_command(
+        "visualize", picture(tmp_path / "cat.png"), "-l conv2 -c 3 -s 64 -q -o", out
+    )
     lines = ok(result)
     assert len(lines) == 1 and " -> " in lines[0], lines
     assert "Downloading" in result.stderr
@@ -508,7 +502,9 @@ def test_quiet_stdout_carries_only_the_written_files(tmp_path, out, monkeypatch)
 def test_a_position_out_of_range_in_one_of_several_images_names_it(tmp_path, out):
     wide = picture(tmp_path / "wide.png", size=(80, 64))  # conv5 map 3x4 at -s 64
     tall = picture(tmp_path / "tall.png", size=(64, 200))  # conv5 map 11x3
-    message = last_error(run("visualize", wide, tall, "-t conv5:1@2,3 -s 64 -w random -o", out))
+    message = last_error(
+        run_command("visualize", wide, tall, "-t conv5:1@2,3 -s 64 -w random -o", out)
+    )
     assert message.startswith(f"error: {tall}: position (2, 3) is outside conv5's 11x3 map")
     assert files(out) == []
 
@@ -521,7 +517,7 @@ def test_an_image_that_breaks_the_decoder_is_one_line(tmp_path, out, monkeypatch
 
     image = picture(tmp_path / "odd.png")
     monkeypatch.setattr(Image.Image, "load", broken)
-    message = last_error(run("visualize", image, "-w random -o", out))
+    message = last_error(run_command("visualize", image, "-w random -o", out))
     assert (
         message
         == f"error: {image}: cannot read the image (error: unpack requires a buffer of 4 bytes)"
@@ -530,7 +526,7 @@ def test_an_image_that_breaks_the_decoder_is_one_line(tmp_path, out, monkeypatch
 
 def test_a_panorama_cannot_grow_past_the_size_limit(tmp_path, out):
     strip = picture(tmp_path / "strip.png", size=(1000, 20))
-    message = last_error(run("visualize", strip, "-s 128 -w random -o", out))
+    message = last_error(run_command("visualize", strip, "-s 128 -w random -o", out))
     assert "with --size 128 its longer side would be 6400, over the limit of 4096" in message
     assert "use --size 81 or less" in message
 
@@ -575,10 +571,12 @@ def user_module(tmp_path, monkeypatch) -> str:
 
 def test_the_users_own_network(tmp_path, user_module):
     image = picture(tmp_path / "cat.png")
-    lines = ok(run("visualize", image, f"--model {user_module}:small -t conv2:5 -s 64 -q -o out"))
+    lines = ok(
+        run_command("visualize", image, f"--model {user_module}:small -t conv2:5 -s 64 -q -o out")
+    )
     assert len(lines) == 1 and "cat: conv2:5@" in lines[0]
     assert "_cli_user_nets-small" in lines[0]  # the model is in the name, made file-safe
-    table = ok(run(f"layers --model {user_module}:small --input-size 64"))
+    table = ok(run_command(f"layers --model {user_module}:small --input-size 64"))
     assert any("conv2" in row and "16×13×13" in row for row in table), table
 
 
@@ -593,7 +591,9 @@ def test_the_users_own_network(tmp_path, user_module):
 )
 def test_model_errors_are_one_line(tmp_path, user_module, model, message):
     image = picture(tmp_path / "cat.png")
-    assert message in last_error(run("visualize", image, f"--model {model} -w random -o out"))
+    assert message in last_error(
+        run_command("visualize", image, f"--model {model} -w random -o out")
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -604,6 +604,6 @@ def test_a_weights_file_for_a_torchvision_model(tmp_path):
     torch.save({"model": load_model("resnet18", "random").state_dict(), "epoch": 9}, path)
     image = picture(tmp_path / "c.png", size=(96, 80))
     out = tmp_path / "out"
-    lines = ok(run("compare", image, "-m resnet18 -w", path, "-t layer2.1:5 -q -o", out))
+    lines = ok(run_command("compare", image, "-m resnet18 -w", path, "-t layer2.1:5 -q -o", out))
     assert len(lines) == 1 and lines[0].endswith("c_layer2.1_c005_compare_resnet18.png"), lines
     assert (out / "c_layer2.1_c005_compare_resnet18.png").exists()

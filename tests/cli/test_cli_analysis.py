@@ -13,23 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import one_line_error
+from helpers import ok, one_line_error, run_command
 from PIL import Image
-from typer.testing import CliRunner
-
-from deconvnet.cli.main import app
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def run(*args: str | Path):
-    argv = [part for arg in args for part in (arg.split() if isinstance(arg, str) else [str(arg)])]
-    return CliRunner().invoke(app, argv, env={"DECONVNET_WEIGHTS": None})
-
-
-def ok(result) -> list[str]:
-    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result.stdout.splitlines()
 
 
 def rows(path: Path) -> list[dict]:
@@ -66,7 +53,7 @@ def out(tmp_path) -> Path:
 
 def test_occlusion_without_classifier(weights, photos, out):
     lines = ok(
-        run(
+        run_command(
             "occlusion",
             photos[0],
             "--layer conv3 --patch 24 --stride 10 -s 64 -w",
@@ -86,7 +73,7 @@ def test_occlusion_without_classifier(weights, photos, out):
 
 def test_occlusion_with_classifier_and_class(photos, out):
     ok(
-        run(
+        run_command(
             "occlusion",
             photos[1],
             "--layer conv2 --patch 32 --stride 16 --class 207 -s 64 -w random -o",
@@ -110,11 +97,13 @@ def test_occlusion_with_classifier_and_class(photos, out):
 )
 def test_occlusion_errors(weights, photos, out, options, message):
     extra = () if "-w" in options else ("-w", weights)
-    one_line_error(run("occlusion", photos[0], f"-s 64 {options}", *extra, "-o", out), message, out)
+    one_line_error(
+        run_command("occlusion", photos[0], f"-s 64 {options}", *extra, "-o", out), message, out
+    )
 
 
 def test_occlusion_class_needs_a_classifier(weights, photos, out):
-    result = run("occlusion", photos[0], "--class 3 -s 64 -w", weights, "-o", out)
+    result = run_command("occlusion", photos[0], "--class 3 -s 64 -w", weights, "-o", out)
     one_line_error(result, "needs a classifier", out)
 
 
@@ -123,7 +112,7 @@ def test_occlusion_class_needs_a_classifier(weights, photos, out):
 
 def test_invariance_writes_figure_and_csv(photos, out):
     lines = ok(
-        run(
+        run_command(
             "invariance", *photos[:2], "--transform rotate --range 0,90 --steps 3 -w random -o", out
         )
     )
@@ -139,18 +128,20 @@ def test_invariance_writes_figure_and_csv(photos, out):
 
 def test_invariance_errors(weights, photos, out):
     one_line_error(
-        run("invariance", photos[0], "--transform shear -w", weights, "-o", out),
+        run_command("invariance", photos[0], "--transform shear -w", weights, "-o", out),
         "unknown transform",
         out,
     )
     one_line_error(
-        run("invariance", photos[0], "--range 1 -w", weights, "-o", out), "cannot read --range", out
+        run_command("invariance", photos[0], "--range 1 -w", weights, "-o", out),
+        "cannot read --range",
+        out,
     )
     one_line_error(
-        run("invariance", photos[0], "--class 5000 -w random -o", out), "out of range", out
+        run_command("invariance", photos[0], "--class 5000 -w random -o", out), "out of range", out
     )
     one_line_error(
-        run("invariance", photos[0], "--layers penultimate -w", weights, "-o", out),
+        run_command("invariance", photos[0], "--layers penultimate -w", weights, "-o", out),
         "classifier",
         out,
     )
@@ -175,7 +166,7 @@ GOOD = {
 def test_correspondence_prints_and_writes_the_table(weights, photos, out, tmp_path):
     parts = parts_file(tmp_path, GOOD)
     lines = ok(
-        run(
+        run_command(
             "correspondence",
             *photos,
             "--parts",
@@ -213,7 +204,7 @@ def test_correspondence_prints_and_writes_the_table(weights, photos, out, tmp_pa
 def test_correspondence_errors(weights, photos, out, tmp_path, boxes, message):
     parts = parts_file(tmp_path, boxes)
     one_line_error(
-        run("correspondence", *photos, "--parts", parts, "-s 64 -w", weights, "-o", out),
+        run_command("correspondence", *photos, "--parts", parts, "-s 64 -w", weights, "-o", out),
         message,
         out,
     )
@@ -229,7 +220,7 @@ def test_evolution_writes_a_figure_per_layer(alexnet, photos, out, tmp_path):
     torch.save({"state_dict": features}, late)
     folder = photos[0].parent
     lines = ok(
-        run(
+        run_command(
             "evolution",
             early,
             late,
@@ -253,10 +244,12 @@ def test_evolution_errors(random_vgg11, photos, out, tmp_path):
     torch.save(features, other)
     folder = photos[0].parent
     one_line_error(
-        run("evolution", other, "--images", folder, "--layers conv1 --device cpu -o", out),
+        run_command("evolution", other, "--images", folder, "--layers conv1 --device cpu -o", out),
         "vgg11.pth",
         out,
     )
     one_line_error(
-        run("evolution", tmp_path / "nope.pth", "--images", folder, "-o", out), "nope.pth", out
+        run_command("evolution", tmp_path / "nope.pth", "--images", folder, "-o", out),
+        "nope.pth",
+        out,
     )
