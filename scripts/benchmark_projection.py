@@ -36,12 +36,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from benchmarking import add_network_options
 from torch import nn
 
 from deconvnet import DeconvNet, load_model
 from deconvnet.images import default_image, load_image, preprocess
 
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "alexnet_features.pth"
 LAYER = "conv5"
 
 
@@ -264,14 +264,7 @@ def main() -> None:
         "machine; with 1 thread it is the work itself",
     )
     parser.add_argument("--skip-captum", action="store_true")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (timed once it is idle)")
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=SHARED_WEIGHTS if SHARED_WEIGHTS.exists() else None,
-        help="AlexNet's conv weights (default: ../shared/weights/alexnet_features.pth when "
-        "present, else load_model's usual order)",
-    )
+    add_network_options(parser, "cpu or cuda (timed once it is idle)")
     args = parser.parse_args()
 
     global CLOCK, DEVICE

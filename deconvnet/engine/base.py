@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -41,13 +41,20 @@ from deconvnet.selection import (
 CHUNK = 64
 
 
-def channel_maxima(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_maxima(
+    maps: torch.Tensor, floor: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's maximum per channel of a layer's map, and where it is.
 
     Parameters
     ----------
     maps
         The layer's map, ``(N, C, h, w)``.
+    floor
+        Optional ``(C,)``: where a channel's maximum is below its floor (a scan's k-th best so
+        far, which it cannot enter), its position is not looked for and is ``-1``. Finding
+        where a maximum is costs six times finding the maximum, and after the first images of
+        a scan almost no maximum reaches its channel's top-k.
 
     Returns
     -------
@@ -55,7 +62,16 @@ def channel_maxima(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         The maxima ``(N, C)`` and their flat positions ``y * w + x`` ``(N, C)``; a tie goes to
         the first position in row-major order.
     """
-    values, position = maps.flatten(2).max(dim=2)
+    flat = maps.flatten(2)
+    if floor is None:
+        values, position = flat.max(dim=2)
+        return values, position
+    values = flat.amax(dim=2)
+    position = torch.full(values.shape, -1, dtype=torch.long, device=values.device)
+    # Not "values >= floor": a NaN maximum has its position found, as without a floor.
+    image, channel = (~(values < floor.to(values))).nonzero(as_tuple=True)
+    if len(image):
+        position[image, channel] = flat[image, channel].argmax(dim=1)
     return values, position
 
 
@@ -210,11 +226,16 @@ class Engine(ABC):
 
     @abstractmethod
     def channel_maxima(
-        self, x: torch.Tensor, layers: Sequence[str | int]
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        self,
+        x: torch.Tensor,
+        layers: Sequence[str | int],
+        floors: Mapping[str | int, torch.Tensor] | None = None,
+    ) -> dict[str | int, tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's ``channel_maxima`` for ``x`` ``(N, 3, H, W)``, from one forward pass up
         to the deepest of ``layers``, keyed by the names given; taken as each map is made, so
-        that no map outlives its layer (what a data-set scan records)."""
+        that no map outlives its layer (what a data-set scan records). ``floors`` maps a layer
+        to its channels' ``(C,)`` floor: positions of maxima below it are not looked for
+        (``-1``)."""
 
     def _check_modules(self) -> None:
         """Raise if a module is, at this forward, in a state the way down cannot undo (none

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -468,8 +468,11 @@ class GraphDeconvNet(Engine):
         return record
 
     def channel_maxima(
-        self, x: torch.Tensor, layers: Sequence[str | int]
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        self,
+        x: torch.Tensor,
+        layers: Sequence[str | int],
+        floors: Mapping[str | int, torch.Tensor] | None = None,
+    ) -> dict[str | int, tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's ``channel_maxima`` for ``x`` ``(N, 3, H, W)``, keyed by the names given:
         one forward pass to the deepest of ``layers`` keeps every layer's map, each copied as
         its module returned it."""
@@ -479,7 +482,11 @@ class GraphDeconvNet(Engine):
         # needs an ordinary tensor, not an inference one.
         with torch.inference_mode(False):
             record = self.forward(x.clone(), deepest, keep=[i for i in layers if i != deepest])
-            return {name: channel_maxima(record.map_of(i)) for name, i in indices.items()}
+            floors = floors or {}
+            return {
+                name: channel_maxima(record.map_of(i), floors.get(name))
+                for name, i in indices.items()
+            }
 
     # --- the inverse pass ----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ every channel of a layer is one batched pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -159,8 +159,11 @@ class PlainDeconvNet(Engine):
         )
 
     def channel_maxima(
-        self, x: torch.Tensor, layers: Sequence[str | int]
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        self,
+        x: torch.Tensor,
+        layers: Sequence[str | int],
+        floors: Mapping[str | int, torch.Tensor] | None = None,
+    ) -> dict[str | int, tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's ``channel_maxima`` for ``x`` ``(N, 3, H, W)``, keyed by the names given.
 
         The stack's own modules run one by one, up to the deepest of ``layers``, and each
@@ -171,11 +174,13 @@ class PlainDeconvNet(Engine):
         it was 5% slower here with torch 2.14, so the pass is the stack's own.)
         """
         wanted = {self.layer(layer).index: layer for layer in layers}
+        floors = floors or {}
         found = {}
         for index, module in enumerate(self._modules):
             x = module(x)
             if index in wanted:
-                found[wanted[index]] = channel_maxima(x)
+                name = wanted[index]
+                found[name] = channel_maxima(x, floors.get(name))
                 if len(found) == len(wanted):
                     break
         return found

@@ -79,6 +79,9 @@ def scan(
     names = list(state.layers)
     normalize = Preprocessing().normalize
     rows = {name: torch.tensor(c, dtype=torch.long) for name, c in state.channels.items()}
+    # Each channel's k-th best so far: a maximum below it cannot enter the top-k, so the engine
+    # does not look for where it is. Channels not scanned never need a position.
+    floors = {name: torch.full((net.channels(name),), float("inf")) for name in names}
     saved = state.cursor
 
     def save() -> None:
@@ -103,7 +106,9 @@ def scan(
         for indices, images, failed in batches:
             if images is not None:
                 x = normalize(images.to(device, non_blocking=True))
-                maxima = net.channel_maxima(x, names)
+                for name, topk in state.layers.items():
+                    floors[name][rows[name]] = topk.values[:, -1]
+                maxima = net.channel_maxima(x, names, {n: f.to(device) for n, f in floors.items()})
                 for name, topk in state.layers.items():
                     values, position = (t[:, rows[name]].cpu() for t in maxima[name])
                     topk.update(values, indices, position)

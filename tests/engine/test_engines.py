@@ -15,6 +15,7 @@ from deconvnet import DeconvNet, DeconvNetError, Engine, load_model
 from deconvnet.analysis.correspondence import default_layers as correspondence_layers
 from deconvnet.analysis.invariance import default_layers as invariance_layers
 from deconvnet.cli.visualize import Request
+from deconvnet.engine.base import channel_maxima
 from deconvnet.engine.general import GraphDeconvNet
 from deconvnet.engine.inverse import rectify
 from deconvnet.engine.plain import PlainDeconvNet
@@ -108,6 +109,22 @@ def test_channel_maxima_are_those_of_the_forward_maps(name):
         torch.testing.assert_close(values, maps.flatten(2).amax(dim=2))
         picked = maps.flatten(2).gather(2, position[..., None])[..., 0]
         torch.testing.assert_close(picked, values)
+
+
+def test_channel_maxima_below_a_floor_skip_only_the_position():
+    """A floor (a scan's k-th best) spares looking for positions that cannot enter a top-k; the
+    maxima, and every position at or above it (NaN too), are those found without one."""
+    maps = torch.randn(4, 5, 6, 7, generator=torch.Generator().manual_seed(4))
+    maps[1, 2] = float("nan")
+    maps[3, 4] = 0.5  # a tie everywhere: the first position
+    values, position = channel_maxima(maps)
+    floor = torch.tensor([float("-inf"), 1.0, 2.0, float("inf"), 0.5])
+    floored, where = channel_maxima(maps, floor)
+    torch.testing.assert_close(floored, values, equal_nan=True)
+    reached = ~(values < floor)
+    assert torch.equal(where[reached], position[reached])
+    assert (where[~reached] == -1).all()
+    assert reached[1, 2] and where[3, 4] == 0 and reached[:, 0].all() and 0 < reached.sum() < 20
 
 
 # --- the rules ------------------------------------------------------------------------------
