@@ -27,8 +27,10 @@ prints:
 - the peak memory (VmHWM of the gallery process) at 250 photos (a quarter of ``--images`` if
   fewer) and at ``--images`` (goal: flat).
 
-Each gallery runs in its own process. Torch uses 2 threads. The load average is printed
-before and after: on a shared machine the figures are lower and noisier than on a quiet one.
+Each gallery runs in its own process. Torch uses 2 threads, its OpenMP threads waiting as the
+command line sets them (``deconvnet.cli``: ``GOMP_SPINCOUNT``, printed). The load average is
+printed before and after: on a shared machine the figures are lower and noisier than on a quiet
+one.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# isort: off
+import deconvnet.cli  # noqa: F401  before torch: its threads then wait as under the command line
 import torch
+
+# isort: on
 from benchmarking import SHARED_WEIGHTS, add_network_options
 from PIL import Image
 
@@ -383,7 +389,8 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     before = load_state()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cores} cores, network on "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads (GOMP_SPINCOUNT "
+        f"{os.environ.get('GOMP_SPINCOUNT')}), {cores} cores, network on "
         + (torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else "the CPU")
         + f"; weights {WEIGHTS or 'by load_model'}; load average {before:.1f}"
         + (" (the machine is shared and loaded)" if before > 1 else "")
