@@ -28,6 +28,7 @@ horama on one channel of each (a horama run costs minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
@@ -201,22 +202,27 @@ def ours(net, targets, steps, size, parameterization="fourier") -> dict:
 
 
 def step_cost(net, layer: str, count: int, size: int) -> tuple[float, float]:
-    """Seconds per optimization step for ``count`` channels of ``layer`` in one batch (the
-    difference of a 1- and a 4-step run, which cancels the setup and the final read), and
-    seconds of one forward and backward pass of that batch (channels last, as the step runs)."""
+    """Seconds per optimization step for ``count`` channels of ``layer`` in one batch, and
+    seconds of one forward and backward pass of that batch (channels last, as the step runs):
+    each the median of 4, the steps timed between the progress reports of one run (so neither
+    the setup nor the final read counts), the passes one after the other right after it."""
     targets = [f"{layer}:{c % net.channels(layer)}" for c in range(count)]
-    times = {}
-    for steps in (1, 4):
-        start = time.perf_counter()
-        maximize(net, targets, steps=steps, size=size, batch=count)
-        times[steps] = time.perf_counter() - start
-    per_step = (times[4] - times[1]) / 3
+    reports = []
+    maximize(
+        net,
+        targets,
+        steps=5,
+        size=size,
+        batch=count,
+        progress=lambda done, total: reports.append(time.perf_counter()),
+    )
+    per_step = statistics.median(b - a for a, b in itertools.pairwise(reports))
     site = find_site(net, layer)
     x = torch.rand(count, 3, size, size).contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     channel = torch.arange(count) % net.channels(layer)
     passes = []
-    for _ in range(3):
+    for _ in range(4):
         start = time.perf_counter()
         before = layer_maps(net, site, x).before
         torch.autograd.grad(before[torch.arange(count), channel].sum(), x)
