@@ -13,15 +13,22 @@ so its activation is read on the centre crop of 27.5% resized to the input size.
 downloads ImageNet's mean spectrum, which cannot be fetched offline: it gets the mean spectrum
 of the sample photos instead (decorrelated the way horama decorrelates).
 
-Needs ``horama`` (pip install --no-deps horama) and ``tqdm``.
+Needs the ``bench`` extra (``pip install -e '.[bench]'``): ``horama``, and ``tqdm`` and ``einops``,
+which horama imports without declaring them. horama's metadata names torch, torchvision, numpy
+and matplotlib without versions, so pip keeps the installed torch and ``--no-deps`` is not
+needed; its README says Python 3.7-3.10, and it runs here on 3.11.
 
     python scripts/benchmark_maximize.py                    # the defaults, all of it
-    python scripts/benchmark_maximize.py --steps 64 --vgg-channels 1 --horama-units 1
+    python scripts/benchmark_maximize.py --vgg-channels 1 --horama-units 1 --alone 1
+
+The second is the run of docs/benchmarks.md: 8 AlexNet channels and 1 of VGG16 at the defaults,
+horama on one channel of each (a horama run costs minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
@@ -43,6 +50,16 @@ PHOTOS = Path("/work/shared/images")
 ALEXNET_CHANNELS = (0, 12, 40, 77, 128, 150, 200, 255)
 VGG_CHANNELS = (5, 100, 300, 480)
 SHIFT = 8
+# The optimization's share of the atlas's hour (scripts/benchmark_atlas.py times the rest).
+ATLAS_MINUTES = 45
+
+
+def met(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def mean_std(dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,22 +202,27 @@ def ours(net, targets, steps, size, parameterization="fourier") -> dict:
 
 
 def step_cost(net, layer: str, count: int, size: int) -> tuple[float, float]:
-    """Seconds per optimization step for ``count`` channels of ``layer`` in one batch (the
-    difference of a 1- and a 4-step run, which cancels the setup and the final read), and
-    seconds of one forward and backward pass of that batch (channels last, as the step runs)."""
+    """Seconds per optimization step for ``count`` channels of ``layer`` in one batch, and
+    seconds of one forward and backward pass of that batch (channels last, as the step runs):
+    each the median of 4, the steps timed between the progress reports of one run (so neither
+    the setup nor the final read counts), the passes one after the other right after it."""
     targets = [f"{layer}:{c % net.channels(layer)}" for c in range(count)]
-    times = {}
-    for steps in (1, 4):
-        start = time.perf_counter()
-        maximize(net, targets, steps=steps, size=size, batch=count)
-        times[steps] = time.perf_counter() - start
-    per_step = (times[4] - times[1]) / 3
+    reports = []
+    maximize(
+        net,
+        targets,
+        steps=5,
+        size=size,
+        batch=count,
+        progress=lambda done, total: reports.append(time.perf_counter()),
+    )
+    per_step = statistics.median(b - a for a, b in itertools.pairwise(reports))
     site = find_site(net, layer)
     x = torch.rand(count, 3, size, size).contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     channel = torch.arange(count) % net.channels(layer)
     passes = []
-    for _ in range(3):
+    for _ in range(4):
         start = time.perf_counter()
         before = layer_maps(net, site, x).before
         torch.autograd.grad(before[torch.arange(count), channel].sum(), x)
@@ -268,8 +290,7 @@ def network(name: str, layer: str, channels: list[int], args, photos224, photos_
 
 
 def goals(results: dict, args) -> None:
-    print("\ngoals")
-    met = lambda ok: "MET" if ok else "NOT MET"  # noqa: E731
+    print(f"\ngoals at {args.steps} steps, {args.size} px; {load()}")
     for name, result in results.items():
         rows, k = result["rows"], result["units"]
         mine = rows["deconvnet fourier (batched)"]
@@ -309,52 +330,42 @@ def main() -> None:
     parser.add_argument("--vgg-channels", type=int, default=2)
     parser.add_argument("--horama-units", type=int, default=2, help="channels horama runs on")
     parser.add_argument("--alone", type=int, default=2, help="channels timed one at a time")
-    parser.add_argument("--atlas", type=int, default=256, help="channels of the atlas estimate")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; defaults: "
-        f"STEPS={STEPS}, SIZE={SIZE}, BATCH={BATCH}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {load()}; defaults: "
+        f"STEPS={STEPS}, SIZE={SIZE}, BATCH={BATCH}; this run: {args.steps} steps, {args.size} px"
+        + ("" if (args.steps, args.size) == (STEPS, SIZE) else " (NOT the defaults)")
     )
     net = DeconvNet(load_model("alexnet"))
     count = len(ALEXNET_CHANNELS[: args.alexnet_channels])
-    per_step, one_pass = step_cost(net, "conv5", count, args.size)
-    ratio = per_step / one_pass
+    # The step's own cost, for a small batch and for a full one at the defaults, which also
+    # prices the atlas: ceil(256 / BATCH) batches of STEPS steps.
+    for targets, size in ((count, args.size), (BATCH, SIZE)):
+        per_step, one_pass = step_cost(net, "conv5", targets, size)
+        ratio = per_step / one_pass
+        print(
+            f"  alexnet conv5, {targets} targets at {size} px: a step {per_step:.3f} s, one "
+            f"forward and backward pass of the batch {one_pass:.3f} s: ratio {ratio:.2f} "
+            f"(goal <= 1.5): {met(ratio <= 1.5)}; {load()}"
+        )
+    minutes = per_step * STEPS * -(-256 // BATCH) / 60
     print(
-        f"  alexnet conv5: a step of {count} targets {per_step:.3f} s, one forward and backward "
-        f"pass of the batch {one_pass:.3f} s: ratio {ratio:.2f} (goal <= 1.5): "
-        f"{'MET' if ratio <= 1.5 else 'NOT MET'}"
-    )
-    per_step, one_pass = step_cost(net, "conv5", args.atlas, args.size)
-    minutes = per_step * STEPS * -(-256 // args.atlas) / 60
-    print(
-        f"  atlas: {args.atlas} alexnet conv5 channels at {args.size} px: {per_step:.2f} s per "
-        f"step (forward and backward {one_pass:.2f} s, ratio {per_step / one_pass:.2f}), "
-        f"{STEPS} steps (the default): {minutes:.1f} min for 256 channels (goal: the atlas, photos "
-        f"included, under 60 min): {'MET' if minutes < 50 else 'NOT MET'} with 10 min left "
-        "for the photos"
+        f"  atlas: 256 alexnet conv5 channels at the defaults ({-(-256 // BATCH)} batches of "
+        f"{BATCH}, {STEPS} steps, {SIZE} px): {minutes:.1f} min (goal: under {ATLAS_MINUTES} min, "
+        f"leaving the rest of the hour to the scan and projections of 1,000 photos): "
+        f"{met(minutes < ATLAS_MINUTES)}"
     )
     photos224, photos_small = load_photos(224), load_photos(args.size)
-    results = {}  # goals print after each network, so a run cut short keeps what it measured
-    results["alexnet conv5"] = network(
-        "alexnet",
-        "conv5",
-        list(ALEXNET_CHANNELS[: args.alexnet_channels]),
-        args,
-        photos224,
-        photos_small,
-    )
-    goals({"alexnet conv5": results["alexnet conv5"]}, args)
-    if args.vgg_channels:
-        results["vgg16 conv5_3"] = network(
-            "vgg16",
-            "conv5_3",
-            list(VGG_CHANNELS[: args.vgg_channels]),
-            args,
-            photos224,
-            photos_small,
-        )
-        goals({"vgg16 conv5_3": results["vgg16 conv5_3"]}, args)
+    runs = [
+        ("alexnet", "conv5", ALEXNET_CHANNELS[: args.alexnet_channels]),
+        ("vgg16", "conv5_3", VGG_CHANNELS[: args.vgg_channels]),
+    ]
+    # Goals print after each network, so a run cut short keeps what it measured.
+    for name, layer, channels in runs:
+        if channels:
+            result = network(name, layer, list(channels), args, photos224, photos_small)
+            goals({f"{name} {layer}": result}, args)
 
 
 if __name__ == "__main__":

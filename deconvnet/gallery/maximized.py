@@ -24,7 +24,8 @@ from PIL import Image, PngImagePlugin
 from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.files import write_atomic
-from deconvnet.maximization import BATCH, SIZE, STEPS, maximize
+from deconvnet.maximization import BATCH, OPTIMIZER, SIZE, STEPS, maximize
+from deconvnet.maximization.parameterization import LEARNING_RATES
 
 logger = logging.getLogger("deconvnet")
 
@@ -44,9 +45,12 @@ class Optimization:
 
     def settings(self) -> dict:
         """What an image depends on (not ``batch``: a target's image does not depend on the
-        others it was optimized with)."""
+        others it was optimized with), the optimizer and its step included, so that images made
+        by an earlier optimizer are made again."""
         found = asdict(self)
         del found["batch"]
+        found["optimizer"] = OPTIMIZER.__name__
+        found["learning_rate"] = LEARNING_RATES.get(self.parameterization)
         return found
 
 

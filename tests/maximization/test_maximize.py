@@ -3,12 +3,21 @@ the reported activation is an independent forward pass's, and dead channels stil
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError, Target
 from deconvnet.maximization import IMAGENET_MEAN, IMAGENET_STD, Maximization, maximize
+from deconvnet.maximization.parameterization import (
+    COLOUR_MIXING,
+    FOURIER_DECAY,
+    LUCID_DIVISOR,
+    PHOTO_DECAY,
+    ImageParameters,
+    spectrum_scale,
+)
 
 SIZE = 32
 
@@ -123,6 +132,29 @@ def test_a_call_of_a_module_run_twice_on_the_general_engine():
         second = torch.relu(model.mix(first))
     expected = torch.stack([first[0, 1].mean(), second[1, 2, 4, 4]])
     torch.testing.assert_close(result.activation, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(6, 9), (8, 8)])
+def test_spectrum_scale_is_the_power_law_of_numpys_frequencies(size):
+    """Against NumPy's frequency grid: 1 / max(f, 1 / max(H, W)) ** decay for each decay used."""
+    fy = np.fft.fftfreq(size[0])[:, None]
+    fx = np.fft.rfftfreq(size[1])[None, :]
+    frequency = np.maximum(np.hypot(fy, fx), 1 / max(size))
+    for decay in (PHOTO_DECAY, FOURIER_DECAY):
+        np.testing.assert_allclose(spectrum_scale(size, decay).numpy(), frequency**-decay)
+
+
+def test_the_fourier_image_is_its_spectrum_scaled_by_its_decay():
+    """The Fourier image, recomputed with NumPy's inverse FFT from its parameters, scaled by
+    FOURIER_DECAY's power law: the image falls back to the sigmoid of the mixed colours."""
+    size = (8, 12)
+    parameters = ImageParameters("fourier", size, [torch.Generator().manual_seed(5)], "cpu")
+    spectrum = torch.view_as_complex(parameters.tensor.detach())[0].numpy().astype(complex)
+    spectrum *= spectrum_scale(size, FOURIER_DECAY).numpy()
+    decorrelated = np.fft.irfft2(spectrum, s=size, norm="ortho") / LUCID_DIVISOR
+    rgb = np.einsum("rc,chw->rhw", COLOUR_MIXING.numpy(), decorrelated)
+    expected = 1 / (1 + np.exp(-rgb))
+    np.testing.assert_allclose(parameters.images()[0].detach().numpy(), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize(
