@@ -63,6 +63,7 @@ figure { margin: 0; } figcaption { color: var(--muted); font-size: 12px; margin-
 svg text { fill: var(--muted); font-size: 10px; }
 svg .bar { fill: var(--accent); } svg .frame { fill: #0d0e11; stroke: var(--line); }
 svg .field { fill: none; stroke: var(--accent); stroke-width: 2; }
+svg .mark { stroke: var(--text); stroke-width: 1; }
 ol { margin: 8px 0 0; padding-left: 2.5em; font-variant-numeric: tabular-nums; }
 code { font-size: 12px; }
 """

@@ -3,8 +3,9 @@ patch), and one view per channel (``conv5/index.html#c12``): its top-k patches b
 projections (the channel's tile), its optimized image, its maxima over the data set and its
 receptive field.
 
-A channel's maxima are those the scan keeps: the k largest per-image maxima, not one per image.
-The bar chart says so rather than pass them off as the whole distribution.
+A channel's maxima over the data set are the histogram the scan keeps of every image's maximum
+(``MaximaHistogram``); a gallery whose scan kept none (begun by an earlier deconvnet) shows the
+k largest, and says so rather than pass them off as the whole distribution.
 """
 
 from __future__ import annotations
@@ -102,8 +103,10 @@ def channel_view(
     peak: float,
     scanned: int,
     out: Path,
+    histogram: tuple[Sequence[int], float] | None = None,
 ) -> list[str]:
-    """The section ``#c<channel>`` of the layer page: the channel's view."""
+    """The section ``#c<channel>`` of the layer page: the channel's view. ``histogram``: the
+    channel's counts of per-image maxima in equal bins from 0 to the given top."""
     here = out / layer["name"]
     name = text(layer["name"])
     channels = list(layer["channels"])
@@ -146,15 +149,24 @@ def channel_view(
         )
     lines.append("</figure>")
     values = [e["activation"] for e in entries]
-    lines += [
-        '<div class="panel">',
-        f"<h3>Maxima over the {scanned} images</h3>",
-        maxima_svg(values, peak),
-        f'<p class="muted">The channel\'s {len(values)} largest per-image maxima (rank 0 first) '
-        "on the scale of the layer's largest; the scan keeps only these, not every image's."
-        "</p>",
-        "</div>",
-    ]
+    lines += ['<div class="panel">', f"<h3>Maxima over the {scanned} images</h3>"]
+    if histogram is not None:
+        counts, top = histogram
+        lines += [
+            histogram_svg(counts, top, values),
+            f'<p class="muted">How many images have their maximum of this channel in each of '
+            f"{len(counts)} bins from 0 to {top:.4g} (the layer's scale); below the first bin's "
+            "upper edge, zero included, in the first. The ticks mark the top "
+            f"{len(values)}.</p>",
+        ]
+    else:
+        lines += [
+            maxima_svg(values, peak),
+            f'<p class="muted">The channel\'s {len(values)} largest per-image maxima (rank 0 '
+            "first) on the scale of the layer's largest; this gallery's scan kept only these, "
+            "not every image's (scan again for the whole distribution).</p>",
+        ]
+    lines.append("</div>")
     size = "x".join(map(str, layer["receptive_field"]))
     box = entries[0]["box"] if entries else None
     lines += ['<div class="panel">', f"<h3>Receptive field: {size} pixels</h3>"]
@@ -196,6 +208,38 @@ def maxima_svg(values: Sequence[float], peak: float) -> str:
         f'<text x="0" y="10">{scale:.3g}</text><text x="0" y="{height - 12}">0</text>'
         f'<text x="30" y="{height - 1}">rank 0</text>' + "".join(bars) + "</svg>"
     )
+
+
+def histogram_svg(counts: Sequence[int], top: float, marks: Sequence[float] = ()) -> str:
+    """Bars of a histogram's ``counts`` in equal bins from 0 to ``top`` (heights on a square-root
+    scale, so that the few images in the upper bins show beside the many near zero), with a tick
+    under each value of ``marks``, as inline SVG."""
+    width, height = CHART
+    left, base = 30, height - 12
+    most = max(counts, default=0)
+    pitch = (width - left) / max(len(counts), 1)
+    parts = [
+        f'<svg width="{width}" height="{height}" role="img" aria-label="histogram of maxima">',
+        f'<text x="0" y="10">{most}</text><text x="0" y="{base}">0</text>',
+        f'<text x="{left}" y="{height - 1}">0</text>',
+        f'<text x="{width}" y="{height - 1}" text-anchor="end">{top:.3g}</text>',
+    ]
+    for i, count in enumerate(counts):
+        tall = (base - 4) * (count / most) ** 0.5 if most else 0.0
+        low, high = top * i / len(counts), top * (i + 1) / len(counts)
+        parts.append(
+            f'<rect class="bar" x="{left + i * pitch + 0.5:.1f}" y="{base - tall:.1f}" '
+            f'width="{max(pitch - 1, 1):.1f}" height="{tall:.1f}"><title>{count} images with a '
+            f"maximum in [{low:.4g}, {high:.4g})</title></rect>"
+        )
+    for value in marks:
+        if top > 0:
+            x = left + (width - left) * min(max(value, 0.0) / top, 1.0)
+            parts.append(
+                f'<line class="mark" x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 3}"></line>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
 
 
 def field_svg(box: Sequence[int] | None, size: tuple[int, int] = (224, 224)) -> str:

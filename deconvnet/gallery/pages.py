@@ -139,9 +139,18 @@ def layer_html(
         *layer_grid(layer, top, by_channel, maximized, out),
         "</div>",
     ]
-    for channel in layer["channels"]:
+    histograms = layer.get("maxima")
+    for slot, channel in enumerate(layer["channels"]):
+        counts = None if histograms is None else histograms["counts"][slot]
         body += channel_view(
-            layer, channel, by_channel.get(channel, []), maximized.get(channel), peak, scanned, out
+            layer,
+            channel,
+            by_channel.get(channel, []),
+            maximized.get(channel),
+            peak,
+            scanned,
+            out,
+            histogram=None if counts is None else (counts, histograms["top"]),
         )
     title = f"{layer['name']}: deconvnet atlas"
     return _page(title, body, out, here, layers, layer["name"])
@@ -168,9 +177,10 @@ def write_gallery_files(
             "page": channel_page(layer, channel),
             "maximized": found[key].path if (key := (layer["name"], channel)) in found else None,
             "maximized_activation": found[key].activation if key in found else None,
+            "maxima": None if layer.get("maxima") is None else layer["maxima"]["counts"][slot],
         }
         for layer in layers
-        for channel in layer["channels"]
+        for slot, channel in enumerate(layer["channels"])
     ]
     for name, content in ASSETS.items():
         write_text_atomic(out / name, content)
@@ -194,8 +204,17 @@ def write_gallery_files(
             maximized=images,
         )
         write_text_atomic(out / layer["page"], page)
+    # The manifest's layer records keep the histograms' scale; the counts are the channels'.
+    described = [
+        {
+            **layer,
+            "maxima": None if layer.get("maxima") is None else {"top": layer["maxima"]["top"]},
+        }
+        for layer in layers
+    ]
     write_text_atomic(
-        out / "manifest.json", manifest_text(manifest, entries, skipped, left_out, channels)
+        out / "manifest.json",
+        manifest_text({**manifest, "layers": described}, entries, skipped, left_out, channels),
     )
 
 

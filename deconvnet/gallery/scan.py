@@ -112,6 +112,8 @@ def scan(
                 for name, topk in state.layers.items():
                     values, position = (t[:, rows[name]].cpu() for t in maxima[name])
                     topk.update(values, indices, position)
+                    if state.maxima is not None:
+                        state.maxima[name].add(values)
                 if crops is not None:
                     crops.keep(indices, images, set(state.referenced()))
                 state.scanned += len(indices)

@@ -1,5 +1,6 @@
-"""What a scan keeps: each channel's k strongest activations (``TopK``) and the checkpointed
-``ScanState`` of a run, its checks against a new request, and the merge of finished shards.
+"""What a scan keeps: each channel's k strongest activations (``TopK``), the distribution of its
+per-image maxima (``MaximaHistogram``) and the checkpointed ``ScanState`` of a run, its checks
+against a new request, and the merge of finished shards.
 
 Every candidate has one place in a total order: activation descending, then the image's index in
 the sorted listing; within one image a channel's candidate is its first maximum in row-major
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ FORMAT = "deconvnet-scan/1"
 INPUT_SIZE = (224, 224)
 # A tile holds top cells per side (conv5: 163x163 each); 100 makes a 1.7 x 3.3 kpixel tile.
 MAX_TOP = 100
+# Bins of a channel's histogram of per-image maxima (a power of two: two bins make one).
+BINS = 32
 
 logger = logging.getLogger("deconvnet")
 
@@ -89,6 +93,70 @@ class TopK:
         )
 
 
+@dataclass
+class MaximaHistogram:
+    """How the per-image maxima of each of C channels are distributed over a data set, in
+    constant memory: ``counts`` ``(C, BINS)`` int64, the images whose maximum falls in each of
+    ``BINS`` equal bins from 0 to ``top``, one ``top`` for the layer so that its channels compare.
+
+    ``top`` is 0 until a positive maximum comes, then a power of two above every maximum seen; a
+    larger maximum doubles it, and two neighbouring bins become one, so a count never lands in a
+    bin that does not hold its value. The result does not depend on the order images come in.
+    A maximum below the first bin's upper edge (zero or negative included) counts in the first
+    bin; a NaN or infinite one in none.
+    """
+
+    counts: torch.Tensor
+    top: float = 0.0
+
+    @classmethod
+    def empty(cls, channels: int) -> MaximaHistogram:
+        return cls(torch.zeros(channels, BINS, dtype=torch.long))
+
+    def edges(self) -> list[float]:
+        """The ``BINS + 1`` bin edges, from 0 to ``top``."""
+        return [self.top * i / BINS for i in range(BINS + 1)]
+
+    def add(self, values: torch.Tensor) -> None:
+        """Count the maxima ``values`` ``(N, C)`` of N more images."""
+        values = values.detach().to("cpu", torch.float64)
+        finite = values.isfinite()
+        if finite.any():
+            self._grow_to(float(values[finite].max()))
+        values = values.where(finite, 0.0)
+        bins = (values / self.top * BINS).floor() if self.top > 0 else torch.zeros_like(values)
+        bins = bins.clamp(0, BINS - 1).long()
+        self.counts.scatter_add_(1, bins.T, finite.long().T)
+
+    def merge(self, other: MaximaHistogram) -> None:
+        """Fold in the histogram of a disjoint set of images (another shard)."""
+        self._raise_top(other.top)
+        theirs = MaximaHistogram(other.counts.clone(), other.top)
+        theirs._raise_top(self.top)
+        self.counts += theirs.counts
+
+    def _grow_to(self, peak: float) -> None:
+        """Make ``top`` a power of two above the maximum ``peak``."""
+        if not 0 < peak < math.inf:
+            return
+        if self.top == 0:
+            self._raise_top(2.0 ** (math.floor(math.log2(peak)) + 1))
+        while peak >= self.top:
+            self._double()
+
+    def _raise_top(self, top: float) -> None:
+        """Make ``top`` the given power of two, if that is larger."""
+        if self.top == 0:  # every count so far is in the first bin, which stays the first
+            self.top = top
+        while self.top < top:
+            self._double()
+
+    def _double(self) -> None:
+        halves = self.counts.view(-1, BINS // 2, 2).sum(dim=2)
+        self.counts = torch.cat([halves, torch.zeros_like(halves)], dim=1)
+        self.top *= 2
+
+
 # --- the scan state ---------------------------------------------------------------------------
 
 
@@ -100,7 +168,9 @@ class ScanState:
     ``scanned`` of them were read and ``skipped`` maps the others' listing index to the reason.
     ``paths`` holds the relative path of every index the state refers to, so a finished state
     is enough to project its units without walking the folder again; ``left_out`` the folders
-    the listing did not search, with the reason (``Listing.left_out``).
+    the listing did not search, with the reason (``Listing.left_out``). ``maxima`` holds each
+    layer's histogram of its channels' per-image maxima; None for a state begun by a deconvnet
+    that kept none (its images before could not be counted).
     """
 
     root: str
@@ -117,6 +187,7 @@ class ScanState:
     paths: dict[int, str] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)  # folders not searched: why
     fast_decode: bool = False  # Preprocessing(fast=True): projections must read images alike
+    maxima: dict[str, MaximaHistogram] | None = None
 
     @property
     def shard_size(self) -> int:
@@ -185,6 +256,14 @@ class ScanState:
                     "values": topk.values,
                     "image": topk.image,
                     "position": topk.position,
+                    **(
+                        {}
+                        if self.maxima is None
+                        else {
+                            "maxima": self.maxima[name].counts,
+                            "maxima_top": self.maxima[name].top,
+                        }
+                    ),
                 }
                 for name, topk in self.layers.items()
             },
@@ -217,6 +296,14 @@ class ScanState:
             paths={int(i): str(path) for i, path in payload["paths"]},
             left_out={str(path): str(reason) for path, reason in payload.get("left_out", [])},
             fast_decode=bool(payload.get("fast_decode", False)),
+            maxima=(
+                {
+                    name: MaximaHistogram(entry["maxima"], float(entry["maxima_top"]))
+                    for name, entry in layers.items()
+                }
+                if all("maxima" in entry for entry in layers.values())
+                else None
+            ),
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -333,6 +420,7 @@ def new_state(
         shard=shard,
         left_out=dict(listing.left_out),
         fast_decode=fast_decode,
+        maxima={name: MaximaHistogram.empty(len(chosen[name])) for name in names},
     )
 
 
@@ -380,10 +468,17 @@ def merge_states(states: Sequence[ScanState]) -> ScanState:
         map_sizes=dict(first.map_sizes),
         shard=(0, 1),
         fast_decode=first.fast_decode,
+        maxima=(
+            {name: MaximaHistogram.empty(len(c)) for name, c in first.channels.items()}
+            if all(state.maxima is not None for state in states)
+            else None
+        ),
     )
     for state in sorted(states, key=lambda s: s.shard[0]):
         for name, topk in state.layers.items():
             merged.layers[name].merge(topk)
+            if merged.maxima is not None:
+                merged.maxima[name].merge(state.maxima[name])
         merged.cursor += state.cursor
         merged.scanned += state.scanned
         merged.skipped.update(state.skipped)

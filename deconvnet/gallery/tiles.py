@@ -117,6 +117,7 @@ def write_layer(
             advance(1)
     sheet = f"{name}/sheet.png"
     save_png(out / sheet, _sheet(name, state.channels[name], thumbs, state.top))
+    histogram = None if state.maxima is None else state.maxima[name]
     return {
         "name": name,
         "channels": list(state.channels[name]),
@@ -125,6 +126,10 @@ def write_layer(
         "cell_scale": scale,
         "sheet": sheet,
         "page": f"{name}/index.html",
+        # Each channel's counts go to its own record of the manifest (one line each).
+        "maxima": None
+        if histogram is None
+        else {"top": histogram.top, "counts": histogram.counts.tolist()},
     }
 
 

@@ -18,6 +18,7 @@ import deconvnet.gallery.maximized as maximized_module
 from deconvnet import DeconvNet
 from deconvnet.gallery.build import make_gallery
 from deconvnet.gallery.maximized import KEY, Optimization, maximized_name
+from deconvnet.gallery.state import BINS
 
 LAYERS = ["conv1", "conv5"]
 CHANNELS = "0-5"
@@ -234,7 +235,11 @@ def test_each_channel_view_shows_its_patches_image_maxima_and_receptive_field(at
         ]
         assert f'src="c{channel:04d}.png"' in section
         assert f'src="c{channel:04d}-maximized.png"' in section
-        assert section.count('class="bar"') == len(entries)
+        # The histogram of every image's maximum, with a tick at each top-k activation.
+        assert section.count('class="bar"') == BINS
+        counts = [int(n) for n in re.findall(r"<title>(\d+) images with a maximum", section)]
+        assert sum(counts) == manifest["scanned"]
+        assert section.count('class="mark"') == len(entries)
         assert "x".join(map(str, conv5["receptive_field"])) + " pixels" in section
         if entries:
             assert f"box {entries[0]['box']}" in section
