@@ -15,6 +15,7 @@ import typer
 
 from deconvnet.cli.options import (
     DEFAULT_MODEL,
+    DEFAULT_NETWORK,
     DEFAULT_OUT,
     BatchSizeOption,
     ClassOption,
@@ -24,13 +25,13 @@ from deconvnet.cli.options import (
     LayerOption,
     LayersOption,
     ModelOption,
+    Network,
     OutOption,
     QuietOption,
-    SizeOption,
-    WeightsOption,
     check_out,
     check_size,
     layer_names,
+    option_groups,
 )
 from deconvnet.cli.outputs import csv_bytes, safe, save_outputs, stem, written_note
 from deconvnet.cli.run import Run, architecture, load_inputs, reporting
@@ -48,6 +49,7 @@ app = typer.Typer()
 
 
 @app.command()
+@option_groups
 def occlusion(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image file.")],
     layer: LayerOption = None,
@@ -55,10 +57,7 @@ def occlusion(
     stride: Annotated[int, typer.Option(help="Pixels between occluder positions.")] = 8,
     target_class: ClassOption = None,
     fill: FillOption = 0.0,
-    model: ModelOption = DEFAULT_MODEL,
-    weights: WeightsOption = None,
-    device: DeviceOption = None,
-    size: SizeOption = None,
+    network: Network = DEFAULT_NETWORK,
     out: OutOption = DEFAULT_OUT,
     quiet: QuietOption = False,
 ) -> None:
@@ -67,8 +66,8 @@ def occlusion(
     with reporting(quiet):
         from deconvnet.analysis.occlusion import occlusion_sensitivity
 
-        ((path, x),) = load_inputs([image], size, out)
-        run = Run.start(model, weights, device, size)
+        ((path, x),) = load_inputs([image], network.size, out)
+        run = Run.start(network)
         result = occlusion_sensitivity(
             run.net,
             x.to(run.device),
@@ -118,6 +117,7 @@ def _occlusion_csv(result: Occlusion) -> bytes:
 
 
 @app.command()
+@option_groups
 def invariance(
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Image files.")],
     transform: Annotated[
@@ -138,10 +138,7 @@ def invariance(
     layers: LayersOption = None,
     target_class: ClassOption = None,
     fill: FillOption = 0.0,
-    model: ModelOption = DEFAULT_MODEL,
-    weights: WeightsOption = None,
-    device: DeviceOption = None,
-    size: SizeOption = None,
+    network: Network = DEFAULT_NETWORK,
     out: OutOption = DEFAULT_OUT,
     quiet: QuietOption = False,
 ) -> None:
@@ -160,14 +157,14 @@ def invariance(
         wanted_layers = layer_names(layers)
         low, high = _range(value_range)
         values = spaced(transform, low, high, steps)
-        inputs = load_inputs(images, size, out)
+        inputs = load_inputs(images, network.size, out)
         shapes = {tuple(x.shape) for _, x in inputs}
         if len(shapes) > 1:
             raise DeconvNetError(
                 "the images come out of preprocessing in different sizes; drop --size (the "
                 "default centre crop gives them one size)"
             )
-        run = Run.start(model, weights, device, size)
+        run = Run.start(network)
         x = torch.cat([x for _, x in inputs]).to(run.device)
         stems = [stem(path) for path, _ in inputs]
         result = measure(
@@ -205,6 +202,7 @@ def _range(text: str | None) -> tuple[float | None, float | None]:
 
 
 @app.command()
+@option_groups
 def correspondence(
     images: Annotated[
         list[Path], typer.Argument(metavar="IMAGE", help="Image files (two or more).")
@@ -222,10 +220,7 @@ def correspondence(
     repeats: Annotated[int, typer.Option(help="Draws of random boxes for the baseline.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the random boxes.")] = 0,
     fill: FillOption = 0.0,
-    model: ModelOption = DEFAULT_MODEL,
-    weights: WeightsOption = None,
-    device: DeviceOption = None,
-    size: SizeOption = None,
+    network: Network = DEFAULT_NETWORK,
     out: OutOption = DEFAULT_OUT,
     quiet: QuietOption = False,
 ) -> None:
@@ -237,14 +232,14 @@ def correspondence(
         from deconvnet.images import load_image
 
         check_out(out)
-        check_size(size)
+        check_size(network.size)
         wanted_layers = layer_names(layers)
         boxes = read_parts(parts)
         pictures = {str(path): load_image(path) for path in images}
         if len(pictures) != len(images):
             raise DeconvNetError("an image is given twice")
         match_parts(boxes, pictures)
-        run = Run.start(model, weights, device, size)
+        run = Run.start(network)
         result = measure(
             run.net,
             pictures,
@@ -252,7 +247,7 @@ def correspondence(
             wanted_layers,
             repeats=repeats,
             seed=seed,
-            size=size,
+            size=network.size,
             fill=fill,
         )
         typer.echo(result.table())

@@ -17,6 +17,7 @@ from deconvnet.cli.options import (
     DEFAULT_MODEL,
     DEFAULT_OUT,
     ModelOption,
+    Network,
     OutOption,
     QuietOption,
     WeightsOption,
@@ -97,7 +98,7 @@ def filters(
         from deconvnet.figures import figure_png, filter_grid
 
         check_out(out)
-        run = Run.start(model, weights, "cpu", None)
+        run = Run.start(Network(model, weights, device="cpu"))
         entry = run.net.layer(layer if layer is not None else run.net.conv_layers[0])
         conv = _own_conv(run.net, entry.index)
         if conv is None:

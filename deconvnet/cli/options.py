@@ -2,14 +2,20 @@
 their values.
 
 A command writes ``model: ModelOption = DEFAULT_MODEL``; the flag, its short form, metavar and
-help come from here, so ``--model`` reads the same in every command's ``--help``.
+help come from here, so ``--model`` reads the same in every command's ``--help``. Options that
+always go together are one group (``Network``, ``Output``): a command under ``option_groups``
+takes the group as one parameter, and Typer sees the group's options in its place.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
@@ -24,6 +30,7 @@ DEFAULT_OUT = Path("outputs")
 # image's feature maps alone run to gigabytes in VGG (conv1_1 at 2048x2048 is 1 GiB).
 MIN_SIZE, MAX_SIZE, MAX_SIDE = images.MIN_SIDE, images.MAX_SIZE, images.MAX_SIDE
 
+# The options of ``Network`` (below, with ``Output``, the groups that commands take whole).
 ModelOption = Annotated[
     str,
     typer.Option(
@@ -68,10 +75,7 @@ SizeOption = Annotated[
         show_default=False,
     ),
 ]
-RuleOption = Annotated[
-    str,
-    typer.Option("--rule", "-r", metavar="deconvnet|guided|gradient", help="How ReLUs are undone."),
-]
+# The options of ``Output``, then those that stand alone.
 PercentileOption = Annotated[
     float,
     typer.Option(
@@ -95,6 +99,10 @@ ArraysOption = Annotated[
 ]
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print only the files written and errors.")
+]
+RuleOption = Annotated[
+    str,
+    typer.Option("--rule", "-r", metavar="deconvnet|guided|gradient", help="How ReLUs are undone."),
 ]
 LayerOption = Annotated[
     str | None,
@@ -148,6 +156,103 @@ FillOption = Annotated[
     ),
 ]
 BatchSizeOption = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """The network a command runs on the user's images, and the size it reads them at:
+    ``--model``, ``--weights``, ``--device`` and ``--size``, in this order in ``--help``."""
+
+    model: ModelOption = DEFAULT_MODEL
+    weights: WeightsOption = None
+    device: DeviceOption = None
+    size: SizeOption = None
+
+
+DEFAULT_NETWORK = Network()
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """What a projecting command writes and says: figures drawn to ``--percentile`` in ``--out``,
+    the raw arrays beside them with ``--save-arrays``, and only the files with ``--quiet``."""
+
+    percentile: PercentileOption = DEFAULT_PERCENTILE
+    out: OutOption = DEFAULT_OUT
+    save_arrays: ArraysOption = False
+    quiet: QuietOption = False
+
+
+DEFAULT_OUTPUT = Output()
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def option_groups(command: Command) -> Command:
+    """Let ``command`` take a group of options as one parameter, as in
+    ``network: Network = DEFAULT_NETWORK``.
+
+    Typer reads a command's options from its signature, one parameter each. This gives Typer a
+    signature in which each parameter annotated with a dataclass (a group such as ``Network``)
+    stands expanded into the group's fields, in their order, with their ``Annotated`` options and
+    the values of the parameter's default as theirs; a call, from Typer or from Python with those
+    fields by name, reaches ``command`` with the group made from them.
+
+    Parameters
+    ----------
+    command
+        A function whose group parameters each have an instance of the group as default.
+
+    Returns
+    -------
+    Callable
+        ``command`` with the expanded signature.
+
+    Raises
+    ------
+    TypeError
+        If a field of a group has the name of another parameter of ``command``.
+    """
+    hints = get_type_hints(command, include_extras=True)
+    groups: dict[str, type] = {}
+    parameters: list[inspect.Parameter] = []
+    for parameter in inspect.signature(command).parameters.values():
+        group = hints.get(parameter.name, parameter.annotation)
+        if not (isinstance(group, type) and dataclasses.is_dataclass(group)):
+            parameters.append(parameter.replace(annotation=group))
+            continue
+        groups[parameter.name] = group
+        options = get_type_hints(group, include_extras=True)
+        parameters += [
+            parameter.replace(
+                name=field.name,
+                annotation=options[field.name],
+                default=getattr(parameter.default, field.name),
+            )
+            for field in dataclasses.fields(group)
+        ]
+    names = [parameter.name for parameter in parameters]
+    if len(set(names)) != len(names):
+        raise TypeError(f"{command.__name__}: a group's option has the name of another: {names}")
+    returns = hints.get("return", inspect.Signature.empty)
+    signature = inspect.Signature(parameters, return_annotation=returns)
+
+    @functools.wraps(command)
+    def expanded(*args: Any, **kwargs: Any) -> Any:
+        values = signature.bind(*args, **kwargs)
+        values.apply_defaults()
+        arguments = dict(values.arguments)
+        for name, group in groups.items():
+            own = [field.name for field in dataclasses.fields(group)]
+            arguments[name] = group(**{field: arguments.pop(field) for field in own})
+        return command(**arguments)
+
+    expanded.__signature__ = signature  # type: ignore[attr-defined]
+    expanded.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    if "return" in hints:
+        expanded.__annotations__["return"] = returns
+    return expanded  # type: ignore[return-value]
 
 
 def check_size(size: int | None) -> None:

@@ -21,12 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from deconvnet.cli.options import (
-    DEFAULT_MODEL,
-    DEFAULT_PERCENTILE,
-    check_out,
-    check_size,
-)
+from deconvnet.cli.options import DEFAULT_MODEL, DEFAULT_PERCENTILE, Network, check_out, check_size
 from deconvnet.cli.outputs import report_written, safe, save_outputs
 from deconvnet.engine.base import Engine
 from deconvnet.engine.factory import DeconvNet
@@ -127,15 +122,9 @@ class Run:
     percentile: float
 
     @classmethod
-    def start(
-        cls,
-        model: str,
-        weights: str | None,
-        device: str | None,
-        size: int | None,
-        percentile: float = DEFAULT_PERCENTILE,
-    ) -> Run:
-        """Load ``model`` with ``weights`` onto ``device`` (``load_model``'s names and defaults).
+    def start(cls, network: Network, percentile: float = DEFAULT_PERCENTILE) -> Run:
+        """Load ``network.model`` with its weights onto its device (``load_model``'s names and
+        defaults).
 
         Raises
         ------
@@ -144,10 +133,10 @@ class Run:
         """
         from deconvnet.models.loading import load_model, resolve_device, weights_source
 
-        where = resolve_device(device)
-        module = load_model(model, weights=weights, progress=False).to(where)
-        name = model.strip()
-        return cls(DeconvNet(module), name, weights_source(module), where, size, percentile)
+        where = resolve_device(network.device)
+        module = load_model(network.model, weights=network.weights, progress=False).to(where)
+        name, source = network.model.strip(), weights_source(module)
+        return cls(DeconvNet(module), name, source, where, network.size, percentile)
 
     def qualifiers(self) -> str:
         """What sets a result apart beyond image, unit and rule, when not the default."""

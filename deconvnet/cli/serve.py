@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from deconvnet.cli.options import DEFAULT_MODEL, DeviceOption, ModelOption, WeightsOption
-from deconvnet.cli.run import reporting
+from deconvnet.cli.options import DEFAULT_MODEL, DeviceOption, ModelOption, Network, WeightsOption
+from deconvnet.cli.run import Run, reporting
 from deconvnet.errors import DeconvNetError
 
 if TYPE_CHECKING:
@@ -124,19 +124,14 @@ def build_app(
     DeconvNetError
         For a size too small, a folder that holds no gallery, or a model that cannot load.
     """
-    from deconvnet.engine.factory import DeconvNet
     from deconvnet.explorer.app import create_app
     from deconvnet.explorer.compute import Explorer, read_gallery
     from deconvnet.images import check_size
-    from deconvnet.models.loading import load_model, resolve_device, weights_source
 
     check_size(size, option="--size")
     index = read_gallery(gallery) if gallery is not None else None
-    where = resolve_device(device)
-    module = load_model(model, weights=weights, progress=False).to(where)
-    explorer = Explorer(
-        DeconvNet(module), model=model.strip().lower(), weights=weights_source(module), size=size
-    )
+    run = Run.start(Network(model, weights, device, size))
+    explorer = Explorer(run.net, model=run.model.lower(), weights=run.source, size=size)
     hosts = LOOPBACK_NAMES if _is_loopback(host) else None
     return create_app(explorer, index, max_upload, allowed_hosts=hosts)
 

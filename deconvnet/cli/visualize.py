@@ -16,20 +16,14 @@ import torch
 import typer
 
 from deconvnet.cli.options import (
-    DEFAULT_MODEL,
-    DEFAULT_OUT,
-    DEFAULT_PERCENTILE,
-    ArraysOption,
-    DeviceOption,
+    DEFAULT_NETWORK,
+    DEFAULT_OUTPUT,
     LayerOption,
-    ModelOption,
-    OutOption,
-    PercentileOption,
-    QuietOption,
+    Network,
+    Output,
     RuleOption,
-    SizeOption,
-    WeightsOption,
     check_percentile,
+    option_groups,
     parse_pair,
     read_rule,
 )
@@ -50,6 +44,7 @@ app = typer.Typer()
 
 
 @app.command()
+@option_groups
 def visualize(
     images: Annotated[
         list[Path] | None,
@@ -103,30 +98,24 @@ def visualize(
         ),
     ] = None,
     rule: RuleOption = "deconvnet",
-    model: ModelOption = DEFAULT_MODEL,
-    weights: WeightsOption = None,
-    device: DeviceOption = None,
-    size: SizeOption = None,
-    percentile: PercentileOption = DEFAULT_PERCENTILE,
-    out: OutOption = DEFAULT_OUT,
-    save_arrays: ArraysOption = False,
-    quiet: QuietOption = False,
+    network: Network = DEFAULT_NETWORK,
+    output: Output = DEFAULT_OUTPUT,
 ) -> None:
     """Project units back to pixels and save a figure for each target and image.
 
     With no arguments: grace_hopper.jpg, the 9 strongest channels of conv5, deconvnet rule.
     """
-    with reporting(quiet) as console:
+    with reporting(output.quiet) as console:
         rule = read_rule(rule)
-        check_percentile(percentile)
+        check_percentile(output.percentile)
         request = Request.read(layer, channel, position, target, top)
-        inputs = load_inputs(images, size, out)
-        run = Run.start(model, weights, device, size, percentile)
+        inputs = load_inputs(images, network.size, output.out)
+        run = Run.start(network, output.percentile)
         wanted = request.resolve(run.net)
         jobs = [naming(path, len(inputs), plan, run, path, x, wanted) for path, x in inputs]
-        with progress(console, len(jobs), quiet, "projecting") as advance:
+        with progress(console, len(jobs), output.quiet, "projecting") as advance:
             for job in jobs:
-                _visualize_one(run, job, wanted, rule, percentile, out, save_arrays)
+                _visualize_one(run, job, wanted, rule, output)
                 advance()
 
 
@@ -135,9 +124,7 @@ def _visualize_one(
     job: Job,
     wanted: list[Target] | Strongest,
     rule: str,
-    percentile: float,
-    out: Path,
-    save_arrays: bool,
+    output: Output,
 ) -> None:
     """The figures of one image: a sheet of the strongest channels, or one figure per target."""
     from deconvnet import figures
@@ -149,23 +136,24 @@ def _visualize_one(
         count = len(targets)
         strongest = "the strongest channel" if count == 1 else f"the {count} strongest channels"
         title = f"{job.stem}  ·  {projection.layer}, {strongest}  ·  rule: {rule}"
-        figure = figures.projection_sheet(projection, title=title, percentile=percentile)
+        figure = figures.projection_sheet(projection, title=title, percentile=output.percentile)
         base = f"{job.stem}_{projection.layer}_top{len(targets)}_{rule}"
         what = (
             f"{job.stem}: {projection.layer} channels "
             f"{', '.join(str(c) for c in job.channels)} ({rule})"
         )
-        _save(run, out, base, figure, projection, job.path, what, save_arrays)
+        _save(run, output, base, figure, projection, job.path, what)
         return
     for each in job.targets:
         projection = run.net.project(x, each, rule=rule)
-        figure = figures.projection_figure(projection, name=job.stem, percentile=percentile)
+        figure = figures.projection_figure(projection, name=job.stem, percentile=output.percentile)
         base = _unit_name(job.stem, projection, each.position is not None, rule)
         what = f"{job.stem}: {projection.describe(0)}"
-        _save(run, out, base, figure, projection, job.path, what, save_arrays)
+        _save(run, output, base, figure, projection, job.path, what)
 
 
 @app.command()
+@option_groups
 def compare(
     image: Annotated[
         Path | None,
@@ -184,33 +172,28 @@ def compare(
             show_default=False,
         ),
     ] = None,
-    model: ModelOption = DEFAULT_MODEL,
-    weights: WeightsOption = None,
-    device: DeviceOption = None,
-    size: SizeOption = None,
-    percentile: PercentileOption = DEFAULT_PERCENTILE,
-    out: OutOption = DEFAULT_OUT,
-    save_arrays: ArraysOption = False,
-    quiet: QuietOption = False,
+    network: Network = DEFAULT_NETWORK,
+    output: Output = DEFAULT_OUTPUT,
 ) -> None:
     """Project one unit with the three rules (deconvnet, guided, gradient) side by side."""
-    with reporting(quiet):
+    with reporting(output.quiet):
         from deconvnet import figures
 
-        check_percentile(percentile)
+        check_percentile(output.percentile)
         unit = Target.parse(target) if target is not None else None
-        ((path, x),) = load_inputs([image] if image is not None else None, size, out)
-        run = Run.start(model, weights, device, size, percentile)
+        images = [image] if image is not None else None
+        ((path, x),) = load_inputs(images, network.size, output.out)
+        run = Run.start(network, output.percentile)
         unit = unit or Target(run.net.default_layer)
         job = plan(run, path, x, [unit])
         x = job.x.to(run.device)
         projections = {rule: run.net.project(x, unit, rule=rule) for rule in RULES}
         first = projections[RULES[0]]
-        figure = figures.compare_figure(projections, name=job.stem, percentile=percentile)
+        figure = figures.compare_figure(projections, name=job.stem, percentile=output.percentile)
         base = _unit_name(job.stem, first, unit.position is not None, "compare")
         unit_text = first.describe(0).removesuffix(f" ({first.rule})")
         what = f"{job.stem}: {unit_text} ({', '.join(RULES)})"
-        _save(run, out, base, figure, projections, job.path, what, save_arrays)
+        _save(run, output, base, figure, projections, job.path, what)
 
 
 # --- what to project -------------------------------------------------------------------------
@@ -337,21 +320,21 @@ def plan(run: Run, path: Path, x: torch.Tensor, wanted: list[Target] | Strongest
 
 def _save(
     run: Run,
-    out: Path,
+    output: Output,
     base: str,
     figure: Figure,
     projection: Projection | Mapping[str, Projection],
     image: Path | None,
     what: str,
-    save_arrays: bool,
 ) -> None:
-    """Write the figure (and the raw arrays) under ``out``, never over a different result."""
+    """Write the figure (and the raw arrays) under ``output.out``, never over a different
+    result."""
     from deconvnet.figures import figure_png
 
     contents = {".png": figure_png(figure)}
-    if save_arrays:
+    if output.save_arrays:
         contents[".pt"] = _arrays(projection, run, image)
-    run.save(out, base, contents, what)
+    run.save(output.out, base, contents, what)
 
 
 def _arrays(

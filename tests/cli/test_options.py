@@ -1,9 +1,11 @@
 """The options the commands share: one help text per option in every command, no help that lists
-only AlexNet and VGG, and one reading of ``--layers`` (a value naming no layer is an error in every
-command that takes it, before any model loads)."""
+only AlexNet and VGG, one reading of ``--layers`` (a value naming no layer is an error in every
+command that takes it, before any model loads), and groups of options taken as one value."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,14 @@ import typer
 from typer.testing import CliRunner
 
 from deconvnet.cli.main import app
+from deconvnet.cli.options import (
+    DEFAULT_NETWORK,
+    DEFAULT_OUTPUT,
+    LayerOption,
+    Network,
+    Output,
+    option_groups,
+)
 
 COMMANDS = sorted(
     command.name
@@ -88,3 +98,51 @@ def test_layers_naming_no_layer_is_a_one_line_error(tmp_path, command):
         "for the default layers"
     ]
     assert not Path(out).exists()
+
+
+def test_a_group_of_options_stands_expanded_in_place_and_reaches_the_command_whole():
+    seen = []
+
+    @option_groups
+    def command(
+        layer: LayerOption = None,
+        network: Network = DEFAULT_NETWORK,
+        output: Output = DEFAULT_OUTPUT,
+    ) -> None:
+        seen.append((layer, network, output))
+
+    parameters = inspect.signature(command).parameters
+    assert list(parameters) == [
+        "layer",
+        *(field.name for field in dataclasses.fields(Network)),
+        *(field.name for field in dataclasses.fields(Output)),
+    ]
+    assert parameters["model"].default == DEFAULT_NETWORK.model
+    assert parameters["out"].default == DEFAULT_OUTPUT.out
+
+    command("conv3", model="vgg16", size=300, quiet=True)
+    assert seen.pop() == (
+        "conv3",
+        dataclasses.replace(DEFAULT_NETWORK, model="vgg16", size=300),
+        dataclasses.replace(DEFAULT_OUTPUT, quiet=True),
+    )
+
+    # Typer reads the expanded signature: every option of the group, parsed as it is alone.
+    small = typer.Typer()
+    small.command()(command)
+    argv = ["--model", "resnet50", "--device", "cpu", "--percentile", "90", "--out", "figs"]
+    result = CliRunner().invoke(small, argv)
+    assert result.exit_code == 0, result.output
+    assert seen.pop() == (
+        None,
+        dataclasses.replace(DEFAULT_NETWORK, model="resnet50", device="cpu"),
+        dataclasses.replace(DEFAULT_OUTPUT, percentile=90.0, out=Path("figs")),
+    )
+
+
+def test_a_group_whose_option_has_the_name_of_another_parameter_is_refused():
+    def command(size: int = 1, network: Network = DEFAULT_NETWORK) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="size"):
+        option_groups(command)
