@@ -160,7 +160,7 @@ def projection_figure(
     Returns
     -------
     matplotlib.figure.Figure
-        Built without pyplot.
+        One row of five panels, titled with the unit and the rule.
 
     Raises
     ------
@@ -207,7 +207,7 @@ def projection_sheet(
     Returns
     -------
     matplotlib.figure.Figure
-        Built without pyplot.
+        One row of five panels per unit, each labelled with its unit and activation.
 
     Raises
     ------
@@ -273,7 +273,7 @@ def compare_figure(
     Returns
     -------
     matplotlib.figure.Figure
-        Built without pyplot.
+        Two rows of panels: the input and the patch, then a column per rule.
 
     Raises
     ------
@@ -341,7 +341,7 @@ def filter_grid(weight: torch.Tensor, *, title: str | None = None) -> Figure:
     Returns
     -------
     matplotlib.figure.Figure
-        Built without pyplot.
+        One picture of all the filters, in a near-square grid with white gutters.
 
     Raises
     ------

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
@@ -343,16 +342,6 @@ def kill(process: subprocess.Popen) -> None:
 
 
 # --- small networks with every trap of the general engine, seeded ---------------------------------
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a loaded machine two threads wait on each other at every small op; one thread keeps
-    # these many small passes fast.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Block(nn.Module):

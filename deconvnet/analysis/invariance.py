@@ -276,7 +276,7 @@ def invariance(
         raise DeconvNetError(f"{len(names)} names for {count} images")
     chosen = layer_names(net, layers if layers is not None else default_layers(net))
     colour = fill_value(fill, x.shape[1])
-    classify, why = check_classify(net, classify, target_class)
+    classify, no_classifier = check_classify(net, classify, target_class)
 
     with torch.no_grad():
         reference, clean = _measure(net, x, chosen, classify)
@@ -315,7 +315,7 @@ def invariance(
         probability=probability,
         target_class=targets,
         class_names=class_names(clean.shape[1]) if classify else None,
-        no_classifier=None if classify else why or "class probabilities were not asked for",
+        no_classifier=no_classifier,
     )
 
 

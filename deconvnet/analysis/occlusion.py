@@ -163,7 +163,7 @@ def occlusion_sensitivity(
     entry = net.layer(layer if layer is not None else net.default_layer)
     rows, columns = occluder_corners(x.shape[-2:], patch, stride)
     value = fill_value(fill, x.shape[1])
-    classify, why = check_classify(net, classify, target_class)
+    classify, no_classifier = check_classify(net, classify, target_class)
 
     with torch.no_grad():
         clean_map = net.forward(x, entry.name).output  # (1, C, h, w)
@@ -228,7 +228,7 @@ def occlusion_sensitivity(
         top_class=top_class,
         clean_probability=clean_probability,
         class_names=names,
-        no_classifier=None if classify else why or "class probabilities were not asked for",
+        no_classifier=no_classifier,
     )
 
 

@@ -36,10 +36,11 @@ def classifier_available(net: Engine) -> tuple[bool, str]:
     return True, ""
 
 
-def check_classify(net: Engine, classify: bool | None, target_class) -> tuple[bool, str]:
+def check_classify(net: Engine, classify: bool | None, target_class) -> tuple[bool, str | None]:
     """Whether an analysis reads class probabilities (``classify``, or by default whenever the
-    model has a classifier), and ``classifier_available``'s reason when it has none; asking for
-    them, or for a ``target_class``, without one is an error that says why."""
+    model has a classifier), and when it does not, why (its result's ``no_classifier``):
+    ``classifier_available``'s reason, or that they were not asked for. Asking for them, or for
+    a ``target_class``, without a classifier is an error that says why."""
     available, why = classifier_available(net)
     if classify is None:
         classify = available
@@ -47,7 +48,7 @@ def check_classify(net: Engine, classify: bool | None, target_class) -> tuple[bo
         raise DeconvNetError(f"class probabilities need a classifier: {why}")
     if target_class is not None and not classify:
         raise DeconvNetError(f"a target class needs a classifier: {why}")
-    return classify, why
+    return classify, None if classify else why or "class probabilities were not asked for"
 
 
 def class_names(count: int) -> list[str]:

@@ -15,6 +15,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -35,6 +36,11 @@ from deconvnet.selection import (
     select_many,
     strongest_channels,
 )
+
+# A layer's channel floors (each ``(C,)``) and its maxima with their positions (each ``(N, C)``),
+# keyed by the names a caller gives the layers.
+Floors = Mapping[str | int, torch.Tensor]
+Maxima = dict[str | int, tuple[torch.Tensor, torch.Tensor]]
 
 # Units projected per inverse batch: bounds memory (conv5 windows at conv1 are 39x39x64), and
 # 64 ran faster per unit than 256 here: the windows of a chunk stay in cache.
@@ -82,6 +88,24 @@ class Record(Protocol):
 
     def map_of(self, index: int) -> torch.Tensor | None:
         """The map of layer ``index``: the output, a map the pass kept, or None."""
+
+
+@dataclass(frozen=True)
+class Descent:
+    """One inverse pass: ``units`` of ``layer``, whose map a forward ``record`` holds, down to the
+    image under ``rule``.
+
+    ``clip=False`` may leave what lands on the forward's padding in the windows, for a caller
+    that crops them anyway. ``switches``: a dict the engine may keep rewritten switches in for
+    the next descent on the same record and layer (the chunks of one call).
+    """
+
+    record: Record
+    layer: Layer
+    units: Units
+    rule: str
+    clip: bool = True
+    switches: dict | None = None
 
 
 class Engine(ABC):
@@ -224,7 +248,6 @@ class Engine(ABC):
     def _forward(self, x: torch.Tensor, layer: Layer, rule: Rule, keep: list[int]) -> Record:
         """``forward``'s pass once its arguments are checked; ``keep`` holds layer indices."""
 
-    @abstractmethod
     def channel_maxima(
         self,
         x: torch.Tensor,
@@ -236,6 +259,15 @@ class Engine(ABC):
         that no map outlives its layer (what a data-set scan records). ``floors`` maps a layer
         to its channels' ``(C,)`` floor: positions of maxima below it are not looked for
         (``-1``)."""
+        indices = {layer: self.layer(layer).index for layer in layers}
+        return self._channel_maxima(x, indices, floors or {})
+
+    @abstractmethod
+    def _channel_maxima(
+        self, x: torch.Tensor, indices: dict[str | int, int], floors: Floors
+    ) -> Maxima:
+        """``channel_maxima`` once the layers are found: ``indices`` maps each name given to
+        its layer's index."""
 
     def _check_modules(self) -> None:
         """Raise if a module is, at this forward, in a state the way down cannot undo (none
@@ -406,19 +438,19 @@ class Engine(ABC):
         height, width = x.shape[-2:]
         count = len(units.channel)
         # Placing a window on the image drops what hangs over its edge: no need to zero it first.
+        descent = Descent(record, layer, units, rule, clip=False)
         if count == 1:
-            windows, origin = self._reconstruct(record, layer, units, rule, clip=False)
+            windows, origin = self._reconstruct(descent)
             reconstruction = place_window(windows, origin[0], (height, width))
         else:
             reconstruction = x.new_zeros(count, x.shape[1], height, width)
-            switches = {}  # each pool's switches rewritten once for all chunks of this call
+            # Each pool's switches are rewritten once for all chunks of this call.
+            descent = replace(descent, switches={})
             with _reusing_freed_memory(x.device):
                 for start in range(0, count, CHUNK):
                     part = slice(start, start + CHUNK)
                     chunk = Units(*(field[part] for field in _fields(units)))
-                    windows, origin = self._reconstruct(
-                        record, layer, chunk, rule, clip=False, switches=switches
-                    )
+                    windows, origin = self._reconstruct(replace(descent, units=chunk))
                     paste_windows(reconstruction[part], windows, origin)
         field = self.receptive_field(layer.index)
         return Projection.of_units(layer.name, rule, reconstruction, units, field, x, record.output)
@@ -438,19 +470,8 @@ class Engine(ABC):
         """
 
     @abstractmethod
-    def _reconstruct(
-        self,
-        record: Record,
-        layer: Layer,
-        units: Units,
-        rule: str,
-        clip: bool = True,
-        switches: dict | None = None,
-    ) -> tuple[torch.Tensor, Origins]:
-        """Each unit's reconstruction ``(T, 3, h, w)`` on its window, and the window corners.
-        ``clip=False`` may leave what lands on the forward's padding in the windows, for a
-        caller that crops them anyway; ``switches``, a dict the engine may keep rewritten
-        switches in for the next call on the same record and layer (the chunks of one call)."""
+    def _reconstruct(self, descent: Descent) -> tuple[torch.Tensor, Origins]:
+        """Each unit's reconstruction ``(T, 3, h, w)`` on its window, and the window corners."""
 
 
 @contextmanager

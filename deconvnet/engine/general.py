@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from deconvnet.engine.backprop import down_by_autograd
-from deconvnet.engine.base import Engine, channel_maxima
+from deconvnet.engine.base import Descent, Engine, Floors, Maxima, channel_maxima
 from deconvnet.engine.canonizers import Rectifiers, RuleBox, call_names, private_view
 from deconvnet.engine.checks import checked_model, in_order, probing
 from deconvnet.engine.field import Field, FieldTracer
@@ -467,22 +466,16 @@ class GraphDeconvNet(Engine):
         record.output = tapped[layer.index].detach()
         return record
 
-    def channel_maxima(
-        self,
-        x: torch.Tensor,
-        layers: Sequence[str | int],
-        floors: Mapping[str | int, torch.Tensor] | None = None,
-    ) -> dict[str | int, tuple[torch.Tensor, torch.Tensor]]:
-        """Each layer's ``channel_maxima`` for ``x`` ``(N, 3, H, W)``, keyed by the names given:
-        one forward pass to the deepest of ``layers`` keeps every layer's map, each copied as
+    def _channel_maxima(
+        self, x: torch.Tensor, indices: dict[str | int, int], floors: Floors
+    ) -> Maxima:
+        """One forward pass to the deepest of the layers keeps every layer's map, each copied as
         its module returned it."""
-        indices = {layer: self.layer(layer).index for layer in layers}
         deepest = max(indices, key=indices.__getitem__)
         # The pass may run under autograd (a layer above an op the walk does not know): it
         # needs an ordinary tensor, not an inference one.
         with torch.inference_mode(False):
-            record = self.forward(x.clone(), deepest, keep=[i for i in layers if i != deepest])
-            floors = floors or {}
+            record = self.forward(x.clone(), deepest, keep=[i for i in indices if i != deepest])
             return {
                 name: channel_maxima(record.map_of(i), floors.get(name))
                 for name, i in indices.items()
@@ -500,7 +493,7 @@ class GraphDeconvNet(Engine):
         ``(T, 2)``, the input pixel of each window's top-left corner. For a layer whose units
         see the whole image (after a global pool) the windows are the image, at (0, 0).
         """
-        computed, corners = self._reconstruct(record, layer, units, rule)
+        computed, corners = self._reconstruct(Descent(record, layer, units, rule))
         found = self.calls[layer.index].field
         device = units.position.device
         if found is None:
@@ -512,20 +505,13 @@ class GraphDeconvNet(Engine):
         windows = reframe(computed, corners, [tuple(o) for o in origin.tolist()], found.size)
         return windows, origin
 
-    def _reconstruct(
-        self,
-        record: GraphRecord,
-        layer: Layer,
-        units: Units,
-        rule: str,
-        clip: bool = True,
-        switches: dict | None = None,
-    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    def _reconstruct(self, descent: Descent) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Each unit's projection on the whole image: ``(T, 3, H, W)``, all at origin (0, 0).
 
-        ``clip`` and ``switches`` are the windowed engine's (what lands on the padding; its
-        rewritten switches, shared by the chunks of one call): whole-image projections hold
-        nothing outside the image and have no switches to rewrite."""
+        The descent's ``clip`` and ``switches`` are the windowed engine's (what lands on the
+        padding; its rewritten switches, shared by the chunks of one call): whole-image
+        projections hold nothing outside the image and have no switches to rewrite."""
+        record, layer, units, rule = descent.record, descent.layer, descent.units, descent.rule
         check_rule(rule)
         if layer.index not in record.tapped:
             raise DeconvNetError(

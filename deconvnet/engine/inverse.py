@@ -67,20 +67,19 @@ def rectify(
     rule: str | Rule,
     inplace: bool = False,
 ) -> torch.Tensor:
-    """The ReLU on the way down, which is where the rules differ (``engine.rules``).
+    """The ReLU on the way down, which is where the rules differ: ``Rule.rectify`` of ``rule``
+    (``engine.rules``), with the mask read from the forward ReLU's output.
 
     Parameters
     ----------
-    signal
-        What arrives from above, ``(N, C, H, W)``.
+    signal, inplace
+        As for ``Rule.rectify``: what arrives from above, ``(N, C, H, W)``, and whether to
+        overwrite it (the engine's own intermediate signals) rather than make a new array.
     rectified
         The forward ReLU's output, same shape (``> 0`` is where it was open); None, or anything,
         for a rule that reads no mask (``deconvnet``).
     rule
         The rule, or its name.
-    inplace
-        Overwrite ``signal`` (the engine's own intermediate signals: a pass over them instead of
-        a new array of the same size).
 
     Returns
     -------

@@ -15,13 +15,11 @@ every channel of a layer is one batched pass.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deconvnet.engine.base import Engine, channel_maxima
+from deconvnet.engine.base import Descent, Engine, Floors, Maxima, channel_maxima
 from deconvnet.engine.checks import checked_model
 from deconvnet.engine.inverse import full_transposed_conv, phase_kernels, rectify, unpool
 from deconvnet.engine.kernels import Kernels
@@ -158,23 +156,17 @@ class PlainDeconvNet(Engine):
             self.features, x, layer.index, keep_rectified=rule.needs_mask, keep=keep
         )
 
-    def channel_maxima(
-        self,
-        x: torch.Tensor,
-        layers: Sequence[str | int],
-        floors: Mapping[str | int, torch.Tensor] | None = None,
-    ) -> dict[str | int, tuple[torch.Tensor, torch.Tensor]]:
-        """Each layer's ``channel_maxima`` for ``x`` ``(N, 3, H, W)``, keyed by the names given.
-
-        The stack's own modules run one by one, up to the deepest of ``layers``, and each
+    def _channel_maxima(
+        self, x: torch.Tensor, indices: dict[str | int, int], floors: Floors
+    ) -> Maxima:
+        """The stack's own modules run one by one, up to the deepest of the layers, and each
         layer's maxima are taken as its output is made: that also reads a conv's pre-activation
         before an in-place ReLU overwrites it, and keeps no map alive. The values are exactly
         those of the plain stack, with no switches recorded. (Max pools ran in channels-last
         layout, three times faster alone; inside the whole pass, with the two copies that takes,
         it was 5% slower here with torch 2.14, so the pass is the stack's own.)
         """
-        wanted = {self.layer(layer).index: layer for layer in layers}
-        floors = floors or {}
+        wanted = {index: name for name, index in indices.items()}
         found = {}
         for index, module in enumerate(self._modules):
             x = module(x)
@@ -201,22 +193,14 @@ class PlainDeconvNet(Engine):
         (unclipped) receptive field, and ``origin`` ``(T, 2)``, the input pixel of each window's
         top-left corner (negative where the field hangs over the image's edge, which holds zeros).
         """
-        windows, origin = self._reconstruct(record, layer, units, rule)
+        windows, origin = self._reconstruct(Descent(record, layer, units, rule))
         return windows, torch.tensor(origin, dtype=torch.long, device=units.position.device)
 
-    def _reconstruct(
-        self,
-        record: ForwardRecord,
-        layer: Layer,
-        units: Units,
-        rule: str,
-        clip: bool = True,
-        switches: dict | None = None,
-    ) -> tuple[torch.Tensor, Origins]:
-        # clip=False leaves what the first conv sends onto the image's padding in the windows,
-        # for a caller that crops them anyway. switches: a dict that keeps each pool's rewritten
-        # switches (see _window_switches) for the next call on the same record and layer.
-        rule = rule_named(rule)
+    def _reconstruct(self, descent: Descent) -> tuple[torch.Tensor, Origins]:
+        # descent.clip=False leaves what the first conv sends onto the image's padding in the
+        # windows; descent.switches keeps each pool's rewritten switches (see _window_switches).
+        record, layer, units = descent.record, descent.layer, descent.units
+        rule, switches = rule_named(descent.rule), descent.switches
         count = len(units.channel)
         # Window corners, kept as Python ints: a handful of them, updated at every step, which
         # as tensors would cost more small operations than the windows' own arithmetic.
@@ -242,7 +226,7 @@ class PlainDeconvNet(Engine):
             elif isinstance(module, nn.Conv2d):
                 channel = units.channel if seed else None
                 signal, origin = self._transposed_conv_windows(
-                    index, record, signal, origin, channel, clip=clip or index > 0
+                    index, record, signal, origin, channel, clip=descent.clip or index > 0
                 )
             seed = seed and isinstance(module, nn.ReLU)
         return signal, origin

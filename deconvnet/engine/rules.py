@@ -1,9 +1,11 @@
 """The rules: how a rectification is undone on the way down, the one place the three differ.
 
-Each rule is one small object (after Zennit's rules) that every way down calls: the plain
-engine's windows (``engine.plain``), the general engine's walk (``engine.walk``) and its
-autograd path (``engine.canonizers``). Adding a rule means one new class here, listed in
-``_ALL``. Users name a rule by its string (``rule="guided"``); ``rule_named`` is the one lookup.
+Each rule is one small object that every way down calls: the plain engine's windows
+(``engine.plain``), the general engine's walk (``engine.walk``) and its autograd path
+(``engine.canonizers``). The three are one mechanism with two switches (after Captum's
+deconvnet and guided backprop): whether only the positive signal passes, and whether it passes
+only where the forward rectification was open. Adding a rule means one new ``Rule`` in ``_ALL``.
+Users name a rule by its string (``rule="guided"``); ``rule_named`` is the one lookup.
 
 - ``deconvnet`` (Zeiler & Fergus): the ReLU of the signal itself, whatever the forward did.
 - ``guided`` (Springenberg et al.): that, and only where the forward rectification was open.
@@ -12,8 +14,7 @@ autograd path (``engine.canonizers``). Adding a rule means one new class here, l
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 
@@ -26,17 +27,20 @@ NO_MASK = (
 )
 
 
-class Rule(ABC):
+@dataclass(frozen=True)
+class Rule:
     """How the signal goes down through one rectification (ReLU, ReLU6).
 
-    ``name`` is how users ask for it; ``needs_mask`` says whether it reads where the forward
-    rectification was open, so that a forward pass made for it keeps those masks.
+    ``name`` is how users ask for it. ``positive``: only the positive signal passes (the ReLU
+    of the signal itself). ``needs_mask``: the signal passes only where the forward
+    rectification was open (the ReLU's own backward), so a forward pass made for the rule keeps
+    those masks.
     """
 
-    name: ClassVar[str]
-    needs_mask: ClassVar[bool]
+    name: str
+    positive: bool
+    needs_mask: bool
 
-    @abstractmethod
     def rectify(
         self, signal: torch.Tensor, opened: torch.Tensor | None, inplace: bool = False
     ) -> torch.Tensor:
@@ -62,56 +66,25 @@ class Rule(ABC):
         DeconvNetError
             When the rule needs the mask and ``opened`` is None.
         """
-
-    def _mask(self, opened: torch.Tensor | None) -> torch.Tensor:
-        if opened is None:
+        if self.needs_mask and opened is None:
             raise DeconvNetError(NO_MASK)
-        return opened
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class Deconvnet(Rule):
-    """Zeiler & Fergus: pass only the positive signal, wherever the forward unit was."""
-
-    name = "deconvnet"
-    needs_mask = False
-
-    def rectify(
-        self, signal: torch.Tensor, opened: torch.Tensor | None, inplace: bool = False
-    ) -> torch.Tensor:
-        return signal.clamp_(min=0) if inplace else signal.clamp(min=0)
+        if self.positive:
+            signal = signal.clamp_(min=0) if inplace else signal.clamp(min=0)
+            # After clamp the array is the caller's or a fresh one: the mask may overwrite it.
+            inplace = True
+        if self.needs_mask:
+            signal = signal.mul_(opened) if inplace else signal * opened
+        return signal
 
 
-class Guided(Rule):
-    """Guided backpropagation: the positive signal, and only where the forward unit was open."""
-
-    name = "guided"
-    needs_mask = True
-
-    def rectify(
-        self, signal: torch.Tensor, opened: torch.Tensor | None, inplace: bool = False
-    ) -> torch.Tensor:
-        mask = self._mask(opened)
-        # After clamp the array is a fresh one either way: multiply it in place.
-        return (signal.clamp_(min=0) if inplace else signal.clamp(min=0)).mul_(mask)
-
-
-class Gradient(Rule):
-    """Plain backprop: the signal, positive or not, where the forward unit was open."""
-
-    name = "gradient"
-    needs_mask = True
-
-    def rectify(
-        self, signal: torch.Tensor, opened: torch.Tensor | None, inplace: bool = False
-    ) -> torch.Tensor:
-        mask = self._mask(opened)
-        return signal.mul_(mask) if inplace else signal * mask
-
-
-_ALL: dict[str, Rule] = {rule.name: rule for rule in (Deconvnet(), Guided(), Gradient())}
+_ALL: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule("deconvnet", positive=True, needs_mask=False),
+        Rule("guided", positive=True, needs_mask=True),
+        Rule("gradient", positive=False, needs_mask=True),
+    )
+}
 
 RULES: tuple[str, ...] = tuple(_ALL)  # the names users may pass, the paper's rule first
 

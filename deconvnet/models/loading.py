@@ -203,7 +203,8 @@ def has_classifier(model: nn.Module) -> bool:
     Parameters
     ----------
     model : torch.nn.Module
-        A model, usually from ``load_model``.
+        A model from ``load_model``, which records the answer, or any other, whose modules are
+        searched for a ``MissingClassifier``.
 
     Returns
     -------
@@ -223,7 +224,7 @@ def weights_source(model: nn.Module) -> str:
     Parameters
     ----------
     model : torch.nn.Module
-        A model, usually from ``load_model``.
+        A model from ``load_model``, which records the source; any other has none.
 
     Returns
     -------

@@ -15,15 +15,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (
-    check_against_reference,
-    one_thread,  # noqa: F401 (an autouse fixture: one thread for the module)
-)
+from helpers import check_against_reference
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError, Target
 from deconvnet.engine.general import GraphDeconvNet
 from deconvnet.engine.rules import RULES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(size: tuple[int, int], seed: int = 0, count: int = 2) -> torch.Tensor:

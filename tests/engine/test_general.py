@@ -14,19 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from helpers import (
-    Traps,
-    check_against_reference,
-    one_thread,  # noqa: F401 (an autouse fixture: one thread for the module)
-    random_images,
-    reference_projection,
-    seeded,
-)
+from helpers import Traps, check_against_reference, random_images, reference_projection, seeded
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError, Target
 from deconvnet.engine.general import GraphDeconvNet
 from deconvnet.engine.rules import RULES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
