@@ -324,6 +324,22 @@ def one_line_error(result, message: str, out: Path) -> str:
 # --- processes -----------------------------------------------------------------------------------
 
 
+def stop_reading_after(monkeypatch, count: int) -> None:
+    """Make the scan's image reader raise ``KeyboardInterrupt`` when asked for image
+    ``count + 1``: an interruption in process, between two checkpoints."""
+    from deconvnet.gallery.decoding import ImageFiles
+
+    real, seen = ImageFiles.__getitem__, []
+
+    def failing(self, i):
+        seen.append(i)
+        if len(seen) > count:
+            raise KeyboardInterrupt
+        return real(self, i)
+
+    monkeypatch.setattr(ImageFiles, "__getitem__", failing)
+
+
 def wait_for_file(process: subprocess.Popen, path: Path, seconds: float = 120) -> None:
     """Wait until ``process`` (its stderr a pipe) has written ``path``; fail, with its stderr,
     if it ends first."""

@@ -10,10 +10,10 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import stop_reading_after
 
 from deconvnet import DeconvNet, DeconvNetError
 from deconvnet.gallery.build import make_gallery
-from deconvnet.gallery.decoding import ImageFiles
 from deconvnet.gallery.listing import list_images
 from deconvnet.gallery.scan import scan, scan_folder
 from deconvnet.gallery.state import (
@@ -118,15 +118,7 @@ def test_scan_histogram_equals_every_image_alone_in_shards_and_runs(
     # A scan stopped after its 6th image, saved, loaded and continued counts each image once.
     listing = list_images(folder)
     path = tmp_path / "state.pt"
-    real, seen = ImageFiles.__getitem__, []
-
-    def failing(self, i):
-        seen.append(i)
-        if len(seen) > 6:
-            raise KeyboardInterrupt
-        return real(self, i)
-
-    monkeypatch.setattr(ImageFiles, "__getitem__", failing)
+    stop_reading_after(monkeypatch, 6)
     with pytest.raises(KeyboardInterrupt):
         scan(
             net,

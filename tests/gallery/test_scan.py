@@ -7,10 +7,10 @@ import random
 
 import pytest
 import torch
-from helpers import UNREADABLE
+from helpers import UNREADABLE, stop_reading_after
 
 from deconvnet import DeconvNetError
-from deconvnet.gallery.decoding import ImageFiles, Preprocessing
+from deconvnet.gallery.decoding import Preprocessing
 from deconvnet.gallery.listing import list_images, parse_channels, parse_shard
 from deconvnet.gallery.scan import scan, scan_folder
 from deconvnet.gallery.state import ScanState, TopK, merge_states, new_state, state_path
@@ -311,15 +311,7 @@ def test_checkpoints_resume_where_the_scan_stopped(net, folder, reference, tmp_p
     listing = list_images(folder)
     state = new_state(net, listing, LAYERS, top=TOP)
     path = tmp_path / "state.pt"
-    real, seen = ImageFiles.__getitem__, []
-
-    def failing(self, i):
-        seen.append(i)
-        if len(seen) > 9:
-            raise KeyboardInterrupt
-        return real(self, i)
-
-    monkeypatch.setattr(ImageFiles, "__getitem__", failing)
+    stop_reading_after(monkeypatch, 9)
     with pytest.raises(KeyboardInterrupt):
         scan(net, listing, state, checkpoint=path, checkpoint_every=4, batch_size=2, workers=0)
     monkeypatch.undo()
