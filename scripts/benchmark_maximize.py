@@ -204,14 +204,18 @@ def ours(net, targets, steps, size, parameterization="fourier") -> dict:
 def step_cost(net, layer: str, count: int, size: int) -> tuple[float, float]:
     """Seconds per optimization step for ``count`` channels of ``layer`` in one batch, and
     seconds of one forward and backward pass of that batch (channels last, as the step runs):
-    each the median of 4, the steps timed between the progress reports of one run (so neither
-    the setup nor the final read counts), the passes one after the other right after it."""
+    each the median of 8, the steps timed between the progress reports of one run (so neither
+    the setup nor the final read counts), after a warm-up run of the same shapes; the passes one
+    after the other right after it. (Medians of 4 moved the ratio by a third between runs.)"""
     targets = [f"{layer}:{c % net.channels(layer)}" for c in range(count)]
+    # A first run of these shapes, untimed: the passes timed after the steps find the process
+    # warm, and the steps of a first optimization read up to 1.4x slower than those after it.
+    maximize(net, targets, steps=3, size=size, batch=count, progress=False)
     reports = []
     maximize(
         net,
         targets,
-        steps=5,
+        steps=9,
         size=size,
         batch=count,
         progress=lambda done, total: reports.append(time.perf_counter()),
@@ -222,7 +226,7 @@ def step_cost(net, layer: str, count: int, size: int) -> tuple[float, float]:
     x.requires_grad_(True)
     channel = torch.arange(count) % net.channels(layer)
     passes = []
-    for _ in range(4):
+    for _ in range(8):
         start = time.perf_counter()
         before = layer_maps(net, site, x).before
         torch.autograd.grad(before[torch.arange(count), channel].sum(), x)
@@ -330,6 +334,9 @@ def main() -> None:
     parser.add_argument("--vgg-channels", type=int, default=2)
     parser.add_argument("--horama-units", type=int, default=2, help="channels horama runs on")
     parser.add_argument("--alone", type=int, default=2, help="channels timed one at a time")
+    parser.add_argument(
+        "--step-costs-only", action="store_true", help="stop after the step costs and the atlas"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     print(
@@ -356,6 +363,8 @@ def main() -> None:
         f"leaving the rest of the hour to the scan and projections of 1,000 photos): "
         f"{met(minutes < ATLAS_MINUTES)}"
     )
+    if args.step_costs_only:
+        return
     photos224, photos_small = load_photos(224), load_photos(args.size)
     runs = [
         ("alexnet", "conv5", ALEXNET_CHANNELS[: args.alexnet_channels]),
