@@ -113,10 +113,6 @@ class MaximaHistogram:
     def empty(cls, channels: int) -> MaximaHistogram:
         return cls(torch.zeros(channels, BINS, dtype=torch.long))
 
-    def edges(self) -> list[float]:
-        """The ``BINS + 1`` bin edges, from 0 to ``top``."""
-        return [self.top * i / BINS for i in range(BINS + 1)]
-
     def add(self, values: torch.Tensor) -> None:
         """Count the maxima ``values`` ``(N, C)`` of N more images."""
         values = values.detach().to("cpu", torch.float64)
