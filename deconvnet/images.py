@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,8 @@ def default_image() -> Path:
 
 
 # What a path that is not a regular file is, for the message that refuses it.
+_PIXEL_LIMIT_CHECK = threading.Lock()
+
 _FILE_KINDS = {
     stat.S_IFIFO: "a named pipe (FIFO)",
     stat.S_IFCHR: "a character device",
@@ -100,18 +103,21 @@ def load_image(path: str | os.PathLike[str], *, draft: int | None = None) -> Ima
         what = _FILE_KINDS.get(kind, "not a regular file")
         raise DeconvNetError(f"{path} is {what}, not a regular file; expected an image file")
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its pixel limit; treat both as the same bomb.
+        # Pillow checks its pixel limit as it opens, and only warns between 1x and 2x the limit:
+        # both are the same bomb. The warning filters are the whole process's, so one thread
+        # at a time swaps them (a scan reads in threads); decoding runs after, in parallel.
+        with _PIXEL_LIMIT_CHECK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                if draft is not None and opened.format == "JPEG":
-                    scale = draft / min(opened.size)
-                    wanted = (math.ceil(opened.width * scale), math.ceil(opened.height * scale))
-                    opened.draft("RGB", wanted)
-                opened.load()
-                # In place: a copy of a 12-megapixel photo costs as much as resizing it.
-                ImageOps.exif_transpose(opened, in_place=True)
-                image = opened
+            opened = Image.open(path)
+        with opened:
+            if draft is not None and opened.format == "JPEG":
+                scale = draft / min(opened.size)
+                wanted = (math.ceil(opened.width * scale), math.ceil(opened.height * scale))
+                opened.draft("RGB", wanted)
+            opened.load()
+            # In place: a copy of a 12-megapixel photo costs as much as resizing it.
+            ImageOps.exif_transpose(opened, in_place=True)
+            image = opened
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DeconvNetError(
             f"{path}: refusing to decode a possible decompression bomb ({error})"

@@ -8,6 +8,8 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +186,32 @@ def test_pillows_pixel_limit_is_a_bomb_in_both_its_ranges(tmp_path, monkeypatch,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(DeconvNetError, match="decompression bomb"):
         load_image(path)
+
+
+def test_the_pixel_limit_holds_in_every_thread_and_leaves_the_warning_filters(
+    tmp_path, monkeypatch
+):
+    # A scan decodes in threads; Python's warning filters belong to the whole process, so a
+    # check that swaps them in one thread must not undo another thread's (a bomb let through),
+    # nor stay behind when all are done.
+    bomb, fine = tmp_path / "big.png", tmp_path / "fine.png"
+    Image.fromarray(_pixels(64, 64)).save(bomb)  # 4096 pixels: Pillow's warning range below
+    Image.fromarray(_pixels(40, 40)).save(fine)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    before = list(warnings.filters)
+
+    def outcome(path):
+        try:
+            load_image(path)
+        except DeconvNetError as error:
+            return "refused" if "decompression bomb" in str(error) else str(error)
+        return "read"
+
+    paths = [bomb, fine] * 200
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(outcome, paths))
+    assert outcomes == ["refused", "read"] * 200
+    assert warnings.filters == before
 
 
 @pytest.mark.parametrize(("width", "height"), [(1, 1), (MIN_SIDE - 1, 300), (300, MIN_SIDE - 1)])

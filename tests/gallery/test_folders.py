@@ -371,7 +371,8 @@ def test_read_only_and_full_disks_are_one_line_and_leave_nothing_half_written(
         assert "space left" in result.stderr.lower() and not (full / "g").exists()
     finally:
         for where in (read_only, full):
-            subprocess.run(["umount", str(where)])
+            # Lazily: a file still open in the mount (a child not yet reaped) must not keep it.
+            subprocess.run(["umount", "--lazy", str(where)])
 
 
 def test_a_full_disk_at_any_write_is_one_line(monkeypatch, tmp_path):
