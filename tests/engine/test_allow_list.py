@@ -194,6 +194,12 @@ def _nine(x):
     return x
 
 
+def _masked_relu(x):
+    y = x.clone()
+    y[y < 0] = 0
+    return y
+
+
 REFUSED = {
     "abs": (lambda: Op(torch.abs), "abs at act1"),
     "LocalResponseNorm": (lambda: nn.LocalResponseNorm(3), "LocalResponseNorm at act1"),
@@ -224,6 +230,15 @@ REFUSED = {
         "BatchNorm with batch statistics",
     ),
     "detach": (lambda: Op(lambda x: x.detach()), "detach at act1"),
+    "y[y < 0] = 0": (lambda: Op(_masked_relu), r"a mask made from a map \(__setitem__"),
+    "torch.max(x, zeros_like(x))": (
+        lambda: Op(lambda x: torch.max(x, torch.zeros_like(x))),
+        r"max\(x, other\) in a form that is no ReLU",
+    ),
+    "torch.max(x, 1 as a tensor)": (
+        lambda: Op(lambda x: torch.max(x, torch.tensor(1.0))),
+        r"max\(x, other\) in a form that is no ReLU",
+    ),
 }
 
 
