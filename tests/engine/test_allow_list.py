@@ -104,6 +104,21 @@ class Moved(nn.Module):
 
 _COLUMNS = torch.randperm(24, generator=torch.Generator().manual_seed(5))
 
+
+def _halves_written_in_place(x):
+    """The right half mirrored onto the left half of a copy, by ``__setitem__``."""
+    y, half = x.clone(), x.shape[-1] // 2
+    y[..., :half] = x[..., half:].flip(-1)
+    return y
+
+
+def _halves_into_a_buffer(x):
+    y, half = torch.zeros_like(x), x.shape[-1] // 2
+    y[..., half:] = x[..., :half]
+    y[..., :half] = x[..., half:]
+    return y
+
+
 MOVES = {
     "Tensor.flip(3)": (lambda x: x.flip(3), (16, 24)),
     "torch.flip rows": (lambda x: torch.flip(x, (2,)), (16, 24)),
@@ -118,6 +133,8 @@ MOVES = {
     "cumsum(3)": (lambda x: x.cumsum(3), (16, 24)),
     "roll": (lambda x: torch.roll(x, 7, 3), (16, 24)),
     "halves swapped": (lambda x: torch.cat([x[..., 12:], x[..., :12]], dim=3), (16, 24)),
+    "a half written in place": (_halves_written_in_place, (16, 24)),
+    "halves written into a buffer": (_halves_into_a_buffer, (16, 24)),
 }
 
 
