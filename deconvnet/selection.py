@@ -106,9 +106,15 @@ class Target:
             )
         match = _SYNTAX.match(text)
         if match is None:
+            hint = (
+                "; a layer whose name holds ':' or '@' is reached by Target(layer, channel, "
+                "position) or by its index"
+                if text.count(":") > 1 or "@" in text.rpartition(":")[0]
+                else ""
+            )
             raise DeconvNetError(
                 f"cannot read target {text!r}; write layer, layer:channel or layer:channel@y,x "
-                "(for example conv5, conv5:12 or conv5:12@6,7)"
+                f"(for example conv5, conv5:12 or conv5:12@6,7){hint}"
             )
         channel = match["channel"]
         position = (int(match["y"]), int(match["x"])) if match["y"] is not None else None

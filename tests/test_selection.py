@@ -31,6 +31,16 @@ def test_parse_errors_show_the_syntax(text):
         Target.parse(text)
 
 
+@pytest.mark.parametrize("text", ["block:a:3", "c@1:2", "a:b@c:1@2,3"])
+def test_a_layer_name_with_the_targets_separators_is_told_how_to_be_reached(text):
+    with pytest.raises(DeconvNetError, match=r"reached by Target\(layer, channel, position\)"):
+        Target.parse(text)
+    for plain in ("conv5@1,2", "conv5:1@2"):
+        with pytest.raises(DeconvNetError) as error:
+            Target.parse(plain)
+        assert "reached by" not in str(error.value)
+
+
 def test_select_strongest_and_ties():
     maps = torch.zeros(2, 3, 4, 5)
     maps[0, 1, 2, 3] = 5.0

@@ -52,6 +52,9 @@ TRANSFORMS = ("translate", "scale", "rotate")
 # The paper's ranges (Figure 5): vertical translation of +-60 pixels, scale 1 to 1.8, rotation
 # through a full turn.
 DEFAULT_RANGES = {"translate": (-60.0, 60.0), "scale": (1.0, 1.8), "rotate": (0.0, 360.0)}
+# Each step is a forward pass of every image: more than this would run for hours (and the
+# steps' values and results alone, at 10^8, fill the memory).
+MAX_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,10 @@ def steps(kind: str, low: float | None = None, high: float | None = None, count:
     check_transform(kind)
     if count < 1:
         raise DeconvNetError(f"the number of steps must be at least 1, got {count}")
+    if count > MAX_STEPS:
+        raise DeconvNetError(
+            f"the number of steps must be at most {MAX_STEPS} (a forward pass each), got {count}"
+        )
     default = DEFAULT_RANGES[kind]
     low = default[0] if low is None else float(low)
     high = default[1] if high is None else float(high)
@@ -267,6 +274,10 @@ def invariance(
     values = torch.as_tensor(values, dtype=torch.float64).flatten()
     if values.numel() == 0:
         raise DeconvNetError("give at least one transform step")
+    if values.numel() > MAX_STEPS:
+        raise DeconvNetError(
+            f"give at most {MAX_STEPS} transform steps (a forward pass each), got {values.numel()}"
+        )
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise DeconvNetError("invariance takes images of shape (N, 3, H, W)")
     check_values(kind, values, tuple(x.shape[-2:]))

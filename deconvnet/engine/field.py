@@ -102,6 +102,9 @@ class FieldTracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         made = [t for t in (out if isinstance(out, tuple | list) else (out,))]
+        if func is torch.Tensor.__setitem__:
+            # Written in place: what a position now holds may come from anywhere.
+            made = [args[0]]
         if not made or not isinstance(made[0], torch.Tensor):
             return out
         leaves, _ = tree_flatten((args, kwargs))

@@ -149,6 +149,16 @@ def name_layers(features: nn.Sequential, style: str = "flat") -> list[Layer]:
     return [Layer(i, names[i], kind_of(m) or "", m) for i, m in enumerate(modules)]
 
 
+def stack_paths(model: nn.Module) -> list[str]:
+    """The module path of each layer of ``model``'s stack: ``features.3``, a bare stack's own
+    ``3``, or whatever names its modules were added under (``features.conv_a``)."""
+    stack = getattr(model, "features", model)
+    if not isinstance(stack, nn.Sequential):
+        return []
+    prefix = "" if stack is model else "features."
+    return [prefix + key for key in stack._modules]
+
+
 def naming_style(model: nn.Module) -> str:
     """``"block"`` for VGG-like models (named conv3_2), ``"flat"`` otherwise (conv1..conv5)."""
     from torchvision.models import VGG
@@ -170,9 +180,20 @@ def resolve_layer(layers: list[Layer], layer: str | int, model: nn.Module | None
             return layers[layer]
     else:
         key = str(layer).strip()
-        for candidate in layers:
-            if key in (candidate.name, f"features.{candidate.index}"):
-                return candidate
+        paths = stack_paths(model) if model is not None else []
+        named = [c for c in layers if key in (c.name, f"features.{c.index}")]
+        pathed = [layers[i] for i, path in enumerate(paths) if str(layer) == path]
+        if named and pathed and pathed[0] is not named[0]:
+            other = pathed[0]
+            # A conv's own path names its rectified output, as the paper's name does.
+            if not (other.kind == "conv" and named[0].index == other.index + 1):
+                raise DeconvNetError(
+                    f"layer {key!r} names two layers: the paper's {named[0].name} "
+                    f"(features.{named[0].index}) and the module {key} (features.{other.index}); "
+                    f"write features.{named[0].index} or features.{other.index}"
+                )
+        if named or pathed:
+            return (named or pathed)[0]
     named = [entry.name for entry in layers if not entry.name.startswith("features.")]
     key = str(layer).strip()
     # Paths of a model whose stack is its .features (a bare stack has no path outside itself).

@@ -26,7 +26,8 @@ plain gradient (``other_nonlinearities="gradient"``).
   conditions, `item`, `*_like` constants.
 - **refused** by name, or their plain gradient with `other_nonlinearities="gradient"`: anything
   else that reads a map, among them GELU, SiLU, sigmoid, tanh, softmax, `exp`, `log`, `x ** 2`,
-  `abs`, a product or quotient of two maps (a gate, attention), a comparison used as a gate,
+  `abs`, a product or quotient of two maps (a gate, attention), a comparison used as a gate
+  (a factor, or a mask that indexes a map: `y[y < 0] = 0`), `max(x, other)` unless `other` is 0,
   LocalResponseNorm, GroupNorm, InstanceNorm, LayerNorm, `F.normalize`, BatchNorm with batch
   statistics, dropout in training mode, `detach`.
 
@@ -411,6 +412,14 @@ class Check:
             return f"{name} in training mode" if training and p else None
         if name in ("max", "amax") and len(args) > 1 and len(operands) > 1:
             return f"{name} of two maps"
+        other = kwargs.get("other", args[1] if len(args) > 1 else None)
+        if name == "max" and isinstance(other, torch.Tensor):
+            # An elementwise maximum, no pool: a ReLU only in the table's form, max(x, 0).
+            return "max(x, other) in a form that is no ReLU"
+        if name in ("__getitem__", "__setitem__") and len(args) > 1:
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(self.is_map(i) and i.dtype == torch.bool for i in index):
+                return f"a mask made from a map ({name}: a gate)"
         return None
 
     def note(self, func: Callable, args: tuple, kwargs: dict, out) -> None:

@@ -29,6 +29,7 @@ from deconvnet.engine.layers import (
     name_layers,
     naming_style,
     resolve_layer,
+    stack_paths,
     why_not_invertible,
 )
 from deconvnet.engine.receptive_field import ReceptiveField, map_size, receptive_field, step
@@ -106,8 +107,9 @@ class PlainDeconvNet(Engine):
         return self.in_channels
 
     def module_name(self, layer: str | int) -> str:
-        """torchvision's name of ``layer``'s module, ``features.N`` (``layer`` accepts it too)."""
-        return f"features.{self.layer(layer).index}"
+        """The path of ``layer``'s module in the model, ``features.N`` for torchvision's
+        (``layer`` accepts it too)."""
+        return stack_paths(self.model)[self.layer(layer).index]
 
     def call_number(self, layer: str | int) -> int:
         """How many times the stack runs ``layer``'s module below it (an ``nn.Sequential`` may

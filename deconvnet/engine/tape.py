@@ -99,8 +99,12 @@ class Tape(TorchFunctionMode):
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
         self.rectifications.observe(func, args, kwargs, out)
-        # Whatever it made depends on the input in a way the walk does not know.
-        for tensor in _tensors(out if isinstance(out, list | tuple) else (out,), {}):
+        # Whatever it made depends on the input in a way the walk does not know; so does a
+        # tensor written in place (y[..., :12] = x[..., 12:]), which the call does not return.
+        made = out if isinstance(out, list | tuple) else (out,)
+        if func is torch.Tensor.__setitem__:
+            made = (args[0],)
+        for tensor in _tensors(made, {}):
             self._note(tensor, Made(OPAQUE, [], {}, tuple(tensor.shape)))
         return out
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from deconvnet import DeconvNet, load_model
 from deconvnet.analysis.evolution import feature_evolution
-from deconvnet.analysis.invariance import check_values, invariance, steps, transform
+from deconvnet.analysis.invariance import MAX_STEPS, check_values, invariance, steps, transform
 from deconvnet.errors import DeconvNetError
 from deconvnet.images import MAX_SIDE
 
@@ -65,6 +65,17 @@ def test_a_scale_past_the_input_limit_is_refused_with_the_bound(net):
         transform(x, "scale", 1000.0)
     check_values("scale", [1.0, bound], (224, 224))
     assert transform(torch.zeros(1, 3, 8, 8), "scale", bound).shape == (1, 3, 8, 8)
+
+
+def test_more_steps_than_the_bound_are_refused_before_any_work(net, image, tmp_path):
+    with pytest.raises(DeconvNetError, match=f"at most {MAX_STEPS} .*got {MAX_STEPS + 1}"):
+        steps("rotate", 0, 90, MAX_STEPS + 1)
+    assert len(steps("rotate", 0, 90, MAX_STEPS)) == MAX_STEPS
+    with pytest.raises(DeconvNetError, match=f"at most {MAX_STEPS} transform steps"):
+        invariance(net, torch.zeros(1, 3, 64, 64), "rotate", [0.0] * (MAX_STEPS + 1), ["conv1"])
+    out = tmp_path / "out"
+    result = run_command("invariance", image, "--steps 100000000 --weights random -o", out)
+    one_line_error(result, "the number of steps must be at most", out)
 
 
 @pytest.mark.parametrize("text", ["nan,1", "inf,1", "nan,nan", "1,-inf"])

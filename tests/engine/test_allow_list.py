@@ -104,6 +104,21 @@ class Moved(nn.Module):
 
 _COLUMNS = torch.randperm(24, generator=torch.Generator().manual_seed(5))
 
+
+def _halves_written_in_place(x):
+    """The right half mirrored onto the left half of a copy, by ``__setitem__``."""
+    y, half = x.clone(), x.shape[-1] // 2
+    y[..., :half] = x[..., half:].flip(-1)
+    return y
+
+
+def _halves_into_a_buffer(x):
+    y, half = torch.zeros_like(x), x.shape[-1] // 2
+    y[..., half:] = x[..., :half]
+    y[..., :half] = x[..., half:]
+    return y
+
+
 MOVES = {
     "Tensor.flip(3)": (lambda x: x.flip(3), (16, 24)),
     "torch.flip rows": (lambda x: torch.flip(x, (2,)), (16, 24)),
@@ -118,6 +133,8 @@ MOVES = {
     "cumsum(3)": (lambda x: x.cumsum(3), (16, 24)),
     "roll": (lambda x: torch.roll(x, 7, 3), (16, 24)),
     "halves swapped": (lambda x: torch.cat([x[..., 12:], x[..., :12]], dim=3), (16, 24)),
+    "a half written in place": (_halves_written_in_place, (16, 24)),
+    "halves written into a buffer": (_halves_into_a_buffer, (16, 24)),
 }
 
 
@@ -194,6 +211,12 @@ def _nine(x):
     return x
 
 
+def _masked_relu(x):
+    y = x.clone()
+    y[y < 0] = 0
+    return y
+
+
 REFUSED = {
     "abs": (lambda: Op(torch.abs), "abs at act1"),
     "LocalResponseNorm": (lambda: nn.LocalResponseNorm(3), "LocalResponseNorm at act1"),
@@ -224,6 +247,15 @@ REFUSED = {
         "BatchNorm with batch statistics",
     ),
     "detach": (lambda: Op(lambda x: x.detach()), "detach at act1"),
+    "y[y < 0] = 0": (lambda: Op(_masked_relu), r"a mask made from a map \(__setitem__"),
+    "torch.max(x, zeros_like(x))": (
+        lambda: Op(lambda x: torch.max(x, torch.zeros_like(x))),
+        r"max\(x, other\) in a form that is no ReLU",
+    ),
+    "torch.max(x, 1 as a tensor)": (
+        lambda: Op(lambda x: torch.max(x, torch.tensor(1.0))),
+        r"max\(x, other\) in a form that is no ReLU",
+    ),
 }
 
 

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError
 from deconvnet.engine.layers import name_layers, naming_style, resolve_layer, why_not_invertible
@@ -132,3 +133,36 @@ def test_layer_names_are_exact_with_a_suggestion():
     for wrong in ("CONV5", "Conv5"):
         with pytest.raises(DeconvNetError, match=r"did you mean conv5\? \(names are exact"):
             resolve_layer(layers, wrong)
+
+
+def test_a_plain_stack_takes_its_modules_own_paths():
+    torch.manual_seed(0)
+    stack = nn.Sequential()
+    for name, module in (
+        ("conv 1", nn.Conv2d(3, 4, 3)),
+        ("0", nn.ReLU()),
+        ("卷积#2", nn.MaxPool2d(2)),
+        ("c2", nn.Conv2d(4, 4, 3)),
+    ):
+        stack.add_module(name, module)
+    net = DeconvNet(stack.eval())
+    assert [net.layer(path).index for path in ("conv 1", "0", "卷积#2", "c2")] == [0, 1, 2, 3]
+    assert net.module_name("conv1") == "0" and net.module_name("features.3") == "c2"
+    x = torch.randn(1, 3, 14, 16, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        net.project(x, "0:2").reconstruction, net.project(x, "conv1:2").reconstruction
+    )
+
+
+def test_a_path_that_is_another_layers_paper_name_is_refused():
+    stack = nn.Sequential()
+    stack.add_module("conv2", nn.Conv2d(3, 4, 3))
+    stack.add_module("r", nn.ReLU())
+    stack.add_module("pool", nn.MaxPool2d(2))
+    stack.add_module("c", nn.Conv2d(4, 4, 3))
+    net = DeconvNet(stack.eval())
+    with pytest.raises(
+        DeconvNetError, match=r"'conv2' names two layers.*features\.3 or features\.0"
+    ):
+        net.layer("conv2")
+    assert net.layer("pool").name == "pool1"
