@@ -36,6 +36,7 @@ def down_by_autograd(
     rule: str,
     run: Callable[[torch.Tensor], torch.Tensor],
     budget: int,
+    one_crop_a_pass: bool = False,
 ) -> torch.Tensor:
     """Each unit's projection on the whole image, by autograd's backward.
 
@@ -60,6 +61,9 @@ def down_by_autograd(
         every rectification.
     budget
         Input pixels one batched backward may cover (bounds its memory).
+    one_crop_a_pass
+        Send each crop down alone: for a forward that mixes the images of a batch
+        (``deconvnet.engine.ops.AcrossImages``), where crops batched together would mix.
 
     Returns
     -------
@@ -77,7 +81,7 @@ def down_by_autograd(
         if crop is not None:
             by_size.setdefault(crop[2:], []).append(t)
     for size, members in by_size.items():
-        per_batch = max(1, budget // (size[0] * size[1]))
+        per_batch = 1 if one_crop_a_pass else max(1, budget // (size[0] * size[1]))
         for start in range(0, len(members), per_batch):
             part = members[start : start + per_batch]
             chosen = [crops[t] for t in part]

@@ -51,6 +51,7 @@ from deconvnet.engine.layers import (
     name_layers,
     naming_style,
 )
+from deconvnet.engine.ops import AcrossImages
 from deconvnet.engine.receptive_field import ReceptiveField
 from deconvnet.engine.rules import Rule, check_rule
 from deconvnet.engine.tape import Binding, Tape, bind_modules
@@ -93,6 +94,16 @@ def _signature(modules: list[nn.Module]) -> tuple:
             *module._forward_hooks,
         )
         for module in modules
+    )
+
+
+# Where a refusal says an op ran when no module of the model was running.
+OWN_FORWARD = "(the model's own forward)"
+
+
+def _refuse_across_images(op: str) -> None:
+    raise DeconvNetError(
+        f"{op} acts across the images of a batch (dim 0); project one image at a time"
     )
 
 
@@ -171,10 +182,17 @@ class GraphDeconvNet(Engine):
     def _probe(self, input_size: tuple[int, int], style: str | None) -> None:
         x = torch.zeros(1, self.in_channels, *input_size, device=self.device, dtype=self._dtype)
         others: dict[str, set[str]] = {}
+        across: list[str] = []
         trace: list[list] = []
 
         def other(kind: str, path: str) -> None:
-            others.setdefault(kind, set()).add(path or "(the model's own forward)")
+            where = path or OWN_FORWARD
+            if isinstance(kind, AcrossImages):
+                across.append(f"{where}: {kind}")
+                if kind.also is None:
+                    return
+                kind = kind.also
+            others.setdefault(kind, set()).add(where)
 
         tracer = FieldTracer(x)
         with torch.no_grad(), tracer, probing(self.model, input_size):
@@ -186,6 +204,8 @@ class GraphDeconvNet(Engine):
                 "other_nonlinearities='gradient' to let their plain gradient through (the result "
                 "is then no longer a pure deconvnet)"
             )
+        # A pass at N=1 sees every op: one that mixes a batch's images is refused for N > 1.
+        self._across_images = across[0] if across else None
         # The calls the layers are named by: a pass that calls modules in another order would
         # name other calls, and is refused (_run).
         self._order = [path for path, _ in trace]
@@ -436,6 +456,8 @@ class GraphDeconvNet(Engine):
     def _forward(self, x: torch.Tensor, layer: Layer, rule: Rule, keep: list[int]) -> GraphRecord:
         """Run the model up to ``layer`` with the rule at every rectification: by the tape when
         the walk knows every op below the layers asked for, else under autograd."""
+        if self._across_images is not None and x.shape[0] > 1:
+            _refuse_across_images(self._across_images)
         kept = set(keep)
         wanted = kept | {layer.index}
         box = RuleBox(rule.name)
@@ -459,8 +481,18 @@ class GraphDeconvNet(Engine):
                 return record
         # A layer above an op the walk does not know: the way down goes by autograd.
         record.inputs = x.detach().requires_grad_(True)
+        # A forward that mixes a batch only when it holds several images (x[[1, 0]] if N == 2)
+        # hides it from the probe's one image: a batch's own pass is checked too.
+        across: list[str] = []
+
+        def other(kind: str, path: str) -> None:
+            if isinstance(kind, AcrossImages):
+                across.append(f"{path or OWN_FORWARD}: {kind}")
+
         with torch.enable_grad():
-            tapped = self._run(record.inputs, wanted, box)
+            tapped = self._run(record.inputs, wanted, box, other=other if len(x) > 1 else None)
+        if across:
+            _refuse_across_images(across[0])
         record.tapped = tapped
         record.maps = {index: tapped[index].detach() for index in kept}
         record.output = tapped[layer.index].detach()
@@ -527,7 +559,16 @@ class GraphDeconvNet(Engine):
 
         tapped, found = record.tapped[layer.index], self.calls[layer.index].field
         result = down_by_autograd(
-            record.images, record.inputs, tapped, record.box, found, units, rule, run, PIXEL_BUDGET
+            record.images,
+            record.inputs,
+            tapped,
+            record.box,
+            found,
+            units,
+            rule,
+            run,
+            PIXEL_BUDGET,
+            one_crop_a_pass=self._across_images is not None,
         )
         return result, [(0, 0)] * len(units.channel)
 

@@ -31,6 +31,13 @@ plain gradient (``other_nonlinearities="gradient"``).
   LocalResponseNorm, GroupNorm, InstanceNorm, LayerNorm, `F.normalize`, BatchNorm with batch
   statistics, dropout in training mode, `detach`.
 
+**Images of a batch.** The way down reads each image's own row of one pass, so an op on a map
+that acts across the batch (dimension 0: `flip(0)`, `flipud`, `roll(1, 0)`, `x[[1, 0]]`, `x[1:]`,
+`sum(0)`, `cat`/`stack`/`chunk`/`index_select` along 0, a transpose, reshape or flatten that
+moves or resizes dim 0, a full reduction `x.sum()` used with a map again) is refused by name for
+a batch of more than one image (``AcrossImages``); one image at a time goes down as it does here.
+A full reduction read only by a Python condition (`if x.mean() > 0`) is no map, and passes.
+
 **Normalization layers.** Zeiler and Fergus's own network contrast-normalized its maps across
 channels (as AlexNet's local response normalization does), and their deconvnet (Fig. 1: unpool,
 rectify, filter) has no step for it: the way down passes over it, the signal unchanged. That is
@@ -49,6 +56,7 @@ whole image, by autograd.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 
@@ -367,14 +375,240 @@ def _flat(values) -> list:
     return found
 
 
+# --- ops that act across the images of a batch --------------------------------------------------
+
+# The batch is dimension 0 of every map. An op that reads or moves other images' units along it
+# makes each image's maps depend on the others: the way down, which goes down one unit per image
+# in one pass and reads each image's own row, is then wrong for a batch of more than one.
+
+# Ops along a dimension: (position of the dimension argument, its default). ``_EVERY``: without
+# one, the op acts on the tensor flattened, the batch with the rest.
+_EVERY = "every"
+_DIM_AT: dict[str, tuple[int, object]] = {
+    **dict.fromkeys(_names("flip"), (1, _EVERY)),
+    **dict.fromkeys(_names("roll take_along_dim repeat_interleave"), (2, _EVERY)),
+    **dict.fromkeys(
+        _names(
+            "cumsum cumprod cummax cummin logcumsumexp narrow select index_select gather",
+        ),
+        (1, None),
+    ),
+    **dict.fromkeys(_names("sort argsort"), (1, -1)),
+    **dict.fromkeys(_names("cat concat concatenate stack unbind"), (1, 0)),
+    **dict.fromkeys(_names("chunk split split_with_sizes tensor_split"), (2, 0)),
+    **dict.fromkeys(_names("topk kthvalue diff"), (2, -1)),
+    **dict.fromkeys(_names("softmax log_softmax"), (1, "implicit")),
+}
+# Reductions: along their dimensions, or without one over the whole tensor (the batch too).
+_REDUCTIONS = _names(
+    "sum mean amax amin max min std var prod logsumexp nansum nanmean median nanmedian"
+)
+_DIM_KEYWORDS = ("dim", "dims", "axis")
+
+
+class AcrossImages(str):
+    """A refusal that holds for a batch of more than one image only: an op on a map that acts
+    across the images of the batch (dimension 0). ``also`` is the op's refusal at any batch
+    size (it has no treatment, say), or None."""
+
+    also: str | None
+
+    def __new__(cls, text: str, also: str | None = None) -> AcrossImages:
+        made = super().__new__(cls, text)
+        made.also = also
+        return made
+
+
+def _dims(value, ndim: int) -> list[int]:
+    """The dimensions ``value`` names (an int or a sequence of them), normalised by ``ndim``."""
+    values = value if isinstance(value, list | tuple | torch.Size) else [value]
+    found = []
+    for v in values:
+        if isinstance(v, int) and not isinstance(v, bool):
+            found.append(v % ndim if ndim else 0)
+    return found
+
+
+def _sizes(args: tuple) -> list | None:
+    """The sizes of ``reshape(x, *sizes)`` or ``reshape(x, sizes)`` alike, or None."""
+    sizes = args[1] if len(args) == 2 and isinstance(args[1], list | tuple) else args[1:]
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
+        return None  # view(dtype)
+    return list(sizes)
+
+
+def _first_size(x: torch.Tensor, sizes: list[int]) -> int | None:
+    """Dimension 0's size once ``x`` is reshaped to ``sizes`` (-1 resolved), None for 0-d."""
+    if not sizes:
+        return None
+    if sizes[0] != -1:
+        return sizes[0]
+    rest = math.prod(s for s in sizes[1:] if s != -1)
+    return x.numel() // rest if rest else 0
+
+
+def _full(entry) -> bool:
+    return (
+        isinstance(entry, slice)
+        and entry.start in (None, 0)
+        and entry.stop is None
+        and (entry.step in (None, 1))
+    )
+
+
+def _batch_index(index, ndim: int):
+    """What ``index`` (of ``x[index]``) takes of dimension 0 of a tensor of ``ndim`` dims."""
+    entries = index if isinstance(index, tuple) else (index,)
+    used = sum(
+        i.dim() if isinstance(i, torch.Tensor) and i.dtype == torch.bool else 1
+        for i in entries
+        if i is not None and i is not Ellipsis
+    )
+    for entry in entries:
+        if entry is None:
+            continue
+        if entry is Ellipsis:
+            if used < ndim:
+                return slice(None)  # the Ellipsis stands for dimension 0
+            continue
+        return entry
+    return slice(None)
+
+
+def _einsum_moves_batch(equation: str, operands: list, is_map: Callable) -> bool:
+    inputs, _, output = equation.replace(" ", "").partition("->")
+    if not output and "->" not in equation:
+        return False  # an implicit output: sorted letters, read no further here
+    for subscripts, operand in zip(inputs.split(","), operands, strict=False):
+        if not is_map(operand) or not subscripts:
+            continue
+        batch = "..." if subscripts.startswith("...") else subscripts[0]
+        if not output.startswith(batch):
+            return True
+    return False
+
+
+def across_images(name: str, args: tuple, kwargs: dict, is_map: Callable) -> str | None:
+    """What to call ``name(*args, **kwargs)`` when it acts across the images of a batch
+    (dimension 0 of a map), else None. A reduction over every dimension is none here: its
+    result mixes the batch only where it is used with a map again (``Check``)."""
+    if name == "einsum" and args and isinstance(args[0], str):
+        operands = _flat(args[1:])
+        return (
+            f"{name} that moves dim 0" if _einsum_moves_batch(args[0], operands, is_map) else None
+        )
+    first = args[0] if args else None
+    if name in ("cat", "concat", "concatenate", "stack", "vstack", "hstack") and isinstance(
+        first, list | tuple
+    ):
+        first = next((t for t in first if isinstance(t, torch.Tensor)), None)
+    if not isinstance(first, torch.Tensor):
+        return None
+    ndim = first.dim() + (name == "stack")
+    if name in _DIM_AT or name in _REDUCTIONS:
+        at, default = _DIM_AT.get(name, (1, _EVERY))
+        value = next((kwargs[k] for k in _DIM_KEYWORDS if k in kwargs), None)
+        if value is None:
+            value = args[at] if len(args) > at else None
+        if value is None:
+            value = default
+        if name in ("max", "min") and isinstance(value, torch.Tensor):
+            return None  # an elementwise maximum, checked elsewhere
+        if name in ("std", "var") and isinstance(value, bool):
+            value = _EVERY  # std(x, unbiased)
+        if value == "implicit":
+            value = 0 if ndim in (0, 1, 3) else 1
+        if value is None or value == _EVERY or value == () or value == []:
+            return None if name in _REDUCTIONS else f"{name} over every dimension"
+        return f"{name} along dim 0" if 0 in _dims(value, ndim) else None
+    if ndim == 0:
+        return None
+    if name == "flipud" or (name == "vstack" and ndim > 1):
+        return name
+    if name in ("transpose", "transpose_", "swapaxes", "swapdims"):
+        pair = [
+            kwargs.get(k, args[i] if len(args) > i else None) for i, k in ((1, "dim0"), (2, "dim1"))
+        ]
+        dims = _dims(pair, ndim)
+        return f"{name} of dim 0" if len(dims) == 2 and (dims[0] == 0) != (dims[1] == 0) else None
+    if name == "permute":
+        order = _dims(kwargs.get("dims", args[1] if len(args) == 2 else args[1:]), ndim)
+        return f"{name} of dim 0" if order and order[0] != 0 else None
+    if name in ("movedim", "moveaxis"):
+        source = _dims(kwargs.get("source", args[1] if len(args) > 1 else []), ndim)
+        destination = _dims(kwargs.get("destination", args[2] if len(args) > 2 else []), ndim)
+        order = [d for d in range(ndim) if d not in source]
+        moved = dict(zip(destination, source, strict=False))
+        return f"{name} of dim 0" if moved.get(0, order[0] if order else 0) != 0 else None
+    if (name in ("t", "T", "H") and ndim >= 2) or (name in ("mT", "mH") and ndim == 2):
+        return f"{name} (a transpose of dim 0)"
+    if name == "rot90":
+        k = kwargs.get("k", args[1] if len(args) > 1 else 1)
+        dims = _dims(kwargs.get("dims", args[2] if len(args) > 2 else (0, 1)), ndim)
+        return f"{name} in dim 0" if k % 4 and 0 in dims else None
+    if name in ("__getitem__", "__setitem__") and len(args) > 1:
+        written = name == "__setitem__" and len(args) > 2 and is_map(args[2])
+        if not (is_map(first) or written):
+            return None  # a map as an index of a constant
+        entry = _batch_index(args[1], ndim)
+        return None if entry is Ellipsis or _full(entry) else f"{name} with an index of dim 0"
+    if name in ("reshape", "view"):
+        sizes = _sizes(args)
+        if sizes is not None and _first_size(first, sizes) != first.shape[0]:
+            return f"{name} that changes the size of dim 0"
+        return None
+    if name in ("reshape_as", "view_as") and len(args) > 1:
+        other = args[1]
+        changes = other.dim() == 0 or other.shape[0] != first.shape[0]
+        return f"{name} that changes the size of dim 0" if changes else None
+    if name == "flatten":
+        start = _dims(kwargs.get("start_dim", args[1] if len(args) > 1 else 0), ndim)
+        end = _dims(kwargs.get("end_dim", args[2] if len(args) > 2 else -1), ndim)
+        merged = start == [0] and end and end[0] > 0 and math.prod(first.shape[1 : end[0] + 1]) > 1
+        return f"{name} of dim 0 with others" if merged else None
+    if name == "unflatten":
+        dim = _dims(kwargs.get("dim", args[1] if len(args) > 1 else None), ndim)
+        sizes = kwargs.get("sizes", args[2] if len(args) > 2 else ())
+        return f"{name} of dim 0" if dim == [0] and len(sizes) > 1 else None
+    if name in ("repeat", "tile", "expand", "broadcast_to", "expand_as"):
+        if name == "expand_as":
+            sizes = list(args[1].shape) if len(args) > 1 else []
+        else:
+            sizes = _sizes(args) or []
+        if name == "tile":
+            sizes = [1] * (ndim - len(sizes)) + sizes
+        lead, entry = sizes[: len(sizes) - ndim], sizes[len(sizes) - ndim : len(sizes) - ndim + 1]
+        kept = (1,) if name in ("repeat", "tile") else (-1, first.shape[0])
+        if any(s != 1 for s in lead) or (entry and entry[0] not in kept):
+            return f"{name} of dim 0"
+        return None
+    if name in ("pad", "constant_pad_nd"):
+        pad = kwargs.get("pad", args[1] if len(args) > 1 else ())
+        return f"{name} of dim 0" if len(pad) // 2 >= ndim else None
+    if name in ("matmul", "__matmul__", "mm") and len(args) > 1:
+        right = args[1]
+        return f"{name} over dim 0" if is_map(right) and right.dim() <= 2 else None
+    if name == "__rmatmul__" and is_map(first) and ndim <= 2:
+        return f"{name} over dim 0"
+    return None
+
+
 class Check:
     """The maps of one forward pass (what derives from its input ``x``), and every op that reads
     one checked against ``TREATMENTS``: ``refusal`` names an op the engine has no treatment for,
-    ``note`` marks what an op made from a map as a map."""
+    or one that acts across the images of a batch (an ``AcrossImages``); ``note`` marks what an
+    op made from a map as a map."""
 
     def __init__(self, x: torch.Tensor, rectifications: Rectifications) -> None:
         self.rectifications = rectifications
         self._maps: dict[int, weakref.ref] = {id(x): weakref.ref(x)}
+        # Maps that hold a reduction of a map over every dimension (x.sum()), by the reduction:
+        # a Python condition may read one; a map combined with one mixes the batch.
+        self._pooled: dict[int, tuple[weakref.ref, str]] = {}
+
+    def _pooled_by(self, value) -> str | None:
+        held = self._pooled.get(id(value)) if isinstance(value, torch.Tensor) else None
+        return held[1] if held is not None and held[0]() is value else None
 
     def is_map(self, value) -> bool:
         held = self._maps.get(id(value)) if isinstance(value, torch.Tensor) else None
@@ -386,11 +620,29 @@ class Check:
                 self._maps[id(tensor)] = weakref.ref(tensor)
 
     def refusal(self, func: Callable, args: tuple, kwargs: dict) -> str | None:
-        """What to call the op when it reads a map and has no treatment here, else None."""
+        """What to call the op when it reads a map and has no treatment here, else None; an
+        ``AcrossImages`` when it acts across the images of a batch (refused for more than one
+        image only)."""
         operands = [v for v in _flat([*args, *kwargs.values()]) if self.is_map(v)]
         if not operands:
             return None
         name = name_of(func)
+        plain = self._without_treatment(name, args, kwargs, operands)
+        try:
+            across = across_images(name, args, kwargs, self.is_map)
+        except (TypeError, ValueError, AttributeError, IndexError):
+            across = None  # a form no torch op takes: torch itself says so
+        pooled = [self._pooled_by(v) for v in operands]
+        used = any(by is None and v.dim() > 0 for v, by in zip(operands, pooled, strict=True))
+        if across is None and any(pooled) and used:
+            reduction = next(by for by in pooled if by)
+            across = f"{reduction} over every dimension, used with a map"
+        return plain if across is None else AcrossImages(across, plain)
+
+    def _without_treatment(
+        self, name: str, args: tuple, kwargs: dict, operands: list
+    ) -> str | None:
+        """What to call the op when the table has no treatment for it in this form, else None."""
         treatment = TREATMENTS.get(name)
         if treatment is None:
             return FRIENDLY.get(name, name)
@@ -424,7 +676,18 @@ class Check:
 
     def note(self, func: Callable, args: tuple, kwargs: dict, out) -> None:
         """Mark what ``func`` made as maps when it read one (constants made alike are none)."""
-        if TREATMENTS.get(name_of(func)) == CONSTANT:
+        name = name_of(func)
+        if TREATMENTS.get(name) == CONSTANT:
             return
-        if any(self.is_map(v) for v in _flat([*args, *kwargs.values()])):
-            self.mark(out)
+        inputs = _flat([*args, *kwargs.values()])
+        if not any(self.is_map(v) for v in inputs):
+            return
+        self.mark(out)
+        pooled = next((by for by in map(self._pooled_by, inputs) if by), None)
+        reduced = isinstance(out, torch.Tensor) and out.dim() == 0 and bool(args)
+        if pooled is None and name in _REDUCTIONS and reduced and self.is_map(args[0]):
+            pooled = name  # over every dimension: a 0-d result of a map
+        if pooled is not None:
+            for tensor in _flat([out]):
+                if isinstance(tensor, torch.Tensor):
+                    self._pooled[id(tensor)] = (weakref.ref(tensor), pooled)
