@@ -63,7 +63,7 @@ def down_by_autograd(
         Input pixels one batched backward may cover (bounds its memory).
     one_crop_a_pass
         Send each crop down alone: for a forward that mixes the images of a batch
-        (``deconvnet.engine.ops.AcrossImages``), where crops batched together would mix.
+        (``deconvnet.engine.batch.AcrossImages``), where crops batched together would mix.
 
     Returns
     -------

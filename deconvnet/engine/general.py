@@ -39,6 +39,7 @@ from torch import nn
 
 from deconvnet.engine.backprop import down_by_autograd
 from deconvnet.engine.base import Descent, Engine, Floors, Maxima, channel_maxima
+from deconvnet.engine.batch import AcrossImages, refuse_across_images
 from deconvnet.engine.canonizers import Rectifiers, RuleBox, call_names, private_view
 from deconvnet.engine.checks import checked_model, in_order, probing
 from deconvnet.engine.field import Field, FieldTracer
@@ -51,7 +52,6 @@ from deconvnet.engine.layers import (
     name_layers,
     naming_style,
 )
-from deconvnet.engine.ops import AcrossImages
 from deconvnet.engine.receptive_field import ReceptiveField
 from deconvnet.engine.rules import Rule, check_rule
 from deconvnet.engine.tape import Binding, Tape, bind_modules
@@ -99,12 +99,6 @@ def _signature(modules: list[nn.Module]) -> tuple:
 
 # Where a refusal says an op ran when no module of the model was running.
 OWN_FORWARD = "(the model's own forward)"
-
-
-def _refuse_across_images(op: str) -> None:
-    raise DeconvNetError(
-        f"{op} acts across the images of a batch (dim 0); project one image at a time"
-    )
 
 
 def _some(paths: list[str], shown: int = 6) -> str:
@@ -457,7 +451,7 @@ class GraphDeconvNet(Engine):
         """Run the model up to ``layer`` with the rule at every rectification: by the tape when
         the walk knows every op below the layers asked for, else under autograd."""
         if self._across_images is not None and x.shape[0] > 1:
-            _refuse_across_images(self._across_images)
+            refuse_across_images(self._across_images)
         kept = set(keep)
         wanted = kept | {layer.index}
         box = RuleBox(rule.name)
@@ -492,7 +486,7 @@ class GraphDeconvNet(Engine):
         with torch.enable_grad():
             tapped = self._run(record.inputs, wanted, box, other=other if len(x) > 1 else None)
         if across:
-            _refuse_across_images(across[0])
+            refuse_across_images(across[0])
         record.tapped = tapped
         record.maps = {index: tapped[index].detach() for index in kept}
         record.output = tapped[layer.index].detach()

@@ -56,11 +56,18 @@ whole image, by autograd.
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable
 
 import torch
+
+from deconvnet.engine.batch import (
+    REDUCTIONS,
+    AcrossImages,
+    across_images,
+    flatten,
+    op_names,
+)
 
 RECTIFIER, LINEAR, POOL, SHAPE, INSPECTION, CONSTANT = (
     "rectifier",
@@ -72,22 +79,18 @@ RECTIFIER, LINEAR, POOL, SHAPE, INSPECTION, CONSTANT = (
 )
 
 
-def _names(*groups: str) -> set[str]:
-    return {name for group in groups for name in group.split()}
-
-
 # Ops by the name torch dispatches them under (``torch.flip``, ``Tensor.flip`` and ``F.pad``
 # alike; ``x.shape`` is the getter ``shape``).
 TREATMENTS: dict[str, str] = {
     **dict.fromkeys(
-        _names(
+        op_names(
             "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clamp_min clamp_min_ clip clip_",
             "threshold threshold_ _threshold maximum fmax where",
         ),
         RECTIFIER,
     ),
     **dict.fromkeys(
-        _names(
+        op_names(
             "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear",
             "batch_norm add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__",
             "rsub subtract neg neg_ negative __neg__ __pos__ positive mul mul_ __mul__ __imul__",
@@ -101,7 +104,7 @@ TREATMENTS: dict[str, str] = {
         LINEAR,
     ),
     **dict.fromkeys(
-        _names(
+        op_names(
             "max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices",
             "max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d",
             "adaptive_max_pool3d adaptive_max_pool1d_with_indices",
@@ -110,7 +113,7 @@ TREATMENTS: dict[str, str] = {
         POOL,
     ),
     **dict.fromkeys(
-        _names(
+        op_names(
             "cat concat concatenate stack hstack vstack __getitem__ chunk split split_with_sizes",
             "tensor_split unbind narrow select index_select gather take_along_dim flip fliplr",
             "flipud roll rot90 transpose transpose_ swapaxes swapdims t permute movedim moveaxis",
@@ -122,7 +125,7 @@ TREATMENTS: dict[str, str] = {
         SHAPE,
     ),
     **dict.fromkeys(
-        _names(
+        op_names(
             "size dim ndimension numel nelement __len__ shape dtype device ndim is_cuda",
             "requires_grad layout is_leaf grad_fn names is_contiguous stride storage_offset",
             "is_floating_point is_complex element_size data_ptr __format__ __repr__ item",
@@ -134,7 +137,7 @@ TREATMENTS: dict[str, str] = {
         INSPECTION,
     ),
     **dict.fromkeys(
-        _names(
+        op_names(
             "zeros_like ones_like empty_like full_like rand_like randn_like new_zeros new_ones",
             "new_empty new_full new_tensor",
         ),
@@ -178,7 +181,7 @@ FRIENDLY = {
 
 # Ops whose output at a position reads their inputs at that position alone, so that it sees
 # the union of what they see there (deconvnet.engine.field); no op that moves pixels.
-_PER_POSITION = _names(
+_PER_POSITION = op_names(
     "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clamp_min clamp_min_ clip clip_",
     "threshold threshold_ _threshold maximum fmax where batch_norm add add_ __add__ __iadd__",
     "__radd__ sub sub_ __sub__ __isub__ __rsub__ rsub subtract neg neg_ negative __neg__",
@@ -191,7 +194,7 @@ _PER_POSITION = _names(
     "logsigmoid softsign sigmoid sigmoid_ tanh tanh_ exp log pow __pow__ abs sqrt rsqrt",
 )
 # Along the channel dimension (1 of (N, C, H, W)) or the batch, these keep positions too.
-_ALONG_A_DIM = _names("cat concat concatenate chunk split split_with_sizes narrow unbind")
+_ALONG_A_DIM = op_names("cat concat concatenate chunk split split_with_sizes narrow unbind")
 
 
 def name_of(func: Callable) -> str:
@@ -349,7 +352,7 @@ class Rectifications:
         return None
 
 
-_READS = _names(
+_READS = op_names(
     "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clip clip_ clamp_min clamp_min_",
     "threshold _threshold threshold_ maximum fmax max where mul __mul__ __rmul__ multiply",
 )
@@ -357,240 +360,12 @@ _READS = _names(
 
 # --- the check: every op that reads a map, against the table ----------------------------------
 
-_PRODUCTS = _names(
+_PRODUCTS = op_names(
     "mul mul_ __mul__ __imul__ __rmul__ multiply matmul __matmul__ mm bmm addmm einsum tensordot",
     "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear",
 )
-_QUOTIENTS = _names("div div_ __truediv__ __itruediv__ __div__ true_divide divide")
-_DROPOUTS = _names("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout")
-
-
-def _flat(values) -> list:
-    found = []
-    for value in values:
-        if isinstance(value, list | tuple):
-            found.extend(_flat(value))
-        else:
-            found.append(value)
-    return found
-
-
-# --- ops that act across the images of a batch --------------------------------------------------
-
-# The batch is dimension 0 of every map. An op that reads or moves other images' units along it
-# makes each image's maps depend on the others: the way down, which goes down one unit per image
-# in one pass and reads each image's own row, is then wrong for a batch of more than one.
-
-# Ops along a dimension: (position of the dimension argument, its default). ``_EVERY``: without
-# one, the op acts on the tensor flattened, the batch with the rest.
-_EVERY = "every"
-_DIM_AT: dict[str, tuple[int, object]] = {
-    **dict.fromkeys(_names("flip"), (1, _EVERY)),
-    **dict.fromkeys(_names("roll take_along_dim repeat_interleave"), (2, _EVERY)),
-    **dict.fromkeys(
-        _names(
-            "cumsum cumprod cummax cummin logcumsumexp narrow select index_select gather",
-        ),
-        (1, None),
-    ),
-    **dict.fromkeys(_names("sort argsort"), (1, -1)),
-    **dict.fromkeys(_names("cat concat concatenate stack unbind"), (1, 0)),
-    **dict.fromkeys(_names("chunk split split_with_sizes tensor_split"), (2, 0)),
-    **dict.fromkeys(_names("topk kthvalue diff"), (2, -1)),
-    **dict.fromkeys(_names("softmax log_softmax"), (1, "implicit")),
-}
-# Reductions: along their dimensions, or without one over the whole tensor (the batch too).
-_REDUCTIONS = _names(
-    "sum mean amax amin max min std var prod logsumexp nansum nanmean median nanmedian"
-)
-_DIM_KEYWORDS = ("dim", "dims", "axis")
-
-
-class AcrossImages(str):
-    """A refusal that holds for a batch of more than one image only: an op on a map that acts
-    across the images of the batch (dimension 0). ``also`` is the op's refusal at any batch
-    size (it has no treatment, say), or None."""
-
-    also: str | None
-
-    def __new__(cls, text: str, also: str | None = None) -> AcrossImages:
-        made = super().__new__(cls, text)
-        made.also = also
-        return made
-
-
-def _dims(value, ndim: int) -> list[int]:
-    """The dimensions ``value`` names (an int or a sequence of them), normalised by ``ndim``."""
-    values = value if isinstance(value, list | tuple | torch.Size) else [value]
-    found = []
-    for v in values:
-        if isinstance(v, int) and not isinstance(v, bool):
-            found.append(v % ndim if ndim else 0)
-    return found
-
-
-def _sizes(args: tuple) -> list | None:
-    """The sizes of ``reshape(x, *sizes)`` or ``reshape(x, sizes)`` alike, or None."""
-    sizes = args[1] if len(args) == 2 and isinstance(args[1], list | tuple) else args[1:]
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
-        return None  # view(dtype)
-    return list(sizes)
-
-
-def _first_size(x: torch.Tensor, sizes: list[int]) -> int | None:
-    """Dimension 0's size once ``x`` is reshaped to ``sizes`` (-1 resolved), None for 0-d."""
-    if not sizes:
-        return None
-    if sizes[0] != -1:
-        return sizes[0]
-    rest = math.prod(s for s in sizes[1:] if s != -1)
-    return x.numel() // rest if rest else 0
-
-
-def _full(entry) -> bool:
-    return (
-        isinstance(entry, slice)
-        and entry.start in (None, 0)
-        and entry.stop is None
-        and (entry.step in (None, 1))
-    )
-
-
-def _batch_index(index, ndim: int):
-    """What ``index`` (of ``x[index]``) takes of dimension 0 of a tensor of ``ndim`` dims."""
-    entries = index if isinstance(index, tuple) else (index,)
-    used = sum(
-        i.dim() if isinstance(i, torch.Tensor) and i.dtype == torch.bool else 1
-        for i in entries
-        if i is not None and i is not Ellipsis
-    )
-    for entry in entries:
-        if entry is None:
-            continue
-        if entry is Ellipsis:
-            if used < ndim:
-                return slice(None)  # the Ellipsis stands for dimension 0
-            continue
-        return entry
-    return slice(None)
-
-
-def _einsum_moves_batch(equation: str, operands: list, is_map: Callable) -> bool:
-    inputs, _, output = equation.replace(" ", "").partition("->")
-    if not output and "->" not in equation:
-        return False  # an implicit output: sorted letters, read no further here
-    for subscripts, operand in zip(inputs.split(","), operands, strict=False):
-        if not is_map(operand) or not subscripts:
-            continue
-        batch = "..." if subscripts.startswith("...") else subscripts[0]
-        if not output.startswith(batch):
-            return True
-    return False
-
-
-def across_images(name: str, args: tuple, kwargs: dict, is_map: Callable) -> str | None:
-    """What to call ``name(*args, **kwargs)`` when it acts across the images of a batch
-    (dimension 0 of a map), else None. A reduction over every dimension is none here: its
-    result mixes the batch only where it is used with a map again (``Check``)."""
-    if name == "einsum" and args and isinstance(args[0], str):
-        operands = _flat(args[1:])
-        return (
-            f"{name} that moves dim 0" if _einsum_moves_batch(args[0], operands, is_map) else None
-        )
-    first = args[0] if args else None
-    if name in ("cat", "concat", "concatenate", "stack", "vstack", "hstack") and isinstance(
-        first, list | tuple
-    ):
-        first = next((t for t in first if isinstance(t, torch.Tensor)), None)
-    if not isinstance(first, torch.Tensor):
-        return None
-    ndim = first.dim() + (name == "stack")
-    if name in _DIM_AT or name in _REDUCTIONS:
-        at, default = _DIM_AT.get(name, (1, _EVERY))
-        value = next((kwargs[k] for k in _DIM_KEYWORDS if k in kwargs), None)
-        if value is None:
-            value = args[at] if len(args) > at else None
-        if value is None:
-            value = default
-        if name in ("max", "min") and isinstance(value, torch.Tensor):
-            return None  # an elementwise maximum, checked elsewhere
-        if name in ("std", "var") and isinstance(value, bool):
-            value = _EVERY  # std(x, unbiased)
-        if value == "implicit":
-            value = 0 if ndim in (0, 1, 3) else 1
-        if value is None or value == _EVERY or value == () or value == []:
-            return None if name in _REDUCTIONS else f"{name} over every dimension"
-        return f"{name} along dim 0" if 0 in _dims(value, ndim) else None
-    if ndim == 0:
-        return None
-    if name == "flipud" or (name == "vstack" and ndim > 1):
-        return name
-    if name in ("transpose", "transpose_", "swapaxes", "swapdims"):
-        pair = [
-            kwargs.get(k, args[i] if len(args) > i else None) for i, k in ((1, "dim0"), (2, "dim1"))
-        ]
-        dims = _dims(pair, ndim)
-        return f"{name} of dim 0" if len(dims) == 2 and (dims[0] == 0) != (dims[1] == 0) else None
-    if name == "permute":
-        order = _dims(kwargs.get("dims", args[1] if len(args) == 2 else args[1:]), ndim)
-        return f"{name} of dim 0" if order and order[0] != 0 else None
-    if name in ("movedim", "moveaxis"):
-        source = _dims(kwargs.get("source", args[1] if len(args) > 1 else []), ndim)
-        destination = _dims(kwargs.get("destination", args[2] if len(args) > 2 else []), ndim)
-        order = [d for d in range(ndim) if d not in source]
-        moved = dict(zip(destination, source, strict=False))
-        return f"{name} of dim 0" if moved.get(0, order[0] if order else 0) != 0 else None
-    if (name in ("t", "T", "H") and ndim >= 2) or (name in ("mT", "mH") and ndim == 2):
-        return f"{name} (a transpose of dim 0)"
-    if name == "rot90":
-        k = kwargs.get("k", args[1] if len(args) > 1 else 1)
-        dims = _dims(kwargs.get("dims", args[2] if len(args) > 2 else (0, 1)), ndim)
-        return f"{name} in dim 0" if k % 4 and 0 in dims else None
-    if name in ("__getitem__", "__setitem__") and len(args) > 1:
-        written = name == "__setitem__" and len(args) > 2 and is_map(args[2])
-        if not (is_map(first) or written):
-            return None  # a map as an index of a constant
-        entry = _batch_index(args[1], ndim)
-        return None if entry is Ellipsis or _full(entry) else f"{name} with an index of dim 0"
-    if name in ("reshape", "view"):
-        sizes = _sizes(args)
-        if sizes is not None and _first_size(first, sizes) != first.shape[0]:
-            return f"{name} that changes the size of dim 0"
-        return None
-    if name in ("reshape_as", "view_as") and len(args) > 1:
-        other = args[1]
-        changes = other.dim() == 0 or other.shape[0] != first.shape[0]
-        return f"{name} that changes the size of dim 0" if changes else None
-    if name == "flatten":
-        start = _dims(kwargs.get("start_dim", args[1] if len(args) > 1 else 0), ndim)
-        end = _dims(kwargs.get("end_dim", args[2] if len(args) > 2 else -1), ndim)
-        merged = start == [0] and end and end[0] > 0 and math.prod(first.shape[1 : end[0] + 1]) > 1
-        return f"{name} of dim 0 with others" if merged else None
-    if name == "unflatten":
-        dim = _dims(kwargs.get("dim", args[1] if len(args) > 1 else None), ndim)
-        sizes = kwargs.get("sizes", args[2] if len(args) > 2 else ())
-        return f"{name} of dim 0" if dim == [0] and len(sizes) > 1 else None
-    if name in ("repeat", "tile", "expand", "broadcast_to", "expand_as"):
-        if name == "expand_as":
-            sizes = list(args[1].shape) if len(args) > 1 else []
-        else:
-            sizes = _sizes(args) or []
-        if name == "tile":
-            sizes = [1] * (ndim - len(sizes)) + sizes
-        lead, entry = sizes[: len(sizes) - ndim], sizes[len(sizes) - ndim : len(sizes) - ndim + 1]
-        kept = (1,) if name in ("repeat", "tile") else (-1, first.shape[0])
-        if any(s != 1 for s in lead) or (entry and entry[0] not in kept):
-            return f"{name} of dim 0"
-        return None
-    if name in ("pad", "constant_pad_nd"):
-        pad = kwargs.get("pad", args[1] if len(args) > 1 else ())
-        return f"{name} of dim 0" if len(pad) // 2 >= ndim else None
-    if name in ("matmul", "__matmul__", "mm") and len(args) > 1:
-        right = args[1]
-        return f"{name} over dim 0" if is_map(right) and right.dim() <= 2 else None
-    if name == "__rmatmul__" and is_map(first) and ndim <= 2:
-        return f"{name} over dim 0"
-    return None
+_QUOTIENTS = op_names("div div_ __truediv__ __itruediv__ __div__ true_divide divide")
+_DROPOUTS = op_names("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout")
 
 
 class Check:
@@ -615,7 +390,7 @@ class Check:
         return held is not None and held() is value
 
     def mark(self, value) -> None:
-        for tensor in _flat([value]):
+        for tensor in flatten([value]):
             if isinstance(tensor, torch.Tensor):
                 self._maps[id(tensor)] = weakref.ref(tensor)
 
@@ -623,7 +398,7 @@ class Check:
         """What to call the op when it reads a map and has no treatment here, else None; an
         ``AcrossImages`` when it acts across the images of a batch (refused for more than one
         image only)."""
-        operands = [v for v in _flat([*args, *kwargs.values()]) if self.is_map(v)]
+        operands = [v for v in flatten([*args, *kwargs.values()]) if self.is_map(v)]
         if not operands:
             return None
         name = name_of(func)
@@ -679,15 +454,15 @@ class Check:
         name = name_of(func)
         if TREATMENTS.get(name) == CONSTANT:
             return
-        inputs = _flat([*args, *kwargs.values()])
+        inputs = flatten([*args, *kwargs.values()])
         if not any(self.is_map(v) for v in inputs):
             return
         self.mark(out)
         pooled = next((by for by in map(self._pooled_by, inputs) if by), None)
         reduced = isinstance(out, torch.Tensor) and out.dim() == 0 and bool(args)
-        if pooled is None and name in _REDUCTIONS and reduced and self.is_map(args[0]):
+        if pooled is None and name in REDUCTIONS and reduced and self.is_map(args[0]):
             pooled = name  # over every dimension: a 0-d result of a map
         if pooled is not None:
-            for tensor in _flat([out]):
+            for tensor in flatten([out]):
                 if isinstance(tensor, torch.Tensor):
                     self._pooled[id(tensor)] = (weakref.ref(tensor), pooled)

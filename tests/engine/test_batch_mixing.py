@@ -1,7 +1,7 @@
 """A forward that mixes the images of a batch (``x.flip(0)``, ``x + x.sum(0, keepdim=True)``)
 makes each image's maps depend on the others, which the way down (one unit per image in one
 pass, each image's own row read back) cannot honour: with more than one image it is refused by
-name in one line (``deconvnet.engine.ops.AcrossImages``); with one image nothing can mix, and
+name in one line (``deconvnet.engine.batch.AcrossImages``); with one image nothing can mix, and
 the projection equals the independent autograd oracle (``helpers.reference_projection``).
 """
 
