@@ -51,6 +51,9 @@ __all__ = ["BATCH", "OPTIMIZER", "SIZE", "STEPS", "Maximization", "maximize"]
 # the atlas's four batches of 64 take half the time of 256 steps; more steps still raise the
 # activation, and the share of high-frequency energy with it.
 STEPS = 128
+# Each step is a forward and backward pass of the batch, and the steps' transforms and objective
+# are made up front: more than this would run for days on a CPU and fill the memory long before.
+MAX_STEPS = 10_000
 SIZE = 128
 # Targets per optimization batch: bounds the memory of the forward and backward pass.
 BATCH = 64
@@ -188,6 +191,8 @@ def maximize(
     seed = check_int(seed, "seed")
     if steps < 1 or batch < 1:
         raise DeconvNetError(f"steps and batch must be at least 1, got {steps} and {batch}")
+    if steps > MAX_STEPS:
+        raise DeconvNetError(f"steps must be at most {MAX_STEPS}, got {steps}")
     size = _check_size(size)
     if parameterization not in PARAMETERIZATIONS:
         raise DeconvNetError(

@@ -3,6 +3,8 @@ the reported activation is an independent forward pass's, and dead channels stil
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -190,6 +192,14 @@ def test_bad_targets_are_one_line_user_errors(net, targets):
 def test_bad_options_are_user_errors(net, options):
     with pytest.raises(DeconvNetError):
         maximize(net, "conv2:0", **({"steps": 1, "size": SIZE} | options))
+
+
+def test_a_step_count_that_would_fill_the_memory_is_refused_before_any_work(net):
+    # Every step's transforms are drawn up front: 10^9 steps of one target are 24 GB of them.
+    start = time.perf_counter()
+    with pytest.raises(DeconvNetError, match="steps must be at most 10000, got 1000000000"):
+        maximize(net, "conv2:0", steps=10**9, size=SIZE)
+    assert time.perf_counter() - start < 1
 
 
 def test_a_model_in_training_mode_is_refused_and_left_alone():
