@@ -491,3 +491,33 @@ def make_gallery_folder(root: Path) -> Path:
     (gallery / "link.txt").symlink_to(root / "secret.txt")
     (gallery / "conv5" / "uplink").symlink_to(root)
     return gallery
+
+
+# --- small networks around one op ------------------------------------------------------------
+
+
+class Op(nn.Module):
+    """A function as a module; the function is looked up at each call, so that the reference's
+    patched ``F.relu`` is the one called."""
+
+    def __init__(self, function) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, x):
+        return self.function(x)
+
+
+class Moved(nn.Module):
+    """conv, ReLU, ``move`` (the op under test, as a module), conv, ReLU."""
+
+    def __init__(self, move) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.r1 = nn.ReLU()
+        self.move = Op(move)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.r2 = nn.ReLU()
+
+    def forward(self, x):
+        return self.r2(self.conv2(self.move(self.r1(self.conv1(x)))))

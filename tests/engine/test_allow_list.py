@@ -15,7 +15,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import check_against_reference
+from helpers import Moved, Op, check_against_reference
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError, Target
@@ -27,18 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _images(size: tuple[int, int], seed: int = 0, count: int = 2) -> torch.Tensor:
     return torch.randn(count, 3, *size, generator=torch.Generator().manual_seed(seed))
-
-
-class Op(nn.Module):
-    """A function as a module; the function is looked up at each call, so that the reference's
-    patched ``F.relu`` is the one called."""
-
-    def __init__(self, function) -> None:
-        super().__init__()
-        self.function = function
-
-    def forward(self, x):
-        return self.function(x)
 
 
 def _relu(x):
@@ -85,21 +73,6 @@ def test_test_time_augmentation_inside_forward_matches_reference():
     assert int(reached.min()) >= 29 and int(reached.max()) <= 33
     left, right = projection.box[0, 1], projection.box[0, 3]
     assert left <= 29 and right >= 34
-
-
-class Moved(nn.Module):
-    """conv, ReLU, an op that moves pixels, conv, ReLU."""
-
-    def __init__(self, move) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.r1 = nn.ReLU()
-        self.move = Op(move)
-        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
-        self.r2 = nn.ReLU()
-
-    def forward(self, x):
-        return self.r2(self.conv2(self.move(self.r1(self.conv1(x)))))
 
 
 _COLUMNS = torch.randperm(24, generator=torch.Generator().manual_seed(5))

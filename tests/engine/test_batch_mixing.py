@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import check_against_reference, reference_projection
+from helpers import Moved, check_against_reference, reference_projection
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError
@@ -25,30 +25,6 @@ def _images(count: int, seed: int = 0) -> torch.Tensor:
 
 def _reversed(x: torch.Tensor) -> list[int]:
     return list(range(x.shape[0]))[::-1]
-
-
-class Op(nn.Module):
-    def __init__(self, function) -> None:
-        super().__init__()
-        self.function = function
-
-    def forward(self, x):
-        return self.function(x)
-
-
-class Mixed(nn.Module):
-    """Two conv/ReLU blocks with ``move`` between them."""
-
-    def __init__(self, move) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.r1 = nn.ReLU()
-        self.move = Op(move)
-        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
-        self.r2 = nn.ReLU()
-
-    def forward(self, x):
-        return self.r2(self.conv2(self.move(self.r1(self.conv1(x)))))
 
 
 # Each moves or reads other images of the batch at N > 1, and is the identity or a per-image
@@ -77,7 +53,7 @@ MIXING = {
 
 def _net(move) -> tuple[nn.Module, DeconvNet]:
     torch.manual_seed(1)
-    model = Mixed(move).eval()
+    model = Moved(move).eval()
     return model, DeconvNet(model, input_size=SIZE)
 
 
