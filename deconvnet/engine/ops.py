@@ -9,14 +9,17 @@ plain gradient (``other_nonlinearities="gradient"``).
 - **rectifier**, going down by the rule (deconvnet, guided or gradient): `relu`, `relu_`,
   `nn.ReLU`, `relu6`, `hardtanh(0, 6)`; ReLUs written by hand: `clamp(min=0)` (`max=6`:
   ReLU6), `clamp_min(0)`, `threshold(x, 0, 0)` and `nn.Threshold(0, 0)`, `maximum(x, 0)`,
-  `where(x > 0, x, 0)`, `x * (x > 0)`.
+  `where(x > 0, x, 0)`, `x * (x > 0)` (the 0 a number, or constant zeros of the map's shape and
+  dtype such as `zeros_like(x)`).
 - **linear**, going down by autograd's transpose (exact: a linear map's backward is its
   transpose): `conv1d/2d/3d` and their transposes, `linear`, `batch_norm` in eval (an affine
   map per channel), sums, differences, negation, a map times or divided by a constant, `sum`,
   `mean`, `cumsum`, average pools (adaptive too), `interpolate`, `pad`, products with a
   constant matrix (`matmul`, `einsum`), dropout in eval.
 - **pool**, unpooled to the switches: `max_pool1d/2d/3d` (with indices too), adaptive max
-  pools, `max`/`amax` over a dimension.
+  pools, `max`/`amax` over a dimension; refused where the max is taken across a map's entries
+  and constants beside them (`stack([x, zeros_like(x)]).amax(0)`, a ReLU by another name, that
+  unpooling would take down as the plain gradient's).
 - **shape**, going down by autograd's transpose (exact: each output unit is one input unit):
   `cat`, `stack`, slicing, `chunk`, `split`, `narrow`, `select`, `index_select`, `gather`,
   `flip`, `roll`, `rot90`, `transpose`, `permute`, `view`, `reshape`, `flatten`, `squeeze`,
@@ -234,19 +237,31 @@ def keeps_positions(func: Callable, args: tuple, kwargs: dict) -> bool:
 # --- rectifications, however they are written ------------------------------------------------
 
 
-def _zero(value) -> bool:
+def _zero(value, like=None) -> bool:
+    """Whether ``value`` is a constant 0: a number, or a tensor of zeros that, beside the map
+    ``like``, neither grows its shape nor changes its dtype (``zeros_like(x)``)."""
     if isinstance(value, bool):
         return False
     if isinstance(value, int | float):
         return value == 0
     if (
-        isinstance(value, torch.Tensor)
-        and value.numel() == 1
-        and not value.requires_grad
-        and value.device.type != "meta"
+        not isinstance(value, torch.Tensor)
+        or value.requires_grad
+        or value.device.type == "meta"
+        or value.is_complex()
     ):
-        return bool(value.detach().cpu().reshape(()) == 0)
-    return False
+        return False
+    if isinstance(like, torch.Tensor):
+        try:
+            if torch.broadcast_shapes(like.shape, value.shape) != like.shape:
+                return False
+        except RuntimeError:
+            return False
+        if value.dim() > 0 and value.dtype != like.dtype:
+            return False
+    elif value.numel() != 1:
+        return False
+    return not bool(value.detach().any())
 
 
 def _map_like(value) -> bool:
@@ -258,7 +273,7 @@ def _six(value) -> bool:
 
 
 def _clamp(x, min=None, max=None, *, inplace=False):
-    if _zero(min) and (max is None or _six(max)):
+    if _zero(min, x) and (max is None or _six(max)):
         return x, inplace, None if max is None else 6.0
     return None
 
@@ -293,9 +308,11 @@ class Rectifications:
             return
         name = name_of(func)
         source = None
-        if name in ("gt", "ge", "__gt__", "__ge__") and len(args) == 2 and _zero(args[1]):
+        if name in ("gt", "ge", "__gt__", "__ge__") and len(args) == 2 and _zero(args[1], args[0]):
             source = args[0]
-        elif name in ("lt", "le", "__lt__", "__le__") and len(args) == 2 and _zero(args[0]):
+        elif (
+            name in ("lt", "le", "__lt__", "__le__") and len(args) == 2 and _zero(args[0], args[1])
+        ):
             source = args[1]
         elif name in ("float", "to", "type_as", "half", "double", "type") and args:
             source = self.mask_source(args[0])
@@ -334,12 +351,12 @@ class Rectifications:
             if name in ("maximum", "fmax", "max") and len(args) == 2 and not kwargs:
                 for x, other in ((args[0], args[1]), (args[1], args[0])):
                     # max(x, 0) is a max over dimension 0: only a tensor 0 rectifies.
-                    if _map_like(x) and isinstance(other, torch.Tensor) and _zero(other):
+                    if _map_like(x) and isinstance(other, torch.Tensor) and _zero(other, x):
                         return x, False, None
                 return None
             if name == "where" and len(args) == 3:
                 x = self.mask_source(args[0])
-                if x is not None and args[1] is x and _zero(args[2]):
+                if x is not None and args[1] is x and _zero(args[2], x):
                     return x, False, None
                 return None
             if name in ("mul", "__mul__", "__rmul__", "multiply") and len(args) == 2:
@@ -366,6 +383,14 @@ _PRODUCTS = op_names(
 )
 _QUOTIENTS = op_names("div div_ __truediv__ __itruediv__ __div__ true_divide divide")
 _DROPOUTS = op_names("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout")
+_ASSEMBLES = op_names("cat concat concatenate stack hstack vstack")
+# Ops that keep every entry where it was, so that constants stay beside the same entries.
+_ELEMENTWISE = op_names(
+    "add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub subtract neg",
+    "neg_ negative __neg__ __pos__ positive mul mul_ __mul__ __imul__ __rmul__ multiply div",
+    "div_ __truediv__ __itruediv__ __div__ true_divide divide clone contiguous to float double",
+    "half bfloat16 type type_as cpu cuda identity dropout dropout1d dropout2d dropout3d",
+)
 
 
 class Check:
@@ -380,6 +405,9 @@ class Check:
         # Maps that hold a reduction of a map over every dimension (x.sum()), by the reduction:
         # a Python condition may read one; a map combined with one mixes the batch.
         self._pooled: dict[int, tuple[weakref.ref, str]] = {}
+        # Maps with constants beside their entries (a map stacked with zeros), by the dimensions
+        # along which they sit (None: any): a max across them is a rectification, no pool.
+        self._beside: dict[int, tuple[weakref.ref, frozenset[int] | None]] = {}
 
     def _pooled_by(self, value) -> str | None:
         held = self._pooled.get(id(value)) if isinstance(value, torch.Tensor) else None
@@ -439,6 +467,12 @@ class Check:
             return f"{name} in training mode" if training and p else None
         if name in ("max", "amax") and len(args) > 1 and len(operands) > 1:
             return f"{name} of two maps"
+        if treatment == POOL and any(
+            self._across_constants(name, args, kwargs, v) for v in operands
+        ):
+            # max(stack([x, 0]), 0) is a ReLU; unpooled to its switches, it would go down as
+            # the plain gradient's ReLU whatever the rule.
+            return f"{name} across a map and constants (a ReLU written as a max of a stack)"
         other = kwargs.get("other", args[1] if len(args) > 1 else None)
         if name == "max" and isinstance(other, torch.Tensor):
             # An elementwise maximum, no pool: a ReLU only in the table's form, max(x, 0).
@@ -466,3 +500,55 @@ class Check:
             for tensor in flatten([out]):
                 if isinstance(tensor, torch.Tensor):
                     self._pooled[id(tensor)] = (weakref.ref(tensor), pooled)
+        beside = self._constants_beside(name, args, kwargs, inputs, out)
+        if beside is not False:
+            made = args[0] if name == "__setitem__" else out
+            for tensor in flatten([made]):
+                if isinstance(tensor, torch.Tensor):
+                    self._maps[id(tensor)] = weakref.ref(tensor)
+                    self._beside[id(tensor)] = (weakref.ref(tensor), beside)
+
+    def _beside_of(self, value) -> frozenset[int] | bool | None:
+        """The dimensions along which constants sit beside the entries of map ``value`` (None:
+        any), or False when it has none."""
+        held = self._beside.get(id(value)) if isinstance(value, torch.Tensor) else None
+        return held[1] if held is not None and held[0]() is value else False
+
+    def _constants_beside(self, name: str, args: tuple, kwargs: dict, inputs: list, out):
+        """The dimensions along which ``out`` holds constants beside a map's entries (None: any,
+        or not known), or False when it holds none."""
+        tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
+        held = [self._beside_of(v) for v in tensors]
+        if name in _ASSEMBLES and isinstance(out, torch.Tensor):
+            if all(self.is_map(v) for v in tensors) and all(h is False for h in held):
+                return False
+            dim = kwargs.get("dim", kwargs.get("axis", args[1] if len(args) > 1 else 0))
+            if name in ("cat", "concat", "concatenate", "stack") and isinstance(dim, int):
+                if name != "stack" and None not in held:
+                    return frozenset({dim % out.dim()}).union(*(h for h in held if h))
+                if all(h is False for h in held):
+                    return frozenset({dim % out.dim()})
+            return None
+        if name == "where" and len(args) == 3 and not all(map(self.is_map, args[1:])):
+            return None  # a fixed condition choosing constants for some entries
+        if name == "__setitem__" and len(args) == 3 and not all(map(self.is_map, args[::2])):
+            return None
+        if all(h is False for h in held):
+            return False
+        if name in _ELEMENTWISE:
+            return None if None in held else frozenset().union(*(h for h in held if h))
+        return None if TREATMENTS.get(name) == SHAPE else False
+
+    def _across_constants(self, name: str, args: tuple, kwargs: dict, value) -> bool:
+        """Whether the pool ``name`` takes its max across constants beside the map ``value``."""
+        beside = self._beside_of(value)
+        if beside is False:
+            return False
+        if name.startswith(("max_pool", "adaptive_max_pool")):
+            dims = range(value.dim() - int(name.split("_pool")[1][0]), value.dim())
+        else:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if dim is None or dim == () or dim == []:
+                return True
+            dims = [d % value.dim() for d in ([dim] if isinstance(dim, int) else dim)]
+        return beside is None or bool(beside.intersection(dims))

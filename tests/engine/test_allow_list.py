@@ -160,6 +160,11 @@ RELUS = {
     "x * (x > 0)": lambda: Op(lambda x: x * (x > 0)),
     "(0 < x) * x": lambda: Op(lambda x: (0 < x) * x),  # noqa: SIM300 (written so on purpose)
     "x * (x > 0).float()": lambda: Op(lambda x: x * (x > 0).float()),
+    "torch.max(x, zeros_like(x))": lambda: Op(lambda x: torch.max(x, torch.zeros_like(x))),
+    "torch.fmax(zeros_like(x), x)": lambda: Op(lambda x: torch.fmax(torch.zeros_like(x), x)),
+    "torch.where(x >= 0, x, zeros_like(x))": lambda: Op(
+        lambda x: torch.where(x >= 0, x, torch.zeros_like(x))
+    ),
 }
 
 
@@ -221,9 +226,35 @@ REFUSED = {
     ),
     "detach": (lambda: Op(lambda x: x.detach()), "detach at act1"),
     "y[y < 0] = 0": (lambda: Op(_masked_relu), r"a mask made from a map \(__setitem__"),
-    "torch.max(x, zeros_like(x))": (
-        lambda: Op(lambda x: torch.max(x, torch.zeros_like(x))),
+    "torch.max(x, zeros that broadcast x)": (
+        lambda: Op(lambda x: torch.max(x, torch.zeros(2, *x.shape))[0]),
         r"max\(x, other\) in a form that is no ReLU",
+    ),
+    "torch.maximum(x, zeros of another dtype)": (
+        lambda: Op(lambda x: torch.maximum(x, torch.zeros_like(x, dtype=torch.float64)).float()),
+        "maximum in a form that is no ReLU",
+    ),
+    "amax of a stack with zeros": (
+        lambda: Op(lambda x: torch.stack([x, torch.zeros_like(x)]).amax(0)),
+        r"amax across a map and constants \(a ReLU written as a max of a stack\)",
+    ),
+    "max over the last dim of a stack with zeros": (
+        lambda: Op(lambda x: torch.stack([x, torch.zeros_like(x)], -1).max(-1).values),
+        "max across a map and constants",
+    ),
+    "amax of a cat with zeros, through a view": (
+        lambda: Op(
+            lambda x: (
+                torch.cat([x, torch.zeros_like(x)], 1).view(x.shape[0], 2, *x.shape[1:]).amax(1)
+            )
+        ),
+        "amax across a map and constants",
+    ),
+    "max_pool3d over a stack with zeros": (
+        lambda: Op(
+            lambda x: F.max_pool3d(torch.stack([x, torch.zeros_like(x)], 2), (2, 1, 1)).squeeze(2)
+        ),
+        "max_pool3d across a map and constants",
     ),
     "torch.max(x, 1 as a tensor)": (
         lambda: Op(lambda x: torch.max(x, torch.tensor(1.0))),
@@ -247,6 +278,33 @@ def test_ops_without_a_treatment_pass_their_gradient_when_opted_in(name):
     model = _stack(REFUSED[name][0])
     net = DeconvNet(model, other_nonlinearities="gradient")
     check_against_reference(model, net, _images((23, 25)), ["conv3:1", "conv2:2@4,4"], boxes=True)
+
+
+class CoordPool(nn.Module):
+    """Coordinates beside the maps (CoordConv), max-pooled over positions: a max over the map's
+    own entries and, apart, over the constants', no rectification."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(5, 6, 3)
+
+    def forward(self, x):
+        x = self.act1(self.conv1(x))
+        rows = (
+            torch.linspace(-1, 1, x.shape[2])
+            .view(1, 1, -1, 1)
+            .expand(x.shape[0], 1, -1, x.shape[3])
+        )
+        return self.conv2(F.max_pool2d(torch.cat([x, rows], 1), 2))
+
+
+def test_a_max_pool_beside_constant_channels_is_no_rectification():
+    torch.manual_seed(6)
+    model = CoordPool().eval()
+    net = DeconvNet(model)
+    check_against_reference(model, net, _images((20, 22)), ["conv2:3", "conv2:1@2,3"], boxes=True)
 
 
 def test_a_zeiler_fergus_stack_with_contrast_normalization_is_refused():
