@@ -173,6 +173,10 @@ def across_images(name: str, args: tuple, kwargs: dict, is_map: Callable) -> str
         return f"{name} along dim 0" if 0 in _dims(value, ndim) else None
     if ndim == 0:
         return None
+    if name in ("unsqueeze", "unsqueeze_"):
+        # The images then lie along dim 1, where no op here is taken as acting across them.
+        dim = _dims(kwargs.get("dim", args[1] if len(args) > 1 else None), ndim + 1)
+        return f"{name}(0) (the images along dim 1)" if dim == [0] else None
     if name == "flipud" or (name == "vstack" and ndim > 1):
         return name
     if name in ("transpose", "transpose_", "swapaxes", "swapdims"):

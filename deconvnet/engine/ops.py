@@ -37,7 +37,8 @@ plain gradient (``other_nonlinearities="gradient"``).
 **Images of a batch.** The way down reads each image's own row of one pass, so an op on a map
 that acts across the batch (dimension 0: `flip(0)`, `flipud`, `roll(1, 0)`, `x[[1, 0]]`, `x[1:]`,
 `sum(0)`, `cat`/`stack`/`chunk`/`index_select` along 0, a transpose, reshape or flatten that
-moves or resizes dim 0, a full reduction `x.sum()` used with a map again) is refused by name for
+moves or resizes dim 0, `unsqueeze(0)` that puts the images along dim 1, a full reduction
+`x.sum()` used with a map again) is refused by name for
 a batch of more than one image (``AcrossImages``); one image at a time goes down as it does here.
 A full reduction read only by a Python condition (`if x.mean() > 0`) is no map, and passes.
 

@@ -48,6 +48,10 @@ MIXING = {
         lambda x: x.reshape(-1, *x.shape[2:]).roll(x.shape[1], 0).reshape(x.shape),
         "reshape that changes the size of dim 0",
     ),
+    "unsqueeze(0), then along dim 1": (
+        lambda x: x.unsqueeze(0).roll(1, 1).squeeze(0),
+        "unsqueeze(0) (the images along dim 1)",
+    ),
 }
 
 
@@ -108,6 +112,7 @@ PER_IMAGE = {
     "x[..., 1:]": lambda x: torch.nn.functional.pad(x[..., 1:], (0, 1)),
     "reshape per image": lambda x: x.reshape(x.shape[0], 4, -1).flip(-1).view_as(x),
     "condition": lambda x: x.flip(3) if x.mean() > 1e9 else x.flip(2),
+    "unsqueeze(1)": lambda x: x.unsqueeze(1).flip(-1).squeeze(1),
 }
 
 
