@@ -18,6 +18,7 @@ import torch
 
 from deconvnet.engine.canonizers import RuleBox
 from deconvnet.engine.receptive_field import ReceptiveField
+from deconvnet.errors import DeconvNetError
 from deconvnet.selection import Units
 
 # A crop larger than this share of the image costs about what the whole image costs.
@@ -122,6 +123,16 @@ def crops_of(
     return crops
 
 
+def _reached(grads: torch.Tensor | None) -> None:
+    """Refuse a way down that never reached the image: autograd found no path from the map."""
+    if grads is None:
+        raise DeconvNetError(
+            "the way down cannot reach the image from this layer: the forward makes its maps "
+            "from values autograd cannot follow (a tensor made again from tolist(), numpy() or "
+            "item(), say)"
+        )
+
+
 def _down_from_record(inputs, tapped, box, units, members, rule, result, budget) -> None:
     """Units of ``members`` down from the record's own pass, in rounds of at most one unit
     per image: one round's seed is one map, and rounds go down batched."""
@@ -157,7 +168,9 @@ def _down_from_record(inputs, tapped, box, units, members, rule, result, budget)
             seeds if batched else seeds[0],
             retain_graph=True,
             is_grads_batched=batched,
+            allow_unused=True,
         )
+        _reached(grads)
         if not batched:
             grads = grads[None]
         rows = torch.tensor(members, device=result.device)[here]
@@ -178,6 +191,7 @@ def _down_on_crops(images, found, units, members, crops, run, result) -> None:
         y = int(units.position[t, 0]) - top // found.stride[0]
         x = int(units.position[t, 1]) - left // found.stride[1]
         seeds[b, units.channel[t], y, x] = units.activation[t]
-    (grads,) = torch.autograd.grad(tapped, inputs, seeds)
+    (grads,) = torch.autograd.grad(tapped, inputs, seeds, allow_unused=True)
+    _reached(grads)
     for b, (t, (top, left, h, w)) in enumerate(zip(members, crops, strict=True)):
         result[t, :, top : top + h, left : left + w] = grads[b]

@@ -32,7 +32,7 @@ plain gradient (``other_nonlinearities="gradient"``).
   `abs`, a product or quotient of two maps (a gate, attention), a comparison used as a gate
   (a factor, or a mask that indexes a map: `y[y < 0] = 0`), `max(x, other)` unless `other` is 0,
   LocalResponseNorm, GroupNorm, InstanceNorm, LayerNorm, `F.normalize`, BatchNorm with batch
-  statistics, dropout in training mode, `detach`.
+  statistics, dropout in training mode, `detach`, `numpy()` and `tolist()` of a map.
 
 **Images of a batch.** The way down reads each image's own row of one pass, so an op on a map
 that acts across the batch (dimension 0: `flip(0)`, `flipud`, `roll(1, 0)`, `x[[1, 0]]`, `x[1:]`,
@@ -450,6 +450,8 @@ class Check:
         treatment = TREATMENTS.get(name)
         if treatment is None:
             return FRIENDLY.get(name, name)
+        if name == "tolist" and operands[0].numel() > 1:
+            return "tolist of a map (its values leave what the way down can follow)"
         if treatment == RECTIFIER:
             # In the table's form it was read as a rectification; in any other it is none.
             if name == "where" and not self.is_map(args[0] if args else None):

@@ -225,6 +225,10 @@ REFUSED = {
         "BatchNorm with batch statistics",
     ),
     "detach": (lambda: Op(lambda x: x.detach()), "detach at act1"),
+    "a map made again from its values": (
+        lambda: Op(lambda x: torch.as_tensor(x.tolist())),
+        r"tolist of a map \(its values leave",
+    ),
     "y[y < 0] = 0": (lambda: Op(_masked_relu), r"a mask made from a map \(__setitem__"),
     "torch.max(x, zeros that broadcast x)": (
         lambda: Op(lambda x: torch.max(x, torch.zeros(2, *x.shape))[0]),
@@ -278,6 +282,19 @@ def test_ops_without_a_treatment_pass_their_gradient_when_opted_in(name):
     model = _stack(REFUSED[name][0])
     net = DeconvNet(model, other_nonlinearities="gradient")
     check_against_reference(model, net, _images((23, 25)), ["conv3:1", "conv2:2@4,4"], boxes=True)
+
+
+def test_a_way_down_that_cannot_reach_the_image_is_refused():
+    # Opted in, the map made again from values passes the probe; nothing leads down from it.
+    net = DeconvNet(
+        _stack(REFUSED["a map made again from its values"][0]), other_nonlinearities="gradient"
+    )
+    x = _images((23, 25))
+    for target in ("conv3:1", "conv2:2@4,4"):
+        with pytest.raises(DeconvNetError, match="the way down cannot reach the image") as error:
+            net.project(x, target)
+        assert "\n" not in str(error.value)
+    assert net.project(x, "conv1:1").reconstruction.abs().amax() > 0  # below the cut: answered
 
 
 class CoordPool(nn.Module):
