@@ -217,7 +217,8 @@ class GraphDeconvNet(Engine):
             for path, count in numbers.items()
             if count > 1
         }
-        aliases = self._friendly_names(style)
+        # A paper name that is a called module's own (a model's conv1 beside features) stays its.
+        aliases = {c: a for c, a in self._friendly_names(style).items() if a not in numbers}
         self.layers = [
             Layer(
                 i, aliases.get(call.name, call.name), kind_of(call.module) or "module", call.module

@@ -120,13 +120,17 @@ def is_plain_stack(model: nn.Module) -> bool:
     return all(kind_of(module) is not None for module in features)
 
 
-def name_layers(features: nn.Sequential, style: str = "flat") -> list[Layer]:
+def name_layers(
+    features: nn.Sequential, style: str = "flat", taken: set[str] = frozenset()
+) -> list[Layer]:
     """Name every module of the stack.
 
     ``style="flat"`` numbers convs through the whole net (AlexNet: conv1..conv5, pool1, pool2,
     pool5); ``style="block"`` numbers them within blocks ended by pools (VGG: conv3_2, pool3).
     A conv name denotes the rectified output: the ReLU right after the conv carries it, and the
-    conv module itself (the pre-activation) keeps its ``features.N`` name.
+    conv module itself (the pre-activation) keeps its ``features.N`` name, as do pools that
+    follow one another (each would be ``pool{n}``) and modules whose paper name is ``taken``
+    (the path of a module of the model outside the stack: a model's own ``conv1``).
     """
     check_supported(features)
     modules = list(features)
@@ -146,6 +150,10 @@ def name_layers(features: nn.Sequential, style: str = "flat") -> list[Layer]:
             names[i] = f"pool{conv_count}" if style == "flat" else f"pool{block}"
             block += 1
             conv_in_block = 0
+    # Two pools with no conv between would both be pool{n}: each keeps its features.N instead,
+    # so that no name stands for two layers.
+    repeated = {name for name in names if names.count(name) > 1} | set(taken)
+    names = [f"features.{i}" if name in repeated else name for i, name in enumerate(names)]
     return [Layer(i, names[i], kind_of(m) or "", m) for i, m in enumerate(modules)]
 
 
@@ -164,6 +172,18 @@ def naming_style(model: nn.Module) -> str:
     from torchvision.models import VGG
 
     return "block" if isinstance(model, VGG) else "flat"
+
+
+def outside_paths(model: nn.Module | None) -> set[str]:
+    """Module paths of a model whose stack is its ``.features`` outside that stack (a bare stack
+    has no path outside itself)."""
+    if model is None or not hasattr(model, "features"):
+        return set()
+    return {
+        path
+        for path, _ in model.named_modules()
+        if path and path != "features" and not path.startswith("features.")
+    }
 
 
 def resolve_layer(layers: list[Layer], layer: str | int, model: nn.Module | None = None) -> Layer:
@@ -196,13 +216,7 @@ def resolve_layer(layers: list[Layer], layer: str | int, model: nn.Module | None
             return (named or pathed)[0]
     named = [entry.name for entry in layers if not entry.name.startswith("features.")]
     key = str(layer).strip()
-    # Paths of a model whose stack is its .features (a bare stack has no path outside itself).
-    outside = {
-        path
-        for path, _ in (model.named_modules() if hasattr(model, "features") else ())
-        if path and path != "features" and not path.startswith("features.")
-    }
-    if key in outside:
+    if key in outside_paths(model):
         raise DeconvNetError(
             f"{key} is a module of {type(model).__name__} outside its conv stack (features), "
             "which this engine projects; the general engine projects any module: "

@@ -28,6 +28,7 @@ from deconvnet.engine.layers import (
     feature_stack,
     name_layers,
     naming_style,
+    outside_paths,
     resolve_layer,
     stack_paths,
     why_not_invertible,
@@ -65,7 +66,7 @@ class PlainDeconvNet(Engine):
     def __init__(self, model: nn.Module, style: str | None = None) -> None:
         model = checked_model(model)
         features = feature_stack(model)
-        layers = name_layers(features, style or naming_style(model))
+        layers = name_layers(features, style or naming_style(model), outside_paths(model))
         super().__init__(model, features)
         self.layers = layers
         self._modules = list(features)

@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError
+from deconvnet.engine.general import GraphDeconvNet
 from deconvnet.engine.layers import name_layers, naming_style, resolve_layer, why_not_invertible
 
 
@@ -55,6 +56,55 @@ def test_resolve_by_any_name():
 def test_a_conv_not_followed_by_relu_keeps_its_name_on_the_conv():
     stack = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2))
     assert [layer.name for layer in name_layers(stack)] == ["conv1", "pool1"]
+
+
+def test_pools_that_follow_one_another_keep_their_paths_in_both_engines():
+    torch.manual_seed(0)
+    stack = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2, 1), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3)
+    ).eval()
+    names = ["features.0", "conv1", "features.2", "features.3", "conv2"]
+    assert [layer.name for layer in name_layers(stack)] == names
+    x = torch.randn(1, 3, 16, 18, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pooled = stack[:4](x)
+    strongest = divmod(int(pooled[0].amax(0).argmax()), pooled.shape[-1])
+    for engine in (DeconvNet, GraphDeconvNet):
+        net = engine(stack)
+        assert [layer.name for layer in net.layers] == names
+        with pytest.raises(DeconvNetError, match="unknown layer 'pool1'"):
+            net.layer("pool1")
+        assert net.layer("features.3").module is stack[3]
+        projection = net.project(x, "features.3")
+        assert tuple(projection.position[0].tolist()) == strongest
+        assert float(projection.activation[0]) == float(pooled.max())
+
+
+class OwnConv1(nn.Module):
+    """A stack, then modules of the model's own named as the paper names the stack's layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv1 = nn.Conv2d(4, 6, 3)
+        self.pool1 = nn.ReLU()
+
+    def forward(self, x):
+        return self.pool1(self.conv1(self.features(x)))
+
+
+def test_a_paper_name_that_is_a_module_of_the_model_stands_for_that_module_alone():
+    torch.manual_seed(0)
+    model = OwnConv1().eval()
+    plain, general = DeconvNet(model), GraphDeconvNet(model)
+    assert [layer.name for layer in plain.layers] == ["features.0", "features.1", "features.2"]
+    with pytest.raises(DeconvNetError, match="conv1 is a module of OwnConv1 outside its conv"):
+        plain.layer("conv1")
+    assert general.layer("conv1").module is model.conv1
+    assert general.layer("pool1").module is model.pool1
+    assert general.layer("features.1").module is model.features[1]
+    names = [layer.name for layer in general.layers]
+    assert len(names) == len(set(names))
 
 
 def test_unsupported_modules_are_named():
