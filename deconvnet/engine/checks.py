@@ -79,6 +79,25 @@ def probing(model: nn.Module, input_size: tuple[int, int]) -> Iterator[None]:
         ) from error
 
 
+@contextmanager
+def passing(model: nn.Module, probe: bool = False) -> Iterator[None]:
+    """Within the block, a forward that fails where the probe pass ran (with autograd on, as the
+    way down needs it: a view of ``chunk`` written in place, say) is a one-line error; the probe
+    pass's own failures are ``probing``'s to say."""
+    try:
+        yield
+    except DeconvNetError:
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:
+        if probe:
+            raise
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DeconvNetError(
+            f"{type(model).__name__} failed on the pass the way down runs, with autograd on "
+            f"({type(error).__name__}: {reason})"
+        ) from error
+
+
 def in_order(order: list[str], path_of: dict[int, str]) -> Callable:
     """A forward pre-hook for every module of a pass that raises at the first call that is not
     the probe pass's (``order``: the module path of each of its calls, in call order)."""

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from deconvnet.engine.ops import keeps_positions
+from deconvnet.engine.ops import aliases, keeps_positions, written_in_place
 from deconvnet.engine.receptive_field import ReceptiveField
 
 Field = ReceptiveField | None  # None: the whole image
@@ -105,6 +105,12 @@ class FieldTracer(TorchFunctionMode):
         if func is torch.Tensor.__setitem__:
             # Written in place: what a position now holds may come from anywhere.
             made = [args[0]]
+        written = written_in_place(func, args, kwargs)
+        if written is not None and self._known([written]):
+            # So may a position of a map that shares memory with a view written in place.
+            held = (tensor for tensor, _ in list(self._fields.values()))
+            for tensor in aliases(written, held):
+                self._fields[id(tensor)] = (tensor, None)
         if not made or not isinstance(made[0], torch.Tensor):
             return out
         leaves, _ = tree_flatten((args, kwargs))

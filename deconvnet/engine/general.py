@@ -41,7 +41,7 @@ from deconvnet.engine.backprop import down_by_autograd
 from deconvnet.engine.base import Descent, Engine, Floors, Maxima, channel_maxima
 from deconvnet.engine.batch import AcrossImages, refuse_across_images
 from deconvnet.engine.canonizers import Rectifiers, RuleBox, call_names, private_view
-from deconvnet.engine.checks import checked_model, in_order, probing
+from deconvnet.engine.checks import checked_model, in_order, passing, probing
 from deconvnet.engine.field import Field, FieldTracer
 from deconvnet.engine.kernels import Kernels
 from deconvnet.engine.layers import (
@@ -418,7 +418,7 @@ class GraphDeconvNet(Engine):
             handles += [module.register_forward_pre_hook(hook) for module in view.modules()]
         binding.tape = tape
         try:
-            with mode:
+            with mode, passing(self.model, probe=trace is not None):
                 view(x)
         except _Stop:
             pass

@@ -211,6 +211,35 @@ def name_of(func: Callable) -> str:
     return name
 
 
+_IN_PLACE = op_names(
+    "__iadd__ __isub__ __imul__ __itruediv__ __idiv__ __ifloordiv__ __imod__ __ipow__ __iand__",
+    "__ior__ __ixor__ __ilshift__ __irshift__ __imatmul__ __setitem__",
+)
+
+
+def written_in_place(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The tensor ``func`` writes in place (``x.add_(y)``, ``x += y``, ``x[i] = y``,
+    ``F.relu(x, inplace=True)``), or None."""
+    if not args or not isinstance(args[0], torch.Tensor):
+        return None
+    name = name_of(func)
+    trailing = name.endswith("_") and not name.startswith("_")
+    return args[0] if trailing or name in _IN_PLACE or kwargs.get("inplace") is True else None
+
+
+def aliases(written: torch.Tensor, tensors) -> list[torch.Tensor]:
+    """Those of ``tensors``, other than ``written``, that are views of the same tensor as it
+    (or that tensor itself): writing ``written`` in place changes them too."""
+    root = written._base if written._base is not None else written
+    return [
+        tensor
+        for tensor in tensors
+        if tensor is not None
+        and tensor is not written
+        and (tensor._base if tensor._base is not None else tensor) is root
+    ]
+
+
 def keeps_positions(func: Callable, args: tuple, kwargs: dict) -> bool:
     """Whether each position of the op's (N, C, H, W) output reads only the same position of its
     inputs (a per-channel or per-unit op, a concatenation of channels), so that its receptive
@@ -450,6 +479,8 @@ class Check:
         treatment = TREATMENTS.get(name)
         if treatment is None:
             return FRIENDLY.get(name, name)
+        if kwargs.get("out") is not None:
+            return f"{name} with out= (autograd does not follow it)"
         if name == "tolist" and operands[0].numel() > 1:
             return "tolist of a map (its values leave what the way down can follow)"
         if treatment == RECTIFIER:

@@ -36,7 +36,7 @@ from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
 from deconvnet.engine.canonizers import RuleBox
-from deconvnet.engine.ops import Rectifications
+from deconvnet.engine.ops import Rectifications, aliases, written_in_place
 
 # What a map is made by (the names of deconvnet.engine.walk's steps).
 LEAF, CONV, BATCH_NORM, MAX_POOL, AVG_POOL = "leaf", "conv", "batch_norm", "max_pool", "avg_pool"
@@ -83,6 +83,17 @@ class Tape(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        out = self._run(func, args, kwargs)
+        written = written_in_place(func, args, kwargs)
+        if written is not None and self.index_of(written) is not None:
+            # A view written in place changes the maps it shares memory with, which the walk
+            # would read as they were (y after v = y[..., 1:]; v += ...).
+            held = (ref() for _, ref in list(self._index.values()))
+            for tensor in aliases(written, held):
+                self._note(tensor, Made(OPAQUE, [], {}, tuple(tensor.shape)))
+        return out
+
+    def _run(self, func, args: tuple, kwargs: dict):
         note = NOTES.get(func)
         if note is not None:
             # None: not on a map of this pass, or not in a form the walk knows.

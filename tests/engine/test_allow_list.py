@@ -85,6 +85,21 @@ def _halves_written_in_place(x):
     return y
 
 
+def _view_added_in_place(x):
+    """Each column plus its left neighbour, through a view of the copy written in place."""
+    y = x.clone()
+    columns = y[..., 1:]
+    columns += y[..., :-1].clone()
+    return y
+
+
+def _flat_view_added_in_place(x):
+    y = x.clone()
+    flat = y.view(y.shape[0], -1)
+    flat[:, 1:] += flat[:, :-1].clone()
+    return y
+
+
 def _halves_into_a_buffer(x):
     y, half = torch.zeros_like(x), x.shape[-1] // 2
     y[..., half:] = x[..., :half]
@@ -108,6 +123,8 @@ MOVES = {
     "halves swapped": (lambda x: torch.cat([x[..., 12:], x[..., :12]], dim=3), (16, 24)),
     "a half written in place": (_halves_written_in_place, (16, 24)),
     "halves written into a buffer": (_halves_into_a_buffer, (16, 24)),
+    "a view written in place": (_view_added_in_place, (16, 24)),
+    "a flat view written in place": (_flat_view_added_in_place, (16, 24)),
 }
 
 
@@ -225,6 +242,10 @@ REFUSED = {
         "BatchNorm with batch statistics",
     ),
     "detach": (lambda: Op(lambda x: x.detach()), "detach at act1"),
+    "an op writing into out=": (
+        lambda: Op(lambda x: torch.cumsum(x, 3, out=torch.empty_like(x))),
+        r"cumsum with out= \(autograd does not follow it\)",
+    ),
     "a map made again from its values": (
         lambda: Op(lambda x: torch.as_tensor(x.tolist())),
         r"tolist of a map \(its values leave",
@@ -295,6 +316,21 @@ def test_a_way_down_that_cannot_reach_the_image_is_refused():
             net.project(x, target)
         assert "\n" not in str(error.value)
     assert net.project(x, "conv1:1").reconstruction.abs().amax() > 0  # below the cut: answered
+
+
+def _chunk_written_in_place(x):
+    left, right = x.clone().chunk(2, 3)
+    left += right
+    return torch.cat([left, right], 3)
+
+
+def test_a_forward_that_fails_with_autograd_on_is_one_line():
+    # The probe pass runs without autograd; PyTorch refuses this forward with it.
+    torch.manual_seed(1)
+    net = DeconvNet(Moved(_chunk_written_in_place).eval())
+    with pytest.raises(DeconvNetError, match="failed on the pass the way down runs") as error:
+        net.project(_images((16, 24)), "r2:1")
+    assert "\n" not in str(error.value)
 
 
 class CoordPool(nn.Module):
