@@ -32,7 +32,8 @@ plain gradient (``other_nonlinearities="gradient"``).
   `abs`, a product or quotient of two maps (a gate, attention), a comparison used as a gate
   (a factor, or a mask that indexes a map: `y[y < 0] = 0`), `max(x, other)` unless `other` is 0,
   LocalResponseNorm, GroupNorm, InstanceNorm, LayerNorm, `F.normalize`, BatchNorm with batch
-  statistics, dropout in training mode, `detach`, `numpy()` and `tolist()` of a map.
+  statistics, dropout in training mode, `detach`, `numpy()` and `tolist()` of a map, an op
+  writing into `out=`.
 
 **Images of a batch.** The way down reads each image's own row of one pass, so an op on a map
 that acts across the batch (dimension 0: `flip(0)`, `flipud`, `roll(1, 0)`, `x[[1, 0]]`, `x[1:]`,
@@ -52,7 +53,8 @@ lets their gradient through. BatchNorm in eval mode is no normalization of the d
 affine map per channel, and is linear.
 
 **Pixels that move.** A shape op that moves a map's pixels (``flip``, ``roll``, ``rot90``,
-a transpose of H and W, a permutation of columns, ``cumsum`` along W, an interpolation) is
+a transpose of H and W, a permutation of columns, ``cumsum`` along W, an interpolation, a view
+of a map written in place: ``v = y[..., 1:]; v += ...`` changes ``y``) is
 exact by autograd, but a unit above it no longer sees one window of the image that moves with
 it: its receptive field is the whole image (``deconvnet.engine.field``), and it goes down on the
 whole image, by autograd.
