@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from deconvnet.engine.switches import has_foreign_hooks
 from deconvnet.errors import DeconvNetError, a
 
 # Modules the inverse pass knows how to go back through.
@@ -73,6 +74,12 @@ def why_not_invertible(module: nn.Module) -> str | None:
     ``model.eval()``.
     """
     name = type(module).__name__
+    if has_foreign_hooks(module):
+        return (
+            f"{a(name)} with a forward hook of its own, which may change what it returns and "
+            "which the windowed way down would not see; DeconvNet(model) gives a model with "
+            "hooks the general engine, which follows them"
+        )
     if isinstance(module, CONV):
         if module.padding_mode != "zeros":
             return (
@@ -112,12 +119,13 @@ def check_supported(features: nn.Sequential) -> None:
 def is_plain_stack(model: nn.Module) -> bool:
     """Whether ``model`` (or its ``.features``) is a stack of modules the windowed engine knows:
     conv, ReLU, max-pool and pass-through layers. Whether each one can be inverted as it is set
-    up (padding mode, training mode) is ``why_not_invertible``'s to say, with its reasons."""
+    up (padding mode, training mode) is ``why_not_invertible``'s to say, with its reasons; a
+    module with a hook of the user's makes it no plain stack (the general engine follows hooks)."""
     try:
         features = feature_stack(model)
     except DeconvNetError:
         return False
-    return all(kind_of(module) is not None for module in features)
+    return all(kind_of(m) is not None and not has_foreign_hooks(m) for m in features)
 
 
 def name_layers(

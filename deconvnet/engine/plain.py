@@ -71,10 +71,6 @@ class PlainDeconvNet(Engine):
         self.layers = layers
         self._modules = list(features)
         self._steps = [step(module) for module in self._modules]
-        # Checked again at every forward: model.train() may be called after this.
-        self._dropouts = [
-            (i, m) for i, m in enumerate(self._modules) if isinstance(m, (nn.Dropout, nn.Dropout2d))
-        ]
         self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
         self._fields: dict[int, ReceptiveField] = {}
         self._kernels = Kernels()  # phase kernels of the strided convs
@@ -181,7 +177,8 @@ class PlainDeconvNet(Engine):
         return found
 
     def _check_modules(self) -> None:
-        for index, module in self._dropouts:
+        # Again at every forward: model.train() may be called, or a hook added, after __init__.
+        for index, module in enumerate(self._modules):
             if reason := why_not_invertible(module):
                 raise DeconvNetError(f"features.{index} is {reason}")
 

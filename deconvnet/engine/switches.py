@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 
 @dataclass
@@ -68,6 +69,29 @@ def _on_cpu(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dim() == 4
 
 
+# The hooks deconvnet attaches for one pass (switches here, a reading of a layer's maps): any
+# other hook on a module is the user's, and may change what the module returns.
+_OWN_HOOKS: set[int] = set()
+
+
+def attach(handle: RemovableHandle) -> RemovableHandle:
+    """Note ``handle`` as one of deconvnet's own hooks, for ``has_foreign_hooks``."""
+    _OWN_HOOKS.add(handle.id)
+    return handle
+
+
+def detach(handle: RemovableHandle) -> None:
+    """Remove a hook that ``attach`` noted."""
+    handle.remove()
+    _OWN_HOOKS.discard(handle.id)
+
+
+def has_foreign_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` carries a forward hook or pre-hook that deconvnet did not attach."""
+    hooks = (*module._forward_hooks, *module._forward_pre_hooks)
+    return any(hook not in _OWN_HOOKS for hook in hooks)
+
+
 @contextmanager
 def recording(
     features: Iterable[nn.Module],
@@ -115,16 +139,18 @@ def recording(
             if isinstance(module, nn.MaxPool2d):
                 if not pools:
                     continue
-                handles.append(module.register_forward_pre_hook(before_pool))
+                handles.append(attach(module.register_forward_pre_hook(before_pool)))
             elif not (keep_rectified and isinstance(module, nn.ReLU)) and index not in keep:
                 continue
             handles.append(
-                module.register_forward_hook(lambda m, i, o, index=index: hook(index, m, i, o))
+                attach(
+                    module.register_forward_hook(lambda m, i, o, index=index: hook(index, m, i, o))
+                )
             )
         yield record
     finally:
         for handle in handles:
-            handle.remove()
+            detach(handle)
 
 
 def forward_with_switches(

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from deconvnet.engine.base import Engine
+from deconvnet.engine.switches import attach, detach
 from deconvnet.errors import DeconvNetError
 from deconvnet.selection import Target, check_in_range
 
@@ -81,14 +82,14 @@ def reading(site: Site) -> Iterator[Reading]:
         raise _Stop
 
     handles = [
-        site.module.register_forward_pre_hook(before),
-        site.module.register_forward_hook(after),
+        attach(site.module.register_forward_pre_hook(before)),
+        attach(site.module.register_forward_hook(after)),
     ]
     try:
         yield read
     finally:
         for handle in handles:
-            handle.remove()
+            detach(handle)
 
 
 def layer_maps(net: Engine, site: Site, x: torch.Tensor) -> Reading:

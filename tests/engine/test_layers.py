@@ -7,11 +7,13 @@ import re
 import pytest
 import torch
 import torchvision
+from helpers import check_against_reference
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError
 from deconvnet.engine.general import GraphDeconvNet
 from deconvnet.engine.layers import name_layers, naming_style, resolve_layer, why_not_invertible
+from deconvnet.engine.plain import PlainDeconvNet
 
 
 def test_alexnet_names():
@@ -156,6 +158,47 @@ def test_dropout_in_training_mode_is_refused_and_the_model_left_alone():
     assert stack.training
     stack.eval()
     assert torch.equal(net.project(x, "pool1:1").reconstruction, first)
+
+
+def _hooked_stack() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3), nn.ReLU()
+    ).eval()
+
+
+HOOKS = {
+    # On convs: the oracle swaps the ReLU modules for its own, without their hooks.
+    "a forward hook that mirrors": lambda s: s[0].register_forward_hook(lambda m, i, o: o.flip(3)),
+    "a pre-hook that mirrors": lambda s: s[3].register_forward_pre_hook(
+        lambda m, i: (i[0].flip(3),)
+    ),
+    "a forward hook that scales": lambda s: s[3].register_forward_hook(lambda m, i, o: o * 2),
+}
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_a_stack_with_hooks_of_its_own_gets_the_engine_that_follows_them(name):
+    stack = _hooked_stack()
+    HOOKS[name](stack)
+    net = DeconvNet(stack)
+    assert isinstance(net, GraphDeconvNet)
+    x = torch.randn(1, 3, 20, 22, generator=torch.Generator().manual_seed(1))
+    check_against_reference(stack, net, x, ["4", "4:2", "1:1"], boxes=True)
+    with pytest.raises(DeconvNetError, match="with a forward hook of its own"):
+        PlainDeconvNet(stack)
+
+
+def test_a_hook_added_after_the_plain_engine_was_made_is_refused_at_the_next_call():
+    stack = _hooked_stack()
+    net = DeconvNet(stack)
+    x = torch.randn(1, 3, 20, 22, generator=torch.Generator().manual_seed(1))
+    first = net.project(x, "conv2:1").reconstruction
+    handle = stack[1].register_forward_hook(lambda m, i, o: o.flip(3))
+    with pytest.raises(DeconvNetError, match=r"features\.1 is a ReLU with a forward hook"):
+        net.project(x, "conv2:1")
+    handle.remove()
+    assert torch.equal(net.project(x, "conv2:1").reconstruction, first)
 
 
 def test_dropout_with_p_zero_or_in_eval_mode_is_fine():
