@@ -25,19 +25,14 @@ from deconvnet.errors import DeconvNetError
 from deconvnet.images import load_image, preprocessing
 
 
-def _default_workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    # Decoding a 224 crop costs a fifth of its forward pass: one worker per four cores keeps up,
-    # and below four cores a worker only competes with the forward for them.
-    return min(4, (cores or 1) // 4)
-
-
-DEFAULT_WORKERS = _default_workers()
-
-
 def _cores() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return cores or 1
+
+
+# Decoding a 224 crop costs a fifth of its forward pass: one worker per four cores keeps up,
+# and below four cores a worker only competes with the forward for them.
+DEFAULT_WORKERS = min(4, _cores() // 4)
 
 
 # Decoding threads when no worker processes are used: one per core (measured, see the README).
@@ -197,11 +192,18 @@ def image_batches(
     """
     if batch_size < 1:
         raise DeconvNetError(f"batch size must be at least 1, got {batch_size}")
-    if workers < 0:
-        raise DeconvNetError(f"workers must be 0 (decode in this process) or more, got {workers}")
     threads = DEFAULT_THREADS if threads is None else threads
-    if threads < 0:
-        raise DeconvNetError(f"threads must be 0 (decode between batches) or more, got {threads}")
+    # More decoders than this only contend for the cores, and a million processes or threads
+    # would take the machine down before the first batch.
+    most = 4 * _cores()
+    if not 0 <= workers <= most:
+        raise DeconvNetError(
+            f"workers must be 0 (decode in this process) to {most} (4 per core), got {workers}"
+        )
+    if not 0 <= threads <= most:
+        raise DeconvNetError(
+            f"threads must be 0 (decode between batches) to {most} (4 per core), got {threads}"
+        )
     dataset = ImageFiles(root, items, fast)
     if workers == 0 and threads > 0:
         return ThreadedBatches(dataset, batch_size, threads, ahead=2 if overlap else 0)

@@ -131,6 +131,10 @@ def test_threads_stop_when_the_scan_stops(folder):
 def test_bad_counts_are_refused(folder):
     with pytest.raises(DeconvNetError, match="threads must be 0"):
         image_batches(folder, [], 4, workers=0, threads=-1)
+    most = 4 * len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    for option in ("workers", "threads"):
+        with pytest.raises(DeconvNetError, match=f"{option} must be 0 .* to {most or ''}"):
+            image_batches(folder, [], 4, **{"workers": 0, "threads": 0, option: 1_000_000})
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
