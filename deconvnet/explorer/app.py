@@ -301,7 +301,7 @@ async def upload(
     forward pass runs now, so the first activations or projection cost no more."""
     limit, explorer = serving.max_upload, serving.explorer
     form = request.headers.get("content-type", "").startswith("multipart/form-data")
-    body = await _read_body(request, limit + FORM_OVERHEAD if form else limit)
+    body = await _read_body(request, limit, FORM_OVERHEAD if form else 0)
     if form:
         request._body = body  # the form parser reads the body already read
         fields = await request.form(max_part_size=limit)
@@ -517,17 +517,18 @@ def _netloc(netloc: str, scheme: str) -> str:
 _CACHED = {"Cache-Control": "private, max-age=3600"}  # an image key names its content
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes, and with 400
-    (no traceback in the log) when the client disconnects before sending all of it."""
+async def _read_body(request: Request, limit: int, overhead: int = 0) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit + overhead`` bytes (the
+    file's limit and room for a form's headers), and with 400 (no traceback in the log) when
+    the client disconnects before sending all of it."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and int(declared) > limit + overhead:
         raise _too_big(limit)
     chunks, total = [], 0
     try:
         async for chunk in request.stream():
             total += len(chunk)
-            if total > limit:
+            if total > limit + overhead:
                 raise _too_big(limit)
             chunks.append(chunk)
     except ClientDisconnect:
@@ -536,8 +537,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_big(limit: int) -> HTTPException:
-    # The limit is the file's: a multipart form may be a little larger, its file not.
-    limit = limit - FORM_OVERHEAD if limit > FORM_OVERHEAD else limit
+    """413 naming ``limit``, the file's limit in bytes (a form may be a little larger)."""
     return HTTPException(
         413, f"the upload is larger than the server's limit of {limit / 2**20:g} MiB"
     )

@@ -253,6 +253,18 @@ def test_a_multipart_file_over_the_limit_is_413_like_a_raw_body(client):
     assert at_limit.status_code == 400  # within the limit: read, and not an image
 
 
+def test_the_413_message_names_the_servers_own_limit(client):
+    # Raw, as a form's file, and as a form larger than the file limit plus the form's headers.
+    data = b"\x89PNG" + b"\0" * (LIMIT - 3)
+    answers = [
+        client.post("/api/images?name=big.png", content=data),
+        client.post("/api/images", files={"file": ("big.png", data, "image/png")}),
+        client.post("/api/images", files={"file": ("big.png", data * 2, "image/png")}),
+    ]
+    shown = f"limit of {LIMIT / 2**20:g} MiB"
+    assert [(a.status_code, shown in a.json()["detail"]) for a in answers] == [(413, True)] * 3
+
+
 def test_each_upload_is_answered_with_its_own_name(client):
     data = png(50, 40, 3)
     first = client.post("/api/images?name=first.png", content=data).json()
