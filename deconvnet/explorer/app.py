@@ -305,6 +305,10 @@ async def upload(
     if form:
         request._body = body  # the form parser reads the body already read
         fields = await request.form(max_part_size=limit)
+        files = fields.getlist("file")
+        if len(files) > 1:
+            # Answering for one of them would name an image the user may not have meant.
+            raise DeconvNetError(f"the form has {len(files)} fields named 'file'; send one image")
         upload = fields.get("file")
         if upload is None or isinstance(upload, str):
             raise DeconvNetError("the form has no file field named 'file'")

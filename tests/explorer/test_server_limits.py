@@ -265,6 +265,13 @@ def test_the_413_message_names_the_servers_own_limit(client):
     assert [(a.status_code, shown in a.json()["detail"]) for a in answers] == [(413, True)] * 3
 
 
+def test_a_form_with_two_files_is_refused_not_answered_for_one(client):
+    files = [("file", (f"{n}.png", png(32, 32, n), "image/png")) for n in (1, 2)]
+    answer = client.post("/api/images", files=files)
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": "the form has 2 fields named 'file'; send one image"}
+
+
 def test_each_upload_is_answered_with_its_own_name(client):
     data = png(50, 40, 3)
     first = client.post("/api/images?name=first.png", content=data).json()
