@@ -54,7 +54,7 @@ IMAGE_BYTES = 512 * 2**20
 RECORD_BYTES = 2 * 2**30
 # Bytes per digest in an image key: 64 bits name an upload well enough for a URL.
 KEY_BYTES = 8
-_KEY = re.compile(r"^[0-9a-f]{16}$")
+_KEY = re.compile(r"[0-9a-f]{16}")
 
 
 class UnknownImage(DeconvNetError):
@@ -200,7 +200,7 @@ class Explorer:
 
     def image(self, key: str) -> StoredImage:
         """The image uploaded with hash ``key``; ``UnknownImage`` if this server lacks it."""
-        if not isinstance(key, str) or not _KEY.match(key):
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise UnknownImage(f"{key!r} is not an image key (16 hexadecimal digits)")
         with self._caches:
             stored = self._images.get(key)
