@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -571,11 +571,11 @@ def _file_stem(stored, result) -> str:
 
 
 def _download(data: bytes, media_type: str, filename: str) -> Response:
-    return Response(
-        data,
-        media_type=media_type,
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    # Headers are latin-1: the name in any script goes as RFC 6266's filename*, with an ASCII
+    # filename for clients that read only that.
+    fallback = re.sub(r"[^\w.-]", "_", filename, flags=re.ASCII)
+    disposition = f"attachment; filename=\"{fallback}\"; filename*=utf-8''{quote(filename)}"
+    return Response(data, media_type=media_type, headers={"Content-Disposition": disposition})
 
 
 def _base64(data: bytes) -> str:

@@ -422,9 +422,10 @@ def _read_upload(data: bytes, name: str, size: int | None) -> torch.Tensor:
 
 
 def _file_name(name: str) -> str:
-    """A safe plain file name from what the browser says the upload was called."""
-    base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(name)).name).strip("-.")
-    return base[:100] or "upload"
+    """A safe plain file name from what the browser says the upload was called: letters and
+    digits of any script kept, at most 200 bytes as UTF-8 (a file name's limit is 255)."""
+    base = re.sub(r"[^\w.-]+", "-", Path(str(name)).name).strip("-.")
+    return base[:100].encode()[:200].decode(errors="ignore") or "upload"
 
 
 def _tensor_bytes(tensors) -> int:

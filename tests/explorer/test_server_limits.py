@@ -12,6 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -278,6 +279,21 @@ def test_each_upload_is_answered_with_its_own_name(client):
     second = client.post("/api/images", files={"file": ("second.png", data, "image/png")}).json()
     assert first["image"] == second["image"]
     assert (first["name"], second["name"]) == ("first.png", "second.png")
+
+
+@pytest.mark.parametrize("name", ["猫.png", "Straße 2.png", "写真" * 60 + ".png"])
+def test_a_name_in_any_script_is_kept_and_downloads_under_it(client, name):
+    # Not ASCII only: a name in another script was answered "png" (letters dropped), and a
+    # download named in it could not be sent in a latin-1 header.
+    data = png(32, 32, len(name))
+    answer = client.post("/api/images", files={"file": (name, data, "image/png")}).json()
+    kept = answer["name"]
+    assert kept.replace("-", " ")[:10] == name[:10] and len(kept.encode()) <= 255
+    query = {"layer": "conv1", "channel": 0}
+    figure = client.get(f"/api/images/{answer['image']}/figure.png", params=query)
+    assert figure.status_code == 200
+    stem = kept.rsplit(".", 1)[0]
+    assert f"filename*=utf-8''{quote(stem)}_conv1_c000_" in figure.headers["content-disposition"]
 
 
 # --- gallery manifests ---------------------------------------------------------------------------
