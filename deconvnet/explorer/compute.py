@@ -27,7 +27,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -364,7 +364,9 @@ def read_gallery(folder: str | os.PathLike[str]) -> GalleryIndex:
         "deconvnet-gallery/"
     ):
         raise DeconvNetError(f"{path} is not a deconvnet gallery manifest")
-    _check_records(path, manifest, "layers", {"name": str}, {"channels": _channel_list})
+    _check_records(
+        path, manifest, "layers", {"name": str}, {"channels": _channel_list, "page": _inside}
+    )
     _check_records(path, manifest, "entries", {"layer": str, "channel": _channel}, {})
     entries: dict[tuple[str, int], list[dict]] = {}
     for entry in manifest.get("entries", []):
@@ -374,6 +376,14 @@ def read_gallery(folder: str | os.PathLike[str]) -> GalleryIndex:
 
 def _channel(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _inside(value) -> bool:
+    """A path relative to the gallery that stays inside it (a layer's page)."""
+    if not isinstance(value, str) or not value:
+        return False
+    parts = PurePosixPath(value)
+    return not parts.is_absolute() and ".." not in parts.parts and "\\" not in value
 
 
 def _channel_list(value) -> bool:

@@ -321,6 +321,11 @@ def manifest_folder(root: Path, **fields) -> Path:
         ({"entries": ["conv5"]}, 'entries[0] must be a record, got "conv5"'),
         ({"layers": [{"name": "conv5", "channels": ["abc"]}]}, "layers[0].channels has an unexp"),
         ({"layers": {"conv5": 3}}, "field 'layers' must be a list of records"),
+        ({"layers": [{"name": "conv5", "channels": [3], "page": 5}]}, "layers[0].page has an"),
+        ({"layers": [{"name": "conv5", "channels": [3], "page": None}]}, "layers[0].page has"),
+        # A page is a path inside the gallery: the server would link it under /gallery/.
+        ({"layers": [{"name": "conv5", "page": "/etc/passwd"}]}, "layers[0].page has an unex"),
+        ({"layers": [{"name": "conv5", "page": "../../x.html"}]}, "layers[0].page has an unex"),
     ],
 )
 def test_an_odd_manifest_is_one_error_naming_the_file_and_field(tmp_path, fields, named):
