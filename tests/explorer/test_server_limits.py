@@ -92,6 +92,14 @@ def one_error_line(result) -> str:
     return lines[-1]
 
 
+@pytest.mark.parametrize("value", ["inf", "1e30", "4097"])
+def test_serve_refuses_an_upload_limit_past_its_bound_in_one_line(value, monkeypatch):
+    # inf was an OverflowError's traceback; 1e30 MiB a limit that limits nothing.
+    result, calls = serve("--max-upload-mb", value, monkeypatch=monkeypatch)
+    assert "--max-upload-mb" in one_error_line(result) and "at most 4096" in result.stderr
+    assert calls == []
+
+
 # --- the input size -----------------------------------------------------------------------------
 
 
