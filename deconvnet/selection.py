@@ -203,7 +203,25 @@ def strongest_channels(maps: torch.Tensor, count: int) -> torch.Tensor:
     -------
     torch.Tensor
         ``(count,)`` int64 channel indices.
+
+    Raises
+    ------
+    DeconvNetError
+        If ``maps`` is not ``(C, h, w)`` (a batch ``(N, C, h, w)``: pass ``maps[i]``), or
+        ``count`` is not in ``1..C``.
     """
+    if not isinstance(maps, torch.Tensor) or maps.dim() != 3:
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise DeconvNetError(
+            f"strongest_channels takes one image's map (C, h, w), got {shape}; "
+            "for a batch pass maps[i]"
+        )
+    channels = maps.shape[0]
+    count = check_int(count, "count")
+    if not 1 <= count <= channels:
+        raise DeconvNetError(
+            f"count {count} is out of range for {channels} channels (valid: 1..{channels})"
+        )
     peaks = maps.flatten(1).amax(dim=1)
     return torch.argsort(peaks, descending=True, stable=True)[:count]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deconvnet import DeconvNetError, Target
-from deconvnet.selection import select, select_many
+from deconvnet.selection import select, select_many, strongest_channels
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,26 @@ def test_select_many_is_select_of_each_target_in_order():
     for field in ("image", "channel", "position", "activation"):
         assert torch.equal(getattr(many, field), torch.cat([getattr(u, field) for u in one_by_one]))
     assert many.channel[1] == 2 and many.position[1].tolist() == [3, 0]
+
+
+def test_strongest_channels_orders_one_images_channels():
+    maps = torch.zeros(4, 2, 2)
+    maps[2, 1, 0], maps[0, 0, 1], maps[3, 1, 1] = 3.0, 2.0, 2.0
+    assert strongest_channels(maps, 3).tolist() == [2, 0, 3]
+
+
+@pytest.mark.parametrize(
+    ("shape", "count", "message"),
+    [
+        # A batch (N, C, h, w) was read as N channels of C x h x w maps.
+        ((1, 4, 2, 2), 2, r"one image's map \(C, h, w\), got \(1, 4, 2, 2\)"),
+        ((2, 4, 2, 2), 2, r"one image's map \(C, h, w\), got \(2, 4, 2, 2\)"),
+        # Fewer channels than asked for were returned without a word.
+        ((4, 2, 2), 0, r"count 0 is out of range for 4 channels \(valid: 1..4\)"),
+        ((4, 2, 2), -1, r"count -1 is out of range"),
+        ((4, 2, 2), 5, r"count 5 is out of range for 4 channels"),
+    ],
+)
+def test_strongest_channels_refuses_a_batch_or_a_count_it_cannot_give(shape, count, message):
+    with pytest.raises(DeconvNetError, match=message):
+        strongest_channels(torch.rand(shape), count)

@@ -25,6 +25,9 @@ LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 # these is a missing extra; any other ImportError is a bug and shows as one.
 SERVER_PACKAGES = ("fastapi", "fastapi_offline", "starlette", "uvicorn", "multipart")
 INSTALL_SERVER = "pip install 'deconvnet[serve]'"
+# The largest --max-upload-mb: an upload is held in memory whole, and no image Pillow decodes
+# within its pixel limit needs a larger file.
+MAX_UPLOAD_MB = 4096
 
 app = typer.Typer()
 
@@ -70,6 +73,10 @@ def serve(
     """A live explorer in the browser: every channel's activations, any unit's projection."""
     # Quiet: the server's own log is uvicorn's; only warnings of the loading are shown.
     with reporting(quiet=True):
+        if not max_upload_mb <= MAX_UPLOAD_MB:
+            raise DeconvNetError(
+                f"--max-upload-mb {max_upload_mb:g} is too large (at most {MAX_UPLOAD_MB})"
+            )
         uvicorn = require_server()
         explorer = build_app(
             model, weights, gallery, size, int(max_upload_mb * 2**20), device, host=host

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -301,10 +301,14 @@ async def upload(
     forward pass runs now, so the first activations or projection cost no more."""
     limit, explorer = serving.max_upload, serving.explorer
     form = request.headers.get("content-type", "").startswith("multipart/form-data")
-    body = await _read_body(request, limit + FORM_OVERHEAD if form else limit)
+    body = await _read_body(request, limit, FORM_OVERHEAD if form else 0)
     if form:
         request._body = body  # the form parser reads the body already read
         fields = await request.form(max_part_size=limit)
+        files = fields.getlist("file")
+        if len(files) > 1:
+            # Answering for one of them would name an image the user may not have meant.
+            raise DeconvNetError(f"the form has {len(files)} fields named 'file'; send one image")
         upload = fields.get("file")
         if upload is None or isinstance(upload, str):
             raise DeconvNetError("the form has no file field named 'file'")
@@ -517,17 +521,18 @@ def _netloc(netloc: str, scheme: str) -> str:
 _CACHED = {"Cache-Control": "private, max-age=3600"}  # an image key names its content
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes, and with 400
-    (no traceback in the log) when the client disconnects before sending all of it."""
+async def _read_body(request: Request, limit: int, overhead: int = 0) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit + overhead`` bytes (the
+    file's limit and room for a form's headers), and with 400 (no traceback in the log) when
+    the client disconnects before sending all of it."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and int(declared) > limit + overhead:
         raise _too_big(limit)
     chunks, total = [], 0
     try:
         async for chunk in request.stream():
             total += len(chunk)
-            if total > limit:
+            if total > limit + overhead:
                 raise _too_big(limit)
             chunks.append(chunk)
     except ClientDisconnect:
@@ -536,8 +541,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_big(limit: int) -> HTTPException:
-    # The limit is the file's: a multipart form may be a little larger, its file not.
-    limit = limit - FORM_OVERHEAD if limit > FORM_OVERHEAD else limit
+    """413 naming ``limit``, the file's limit in bytes (a form may be a little larger)."""
     return HTTPException(
         413, f"the upload is larger than the server's limit of {limit / 2**20:g} MiB"
     )
@@ -567,11 +571,11 @@ def _file_stem(stored, result) -> str:
 
 
 def _download(data: bytes, media_type: str, filename: str) -> Response:
-    return Response(
-        data,
-        media_type=media_type,
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    # Headers are latin-1: the name in any script goes as RFC 6266's filename*, with an ASCII
+    # filename for clients that read only that.
+    fallback = re.sub(r"[^\w.-]", "_", filename, flags=re.ASCII)
+    disposition = f"attachment; filename=\"{fallback}\"; filename*=utf-8''{quote(filename)}"
+    return Response(data, media_type=media_type, headers={"Content-Disposition": disposition})
 
 
 def _base64(data: bytes) -> str:

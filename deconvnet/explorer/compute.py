@@ -27,7 +27,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ IMAGE_BYTES = 512 * 2**20
 RECORD_BYTES = 2 * 2**30
 # Bytes per digest in an image key: 64 bits name an upload well enough for a URL.
 KEY_BYTES = 8
-_KEY = re.compile(r"^[0-9a-f]{16}$")
+_KEY = re.compile(r"[0-9a-f]{16}")
 
 
 class UnknownImage(DeconvNetError):
@@ -200,7 +200,7 @@ class Explorer:
 
     def image(self, key: str) -> StoredImage:
         """The image uploaded with hash ``key``; ``UnknownImage`` if this server lacks it."""
-        if not isinstance(key, str) or not _KEY.match(key):
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise UnknownImage(f"{key!r} is not an image key (16 hexadecimal digits)")
         with self._caches:
             stored = self._images.get(key)
@@ -364,7 +364,9 @@ def read_gallery(folder: str | os.PathLike[str]) -> GalleryIndex:
         "deconvnet-gallery/"
     ):
         raise DeconvNetError(f"{path} is not a deconvnet gallery manifest")
-    _check_records(path, manifest, "layers", {"name": str}, {"channels": _channel_list})
+    _check_records(
+        path, manifest, "layers", {"name": str}, {"channels": _channel_list, "page": _inside}
+    )
     _check_records(path, manifest, "entries", {"layer": str, "channel": _channel}, {})
     entries: dict[tuple[str, int], list[dict]] = {}
     for entry in manifest.get("entries", []):
@@ -374,6 +376,14 @@ def read_gallery(folder: str | os.PathLike[str]) -> GalleryIndex:
 
 def _channel(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _inside(value) -> bool:
+    """A path relative to the gallery that stays inside it (a layer's page)."""
+    if not isinstance(value, str) or not value:
+        return False
+    parts = PurePosixPath(value)
+    return not parts.is_absolute() and ".." not in parts.parts and "\\" not in value
 
 
 def _channel_list(value) -> bool:
@@ -422,9 +432,10 @@ def _read_upload(data: bytes, name: str, size: int | None) -> torch.Tensor:
 
 
 def _file_name(name: str) -> str:
-    """A safe plain file name from what the browser says the upload was called."""
-    base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(name)).name).strip("-.")
-    return base[:100] or "upload"
+    """A safe plain file name from what the browser says the upload was called: letters and
+    digits of any script kept, at most 200 bytes as UTF-8 (a file name's limit is 255)."""
+    base = re.sub(r"[^\w.-]+", "-", Path(str(name)).name).strip("-.")
+    return base[:100].encode()[:200].decode(errors="ignore") or "upload"
 
 
 def _tensor_bytes(tensors) -> int:

@@ -31,6 +31,7 @@ from torch import nn
 from deconvnet.engine.base import Engine
 from deconvnet.engine.factory import DeconvNet
 from deconvnet.errors import DeconvNetError, check_int
+from deconvnet.images import MAX_SIDE
 from deconvnet.maximization.objective import check_targets, find_site, layer_maps, target_values
 from deconvnet.maximization.parameterization import (
     LEARNING_RATES,
@@ -308,6 +309,11 @@ def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
         height = width = check_int(size, "size")
     if min(height, width) < 8:
         raise DeconvNetError(f"size must be at least 8 pixels, got {height}x{width}")
+    if max(height, width) > MAX_SIDE:
+        # The limit of any input: larger would allocate gigabytes before the first step.
+        raise DeconvNetError(
+            f"size {height}x{width} is too large (at most {MAX_SIDE} pixels on a side)"
+        )
     return height, width
 
 

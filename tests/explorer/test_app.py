@@ -114,6 +114,14 @@ def test_upload_key_is_the_content_hash_raw_or_multipart(client, photo_file, upl
     assert client.get(f"/api/images/{uploaded['image']}").json() == uploaded
 
 
+def test_a_key_with_a_trailing_newline_is_not_a_key(client, uploaded):
+    key = uploaded["image"]
+    answer = client.get(f"/api/images/{key}%0A")
+    assert answer.status_code == 404
+    expected = f"{key + chr(10)!r} is not an image key (16 hexadecimal digits)"
+    assert answer.json()["detail"] == expected
+
+
 def test_the_image_shown_is_the_network_input(client, uploaded, x):
     png = client.get(uploaded["url"])
     assert png.headers["content-type"] == "image/png"

@@ -12,6 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -89,6 +90,14 @@ def one_error_line(result) -> str:
     assert lines[-1].startswith("error: ") and "Traceback" not in result.stderr
     assert sum(line.startswith("error: ") for line in lines) == 1
     return lines[-1]
+
+
+@pytest.mark.parametrize("value", ["inf", "1e30", "4097"])
+def test_serve_refuses_an_upload_limit_past_its_bound_in_one_line(value, monkeypatch):
+    # inf was an OverflowError's traceback; 1e30 MiB a limit that limits nothing.
+    result, calls = serve("--max-upload-mb", value, monkeypatch=monkeypatch)
+    assert "--max-upload-mb" in one_error_line(result) and "at most 4096" in result.stderr
+    assert calls == []
 
 
 # --- the input size -----------------------------------------------------------------------------
@@ -253,12 +262,47 @@ def test_a_multipart_file_over_the_limit_is_413_like_a_raw_body(client):
     assert at_limit.status_code == 400  # within the limit: read, and not an image
 
 
+def test_the_413_message_names_the_servers_own_limit(client):
+    # Raw, as a form's file, and as a form larger than the file limit plus the form's headers.
+    data = b"\x89PNG" + b"\0" * (LIMIT - 3)
+    answers = [
+        client.post("/api/images?name=big.png", content=data),
+        client.post("/api/images", files={"file": ("big.png", data, "image/png")}),
+        client.post("/api/images", files={"file": ("big.png", data * 2, "image/png")}),
+    ]
+    shown = f"limit of {LIMIT / 2**20:g} MiB"
+    assert [(a.status_code, shown in a.json()["detail"]) for a in answers] == [(413, True)] * 3
+
+
+def test_a_form_with_two_files_is_refused_not_answered_for_one(client):
+    files = [("file", (f"{n}.png", png(32, 32, n), "image/png")) for n in (1, 2)]
+    answer = client.post("/api/images", files=files)
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": "the form has 2 fields named 'file'; send one image"}
+
+
 def test_each_upload_is_answered_with_its_own_name(client):
     data = png(50, 40, 3)
     first = client.post("/api/images?name=first.png", content=data).json()
     second = client.post("/api/images", files={"file": ("second.png", data, "image/png")}).json()
     assert first["image"] == second["image"]
     assert (first["name"], second["name"]) == ("first.png", "second.png")
+
+
+@pytest.mark.filterwarnings("ignore:Glyph .* missing from font")  # the figure's title font
+@pytest.mark.parametrize("name", ["猫.png", "Straße 2.png", "写真" * 60 + ".png"])
+def test_a_name_in_any_script_is_kept_and_downloads_under_it(client, name):
+    # Not ASCII only: a name in another script was answered "png" (letters dropped), and a
+    # download named in it could not be sent in a latin-1 header.
+    data = png(32, 32, len(name))
+    answer = client.post("/api/images", files={"file": (name, data, "image/png")}).json()
+    kept = answer["name"]
+    assert kept.replace("-", " ")[:10] == name[:10] and len(kept.encode()) <= 255
+    query = {"layer": "conv1", "channel": 0}
+    figure = client.get(f"/api/images/{answer['image']}/figure.png", params=query)
+    assert figure.status_code == 200
+    stem = kept.rsplit(".", 1)[0]
+    assert f"filename*=utf-8''{quote(stem)}_conv1_c000_" in figure.headers["content-disposition"]
 
 
 # --- gallery manifests ---------------------------------------------------------------------------
@@ -286,6 +330,11 @@ def manifest_folder(root: Path, **fields) -> Path:
         ({"entries": ["conv5"]}, 'entries[0] must be a record, got "conv5"'),
         ({"layers": [{"name": "conv5", "channels": ["abc"]}]}, "layers[0].channels has an unexp"),
         ({"layers": {"conv5": 3}}, "field 'layers' must be a list of records"),
+        ({"layers": [{"name": "conv5", "channels": [3], "page": 5}]}, "layers[0].page has an"),
+        ({"layers": [{"name": "conv5", "channels": [3], "page": None}]}, "layers[0].page has"),
+        # A page is a path inside the gallery: the server would link it under /gallery/.
+        ({"layers": [{"name": "conv5", "page": "/etc/passwd"}]}, "layers[0].page has an unex"),
+        ({"layers": [{"name": "conv5", "page": "../../x.html"}]}, "layers[0].page has an unex"),
     ],
 )
 def test_an_odd_manifest_is_one_error_naming_the_file_and_field(tmp_path, fields, named):

@@ -202,6 +202,13 @@ def test_a_step_count_that_would_fill_the_memory_is_refused_before_any_work(net)
     assert time.perf_counter() - start < 1
 
 
+@pytest.mark.parametrize("size", [100_000, (8, 10**6)])
+def test_a_size_past_the_input_limit_is_refused_before_any_work(net, size):
+    # 100000x100000 images would be 120 GB: refused as any input larger than MAX_SIDE is.
+    with pytest.raises(DeconvNetError, match=r"too large \(at most 4096 pixels on a side"):
+        maximize(net, "conv2:0", steps=1, size=size)
+
+
 def test_a_model_in_training_mode_is_refused_and_left_alone():
     model = tiny_stack().train()
     with pytest.raises(DeconvNetError, match="eval"):
