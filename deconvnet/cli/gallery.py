@@ -115,7 +115,8 @@ def gallery(
         progress=progress,
         fast_decode=fast_decode,
     )
-    with reporting():
+    going_on = f"what is done is kept in {out}: the same command with --resume goes on from there"
+    with reporting(interrupted=going_on):
         if shard is not None and maximize:
             raise DeconvNetError(
                 "a shard's scan optimizes no images: drop --maximize here and pass it to "

@@ -49,13 +49,15 @@ class ConsoleHandler(logging.Handler):
 
 
 @contextmanager
-def reporting(quiet: bool = False) -> Iterator[Console]:
+def reporting(quiet: bool = False, interrupted: str | None = None) -> Iterator[Console]:
     """Show the package's log on stderr, and turn a ``DeconvNetError`` into one line and exit 2.
 
     Parameters
     ----------
     quiet
         Show only warnings, not the information (which weights were loaded, ...).
+    interrupted
+        What to say after "interrupted" when the user stops the command (Ctrl-C): how to go on.
 
     Returns
     -------
@@ -65,7 +67,8 @@ def reporting(quiet: bool = False) -> Iterator[Console]:
     Raises
     ------
     typer.Exit
-        With code 2, after printing ``error: <message on one line>``, for a ``DeconvNetError``.
+        With code 2, after printing ``error: <message on one line>``, for a ``DeconvNetError``;
+        with code 130 (as a shell reports SIGINT), after one line, for Ctrl-C.
     """
     console = Console(stderr=True, highlight=False)
     handler = ConsoleHandler(console)
@@ -78,6 +81,9 @@ def reporting(quiet: bool = False) -> Iterator[Console]:
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(code=2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted" + (f"; {interrupted}" if interrupted else ""), err=True)
+        raise typer.Exit(code=130) from None
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -387,6 +387,30 @@ def test_sigkill_then_resume_gives_the_uninterrupted_gallery(cli, folder, refere
     assert not [p for p in out.rglob(".*")]  # the kill's temporary files are cleaned up
 
 
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_go_on_and_resume_gives_the_uninterrupted_gallery(
+    cli, folder, reference, tmp_path
+):
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(SLOW_DRIVER))
+    out = tmp_path / "out"
+    options = [*OPTIONS, "--batch-size", "2", "--checkpoint-every", "2"]
+    command = [sys.executable, str(driver), "gallery", str(folder), "--out", str(out), *options]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for_file(process, state_path(out))
+    process.send_signal(signal.SIGINT)
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 130
+    last = errors.decode().strip().splitlines()[-1]
+    assert last == (
+        f"interrupted; what is done is kept in {out}: the same command with --resume goes on "
+        "from there"
+    )
+    result = cli("gallery", folder, "--out", out, "--resume", *options)
+    assert result.exit_code == 0, result.output
+    _assert_same_gallery(out, reference.out)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
