@@ -350,8 +350,11 @@ def test_shards_merged_by_the_command_give_the_same_gallery(cli, folder, referen
 # --- long runs: SIGKILL and resume, torchrun ----------------------------------------------------
 
 SLOW_DRIVER = """
-import sys, time
+import signal, sys, time
 import deconvnet.gallery.decoding as decoding
+
+# Ctrl-C as in a terminal: a shell starts background jobs (tests run so too) ignoring SIGINT.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 real = decoding.ImageFiles.__getitem__
 
