@@ -26,7 +26,7 @@ from deconvnet.engine.factory import DeconvNet
 from deconvnet.errors import DeconvNetError
 from deconvnet.gallery.listing import list_images
 from deconvnet.gallery.scan import scan
-from deconvnet.gallery.state import new_state
+from deconvnet.gallery.state import INPUT_SIZE, new_state
 from deconvnet.images import load_image, preprocess
 from deconvnet.models.weights import load_weights_file
 
@@ -219,7 +219,7 @@ def _project(net: Engine, listing, layer: str, top, numbers: list[int], map_size
     ``(C, 3, h, w)`` receptive-field windows, and each one's image path and position."""
     field = net.receptive_field(layer)
     count = top.values.shape[0]
-    windows = torch.zeros(count, 3, *field.size)
+    windows = torch.zeros(count, 3, *field.window(INPUT_SIZE))
     width = map_size[1]
     positions = torch.stack([top.position[:, 0] // width, top.position[:, 0] % width], dim=1)
     paths = [listing.path(int(i)) if int(i) >= 0 else "" for i in top.image[:, 0]]
@@ -242,6 +242,8 @@ def _project(net: Engine, listing, layer: str, top, numbers: list[int], map_size
 
 def _window(reconstruction: torch.Tensor, field, position) -> torch.Tensor:
     """The receptive field's whole window of a ``(3, H, W)`` reconstruction, zero outside."""
+    if field.whole:
+        return reconstruction.clone()
     top = position[0] * field.stride[0] + field.offset[0]
     left = position[1] * field.stride[1] + field.offset[1]
     h, w = field.size

@@ -70,7 +70,7 @@ def layers(
                 entry.kind,
                 f"{channels}×{h}×{w}" if min(h, w) >= 1 else "too small",
                 str(channels),
-                _square(field.size) if max(field.size) < 1 << 30 else "image",
+                "image" if field.whole else _square(field.size),
                 _square(field.stride),
             )
         Console(highlight=False).print(table)

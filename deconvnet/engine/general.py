@@ -52,7 +52,7 @@ from deconvnet.engine.layers import (
     name_layers,
     naming_style,
 )
-from deconvnet.engine.receptive_field import ReceptiveField
+from deconvnet.engine.receptive_field import WHOLE_IMAGE, ReceptiveField
 from deconvnet.engine.rules import Rule, check_rule
 from deconvnet.engine.tape import Binding, Tape, bind_modules
 from deconvnet.engine.walk import Walk, prepare, reframe
@@ -64,10 +64,6 @@ OPT_INS = ("gradient",)
 # Input pixels one inverse batch may cover: bounds the memory of the forward passes on crops and
 # of the batched backward passes (ResNet-50: about 2 GiB at this size).
 PIXEL_BUDGET = 12 * 224 * 224
-
-# The receptive field of a unit that sees the whole image (after a global pool, say): any box of
-# it, clipped to the image, is the whole image.
-WHOLE_IMAGE = ReceptiveField((1 << 30, 1 << 30), (1, 1), (-(1 << 29), -(1 << 29)))
 
 
 @dataclass(frozen=True)

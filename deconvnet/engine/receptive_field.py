@@ -73,6 +73,22 @@ class ReceptiveField:
             min(left + self.size[1], image_size[1]),
         )
 
+    @property
+    def whole(self) -> bool:
+        """Whether a unit sees the whole image (``WHOLE_IMAGE``: after a global pool, or an op
+        that moves pixels), whatever its size."""
+        return self == WHOLE_IMAGE
+
+    def window(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """``(h, w)`` of a unit's window as ``reconstruct_windows`` gives it on an input of
+        ``image_size``: the field's size, or the image's for a unit that sees the whole image."""
+        return (int(image_size[0]), int(image_size[1])) if self.whole else self.size
+
+
+# The receptive field of a unit that sees the whole image: any box of it, clipped to the image,
+# is the whole image.
+WHOLE_IMAGE = ReceptiveField((1 << 30, 1 << 30), (1, 1), (-(1 << 29), -(1 << 29)))
+
 
 def receptive_field(modules: Sequence[nn.Module]) -> ReceptiveField:
     """The receptive field of one output unit of ``modules`` (applied in order) on their input."""

@@ -189,7 +189,11 @@ def project_top(
     names = list(state.layers)
     entries = [net.layer(name) for name in names]
     cells = {
-        name: Cells(scratch, len(state.channels[name]) * state.top, net.receptive_field(name).size)
+        name: Cells(
+            scratch,
+            len(state.channels[name]) * state.top,
+            net.receptive_field(name).window(INPUT_SIZE),
+        )
         for name in names
     }
     held = crops if crops is not None else ()
@@ -243,7 +247,7 @@ def _project_run(
     names = list(state.layers)
     normalize = Preprocessing().normalize
     channel_of = [torch.tensor(state.channels[name], dtype=torch.long) for name in names]
-    sizes = [net.receptive_field(name).size for name in names]
+    sizes = [net.receptive_field(name).window(INPUT_SIZE) for name in names]
     deepest = max(entry.index for entry in entries)
     start = 0
     for indices, pixels, failed in batches:

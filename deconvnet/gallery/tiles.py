@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from deconvnet.engine.base import Engine
 from deconvnet.files import write_atomic
 from deconvnet.gallery.projections import GREY, PERCENTILE, Cells
-from deconvnet.gallery.state import ScanState
+from deconvnet.gallery.state import INPUT_SIZE, ScanState
 
 MIN_CELL = 48  # enlarge receptive fields smaller than this, by an integer factor
 THUMB = 32  # cell size on the per-layer sheets
@@ -92,7 +92,7 @@ def write_layer(
 ) -> dict:
     """Draw layer ``name``'s tiles and sheet into ``out`` from its ``cells``; return the
     manifest's record of the layer."""
-    field = net.receptive_field(name).size
+    field = net.receptive_field(name).window(INPUT_SIZE)
     scale = cell_scale(field)
     layout = TileLayout((field[0] * scale, field[1] * scale), state.top)
     filled: dict[int, list[int]] = {}

@@ -34,7 +34,7 @@ from deconvnet.gallery.build import (
     render_gallery,
 )
 from deconvnet.gallery.decoding import Preprocessing
-from deconvnet.gallery.state import ScanState, state_path
+from deconvnet.gallery.state import INPUT_SIZE, ScanState, state_path
 from deconvnet.images import load_image, preprocessing
 
 LAYERS = ["conv1", "conv5"]
@@ -501,3 +501,40 @@ def test_a_gallery_of_any_network_holds_each_channels_strongest_images(folder, t
 
 def _images(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+class _Pooled(torch.nn.Module):
+    """A layer after a global pool: its units see the whole image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 7, stride=4, padding=3)
+        self.pool = torch.nn.AdaptiveMaxPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.stem(x)))
+
+
+def test_a_gallery_of_a_layer_that_sees_the_whole_image_shows_the_whole_crop(folder, tmp_path):
+    torch.manual_seed(0)
+    model = _Pooled().eval()
+    net = DeconvNet(model)
+    assert net.receptive_field("pool").whole
+    result = make_gallery(
+        folder, "pool", "0-1", top=2, out=tmp_path, model=net, workers=0, progress=False
+    )
+    read = preprocessing()
+    pooled = []
+    for path in sorted(_images(folder)):
+        try:
+            x = read(load_image(path)).unsqueeze(0)
+        except Exception:
+            continue
+        with torch.no_grad():
+            pooled.append(model(x)[0, :2, 0, 0])
+    best = torch.stack(pooled).topk(2, dim=0).values
+    for entry in result.entries:
+        assert entry["activation"] == pytest.approx(float(best[entry["rank"], entry["channel"]]))
+    assert len(result.entries) == 4
+    with Image.open(tmp_path / "pool" / "c0001.png") as tile:
+        assert min(tile.size) >= INPUT_SIZE[0]  # whole crops, not fields of 2**30 pixels
