@@ -6,7 +6,8 @@ image carries (1, 1, 0). A convolution or pool with kernel k (dilated), stride s
 turns (n, t, o) into (n + (k - 1) t, t s, o - p t), as for a plain stack; an op that reads
 each position at that position alone (ReLU, BatchNorm, a residual sum, a concatenation of
 channels: ``deconvnet.engine.ops.keeps_positions``) gives each position the union of what its
-inputs' positions see. Anything else that reaches a map (a global pool, a gate from the whole
+inputs' positions see; a reshape or transpose of the dimensions before H and W (a channel
+shuffle) keeps what each sees. Anything else that reaches a map (a global pool, a gate from the whole
 map, an interpolation, and any op that moves pixels even where it keeps the map's size: a flip,
 a roll, a transpose of H and W, a cumulative sum along W) makes its positions see the whole
 image: ``None``.
@@ -75,6 +76,38 @@ _POOLS = {
 }
 
 
+_RESHAPES = (
+    torch.Tensor.view,
+    torch.Tensor.reshape,
+    torch.reshape,
+    torch.Tensor.flatten,
+    torch.flatten,
+    torch.Tensor.unflatten,
+    torch.unflatten,
+)
+_TRANSPOSES = (torch.Tensor.transpose, torch.transpose, torch.Tensor.permute, torch.permute)
+
+
+def _keeps_rows_and_columns(func, args, source: torch.Tensor, first: torch.Tensor) -> bool:
+    """Whether a reshape or transpose of ``source`` leaves every element at its row and column
+    (the last two dimensions), moving only those before them: a channel shuffle's
+    ``view(N, g, C // g, H, W)``, ``transpose(1, 2)``, ``flatten(1, 2)``."""
+    if not args or args[0] is not source or first.shape[-2:] != source.shape[-2:]:
+        return False
+    if func in _RESHAPES:
+        return True  # row-major: with H and W last in both shapes, (h, w) stays (h, w)
+    if func in _TRANSPOSES and len(args) > 1:
+        ndim = source.dim()
+        named = args[1:] if not isinstance(args[1], list | tuple) else args[1]
+        if not all(isinstance(d, int) for d in named):
+            return False
+        dims = [d % ndim for d in named]
+        if func in (torch.Tensor.transpose, torch.transpose):
+            return len(dims) == 2 and max(dims) < ndim - 2
+        return dims[-2:] == [ndim - 2, ndim - 1]
+    return False
+
+
 class FieldTracer(TorchFunctionMode):
     """Within the block, every 4-d tensor the forward makes gets its receptive field.
 
@@ -127,8 +160,10 @@ class FieldTracer(TorchFunctionMode):
 
     def _field_of(self, func, args, kwargs, first: torch.Tensor, inputs) -> Field:
         source, source_field = inputs[0]
-        if first.dim() != 4:
+        if first.dim() < 4:
             return None  # a vector, a flattened map: it may come back as a gate on a map
+        if source_field is not None and _keeps_rows_and_columns(func, args, source, first):
+            return source_field
         if func in _CONV and source is args[0] and source_field is not None:
             weight = args[1]
             given = _arguments(args, kwargs, ("weight", "bias", "stride", "padding", "dilation"))

@@ -195,6 +195,7 @@ _PER_POSITION = op_names(
     "__itruediv__ __div__ true_divide divide dropout dropout1d dropout2d dropout3d",
     "alpha_dropout feature_alpha_dropout clone contiguous to float double half bfloat16 type",
     "type_as cpu cuda identity gt ge lt le eq ne __gt__ __ge__ __lt__ __le__ __eq__ __ne__",
+    "channel_shuffle native_channel_shuffle",
     # Elementwise ops with no rule still keep positions (when let through by opt-in).
     "gelu silu hardswish hardsigmoid mish elu selu celu leaky_relu prelu rrelu softplus",
     "logsigmoid softsign sigmoid sigmoid_ tanh tanh_ exp log pow __pow__ abs sqrt rsqrt",

@@ -140,6 +140,27 @@ def test_ops_that_move_pixels_match_reference_with_boxes_that_hold_them(name):
     check_against_reference(model, net, _images(size), targets, boxes=True)
 
 
+SHUFFLES = {
+    "view, transpose, flatten": lambda x: (
+        x.view(x.shape[0], 2, 2, *x.shape[2:]).transpose(1, 2).flatten(1, 2)
+    ),
+    "view, permute, reshape": lambda x: (
+        x.view(x.shape[0], 2, 2, *x.shape[2:]).permute(0, 2, 1, 3, 4).reshape(x.shape)
+    ),
+    "F.channel_shuffle": lambda x: F.channel_shuffle(x, 2),
+}
+
+
+@pytest.mark.parametrize("name", SHUFFLES)
+def test_a_channel_shuffle_keeps_each_units_window(name):
+    # It moves channels, not pixels: r2's units see two 3x3 convs' 5x5 window, not the image.
+    torch.manual_seed(1)
+    model = Moved(SHUFFLES[name]).eval()
+    net = DeconvNet(model)
+    assert net.receptive_field("r2").size == (5, 5)
+    check_against_reference(model, net, _images((16, 24)), ["r2:1", "r2:3", "r2"], boxes=True)
+
+
 # --- 2: ReLUs however written, and ops with no rule ---------------------------------------------
 
 
