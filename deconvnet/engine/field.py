@@ -7,10 +7,10 @@ turns (n, t, o) into (n + (k - 1) t, t s, o - p t), as for a plain stack; an op 
 each position at that position alone (ReLU, BatchNorm, a residual sum, a concatenation of
 channels: ``deconvnet.engine.ops.keeps_positions``) gives each position the union of what its
 inputs' positions see; a reshape or transpose of the dimensions before H and W (a channel
-shuffle) keeps what each sees. Anything else that reaches a map (a global pool, a gate from the whole
-map, an interpolation, and any op that moves pixels even where it keeps the map's size: a flip,
-a roll, a transpose of H and W, a cumulative sum along W) makes its positions see the whole
-image: ``None``.
+shuffle) keeps what each sees. Anything else that reaches a map (a global pool, a gate from the
+whole map, an interpolation, and any op that moves pixels even where it keeps the map's size: a
+flip, a roll, a transpose of H and W, a cumulative sum along W) makes its positions see the
+whole image: ``None``.
 """
 
 from __future__ import annotations
