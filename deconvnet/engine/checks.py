@@ -62,6 +62,12 @@ def checked_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def _first_line(error: Exception) -> str:
+    """The first line of ``error``'s message, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 @contextmanager
 def probing(model: nn.Module, input_size: tuple[int, int]) -> Iterator[None]:
     """Within the block, a failing probe pass says which input size it tried, and what to do."""
@@ -70,7 +76,7 @@ def probing(model: nn.Module, input_size: tuple[int, int]) -> Iterator[None]:
     except DeconvNetError:
         raise
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = _first_line(error)
         height, width = input_size
         raise DeconvNetError(
             f"{type(model).__name__} failed on the probe pass, a zero image of {height}x{width} "
@@ -82,8 +88,9 @@ def probing(model: nn.Module, input_size: tuple[int, int]) -> Iterator[None]:
 @contextmanager
 def passing(model: nn.Module, probe: bool = False) -> Iterator[None]:
     """Within the block, a forward that fails where the probe pass ran (with autograd on, as the
-    way down needs it: a view of ``chunk`` written in place, say) is a one-line error; the probe
-    pass's own failures are ``probing``'s to say."""
+    way down needs it: a view of ``chunk`` written in place, say) is a one-line error. With
+    ``probe``, a pass that measures the model (the probe pass, ``map_size``'s) fails as it
+    would: its caller says what it means (``probing``)."""
     try:
         yield
     except DeconvNetError:
@@ -91,7 +98,7 @@ def passing(model: nn.Module, probe: bool = False) -> Iterator[None]:
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         if probe:
             raise
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = _first_line(error)
         raise DeconvNetError(
             f"{type(model).__name__} failed on the pass the way down runs, with autograd on "
             f"({type(error).__name__}: {reason})"

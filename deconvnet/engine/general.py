@@ -97,6 +97,11 @@ def _signature(modules: list[nn.Module]) -> tuple:
 OWN_FORWARD = "(the model's own forward)"
 
 
+def _across_at(kind: str, path: str) -> str:
+    """An ``AcrossImages`` refusal with where it ran: ``module: op ...``."""
+    return f"{path or OWN_FORWARD}: {kind}"
+
+
 def _some(paths: list[str], shown: int = 6) -> str:
     more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
     return ", ".join(paths[:shown]) + more
@@ -176,13 +181,12 @@ class GraphDeconvNet(Engine):
         trace: list[list] = []
 
         def other(kind: str, path: str) -> None:
-            where = path or OWN_FORWARD
             if isinstance(kind, AcrossImages):
-                across.append(f"{where}: {kind}")
+                across.append(_across_at(kind, path))
                 if kind.also is None:
                     return
                 kind = kind.also
-            others.setdefault(kind, set()).add(where)
+            others.setdefault(kind, set()).add(path or OWN_FORWARD)
 
         tracer = FieldTracer(x)
         with torch.no_grad(), tracer, probing(self.model, input_size):
@@ -478,7 +482,7 @@ class GraphDeconvNet(Engine):
 
         def other(kind: str, path: str) -> None:
             if isinstance(kind, AcrossImages):
-                across.append(f"{path or OWN_FORWARD}: {kind}")
+                across.append(_across_at(kind, path))
 
         with torch.enable_grad():
             tapped = self._run(record.inputs, wanted, box, other=other if len(x) > 1 else None)
