@@ -326,14 +326,14 @@ def one_line_error(result, message: str, out: Path) -> str:
 
 def stop_reading_after(monkeypatch, count: int) -> None:
     """Make the scan's image reader raise ``KeyboardInterrupt`` when asked for image
-    ``count + 1``: an interruption in process, between two checkpoints."""
+    ``count + 1`` of the scan or any after it (by whichever thread reads it, ahead of the scan
+    or not): an interruption in process, between two checkpoints."""
     from deconvnet.gallery.decoding import ImageFiles
 
-    real, seen = ImageFiles.__getitem__, []
+    real = ImageFiles.__getitem__
 
     def failing(self, i):
-        seen.append(i)
-        if len(seen) > count:
+        if i >= count:
             raise KeyboardInterrupt
         return real(self, i)
 

@@ -10,7 +10,10 @@ the README's gallery benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +40,9 @@ DEFAULT_WORKERS = min(4, _cores() // 4)
 
 # Decoding threads when no worker processes are used: one per core (measured, see the README).
 DEFAULT_THREADS = _cores()
+
+# Whether this system lets a thread take the idle priority (Linux's SCHED_IDLE).
+IDLE_PRIORITY = hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE")
 
 
 class Preprocessing:
@@ -169,6 +175,135 @@ class ThreadedBatches:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+class IdleBatches:
+    """``collate`` batches of a dataset decoded beside the caller by ``threads`` threads at the
+    system's idle priority, in order; what they have not decoded when the caller asks for a
+    batch, the caller decodes itself.
+
+    A forward pass on the CPU leaves its cores idle for moments (between ops, while its parallel
+    regions' threads wait for each other). Threads at idle priority decode there and give the
+    core back the moment the forward pass wants it, so decoding beside the pass no longer slows
+    it down, as decoding at the same priority does. An idle thread may not run at all while
+    other programs keep the cores busy: the caller never waits for an image one of them holds
+    longer than ``patience`` times the slowest decoding so far (one second before any), and then
+    decodes that image itself; the first of the two (equal) results is kept. The threads stay
+    at most ``ahead`` batches in front of the one asked for.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        threads: int,
+        ahead: int = 2,
+        patience: float = 2.0,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.threads = threads
+        self.ahead = ahead
+        self.patience = patience
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, str]]]]:
+        reading = _IdleReading(self.dataset, self.patience)
+        workers = [
+            threading.Thread(target=reading.work, name="deconvnet-decode", daemon=True)
+            for _ in range(self.threads)
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            for start in range(0, len(self.dataset), self.batch_size):
+                stop = min(start + self.batch_size, len(self.dataset))
+                reading.allow(stop + self.ahead * self.batch_size)
+                yield collate([reading.take(i) for i in range(start, stop)])
+        finally:
+            reading.close()
+            for worker in workers:
+                worker.join(timeout=10.0)
+
+
+class _IdleReading:
+    """The shared state of an ``IdleBatches`` pass: each item to read, being read or read."""
+
+    _TODO, _BUSY, _DONE = range(3)
+
+    def __init__(self, dataset: Dataset, patience: float) -> None:
+        self.dataset = dataset
+        self.patience = patience
+        self.state = [self._TODO] * len(dataset)
+        self.results: list = [None] * len(dataset)
+        self.changed = threading.Condition()
+        self.allowed = 0  # the threads read items below this
+        self.next = 0  # no item below this is left to read
+        self.slowest = 0.0
+        self.closed = False
+
+    def allow(self, stop: int) -> None:
+        with self.changed:
+            self.allowed = min(stop, len(self.state))
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
+    def work(self) -> None:
+        """A reading thread: at idle priority, the first item left to read, until closed."""
+        # Where it cannot, it reads at the caller's priority, as plain threads do.
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        while True:
+            with self.changed:
+                while not self.closed and self._first_todo() is None:
+                    self.changed.wait()
+                if self.closed:
+                    return
+                i = self._first_todo()
+                self.state[i] = self._BUSY
+            try:
+                self._read(i)
+            except BaseException:
+                with self.changed:  # the caller reads it again and meets the error itself
+                    if self.state[i] == self._BUSY:
+                        self.state[i] = self._TODO
+                    self.changed.notify_all()
+
+    def take(self, i: int):
+        """Item ``i``, read by a thread or, if none has it by now, by the caller."""
+        with self.changed:
+            if self.state[i] == self._TODO:
+                self.state[i] = self._BUSY
+            elif self.state[i] == self._BUSY:
+                wait = self.patience * self.slowest if self.slowest else 1.0
+                self.changed.wait_for(lambda: self.state[i] != self._BUSY, wait)
+        if self.state[i] != self._DONE:
+            self._read(i)
+        with self.changed:
+            result, self.results[i] = self.results[i], None
+        return result
+
+    def _first_todo(self) -> int | None:
+        while self.next < self.allowed and self.state[self.next] != self._TODO:
+            self.next += 1
+        return self.next if self.next < self.allowed else None
+
+    def _read(self, i: int) -> None:
+        began = time.perf_counter()
+        result = self.dataset[i]
+        took = time.perf_counter() - began
+        with self.changed:
+            self.slowest = max(self.slowest, took)
+            if self.state[i] != self._DONE:
+                self.results[i] = result
+                self.state[i] = self._DONE
+            self.changed.notify_all()
+
+
 def image_batches(
     root: str,
     items: Sequence[tuple[int, str]],
@@ -179,16 +314,20 @@ def image_batches(
     fast: bool = False,
     threads: int | None = None,
     overlap: bool = True,
-) -> DataLoader | ThreadedBatches:
+    idle: bool = False,
+) -> DataLoader | ThreadedBatches | IdleBatches:
     """Decode and crop ``items`` ``(index, relative path)`` in order; batches as ``collate``
     makes them.
 
     With ``workers`` > 0 the images are decoded in that many processes (a ``DataLoader``);
     with 0, in ``threads`` threads of this process (default ``DEFAULT_THREADS``; 0: one image
     after the other, between forward passes). The threads decode the next batches while the
-    caller works on one (``overlap``), or each batch when it is asked for (``overlap=False``):
-    right when the caller's forward passes run on the CPU's cores already, where decoding
-    beside them only contends for the same cores. ``fast``: see ``Preprocessing``.
+    caller works on one (``overlap``), or each batch when it is asked for (``overlap=False``).
+    Beside a forward pass on the CPU's cores, threads at the same priority contend for them;
+    with ``idle`` (and ``overlap``) they decode at the system's idle priority, in the moments
+    the pass leaves a core idle, and the caller decodes what they have not (``IdleBatches``;
+    where the system has no idle priority, ``IDLE_PRIORITY`` False, each batch is decoded when
+    it is asked for instead). ``fast``: see ``Preprocessing``.
     """
     if batch_size < 1:
         raise DeconvNetError(f"batch size must be at least 1, got {batch_size}")
@@ -206,6 +345,9 @@ def image_batches(
         )
     dataset = ImageFiles(root, items, fast)
     if workers == 0 and threads > 0:
+        if overlap and idle and IDLE_PRIORITY:
+            return IdleBatches(dataset, batch_size, threads)
+        overlap = overlap and not idle
         return ThreadedBatches(dataset, batch_size, threads, ahead=2 if overlap else 0)
     return DataLoader(
         dataset,

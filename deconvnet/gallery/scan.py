@@ -57,11 +57,11 @@ def scan(
 
     One forward pass per batch, up to the deepest of the state's layers, serves all of them
     (``net.channel_maxima``); no switches are recorded. Images are decoded as ``image_batches``
-    says (``workers`` processes, else ``threads`` threads). The threads decode beside the
-    forward pass when it runs on a GPU, and between forward passes when it runs on the CPU,
-    whose cores it already keeps busy (``overlap`` None; True or False forces either): on 2
-    cores the scan ran 3% faster so on 500x375 photos and 2.5% on 12-megapixel ones
-    (``--fast-decode``), medians of 8 and 4 alternating runs.
+    says (``workers`` processes, else ``threads`` threads). With ``overlap`` None, the threads
+    decode beside the forward pass when it runs on a GPU, and beside it at the system's idle
+    priority when it runs on the CPU, whose cores the pass keeps busy but for moments the
+    threads then use (``image_batches``' ``idle``); where the system has no idle priority,
+    between forward passes. True: beside the pass at the same priority; False: between passes.
     With ``checkpoint``, the state is saved there atomically every ``checkpoint_every`` images
     and at the end; scanning a loaded state continues where it stopped. ``crops`` keeps the
     crops of the images in some top-k, for the projections that follow.
@@ -97,7 +97,8 @@ def scan(
         pin=device.type == "cuda",
         fast=state.fast_decode,
         threads=threads,
-        overlap=device.type != "cpu" if overlap is None else overlap,
+        overlap=True if overlap is None else overlap,
+        idle=overlap is None and device.type == "cpu",
     )
     with (
         progress_bar("scanning", state.shard_size, state.cursor, "img", progress) as advance,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,14 @@ import torchvision
 from PIL import Image
 
 from deconvnet import DeconvNetError
-from deconvnet.gallery.decoding import ImageFiles, Preprocessing, ThreadedBatches, image_batches
+from deconvnet.gallery.decoding import (
+    IDLE_PRIORITY,
+    IdleBatches,
+    ImageFiles,
+    Preprocessing,
+    ThreadedBatches,
+    image_batches,
+)
 from deconvnet.gallery.listing import list_images
 from deconvnet.gallery.scan import scan_folder
 from deconvnet.gallery.state import ScanState, state_path
@@ -86,7 +94,9 @@ def test_threads_processes_and_the_plain_loop_give_the_same_batches(folder):
     threaded = image_batches(folder, items, 3, workers=0, threads=2)
     assert isinstance(threaded, ThreadedBatches)
     between = image_batches(folder, items, 3, workers=0, threads=2, overlap=False)
-    others = (threaded, between, image_batches(folder, items, 3, workers=1))
+    idle = image_batches(folder, items, 3, workers=0, threads=2, idle=True)
+    assert isinstance(idle, IdleBatches if IDLE_PRIORITY else ThreadedBatches)
+    others = (threaded, between, idle, image_batches(folder, items, 3, workers=1))
     for other in map(_batches, others):
         assert len(other) == len(plain)
         for (i, x, failed), (j, y, failed2) in zip(plain, other, strict=True):
@@ -120,12 +130,66 @@ def test_without_overlap_a_batch_is_decoded_only_when_asked_for():
     assert next(batches, None) is None
 
 
-def test_threads_stop_when_the_scan_stops(folder):
+@pytest.mark.parametrize("kind", [ThreadedBatches, IdleBatches])
+def test_threads_stop_when_the_scan_stops(folder, kind):
     items = list(enumerate(list_images(folder).files))
     before = threading.active_count()
-    for _ in ThreadedBatches(ImageFiles(os.fspath(folder), items), 2, threads=2):
-        break  # the generator is closed here: its pool must be shut down, not left running
+    for _ in kind(ImageFiles(os.fspath(folder), items), 2, threads=2):
+        break  # the generator is closed here: its threads must stop, not be left running
     assert threading.active_count() == before
+
+
+class _Starved(_Reads):
+    """Items that the decoding threads never finish reading (as when other programs keep the
+    cores busy and threads at idle priority do not run): only the caller's reads return."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.caller = threading.get_ident()
+        self.release = threading.Event()
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
+        if threading.get_ident() != self.caller:
+            self.release.wait()
+        return super().__getitem__(i)
+
+
+def test_the_scan_reads_what_idle_threads_do_not():
+    starved = _Starved(7)
+    try:
+        batches = [indices.tolist() for indices, _, _ in IdleBatches(starved, 3, threads=2)]
+    finally:
+        starved.release.set()
+    assert batches == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+class _Failing(_Reads):
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
+        raise RuntimeError(f"item {i} cannot be read")
+
+
+def test_an_error_in_a_decoding_thread_reaches_the_scan():
+    with pytest.raises(RuntimeError, match="item 0 cannot be read"):
+        list(IdleBatches(_Failing(4), 2, threads=2))
+
+
+@pytest.mark.skipif(not IDLE_PRIORITY, reason="no idle priority on this system")
+def test_idle_threads_decode_at_the_idle_priority():
+    reads = _Reads(40)
+    batches = iter(IdleBatches(reads, 4, threads=2))
+    next(batches)
+    threads = [t for t in threading.enumerate() if t.name == "deconvnet-decode"]
+    assert len(threads) == 2
+    # Taking the idle priority is each thread's first step; it may not have run yet.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        policies = {os.sched_getscheduler(t.native_id) for t in threads}
+        if policies == {os.SCHED_IDLE}:
+            break
+        time.sleep(0.01)
+    assert policies == {os.SCHED_IDLE}
+    assert sum(1 for _ in batches) == 9
+    assert set(reads.read) == set(range(40))
 
 
 def test_bad_counts_are_refused(folder):
