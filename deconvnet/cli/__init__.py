@@ -7,10 +7,10 @@ import os
 
 # After each parallel region torch's OpenMP threads (GNU libgomp) spin for 300,000 rounds
 # before they sleep: about 12 ms on the AMD EPYC of the benchmarks. A scan decodes images on
-# the same cores between forward passes, and that spinning took a core from the decoding
-# threads after every batch. 10,000 rounds (under a millisecond) still bridge the gaps within
-# a forward pass. libgomp reads this once, when torch loads, so it is set before the first
-# import of torch; a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is.
+# the same cores, and threads spinning there take them from the decoding threads. 10,000
+# rounds (under a millisecond) still bridge the gaps within a forward pass. libgomp reads this
+# once, when torch loads, so it is set before the first import of torch; a user's own
+# OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 

@@ -5,7 +5,7 @@ Each image file becomes the ``(224, 224, 3)`` uint8 pixels of the weights' own p
 a file that cannot be read becomes its reason instead of an error (``ImageFiles``). ``collate``
 makes the batches and ``Preprocessing.normalize`` turns their pixels into the network's input on
 its device. On photos of the sizes people have, decoding is a good part of a scan's cost: see
-the README's gallery benchmark.
+the gallery benchmark (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _cores() -> int:
 DEFAULT_WORKERS = min(4, _cores() // 4)
 
 
-# Decoding threads when no worker processes are used: one per core (measured, see the README).
+# Decoding threads when no worker processes are used: one per core (measured: docs/benchmarks.md).
 DEFAULT_THREADS = _cores()
 
 # Whether this system lets a thread take the idle priority (Linux's SCHED_IDLE).
