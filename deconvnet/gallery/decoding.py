@@ -235,7 +235,7 @@ class _IdleReading:
         self.dataset = dataset
         self.patience = patience
         self.state = [self._TODO] * len(dataset)
-        self.results: list = [None] * len(dataset)
+        self.results: list[tuple[int, torch.Tensor | None, str] | None] = [None] * len(dataset)
         self.changed = threading.Condition()
         self.allowed = 0  # the threads read items below this
         self.next = 0  # no item below this is left to read
@@ -273,7 +273,7 @@ class _IdleReading:
                         self.state[i] = self._TODO
                     self.changed.notify_all()
 
-    def take(self, i: int):
+    def take(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         """Item ``i``, read by a thread or, if none has it by now, by the caller."""
         with self.changed:
             if self.state[i] == self._TODO:
