@@ -358,7 +358,7 @@ unit_routes = APIRouter(prefix="/api/images")
 def activations(key: str, explorer: ExplorerDep, layer: str | None = None) -> ActivationsInfo:
     """Every channel's activation map of ``layer`` (float32, base64) with their peaks; default:
     the model's ``default_layer``."""
-    found = explorer.activations(key, layer or explorer.default_layer)
+    found = explorer.activations(key, explorer.default_layer if layer is None else layer)
     return ActivationsInfo(
         image=key,
         layer=found.layer,

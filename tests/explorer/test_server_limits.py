@@ -302,6 +302,13 @@ def test_a_query_parameter_given_twice_is_refused_not_answered_for_one(client, q
     assert twice.status_code == 400 and "'name' 2 times" in twice.json()["detail"]
 
 
+def test_an_empty_layer_is_refused_not_read_as_the_default(client):
+    # activations?layer= showed the default layer (conv5) as if no layer had been asked for.
+    key = client.post("/api/images", content=png(40, 40, 7)).json()["image"]
+    answer = client.get(f"/api/images/{key}/activations?layer=")
+    assert answer.status_code == 400 and "unknown layer ''" in answer.json()["detail"]
+
+
 def test_each_upload_is_answered_with_its_own_name(client):
     data = png(50, 40, 3)
     first = client.post("/api/images?name=first.png", content=data).json()
