@@ -99,7 +99,7 @@ def filters(
         from deconvnet.figures import figure_png, filter_grid
 
         check_out(out)
-        run = Run.start(Network(model, weights, device="cpu"))
+        run = Run.start(Network(model, weights, device="cpu"), rgb=False)
         entry = run.net.layer(layer if layer is not None else run.net.conv_layers[0])
         conv = _own_conv(run.net, entry)
         if conv is None:

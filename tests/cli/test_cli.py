@@ -608,6 +608,17 @@ def test_filters_of_a_first_layer_without_rgb_input_say_so(tmp_path, user_module
     assert "feature channels" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["visualize", "compare", "occlusion", "invariance"])
+def test_a_network_without_rgb_input_is_one_line_naming_its_channels(
+    tmp_path, user_module, command
+):
+    # It read "expected an image tensor of shape (N, 1, H, W), got (1, 3, 224, 224)".
+    image = picture(tmp_path / "cat.png")
+    result = run_command(command, image, f"--model {user_module}:gray -q -o out")
+    assert_user_error(result, "cli_user_nets:gray takes 1-channel input", tmp_path / "out")
+    assert "images are read as RGB" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("model", "message"),
     [
