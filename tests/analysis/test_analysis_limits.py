@@ -220,3 +220,13 @@ def test_a_model_whose_output_is_no_class_scores_is_refused():
     net = DeconvNet(stack, input_size=(32, 32))
     with pytest.raises(DeconvNetError, match=r"returns \(1, 8, 32, 10\), not class scores"):
         occlusion_sensitivity(net, torch.rand(1, 3, 32, 32), None, patch=8, stride=8)
+
+
+def test_a_checkpoint_that_is_a_folder_says_so(tmp_path):
+    # It read "no such file" for a folder that is there.
+    from deconvnet.analysis.evolution import read_checkpoint
+
+    with pytest.raises(DeconvNetError, match="is a folder; give the checkpoint files in it"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(DeconvNetError, match="no such file"):
+        read_checkpoint(tmp_path / "missing.pth")
