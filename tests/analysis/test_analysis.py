@@ -251,8 +251,7 @@ def test_default_layers_of_a_network_that_is_no_plain_stack():
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
-    # With its classifier, the input of fc is the last layer (it was taken for a feature stack
-    # without a classifier, as every network but AlexNet's and VGG's plain stacks was).
+    # With its classifier, the input of fc is the last layer, as on AlexNet.
     net = DeconvNet(model)
     assert invariance_layers(net) == ["conv1", "penultimate"]
     assert correspondence_layers(net) == ["layer4", "penultimate"]
