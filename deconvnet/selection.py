@@ -28,7 +28,7 @@ from deconvnet.errors import DeconvNetError, check_int
 _SYNTAX = re.compile(
     r"^\s*(?P<layer>[^:@\s](?:[^:@]*[^:@\s])?)\s*"
     r"(?::\s*(?P<channel>-?\d+)\s*"
-    r"(?:@\s*\(?\s*(?P<y>-?\d+)\s*,\s*(?P<x>-?\d+)\s*\)?\s*)?)?$"
+    r"(?:@\s*(?P<paren>\()?\s*(?P<y>-?\d+)\s*,\s*(?P<x>-?\d+)\s*(?(paren)\))\s*)?)?$"
 )
 
 

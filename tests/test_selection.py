@@ -25,7 +25,10 @@ def test_parse(text, expected):
     assert Target.parse(str(expected)) == expected
 
 
-@pytest.mark.parametrize("text", ["", "conv5:", "conv5@1,2", "conv5:1@2", "conv5:a", ":3"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "conv5:", "conv5@1,2", "conv5:1@2", "conv5:a", ":3", "conv5:1@(3,3", "conv5:1@3,3)"],
+)
 def test_parse_errors_show_the_syntax(text):
     with pytest.raises(DeconvNetError, match="layer:channel@y,x"):
         Target.parse(text)

@@ -98,6 +98,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     (``deconvnet.models.weights.load_weights_file``), with ``module.`` prefixes (DataParallel's)
     dropped."""
     path = Path(path)
+    if path.is_dir():
+        raise DeconvNetError(
+            f"checkpoint {path} is a folder; give the checkpoint files in it, in training order"
+        )
     if not path.is_file():
         raise DeconvNetError(f"checkpoint {path}: no such file")
     try:

@@ -24,7 +24,9 @@ def classifier_available(net: Engine) -> tuple[bool, str]:
     from deconvnet.models.loading import has_classifier
 
     model = getattr(net, "model", None)
-    if model is None or model is getattr(net, "features", None):
+    # A stack the engine runs whole is the model itself: it classifies if a Linear layer is in it.
+    stack = model is getattr(net, "features", None)
+    if model is None or (stack and _last_linear(model) is None):
         return False, "the model is a feature stack without a classifier"
     if not has_classifier(model):
         return False, (
@@ -70,7 +72,13 @@ def check_class(target: int | None, count: int) -> None:
 def probabilities(net: Engine, x: torch.Tensor) -> torch.Tensor:
     """Softmax of the model's own logits for ``x`` ``(N, 3, H, W)``: ``(N, K)``."""
     with torch.no_grad():
-        return torch.softmax(net.model(x), dim=1)
+        logits = net.model(x)
+    if logits.dim() != 2:
+        raise DeconvNetError(
+            f"the model returns {tuple(logits.shape)}, not class scores (N, K); class "
+            "probabilities need a model whose output is one score per class (or classify=False)"
+        )
+    return torch.softmax(logits, dim=1)
 
 
 def feature_vectors(

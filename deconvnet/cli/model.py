@@ -27,6 +27,7 @@ from deconvnet.cli.options import (
 from deconvnet.cli.run import Run, architecture, reporting
 from deconvnet.engine.base import Engine
 from deconvnet.engine.factory import DeconvNet
+from deconvnet.engine.layers import Layer
 from deconvnet.errors import DeconvNetError, plural
 
 app = typer.Typer()
@@ -98,13 +99,19 @@ def filters(
         from deconvnet.figures import figure_png, filter_grid
 
         check_out(out)
-        run = Run.start(Network(model, weights, device="cpu"))
+        run = Run.start(Network(model, weights, device="cpu"), rgb=False)
         entry = run.net.layer(layer if layer is not None else run.net.conv_layers[0])
-        conv = _own_conv(run.net, entry.index)
+        conv = _own_conv(run.net, entry)
         if conv is None:
             raise DeconvNetError(
                 f"{entry.name} is a {_KINDS.get(entry.kind, entry.kind)} layer and has no "
                 f"learned filters; try --layer {run.net.conv_layers[0]}"
+            )
+        first = _own_conv(run.net, run.net.layer(run.net.conv_layers[0]))
+        if conv.in_channels != 3 and conv is first:
+            raise DeconvNetError(
+                f"{entry.name} takes {conv.in_channels}-channel input, not RGB pixels; filters "
+                "draws only filters of 3 input channels as colour pictures"
             )
         if conv.in_channels != 3:
             raise DeconvNetError(
@@ -124,10 +131,14 @@ def filters(
 _KINDS = {"pool": "max-pool", "relu": "ReLU", "identity": "pass-through"}
 
 
-def _own_conv(net: Engine, index: int) -> torch.nn.Conv2d | None:
-    """The conv whose filters make ``index``'s output: itself, or the conv before its ReLU."""
+def _own_conv(net: Engine, entry: Layer) -> torch.nn.Conv2d | None:
+    """The conv whose filters make ``entry``'s output: itself, or, in a plain stack, the conv
+    before its ReLU (any other network's layers are modules that need not follow each other)."""
+    stack, index = net.stack, entry.index
+    if stack is None:
+        return entry.module if isinstance(entry.module, torch.nn.Conv2d) else None
     while index >= 0:
-        module = net.features[index]
+        module = stack[index]
         if isinstance(module, torch.nn.Conv2d):
             return module
         if not isinstance(module, torch.nn.ReLU):

@@ -128,21 +128,31 @@ class Run:
     percentile: float
 
     @classmethod
-    def start(cls, network: Network, percentile: float = DEFAULT_PERCENTILE) -> Run:
+    def start(
+        cls, network: Network, percentile: float = DEFAULT_PERCENTILE, *, rgb: bool = True
+    ) -> Run:
         """Load ``network.model`` with its weights onto its device (``load_model``'s names and
-        defaults).
+        defaults); ``rgb``: the command feeds it images, which it reads as RGB.
 
         Raises
         ------
         DeconvNetError
-            For an unknown model, unreadable weights or a device that is not there.
+            For an unknown model, unreadable weights, a device that is not there, or (``rgb``)
+            a network whose first conv does not take 3 channels.
         """
         from deconvnet.models.loading import load_model, resolve_device, weights_source
 
         where = resolve_device(network.device)
         module = load_model(network.model, weights=network.weights, progress=False).to(where)
         name, source = network.model.strip(), weights_source(module)
-        return cls(DeconvNet(module), name, source, where, network.size, percentile)
+        net = DeconvNet(module)
+        if rgb and net.in_channels != 3:
+            raise DeconvNetError(
+                f"{name} takes {net.in_channels}-channel input, and the commands' images are "
+                "read as RGB (3 channels); use the Python API with inputs of its own, "
+                f"DeconvNet(model).project(x) with x of shape (N, {net.in_channels}, H, W)"
+            )
+        return cls(net, name, source, where, network.size, percentile)
 
     def qualifiers(self) -> str:
         """What sets a result apart beyond image, unit and rule, when not the default."""

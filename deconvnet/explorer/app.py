@@ -45,6 +45,7 @@ from deconvnet.explorer.compute import (
     encode_maps,
     reconstruction_png,
 )
+from deconvnet.explorer.query import OneValueEach
 from deconvnet.figures import PERCENTILE
 from deconvnet.gallery.atlas import channel_page
 from deconvnet.images import default_image
@@ -157,7 +158,8 @@ def create_app(
     )
     app.state.explorer = explorer
     app.state.served = Served(explorer, gallery, max_upload, _gallery_matches(explorer, gallery))
-    # The last added runs first: the Host check, then the Origin check.
+    # The last added runs first: the Host check, the Origin check, then the query's.
+    app.add_middleware(OneValueEach)
     app.add_middleware(SameOriginOnly)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
@@ -356,7 +358,7 @@ unit_routes = APIRouter(prefix="/api/images")
 def activations(key: str, explorer: ExplorerDep, layer: str | None = None) -> ActivationsInfo:
     """Every channel's activation map of ``layer`` (float32, base64) with their peaks; default:
     the model's ``default_layer``."""
-    found = explorer.activations(key, layer or explorer.default_layer)
+    found = explorer.activations(key, explorer.default_layer if layer is None else layer)
     return ActivationsInfo(
         image=key,
         layer=found.layer,

@@ -250,7 +250,13 @@ def test_default_layers_of_a_network_that_is_no_plain_stack():
     from deconvnet.analysis.invariance import default_layers as invariance_layers
 
     torch.manual_seed(0)
-    net = DeconvNet(torchvision.models.resnet18().eval())
+    model = torchvision.models.resnet18().eval()
+    # With its classifier, the input of fc is the last layer, as on AlexNet.
+    net = DeconvNet(model)
+    assert invariance_layers(net) == ["conv1", "penultimate"]
+    assert correspondence_layers(net) == ["layer4", "penultimate"]
+    model.fc = torch.nn.Identity()
+    net = DeconvNet(model)
     # The first Conv2d, and the last stage's output (not the last Conv2d inside that stage,
     # whose output its block still adds to and rectifies).
     assert invariance_layers(net) == ["conv1", "layer4"]

@@ -18,6 +18,7 @@ from PIL import Image
 from deconvnet import DeconvNet, load_model
 from deconvnet.analysis.evolution import feature_evolution
 from deconvnet.analysis.invariance import MAX_STEPS, check_values, invariance, steps, transform
+from deconvnet.analysis.occlusion import occlusion_sensitivity
 from deconvnet.errors import DeconvNetError
 from deconvnet.images import MAX_SIDE
 
@@ -176,3 +177,56 @@ def test_cli_evolution_twice_into_one_folder_names_the_earlier_file(checkpoints,
     written = png[0].split(" -> ")[1].split(" (")[0]
     assert f"({Path(written).name} holds" not in png[0]
     assert "(mixed_evolution_conv1.png holds a different result)" in png[0]
+
+
+# --- a network of one nn.Sequential, classifier included -----------------------------------------
+
+
+def sequential_classifier() -> torch.nn.Sequential:
+    nn = torch.nn
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3)]
+    head = [nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)]
+    return nn.Sequential(*layers, *head).eval()
+
+
+def test_a_sequential_ending_in_a_classifier_gives_its_class_probabilities():
+    # It was refused as "a feature stack without a classifier" when asked for a class.
+    model = sequential_classifier()
+    net = DeconvNet(model)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    result = occlusion_sensitivity(net, x, None, patch=8, stride=8, target_class=5)
+    hidden = x.clone()
+    hidden[..., 8:16, 0:8] = 0.0  # the occluder at row 1, column 0, filled with 0
+    with torch.no_grad():
+        expected = torch.softmax(model(hidden), dim=1)[0, 5]
+    assert result.target_class == 5 and result.class_names == [str(i) for i in range(10)]
+    assert torch.allclose(result.class_probability[1, 0], expected, atol=1e-6)
+    with pytest.raises(DeconvNetError, match=r"class 10 is out of range \(valid: 0\.\.9\)"):
+        occlusion_sensitivity(net, x, None, patch=8, stride=8, target_class=10)
+
+
+def test_a_sequential_without_a_classifier_still_says_so():
+    net = DeconvNet(sequential_classifier()[:4])
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(DeconvNetError, match="a feature stack without a classifier"):
+        occlusion_sensitivity(net, x, None, patch=8, stride=8, target_class=5)
+
+
+def test_a_model_whose_output_is_no_class_scores_is_refused():
+    # A Linear on the maps' last axis gives (N, C, H, K): softmax over dim 1 would be no class.
+    nn = torch.nn
+    stack = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Linear(32, 10))
+    net = DeconvNet(stack, input_size=(32, 32))
+    with pytest.raises(DeconvNetError, match=r"returns \(1, 8, 32, 10\), not class scores"):
+        occlusion_sensitivity(net, torch.rand(1, 3, 32, 32), None, patch=8, stride=8)
+
+
+def test_a_checkpoint_that_is_a_folder_says_so(tmp_path):
+    # It read "no such file" for a folder that is there.
+    from deconvnet.analysis.evolution import read_checkpoint
+
+    with pytest.raises(DeconvNetError, match="is a folder; give the checkpoint files in it"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(DeconvNetError, match="no such file"):
+        read_checkpoint(tmp_path / "missing.pth")

@@ -558,6 +558,23 @@ def broken():
 
 def smooth():
     return nn.Sequential(nn.Conv2d(3, 8, 5, stride=2), nn.GELU(), nn.Conv2d(8, 8, 3))
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return torch.relu(x + self.body(x))
+
+def residual():
+    torch.manual_seed(0)
+    return Residual()
+
+def gray():
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU())
 """
 
 
@@ -578,6 +595,28 @@ def test_the_users_own_network(tmp_path, user_module):
     assert "_cli_user_nets-small" in lines[0]  # the model is in the name, made file-safe
     table = ok(run_command(f"layers --model {user_module}:small --input-size 64"))
     assert any("conv2" in row and "16×13×13" in row for row in table), table
+
+
+def test_filters_of_a_network_that_is_no_plain_stack(tmp_path, user_module):
+    lines = ok(run_command(f"filters --model {user_module}:residual -q -o out"))
+    assert len(lines) == 1 and "stem: 8 filters -> out/stem_filters" in lines[0], lines
+
+
+def test_filters_of_a_first_layer_without_rgb_input_say_so(tmp_path, user_module):
+    result = run_command(f"filters --model {user_module}:gray -q -o out")
+    assert_user_error(result, "takes 1-channel input, not RGB pixels", tmp_path / "out")
+    assert "feature channels" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["visualize", "compare", "occlusion", "invariance"])
+def test_a_network_without_rgb_input_is_one_line_naming_its_channels(
+    tmp_path, user_module, command
+):
+    # It read "expected an image tensor of shape (N, 1, H, W), got (1, 3, 224, 224)".
+    image = picture(tmp_path / "cat.png")
+    result = run_command(command, image, f"--model {user_module}:gray -q -o out")
+    assert_user_error(result, "cli_user_nets:gray takes 1-channel input", tmp_path / "out")
+    assert "images are read as RGB" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -281,6 +281,34 @@ def test_a_form_with_two_files_is_refused_not_answered_for_one(client):
     assert answer.json() == {"detail": "the form has 2 fields named 'file'; send one image"}
 
 
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ("projection?layer=conv5&channel=3&channel=4", "channel"),
+        ("projection?layer=conv5&layer=conv1&channel=3", "layer"),
+        ("projection?layer=conv5&channel=3&y=1&x=1&y=2", "y"),
+        ("projection?layer=conv5&channel=3&rule=guided&rule=gradient", "rule"),
+        ("figure.png?layer=conv5&channel=3&percentile=50&percentile=99", "percentile"),
+        ("activations?layer=conv5&layer=conv1", "layer"),
+    ],
+)
+def test_a_query_parameter_given_twice_is_refused_not_answered_for_one(client, query, name):
+    # Answered for the last value before: channel=3&channel=4 showed channel 4.
+    key = client.post("/api/images", content=png(40, 40, 5)).json()["image"]
+    answer = client.get(f"/api/images/{key}/{query}")
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": f"the query names {name!r} 2 times; give it once"}
+    twice = client.post("/api/images?name=a.png&name=b.png", content=png(40, 40, 6))
+    assert twice.status_code == 400 and "'name' 2 times" in twice.json()["detail"]
+
+
+def test_an_empty_layer_is_refused_not_read_as_the_default(client):
+    # activations?layer= showed the default layer (conv5) as if no layer had been asked for.
+    key = client.post("/api/images", content=png(40, 40, 7)).json()["image"]
+    answer = client.get(f"/api/images/{key}/activations?layer=")
+    assert answer.status_code == 400 and "unknown layer ''" in answer.json()["detail"]
+
+
 def test_each_upload_is_answered_with_its_own_name(client):
     data = png(50, 40, 3)
     first = client.post("/api/images?name=first.png", content=data).json()
