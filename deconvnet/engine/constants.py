@@ -45,11 +45,12 @@ _SUMS = op_names(
 )
 _FACTORS = op_names("mul mul_ __mul__ __imul__ __rmul__ multiply")
 _PADS = op_names("pad constant_pad_nd")
-# Ops whose every output entry is a sum over many input entries: constants do not survive them.
-_MIXES = op_names(
-    "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear matmul",
-    "__matmul__ mm bmm addmm einsum tensordot",
-)
+# Ops whose every output entry is a sum over many input entries: constants do not survive them,
+# but a zero filter, or a zero row of a matrix, makes some of their own.
+_FILTERS = op_names("conv1d conv2d conv3d linear")
+_TRANSPOSED = op_names("conv_transpose1d conv_transpose2d conv_transpose3d")
+_MATRICES = op_names("matmul __matmul__ mm bmm addmm einsum tensordot")
+_MIXES = _FILTERS | _TRANSPOSED | _MATRICES
 
 Dims = frozenset[int] | None  # the dimensions along which constants sit; None: any
 
@@ -82,16 +83,45 @@ class Beside:
             dims = [d % value.dim() for d in ([dim] if isinstance(dim, int) else dim)]
         return beside is None or bool(beside.intersection(dims))
 
-    def note(self, name: str, treatment: str | None, args: tuple, kwargs: dict, inputs: list, out):
-        """Remember the constants that op ``name`` (of ``treatment`` in the engine's table) put
-        or kept beside the entries of ``out`` (of ``args[0]`` for ``__setitem__``)."""
-        beside = self._made(name, treatment, args, kwargs, inputs, out)
+    def note(self, func: Callable, name: str, treatment: str | None, args, kwargs, inputs, out):
+        """Remember the constants that op ``func`` (``name``, of ``treatment`` in the engine's
+        table) put or kept beside the entries of ``out`` (of ``args[0]`` for ``__setitem__``)."""
+        if name in _MIXES and isinstance(out, torch.Tensor):
+            beside = self._unreached(func, name, args, kwargs, out)
+        else:
+            beside = self._made(name, treatment, args, kwargs, inputs, out)
         if beside is False:
             return
         made = args[0] if name == "__setitem__" else out
         for tensor in made if isinstance(made, list | tuple) else [made]:
             if isinstance(tensor, torch.Tensor):
                 self._held[id(tensor)] = (weakref.ref(tensor), beside)
+
+    def _unreached(self, func, name, args, kwargs, out) -> Dims | bool:
+        """The dimensions along which a product of a map with constants has entries that no
+        entry of the map reaches (a zero filter: its bias; a zero row of a matrix: 0)."""
+        if out.device.type == "meta":
+            return False  # no values to read: a pass for shapes alone
+        if name in _FILTERS | _TRANSPOSED:
+            weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+            if not isinstance(weight, torch.Tensor) or self.is_map(weight):
+                return False
+            units = weight.detach().transpose(0, 1) if name in _TRANSPOSED else weight.detach()
+            if not bool(units.flatten(1).eq(0).all(1).any()):
+                return False
+            return frozenset({out.dim() - 1 if name == "linear" else 1})
+        with torch.no_grad():
+            # Two draws of the maps: an entry the same in both is one no map reaches.
+            first, second = (func(*self._drawn(args), **self._drawn(kwargs)) for _ in range(2))
+        return None if bool(first.eq(second).any()) else False
+
+    def _drawn(self, value):
+        """``value`` with every map in it replaced by random numbers of its shape."""
+        if isinstance(value, dict):
+            return {k: self._drawn(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self._drawn(v) for v in value)
+        return torch.randn_like(value) if self.is_map(value) else value
 
     def _made(self, name, treatment, args, kwargs, inputs, out) -> Dims | bool:
         tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
@@ -120,7 +150,7 @@ class Beside:
             zeros = [_zeros_along(v, out.dim()) for v in args[:2] if not self.is_map(v)]
             if any(z is not False for z in zeros) and kept is not None:
                 return None if None in zeros else kept.union(*(z for z in zeros if z))
-        if all(h is False for h in held) or name in _MIXES or treatment == "pool":
+        if all(h is False for h in held) or treatment == "pool":
             return False  # a max consumes them, or refuses them (Check)
         if name in _SUMS and len(tensors) > 1 and all(map(self.is_map, tensors)):
             common = [frozenset(range(out.dim())) if h is None else h or frozenset() for h in held]

@@ -533,6 +533,6 @@ class Check:
             for tensor in flatten([out]):
                 if isinstance(tensor, torch.Tensor):
                     self._pooled[id(tensor)] = (weakref.ref(tensor), pooled)
-        self.beside.note(name, TREATMENTS.get(name), args, kwargs, inputs, out)
+        self.beside.note(func, name, TREATMENTS.get(name), args, kwargs, inputs, out)
         if name == "__setitem__" and self.beside.of(args[0]) is not False:
             self.mark(args[0])

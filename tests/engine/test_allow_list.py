@@ -227,6 +227,12 @@ def _nine(x):
     return x
 
 
+def _maxout_with_zero_filters(x):
+    # Each channel beside a filter of zeros, the max over the pair: max(x, 0).
+    weight = torch.cat([torch.eye(6), torch.zeros(6, 6)])[..., None, None]
+    return F.conv2d(x, weight).view(x.shape[0], 2, 6, *x.shape[2:]).amax(1)
+
+
 def _masked_relu(x):
     y = x.clone()
     y[y < 0] = 0
@@ -302,6 +308,18 @@ REFUSED = {
     ),
     "amax of a stack with the map times 0": (
         lambda: Op(lambda x: torch.stack([x, x * 0]).amax(0)),
+        "amax across a map and constants",
+    ),
+    "amax over a dim made by a matrix with a zero column": (
+        lambda: Op(lambda x: (x.unsqueeze(-1) @ torch.tensor([[1.0, 0.0]])).amax(-1)),
+        "amax across a map and constants",
+    ),
+    "amax over a dim made by einsum with zeros": (
+        lambda: Op(lambda x: torch.einsum("nchw,k->nchwk", x, torch.tensor([1.0, 0.0])).amax(-1)),
+        "amax across a map and constants",
+    ),
+    "maxout of a conv's filters and zero filters": (
+        lambda: Op(_maxout_with_zero_filters),
         "amax across a map and constants",
     ),
     "max_pool2d over a border of zeros": (
