@@ -11,9 +11,11 @@ no constant.
 
 ``Beside`` follows which maps hold constants, and along which dimensions, from the ops that put
 them there (an assembly with constants, a fixed condition, a write, a constant padding, a factor
-of zeros) through the ops that keep them (elementwise ops, affine maps per channel, paddings);
-an op that mixes entries (a conv, a product with a matrix) leaves none, and any other leaves
-constants along dimensions no longer known.
+of zeros, ``x - x``, a product whose zero filter or zero matrix row no entry of the map reaches)
+through the ops that keep them (elementwise ops, rectifiers, affine maps per channel, paddings);
+a sum of two maps keeps only the constants both hold, an op that mixes entries (a conv, a product
+with a matrix) leaves none of them, and any other leaves constants along dimensions no longer
+known.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ _RECTIFIES = op_names(
 _SUMS = op_names(
     "add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub subtract"
 )
+_DIFFERENCES = op_names("sub sub_ __sub__ __isub__ __rsub__ rsub subtract")
 _FACTORS = op_names("mul mul_ __mul__ __imul__ __rmul__ multiply")
 _PADS = op_names("pad constant_pad_nd")
 # Ops whose every output entry is a sum over many input entries: constants do not survive them,
@@ -110,18 +113,27 @@ class Beside:
             if not bool(units.flatten(1).eq(0).all(1).any()):
                 return False
             return frozenset({out.dim() - 1 if name == "linear" else 1})
+        # A generator of its own: the user's random state is not the check's to advance.
+        generator = torch.Generator(out.device).manual_seed(0)
         with torch.no_grad():
             # Two draws of the maps: an entry the same in both is one no map reaches.
-            first, second = (func(*self._drawn(args), **self._drawn(kwargs)) for _ in range(2))
+            first, second = (
+                func(*self._drawn(args, generator), **self._drawn(kwargs, generator))
+                for _ in range(2)
+            )
+        if not isinstance(first, torch.Tensor):
+            return False
         return None if bool(first.eq(second).any()) else False
 
-    def _drawn(self, value):
+    def _drawn(self, value, generator: torch.Generator):
         """``value`` with every map in it replaced by random numbers of its shape."""
         if isinstance(value, dict):
-            return {k: self._drawn(v) for k, v in value.items()}
+            return {k: self._drawn(v, generator) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return type(value)(self._drawn(v) for v in value)
-        return torch.randn_like(value) if self.is_map(value) else value
+            return type(value)(self._drawn(v, generator) for v in value)
+        if not self.is_map(value) or not value.is_floating_point():
+            return value
+        return torch.randn(value.shape, generator=generator, dtype=value.dtype, device=value.device)
 
     def _made(self, name, treatment, args, kwargs, inputs, out) -> Dims | bool:
         tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
@@ -146,6 +158,9 @@ class Beside:
             if padded or kept:
                 return None if kept is None else kept | padded
             return False
+        same = len(args) == 2 and args[0] is args[1] and kwargs.get("alpha", 1) == 1
+        if name in _DIFFERENCES and same:
+            return None  # x - x: zeros wherever a max reads them
         if name in _FACTORS and isinstance(out, torch.Tensor):
             zeros = [_zeros_along(v, out.dim()) for v in args[:2] if not self.is_map(v)]
             if any(z is not False for z in zeros) and kept is not None:
