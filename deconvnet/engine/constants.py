@@ -191,7 +191,9 @@ def _padded(name: str, args: tuple, kwargs: dict, dims: int) -> frozenset[int]:
 def _zeros_along(factor, dims: int) -> Dims | bool:
     """The dimensions along which a constant factor of ``dims`` dimensions (a number or a
     tensor) holds zeros (None: everywhere), or False when it holds none."""
-    if isinstance(factor, bool) or not isinstance(factor, int | float | torch.Tensor):
+    if isinstance(factor, bool):
+        return False if factor else None
+    if not isinstance(factor, int | float | torch.Tensor):
         return False
     if not isinstance(factor, torch.Tensor):
         return None if factor == 0 else False

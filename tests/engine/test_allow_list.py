@@ -310,6 +310,10 @@ REFUSED = {
         lambda: Op(lambda x: torch.stack([x, x * 0]).amax(0)),
         "amax across a map and constants",
     ),
+    "amax of a stack with the map times False": (
+        lambda: Op(lambda x: torch.stack([x, x * False], -1).amax(-1)),
+        "amax across a map and constants",
+    ),
     "amax of a stack with the map minus itself": (
         lambda: Op(lambda x: torch.stack([x, x - x], -1).amax(-1)),
         "amax across a map and constants",
