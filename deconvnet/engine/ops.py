@@ -18,8 +18,10 @@ plain gradient (``other_nonlinearities="gradient"``).
   constant matrix (`matmul`, `einsum`), dropout in eval.
 - **pool**, unpooled to the switches: `max_pool1d/2d/3d` (with indices too), adaptive max
   pools, `max`/`amax` over a dimension; refused where the max is taken across a map's entries
-  and constants beside them (`stack([x, zeros_like(x)]).amax(0)`, a ReLU by another name, that
-  unpooling would take down as the plain gradient's).
+  and constants beside them (`stack([x, zeros_like(x)]).amax(0)`,
+  `F.pad(x.unsqueeze(-1), (0, 1)).amax(-1)`, a product with zeros: a ReLU by another name, that
+  unpooling would take down as the plain gradient's; a max pool over a border of zeros, a ReLU
+  at the edges: ``deconvnet.engine.constants``). A padding of `-inf` never wins a max: a pool.
 - **shape**, going down by autograd's transpose (exact: each output unit is one input unit):
   `cat`, `stack`, slicing, `chunk`, `split`, `narrow`, `select`, `index_select`, `gather`,
   `flip`, `roll`, `rot90`, `transpose`, `permute`, `view`, `reshape`, `flatten`, `squeeze`,
@@ -74,6 +76,7 @@ from deconvnet.engine.batch import (
     flatten,
     op_names,
 )
+from deconvnet.engine.constants import Beside
 
 RECTIFIER, LINEAR, POOL, SHAPE, INSPECTION, CONSTANT = (
     "rectifier",
@@ -416,14 +419,6 @@ _PRODUCTS = op_names(
 )
 _QUOTIENTS = op_names("div div_ __truediv__ __itruediv__ __div__ true_divide divide")
 _DROPOUTS = op_names("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout")
-_ASSEMBLES = op_names("cat concat concatenate stack hstack vstack")
-# Ops that keep every entry where it was, so that constants stay beside the same entries.
-_ELEMENTWISE = op_names(
-    "add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub subtract neg",
-    "neg_ negative __neg__ __pos__ positive mul mul_ __mul__ __imul__ __rmul__ multiply div",
-    "div_ __truediv__ __itruediv__ __div__ true_divide divide clone contiguous to float double",
-    "half bfloat16 type type_as cpu cuda identity dropout dropout1d dropout2d dropout3d",
-)
 
 
 class Check:
@@ -438,9 +433,9 @@ class Check:
         # Maps that hold a reduction of a map over every dimension (x.sum()), by the reduction:
         # a Python condition may read one; a map combined with one mixes the batch.
         self._pooled: dict[int, tuple[weakref.ref, str]] = {}
-        # Maps with constants beside their entries (a map stacked with zeros), by the dimensions
-        # along which they sit (None: any): a max across them is a rectification, no pool.
-        self._beside: dict[int, tuple[weakref.ref, frozenset[int] | None]] = {}
+        # Maps with constants beside their entries (a map stacked with zeros, padded): a max
+        # across them is a rectification, no pool.
+        self.beside = Beside(self.is_map)
 
     def _pooled_by(self, value) -> str | None:
         held = self._pooled.get(id(value)) if isinstance(value, torch.Tensor) else None
@@ -504,12 +499,13 @@ class Check:
             return f"{name} in training mode" if training and p else None
         if name in ("max", "amax") and len(args) > 1 and len(operands) > 1:
             return f"{name} of two maps"
-        if treatment == POOL and any(
-            self._across_constants(name, args, kwargs, v) for v in operands
-        ):
+        if treatment == POOL and any(self.beside.across(name, args, kwargs, v) for v in operands):
             # max(stack([x, 0]), 0) is a ReLU; unpooled to its switches, it would go down as
             # the plain gradient's ReLU whatever the rule.
-            return f"{name} across a map and constants (a ReLU written as a max of a stack)"
+            return (
+                f"{name} across a map and constants (a ReLU written as a max of a stack, "
+                "a padding or a product with zeros)"
+            )
         other = kwargs.get("other", args[1] if len(args) > 1 else None)
         if name == "max" and isinstance(other, torch.Tensor):
             # An elementwise maximum, no pool: a ReLU only in the table's form, max(x, 0).
@@ -537,55 +533,6 @@ class Check:
             for tensor in flatten([out]):
                 if isinstance(tensor, torch.Tensor):
                     self._pooled[id(tensor)] = (weakref.ref(tensor), pooled)
-        beside = self._constants_beside(name, args, kwargs, inputs, out)
-        if beside is not False:
-            made = args[0] if name == "__setitem__" else out
-            for tensor in flatten([made]):
-                if isinstance(tensor, torch.Tensor):
-                    self._maps[id(tensor)] = weakref.ref(tensor)
-                    self._beside[id(tensor)] = (weakref.ref(tensor), beside)
-
-    def _beside_of(self, value) -> frozenset[int] | bool | None:
-        """The dimensions along which constants sit beside the entries of map ``value`` (None:
-        any), or False when it has none."""
-        held = self._beside.get(id(value)) if isinstance(value, torch.Tensor) else None
-        return held[1] if held is not None and held[0]() is value else False
-
-    def _constants_beside(self, name: str, args: tuple, kwargs: dict, inputs: list, out):
-        """The dimensions along which ``out`` holds constants beside a map's entries (None: any,
-        or not known), or False when it holds none."""
-        tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
-        held = [self._beside_of(v) for v in tensors]
-        if name in _ASSEMBLES and isinstance(out, torch.Tensor):
-            if all(self.is_map(v) for v in tensors) and all(h is False for h in held):
-                return False
-            dim = kwargs.get("dim", kwargs.get("axis", args[1] if len(args) > 1 else 0))
-            if name in ("cat", "concat", "concatenate", "stack") and isinstance(dim, int):
-                if name != "stack" and None not in held:
-                    return frozenset({dim % out.dim()}).union(*(h for h in held if h))
-                if all(h is False for h in held):
-                    return frozenset({dim % out.dim()})
-            return None
-        if name == "where" and len(args) == 3 and not all(map(self.is_map, args[1:])):
-            return None  # a fixed condition choosing constants for some entries
-        if name == "__setitem__" and len(args) == 3 and not all(map(self.is_map, args[::2])):
-            return None
-        if all(h is False for h in held):
-            return False
-        if name in _ELEMENTWISE:
-            return None if None in held else frozenset().union(*(h for h in held if h))
-        return None if TREATMENTS.get(name) == SHAPE else False
-
-    def _across_constants(self, name: str, args: tuple, kwargs: dict, value) -> bool:
-        """Whether the pool ``name`` takes its max across constants beside the map ``value``."""
-        beside = self._beside_of(value)
-        if beside is False:
-            return False
-        if name.startswith(("max_pool", "adaptive_max_pool")):
-            dims = range(value.dim() - int(name.split("_pool")[1][0]), value.dim())
-        else:
-            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-            if dim is None or dim == () or dim == []:
-                return True
-            dims = [d % value.dim() for d in ([dim] if isinstance(dim, int) else dim)]
-        return beside is None or bool(beside.intersection(dims))
+        self.beside.note(func, name, TREATMENTS.get(name), args, kwargs, inputs, out)
+        if name == "__setitem__" and self.beside.of(args[0]) is not False:
+            self.mark(args[0])

@@ -227,6 +227,12 @@ def _nine(x):
     return x
 
 
+def _maxout_with_zero_filters(x):
+    # Each channel beside a filter of zeros, the max over the pair: max(x, 0).
+    weight = torch.cat([torch.eye(6), torch.zeros(6, 6)])[..., None, None]
+    return F.conv2d(x, weight).view(x.shape[0], 2, 6, *x.shape[2:]).amax(1)
+
+
 def _masked_relu(x):
     y = x.clone()
     y[y < 0] = 0
@@ -282,7 +288,55 @@ REFUSED = {
     ),
     "amax of a stack with zeros": (
         lambda: Op(lambda x: torch.stack([x, torch.zeros_like(x)]).amax(0)),
-        r"amax across a map and constants \(a ReLU written as a max of a stack\)",
+        r"amax across a map and constants \(a ReLU written as a max of a stack, a padding",
+    ),
+    "amax over a dim padded with zeros": (
+        lambda: Op(lambda x: F.pad(x.unsqueeze(-1), (0, 1)).amax(-1)),
+        "amax across a map and constants",
+    ),
+    "max over a dim padded with zeros, stacked first": (
+        lambda: Op(lambda x: F.pad(torch.stack([x, x], -1), (0, 1)).max(-1).values),
+        "max across a map and constants",
+    ),
+    "amax over the channels of a map padded with a constant": (
+        lambda: Op(lambda x: F.pad(x.unsqueeze(1), (0, 0, 0, 0, 0, 0, 0, 1), value=0.5).amax(1)),
+        "amax across a map and constants",
+    ),
+    "amax over a dim multiplied by zeros": (
+        lambda: Op(lambda x: (x.unsqueeze(-1) * torch.tensor([1.0, 0.0])).amax(-1)),
+        "amax across a map and constants",
+    ),
+    "amax of a stack with the map times 0": (
+        lambda: Op(lambda x: torch.stack([x, x * 0]).amax(0)),
+        "amax across a map and constants",
+    ),
+    "amax of a stack with the map times False": (
+        lambda: Op(lambda x: torch.stack([x, x * False], -1).amax(-1)),
+        "amax across a map and constants",
+    ),
+    "amax of a stack with the map minus itself": (
+        lambda: Op(lambda x: torch.stack([x, x - x], -1).amax(-1)),
+        "amax across a map and constants",
+    ),
+    "amax over a dim made by a matrix with a zero column": (
+        lambda: Op(lambda x: (x.unsqueeze(-1) @ torch.tensor([[1.0, 0.0]])).amax(-1)),
+        "amax across a map and constants",
+    ),
+    "amax over a dim made by einsum with zeros": (
+        lambda: Op(lambda x: torch.einsum("nchw,k->nchwk", x, torch.tensor([1.0, 0.0])).amax(-1)),
+        "amax across a map and constants",
+    ),
+    "maxout of a conv's filters and zero filters": (
+        lambda: Op(_maxout_with_zero_filters),
+        "amax across a map and constants",
+    ),
+    "max_pool2d over a border of zeros": (
+        lambda: Op(lambda x: F.max_pool2d(nn.ZeroPad2d(1)(x), 3, 1)),
+        "max_pool2d across a map and constants",
+    ),
+    "amax over a dim padded with zeros, then moved": (
+        lambda: Op(lambda x: torch.constant_pad_nd(x.unsqueeze(-1), (0, 1)).movedim(-1, 0).amax(0)),
+        "amax across a map and constants",
     ),
     "max over the last dim of a stack with zeros": (
         lambda: Op(lambda x: torch.stack([x, torch.zeros_like(x)], -1).max(-1).values),
@@ -317,6 +371,37 @@ def test_ops_without_a_treatment_are_refused_by_name(name):
     message = str(error.value)
     assert "\n" not in message
     assert "other_nonlinearities='gradient'" in message
+
+
+class Shortcut(nn.Module):
+    """ResNet's "option A" shortcut (He et al.): the map padded with zero channels, added to a
+    conv's output, then max pooled: the sum hides the zeros, and the pool is one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return F.max_pool2d(self.conv(x) + F.pad(x[:, :2], (0, 0, 0, 0, 1, 1)), 2)
+
+
+PADDINGS_NO_MAX_CAN_PASS = {
+    "-inf, as PyTorch pads a max pool": lambda x: F.max_pool2d(
+        F.pad(x, (1, 1, 1, 1), value=-float("inf")), 3, 1
+    ),
+    "reflect": lambda x: F.max_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, 1),
+    "zeros, then a conv": lambda x: F.max_pool2d(
+        F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.ones(4, 4, 3, 3) / 36), 2
+    ),
+    "zero channels, added to a map": Shortcut(),
+}
+
+
+@pytest.mark.parametrize("name", PADDINGS_NO_MAX_CAN_PASS)
+def test_a_max_over_a_padding_no_max_can_pass_is_a_pool(name):
+    torch.manual_seed(1)
+    model = Moved(PADDINGS_NO_MAX_CAN_PASS[name]).eval()
+    check_against_reference(model, DeconvNet(model), _images((16, 24)), ["r2:1", "r2:3"])
 
 
 @pytest.mark.parametrize("name", ["LocalResponseNorm", "softmax", "a gate", "GroupNorm"])
@@ -651,3 +736,17 @@ class TwoInputs(nn.Module):
 def test_a_two_input_forward_is_refused():
     with pytest.raises(DeconvNetError, match=r"TwoInputs\.forward needs 2 inputs \(x, y\)"):
         DeconvNet(TwoInputs())
+
+
+def test_a_max_pool_after_a_product_with_a_matrix_is_one():
+    # The check runs the product again on drawn maps, with a generator of its own; a
+    # permutation of channels has no row of zeros, and the max pool after it is a pool.
+    model = _stack(
+        lambda: Op(lambda x: torch.einsum("nchw,cd->ndhw", x, torch.eye(6)[[1, 0, 3, 2, 5, 4]]))
+    )
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    net = DeconvNet(model)
+    assert torch.equal(torch.rand(3), expected)
+    check_against_reference(model, net, _images((23, 25)), ["conv3:1", "conv2:2@5,6"])

@@ -1,0 +1,205 @@
+"""Constants beside a map's entries, for the general engine's checks (`ops`).
+
+A max over the entries of a map is a pool, unpooled to its switches on the way down. A max over
+a map's entries and constants beside them is none: ``stack([x, zeros_like(x)]).amax(0)``,
+``F.pad(x.unsqueeze(-1), (0, 1)).amax(-1)`` and ``(x.unsqueeze(-1) * tensor([1., 0.])).amax(-1)``
+are ``max(x, 0)``, a ReLU by another name, that unpooling would take down as the plain
+gradient's ReLU whatever the rule. A max pool over a border of zeros (``F.pad(x, (1, 1, 1, 1))``
+then ``max_pool2d``) is a ReLU at the edges alike: refused, not guessed. A padding of ``-inf``
+(PyTorch's own pool padding, the "same" padding of ported TensorFlow models) never wins a max:
+no constant.
+
+``Beside`` follows which maps hold constants, and along which dimensions, from the ops that put
+them there (an assembly with constants, a fixed condition, a write, a constant padding, a factor
+of zeros, ``x - x``, a product whose zero filter or zero matrix row no entry of the map reaches)
+through the ops that keep them (elementwise ops, rectifiers, affine maps per channel, paddings);
+a sum of two maps keeps only the constants both hold, an op that mixes entries (a conv, a product
+with a matrix) leaves none of them, and any other leaves constants along dimensions no longer
+known.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+
+import torch
+
+from deconvnet.engine.batch import op_names
+
+_ASSEMBLES = op_names("cat concat concatenate stack hstack vstack")
+# Ops that keep every entry where it was, so that constants stay beside the same entries.
+_ELEMENTWISE = op_names(
+    "add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub subtract neg",
+    "neg_ negative __neg__ __pos__ positive mul mul_ __mul__ __imul__ __rmul__ multiply div",
+    "div_ __truediv__ __itruediv__ __div__ true_divide divide clone contiguous to float double",
+    "half bfloat16 type type_as cpu cuda identity dropout dropout1d dropout2d dropout3d",
+    "batch_norm alpha_dropout feature_alpha_dropout",
+)
+_RECTIFIES = op_names(
+    "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clamp_min clamp_min_ clip clip_",
+    "threshold threshold_ _threshold",
+)
+# A sum of two maps hides the constants of one behind the other's entries.
+_SUMS = op_names(
+    "add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub subtract"
+)
+_DIFFERENCES = op_names("sub sub_ __sub__ __isub__ __rsub__ rsub subtract")
+_FACTORS = op_names("mul mul_ __mul__ __imul__ __rmul__ multiply")
+_PADS = op_names("pad constant_pad_nd")
+# Ops whose every output entry is a sum over many input entries: constants do not survive them,
+# but a zero filter, or a zero row of a matrix, makes some of their own.
+_FILTERS = op_names("conv1d conv2d conv3d linear")
+_TRANSPOSED = op_names("conv_transpose1d conv_transpose2d conv_transpose3d")
+_MATRICES = op_names("matmul __matmul__ mm bmm addmm einsum tensordot")
+_MIXES = _FILTERS | _TRANSPOSED | _MATRICES
+
+Dims = frozenset[int] | None  # the dimensions along which constants sit; None: any
+
+
+class Beside:
+    """The maps of one forward pass with constants beside their entries, by the dimensions
+    along which they sit; ``is_map`` says what derives from the input."""
+
+    def __init__(self, is_map: Callable[[object], bool]) -> None:
+        self.is_map = is_map
+        self._held: dict[int, tuple[weakref.ref, Dims]] = {}
+
+    def of(self, value) -> Dims | bool:
+        """The dimensions along which constants sit beside the entries of map ``value`` (None:
+        any), or False when it has none."""
+        held = self._held.get(id(value)) if isinstance(value, torch.Tensor) else None
+        return held[1] if held is not None and held[0]() is value else False
+
+    def across(self, name: str, args: tuple, kwargs: dict, value) -> bool:
+        """Whether the pool ``name`` takes its max across constants beside the map ``value``."""
+        beside = self.of(value)
+        if beside is False:
+            return False
+        if name.startswith(("max_pool", "adaptive_max_pool")):
+            dims = range(value.dim() - int(name.split("_pool")[1][0]), value.dim())
+        else:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if dim is None or dim == () or dim == []:
+                return True
+            dims = [d % value.dim() for d in ([dim] if isinstance(dim, int) else dim)]
+        return beside is None or bool(beside.intersection(dims))
+
+    def note(self, func: Callable, name: str, treatment: str | None, args, kwargs, inputs, out):
+        """Remember the constants that op ``func`` (``name``, of ``treatment`` in the engine's
+        table) put or kept beside the entries of ``out`` (of ``args[0]`` for ``__setitem__``)."""
+        if name in _MIXES and isinstance(out, torch.Tensor):
+            beside = self._unreached(func, name, args, kwargs, out)
+        else:
+            beside = self._made(name, treatment, args, kwargs, inputs, out)
+        if beside is False:
+            return
+        made = args[0] if name == "__setitem__" else out
+        for tensor in made if isinstance(made, list | tuple) else [made]:
+            if isinstance(tensor, torch.Tensor):
+                self._held[id(tensor)] = (weakref.ref(tensor), beside)
+
+    def _unreached(self, func, name, args, kwargs, out) -> Dims | bool:
+        """The dimensions along which a product of a map with constants has entries that no
+        entry of the map reaches (a zero filter: its bias; a zero row of a matrix: 0)."""
+        if out.device.type == "meta":
+            return False  # no values to read: a pass for shapes alone
+        if name in _FILTERS | _TRANSPOSED:
+            weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+            if not isinstance(weight, torch.Tensor) or self.is_map(weight):
+                return False
+            units = weight.detach().transpose(0, 1) if name in _TRANSPOSED else weight.detach()
+            if not bool(units.flatten(1).eq(0).all(1).any()):
+                return False
+            return frozenset({out.dim() - 1 if name == "linear" else 1})
+        # A generator of its own: the user's random state is not the check's to advance.
+        generator = torch.Generator(out.device).manual_seed(0)
+        with torch.no_grad():
+            # Two draws of the maps: an entry the same in both is one no map reaches.
+            first, second = (
+                func(*self._drawn(args, generator), **self._drawn(kwargs, generator))
+                for _ in range(2)
+            )
+        if not isinstance(first, torch.Tensor):
+            return False
+        return None if bool(first.eq(second).any()) else False
+
+    def _drawn(self, value, generator: torch.Generator):
+        """``value`` with every map in it replaced by random numbers of its shape."""
+        if isinstance(value, dict):
+            return {k: self._drawn(v, generator) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self._drawn(v, generator) for v in value)
+        if not self.is_map(value) or not value.is_floating_point():
+            return value
+        return torch.randn(value.shape, generator=generator, dtype=value.dtype, device=value.device)
+
+    def _made(self, name, treatment, args, kwargs, inputs, out) -> Dims | bool:
+        tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
+        held = [self.of(v) for v in tensors]
+        kept = None if None in held else frozenset().union(*(h for h in held if h))
+        if name in _ASSEMBLES and isinstance(out, torch.Tensor):
+            if all(self.is_map(v) for v in tensors) and all(h is False for h in held):
+                return False
+            dim = kwargs.get("dim", kwargs.get("axis", args[1] if len(args) > 1 else 0))
+            if name in ("cat", "concat", "concatenate", "stack") and isinstance(dim, int):
+                if name != "stack" and kept is not None:
+                    return kept | {dim % out.dim()}
+                if all(h is False for h in held):
+                    return frozenset({dim % out.dim()})
+            return None
+        if name == "where" and len(args) == 3 and not all(map(self.is_map, args[1:])):
+            return None  # a fixed condition choosing constants for some entries
+        if name == "__setitem__" and len(args) == 3 and not all(map(self.is_map, args[::2])):
+            return None
+        if name in _PADS and isinstance(out, torch.Tensor):
+            padded = _padded(name, args, kwargs, out.dim())
+            if padded or kept:
+                return None if kept is None else kept | padded
+            return False
+        same = len(args) == 2 and args[0] is args[1] and kwargs.get("alpha", 1) == 1
+        if name in _DIFFERENCES and same:
+            return None  # x - x: zeros wherever a max reads them
+        if name in _FACTORS and isinstance(out, torch.Tensor):
+            zeros = [_zeros_along(v, out.dim()) for v in args[:2] if not self.is_map(v)]
+            if any(z is not False for z in zeros) and kept is not None:
+                return None if None in zeros else kept.union(*(z for z in zeros if z))
+        if all(h is False for h in held) or treatment == "pool":
+            return False  # a max consumes them, or refuses them (Check)
+        if name in _SUMS and len(tensors) > 1 and all(map(self.is_map, tensors)):
+            common = [frozenset(range(out.dim())) if h is None else h or frozenset() for h in held]
+            return common[0].intersection(*common[1:]) or False
+        if name in _ELEMENTWISE or name in _RECTIFIES:
+            return kept
+        return None if treatment in ("shape", "linear") else False
+
+
+def _padded(name: str, args: tuple, kwargs: dict, dims: int) -> frozenset[int]:
+    """The dimensions that a padding writes constants along, where they can win a max."""
+    given = dict(zip(("pad", "mode", "value"), args[1:], strict=False))
+    given.update(kwargs)
+    if name == "pad" and given.get("mode", "constant") != "constant":
+        return frozenset()  # reflect, replicate, circular: copies of the map's own entries
+    value = given.get("value")
+    if value is not None and value == -math.inf:
+        return frozenset()
+    pad = given.get("pad", ())
+    return frozenset(dims - 1 - i // 2 for i, amount in enumerate(pad) if amount > 0)
+
+
+def _zeros_along(factor, dims: int) -> Dims | bool:
+    """The dimensions along which a constant factor of ``dims`` dimensions (a number or a
+    tensor) holds zeros (None: everywhere), or False when it holds none."""
+    if isinstance(factor, bool):
+        return False if factor else None
+    if not isinstance(factor, int | float | torch.Tensor):
+        return False
+    if not isinstance(factor, torch.Tensor):
+        return None if factor == 0 else False
+    if factor.is_complex() or factor.device.type == "meta" or bool(factor.detach().all()):
+        return False
+    if bool(factor.detach().eq(0).all()):
+        return None
+    sizes = factor.shape
+    return frozenset(dims - len(sizes) + i for i, size in enumerate(sizes) if size > 1)
