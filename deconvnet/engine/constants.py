@@ -109,8 +109,7 @@ class Beside:
             weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
             if not isinstance(weight, torch.Tensor) or self.is_map(weight):
                 return False
-            units = weight.detach().transpose(0, 1) if name in _TRANSPOSED else weight.detach()
-            if not bool(units.flatten(1).eq(0).all(1).any()):
+            if not _has_zero_filter(weight, name in _TRANSPOSED):
                 return False
             return frozenset({out.dim() - 1 if name == "linear" else 1})
         # A generator of its own: the user's random state is not the check's to advance.
@@ -173,6 +172,25 @@ class Beside:
         if name in _ELEMENTWISE or name in _RECTIFIES:
             return kept
         return None if treatment in ("shape", "linear") else False
+
+
+# Whether a weight has a zero filter, by the weight's id, with the version it was read at: a
+# checked pass reads every conv of the model, and their weights change only when trained.
+_ZERO_FILTERS: dict[int, tuple[weakref.ref, int, bool, bool]] = {}
+
+
+def _has_zero_filter(weight: torch.Tensor, transposed: bool) -> bool:
+    """Whether a conv's or linear layer's ``weight`` has a filter of zeros (an output channel
+    of a transposed conv's weight, its second dimension)."""
+    key = id(weight)
+    known = _ZERO_FILTERS.get(key)
+    if known is not None and known[0]() is weight and known[1:3] == (weight._version, transposed):
+        return known[3]
+    units = weight.detach().transpose(0, 1) if transposed else weight.detach()
+    found = bool(units.flatten(1).eq(0).all(1).any())
+    held = weakref.ref(weight, lambda _: _ZERO_FILTERS.pop(key, None))
+    _ZERO_FILTERS[key] = (held, weight._version, transposed, found)
+    return found
 
 
 def _padded(name: str, args: tuple, kwargs: dict, dims: int) -> frozenset[int]:

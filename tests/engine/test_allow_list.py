@@ -750,3 +750,21 @@ def test_a_max_pool_after_a_product_with_a_matrix_is_one():
     net = DeconvNet(model)
     assert torch.equal(torch.rand(3), expected)
     check_against_reference(model, net, _images((23, 25)), ["conv3:1", "conv2:2@5,6"])
+
+
+def test_a_filter_zeroed_after_an_engine_was_made_is_seen_by_the_next():
+    # Whether a weight has a zero filter is kept per weight, with the version it was read at.
+    class Maxout(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(6, 12, 1)
+
+        def forward(self, x):
+            return self.conv(x).view(x.shape[0], 2, 6, *x.shape[2:]).amax(1)
+
+    model = _stack(Maxout)
+    DeconvNet(model)  # a maxout over real filters is a pool
+    with torch.no_grad():
+        model.act1.conv.weight[6:].zero_()
+    with pytest.raises(DeconvNetError, match="amax across a map and constants"):
+        DeconvNet(model)
