@@ -155,7 +155,7 @@ class Rectifiers(TorchFunctionMode):
             x, inplace, top = parts
             out = _Rectify.apply(x, self.box, top, inplace)
             if self.check is not None and self.check.is_map(x):
-                self.check.mark(out)
+                self.check.rectified(x, out)
             return out
         if self.check is not None:
             refused = self.check.refusal(func, args, kwargs)

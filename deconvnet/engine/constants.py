@@ -48,6 +48,13 @@ _SUMS = op_names(
 _DIFFERENCES = op_names("sub sub_ __sub__ __isub__ __rsub__ rsub subtract")
 _FACTORS = op_names("mul mul_ __mul__ __imul__ __rmul__ multiply")
 _PADS = op_names("pad constant_pad_nd")
+# Ops after which a map with no negative entry still has none, besides the shape ops.
+_KEEPS_SIGN = op_names(
+    "clone contiguous to float double half bfloat16 type type_as cpu cuda identity dropout",
+    "dropout1d dropout2d dropout3d max_pool1d max_pool2d max_pool3d max_pool1d_with_indices",
+    "max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+)
 # Ops whose every output entry is a sum over many input entries: constants do not survive them,
 # but a zero filter, or a zero row of a matrix, makes some of their own.
 _FILTERS = op_names("conv1d conv2d conv3d linear")
@@ -65,6 +72,25 @@ class Beside:
     def __init__(self, is_map: Callable[[object], bool]) -> None:
         self.is_map = is_map
         self._held: dict[int, tuple[weakref.ref, Dims]] = {}
+        # Maps no entry of which is negative (a rectification's output): a constant of 0 or
+        # less beside them never wins a max over them, which stays a pool.
+        self._nonnegative: dict[int, weakref.ref] = {}
+
+    def rectified(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Note that ``out`` rectifies the map ``x``: it keeps ``x``'s constants, and no entry
+        of it is negative."""
+        self._note_nonnegative(out)
+        beside = self.of(x)
+        if beside is not False:
+            self._held[id(out)] = (weakref.ref(out), beside)
+
+    def _note_nonnegative(self, value) -> None:
+        if isinstance(value, torch.Tensor):
+            self._nonnegative[id(value)] = weakref.ref(value)
+
+    def _is_nonnegative(self, value) -> bool:
+        held = self._nonnegative.get(id(value)) if isinstance(value, torch.Tensor) else None
+        return held is not None and held() is value
 
     def of(self, value) -> Dims | bool:
         """The dimensions along which constants sit beside the entries of map ``value`` (None:
@@ -93,6 +119,11 @@ class Beside:
             beside = self._unreached(func, name, args, kwargs, out)
         else:
             beside = self._made(name, treatment, args, kwargs, inputs, out)
+        floats = [v for v in inputs if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        moves = name in _KEEPS_SIGN or treatment == "shape"
+        if moves and floats and all(map(self._is_nonnegative, floats)):
+            for tensor in out if isinstance(out, list | tuple) else [out]:
+                self._note_nonnegative(tensor)
         if beside is False:
             return
         made = args[0] if name == "__setitem__" else out
@@ -134,6 +165,15 @@ class Beside:
             return value
         return torch.randn(value.shape, generator=generator, dtype=value.dtype, device=value.device)
 
+    def _below(self, tensors: list[torch.Tensor]) -> bool:
+        """Whether ``tensors`` are rectified maps and constants of 0 or less."""
+        maps = [v for v in tensors if self.is_map(v)]
+        constants = [v for v in tensors if not self.is_map(v)]
+        return all(map(self._is_nonnegative, maps)) and all(
+            v.device.type != "meta" and not v.is_complex() and bool((v.detach() <= 0).all())
+            for v in constants
+        )
+
     def _made(self, name, treatment, args, kwargs, inputs, out) -> Dims | bool:
         tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
         held = [self.of(v) for v in tensors]
@@ -141,6 +181,8 @@ class Beside:
         if name in _ASSEMBLES and isinstance(out, torch.Tensor):
             if all(self.is_map(v) for v in tensors) and all(h is False for h in held):
                 return False
+            if all(h is False for h in held) and self._below(tensors):
+                return False  # zeros beside a rectified map: a max over them is the map's
             dim = kwargs.get("dim", kwargs.get("axis", args[1] if len(args) > 1 else 0))
             if name in ("cat", "concat", "concatenate", "stack") and isinstance(dim, int):
                 if name != "stack" and kept is not None:
@@ -153,7 +195,7 @@ class Beside:
         if name == "__setitem__" and len(args) == 3 and not all(map(self.is_map, args[::2])):
             return None
         if name in _PADS and isinstance(out, torch.Tensor):
-            padded = _padded(name, args, kwargs, out.dim())
+            padded = _padded(name, args, kwargs, out.dim(), self._is_nonnegative(args[0]))
             if padded or kept:
                 return None if kept is None else kept | padded
             return False
@@ -193,14 +235,18 @@ def _has_zero_filter(weight: torch.Tensor, transposed: bool) -> bool:
     return found
 
 
-def _padded(name: str, args: tuple, kwargs: dict, dims: int) -> frozenset[int]:
-    """The dimensions that a padding writes constants along, where they can win a max."""
+def _padded(
+    name: str, args: tuple, kwargs: dict, dims: int, nonnegative: bool = False
+) -> frozenset[int]:
+    """The dimensions that a padding writes constants along, where they can win a max (over a
+    ``nonnegative`` map, a padding of 0 or less cannot)."""
     given = dict(zip(("pad", "mode", "value"), args[1:], strict=False))
     given.update(kwargs)
     if name == "pad" and given.get("mode", "constant") != "constant":
         return frozenset()  # reflect, replicate, circular: copies of the map's own entries
     value = given.get("value")
-    if value is not None and value == -math.inf:
+    value = 0.0 if value is None else value
+    if value == -math.inf or (nonnegative and value <= 0):
         return frozenset()
     pad = given.get("pad", ())
     return frozenset(dims - 1 - i // 2 for i, amount in enumerate(pad) if amount > 0)

@@ -450,6 +450,11 @@ class Check:
             if isinstance(tensor, torch.Tensor):
                 self._maps[id(tensor)] = weakref.ref(tensor)
 
+    def rectified(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Mark ``out``, a rectification of the map ``x``, as a map with no negative entry."""
+        self.mark(out)
+        self.beside.rectified(x, out)
+
     def refusal(self, func: Callable, args: tuple, kwargs: dict) -> str | None:
         """What to call the op when it reads a map and has no treatment here, else None; an
         ``AcrossImages`` when it acts across the images of a batch (refused for more than one

@@ -394,6 +394,17 @@ PADDINGS_NO_MAX_CAN_PASS = {
         F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.ones(4, 4, 3, 3) / 36), 2
     ),
     "zero channels, added to a map": Shortcut(),
+    # After a ReLU (Moved's r1) no entry is negative: zeros beside it never win a max.
+    "zeros after a ReLU, as Keras pads a max pool": lambda x: F.max_pool2d(
+        F.pad(x, (1, 1, 1, 1)), 3, 2
+    ),
+    "nn.ZeroPad2d after a ReLU, then a copy": lambda x: F.max_pool2d(
+        nn.ZeroPad2d(1)(x).contiguous(), 3, 2
+    ),
+    "a zero-padded new dimension after a ReLU": lambda x: F.pad(x.unsqueeze(-1), (0, 1)).amax(-1),
+    "zeros stacked beside a ReLU's output": lambda x: torch.stack(
+        [x, torch.zeros_like(x)], -1
+    ).amax(-1),
 }
 
 
@@ -402,6 +413,13 @@ def test_a_max_over_a_padding_no_max_can_pass_is_a_pool(name):
     torch.manual_seed(1)
     model = Moved(PADDINGS_NO_MAX_CAN_PASS[name]).eval()
     check_against_reference(model, DeconvNet(model), _images((16, 24)), ["r2:1", "r2:3"])
+
+
+@pytest.mark.parametrize("value", [0.5, 1.0])
+def test_a_padding_above_zero_after_a_relu_is_refused_before_a_max(value):
+    move = Moved(lambda x: F.max_pool2d(F.pad(x, (1, 1, 1, 1), value=value), 3, 2)).eval()
+    with pytest.raises(DeconvNetError, match="max_pool2d across a map and constants"):
+        DeconvNet(move)
 
 
 @pytest.mark.parametrize("name", ["LocalResponseNorm", "softmax", "a gate", "GroupNorm"])
