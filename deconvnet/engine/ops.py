@@ -8,9 +8,10 @@ plain gradient (``other_nonlinearities="gradient"``).
 
 - **rectifier**, going down by the rule (deconvnet, guided or gradient): `relu`, `relu_`,
   `nn.ReLU`, `relu6`, `hardtanh(0, 6)`; ReLUs written by hand: `clamp(min=0)` (`max=6`:
-  ReLU6), `clamp_min(0)`, `threshold(x, 0, 0)` and `nn.Threshold(0, 0)`, `maximum(x, 0)`,
-  `where(x > 0, x, 0)`, `x * (x > 0)` (the 0 a number, or constant zeros of the map's shape and
-  dtype such as `zeros_like(x)`).
+  ReLU6; `max=inf`), `clamp_min(0)`, `threshold(x, 0, 0)` and `nn.Threshold(0, 0)`,
+  `maximum(x, 0)`, `where(x > 0, x, 0)`, `where(x <= 0, 0, x)`, `x * (x > 0)`,
+  `masked_fill(x < 0, 0)` (the comparisons either way round, `>=` or `>`; the 0 a number, or
+  constant zeros of the map's shape and dtype such as `zeros_like(x)`).
 - **linear**, going down by autograd's transpose (exact: a linear map's backward is its
   transpose): `conv1d/2d/3d` and their transposes, `linear`, `batch_norm` in eval (an affine
   map per channel), sums, differences, negation, a map times or divided by a constant, `sum`,
@@ -64,6 +65,7 @@ whole image, by autograd.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 
@@ -309,8 +311,9 @@ def _six(value) -> bool:
 
 
 def _clamp(x, min=None, max=None, *, inplace=False):
-    if _zero(min, x) and (max is None or _six(max)):
-        return x, inplace, None if max is None else 6.0
+    unbounded = max is None or (isinstance(max, int | float) and max == math.inf)
+    if _zero(min, x) and (unbounded or _six(max)):
+        return x, inplace, None if unbounded else 6.0
     return None
 
 
@@ -329,31 +332,36 @@ class Rectifications:
     rectifications of ``x``."""
 
     def __init__(self) -> None:
-        self._masks: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+        # Masks of a map's positive entries (x > 0) or of the others (x <= 0), by the mask.
+        self._masks: dict[int, tuple[weakref.ref, weakref.ref, bool]] = {}
 
-    def mask_source(self, mask) -> torch.Tensor | None:
-        """The map ``x`` whose ``x > 0`` ``mask`` is, or None."""
+    def mask_source(self, mask, positive: bool = True) -> torch.Tensor | None:
+        """The map ``x`` whose ``x > 0`` ``mask`` is (``positive``; else whose ``x <= 0``), or
+        None."""
         held = self._masks.get(id(mask)) if isinstance(mask, torch.Tensor) else None
-        if held is None or held[0]() is not mask:
+        if held is None or held[0]() is not mask or held[2] != positive:
             return None
         return held[1]()
 
     def observe(self, func: Callable, args: tuple, kwargs: dict, out) -> None:
-        """Remember ``out`` when it is ``x > 0`` (or ``x >= 0``, or that converted to a dtype)."""
+        """Remember ``out`` when it is ``x > 0`` or ``x <= 0`` (``>=`` and ``<`` alike, either
+        way round, or that converted to a dtype)."""
         if not isinstance(out, torch.Tensor):
             return
         name = name_of(func)
-        source = None
-        if name in ("gt", "ge", "__gt__", "__ge__") and len(args) == 2 and _zero(args[1], args[0]):
-            source = args[0]
-        elif (
-            name in ("lt", "le", "__lt__", "__le__") and len(args) == 2 and _zero(args[0], args[1])
-        ):
-            source = args[1]
+        source, positive = None, True
+        if name in _ABOVE | _BELOW and len(args) == 2:
+            if _zero(args[1], args[0]):
+                source, positive = args[0], name in _ABOVE
+            elif _zero(args[0], args[1]):  # 0 < x is x > 0
+                source, positive = args[1], name in _BELOW
         elif name in ("float", "to", "type_as", "half", "double", "type") and args:
-            source = self.mask_source(args[0])
+            for positive in (True, False):
+                source = self.mask_source(args[0], positive)
+                if source is not None:
+                    break
         if isinstance(source, torch.Tensor):
-            self._masks[id(out)] = (weakref.ref(out), weakref.ref(source))
+            self._masks[id(out)] = (weakref.ref(out), weakref.ref(source), positive)
 
     def read(self, func: Callable, args: tuple, kwargs: dict):
         """``(x, inplace, top)`` when ``func(*args, **kwargs)`` rectifies ``x``, else None."""
@@ -394,6 +402,15 @@ class Rectifications:
                 x = self.mask_source(args[0])
                 if x is not None and args[1] is x and _zero(args[2], x):
                     return x, False, None
+                x = self.mask_source(args[0], positive=False)
+                if x is not None and args[2] is x and _zero(args[1], x):
+                    return x, False, None  # where(x <= 0, 0, x)
+                return None
+            if name in ("masked_fill", "masked_fill_"):
+                given = dict(zip(("mask", "value"), args[1:], strict=False), **kwargs)
+                x = self.mask_source(given.get("mask"), positive=False)
+                if x is not None and args[0] is x and _zero(given.get("value"), x):
+                    return x, name == "masked_fill_", None  # masked_fill(x <= 0, 0)
                 return None
             if name in ("mul", "__mul__", "__rmul__", "multiply") and len(args) == 2:
                 for x, mask in ((args[0], args[1]), (args[1], args[0])):
@@ -408,7 +425,11 @@ class Rectifications:
 _READS = op_names(
     "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clip clip_ clamp_min clamp_min_",
     "threshold _threshold threshold_ maximum fmax max where mul __mul__ __rmul__ multiply",
+    "masked_fill masked_fill_",
 )
+# Comparisons with 0 that mark a map's positive entries (x > 0), or the others (x <= 0).
+_ABOVE = op_names("gt ge __gt__ __ge__ greater greater_equal")
+_BELOW = op_names("lt le __lt__ __le__ less less_equal")
 
 
 # --- the check: every op that reads a map, against the table ----------------------------------

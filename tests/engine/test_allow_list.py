@@ -203,6 +203,16 @@ RELUS = {
     "torch.where(x >= 0, x, zeros_like(x))": lambda: Op(
         lambda x: torch.where(x >= 0, x, torch.zeros_like(x))
     ),
+    "x.clamp(0, inf)": lambda: Op(lambda x: x.clamp(0, float("inf"))),
+    "torch.where(x <= 0, 0, x)": lambda: Op(lambda x: torch.where(x <= 0, 0, x)),
+    "torch.where(x < 0, zeros_like(x), x)": lambda: Op(
+        lambda x: torch.where(x < 0, torch.zeros_like(x), x)
+    ),
+    "torch.where(0 >= x, 0, x)": lambda: Op(lambda x: torch.where(0 >= x, 0, x)),  # noqa: SIM300
+    "x.masked_fill(x < 0, 0)": lambda: Op(lambda x: x.masked_fill(x < 0, 0)),
+    "x.masked_fill_(x <= 0, 0) on a copy": lambda: Op(
+        lambda x: (y := x.clone()).masked_fill_(y <= 0, 0.0)
+    ),
 }
 
 
@@ -355,6 +365,15 @@ REFUSED = {
             lambda x: F.max_pool3d(torch.stack([x, torch.zeros_like(x)], 2), (2, 1, 1)).squeeze(2)
         ),
         "max_pool3d across a map and constants",
+    ),
+    "x * (x <= 0)": (lambda: Op(lambda x: x * (x <= 0)), r"a product of two maps"),
+    "x.masked_fill(x > 0, 0)": (
+        lambda: Op(lambda x: x.masked_fill(x > 0, 0)),
+        "masked_fill",
+    ),
+    "torch.where(x <= 0, x, 0)": (
+        lambda: Op(lambda x: torch.where(x <= 0, x, 0)),
+        "where in a form that is no ReLU",
     ),
     "torch.max(x, 1 as a tensor)": (
         lambda: Op(lambda x: torch.max(x, torch.tensor(1.0))),
