@@ -72,9 +72,11 @@ class Beside:
     def __init__(self, is_map: Callable[[object], bool]) -> None:
         self.is_map = is_map
         self._held: dict[int, tuple[weakref.ref, Dims]] = {}
-        # Maps no entry of which is negative (a rectification's output): a constant of 0 or
-        # less beside them never wins a max over them, which stays a pool.
-        self._nonnegative: dict[int, weakref.ref] = {}
+        # Maps no entry of which is negative (a rectification's output), with the version they
+        # were noted at: a constant of 0 or less beside them never wins a max over them, which
+        # stays a pool. A write in place since (to the map, its base or a view: they share one
+        # version) may have put negative entries there.
+        self._nonnegative: dict[int, tuple[weakref.ref, int]] = {}
 
     def rectified(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """Note that ``out`` rectifies the map ``x``: it keeps ``x``'s constants, and no entry
@@ -85,12 +87,13 @@ class Beside:
             self._held[id(out)] = (weakref.ref(out), beside)
 
     def _note_nonnegative(self, value) -> None:
-        if isinstance(value, torch.Tensor):
-            self._nonnegative[id(value)] = weakref.ref(value)
+        # An inference tensor has no version to tell a write in place by: not noted.
+        if isinstance(value, torch.Tensor) and not value.is_inference():
+            self._nonnegative[id(value)] = (weakref.ref(value), value._version)
 
     def _is_nonnegative(self, value) -> bool:
         held = self._nonnegative.get(id(value)) if isinstance(value, torch.Tensor) else None
-        return held is not None and held() is value
+        return held is not None and held[0]() is value and held[1] == value._version
 
     def of(self, value) -> Dims | bool:
         """The dimensions along which constants sit beside the entries of map ``value`` (None:

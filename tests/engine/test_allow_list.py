@@ -422,6 +422,51 @@ def test_a_padding_above_zero_after_a_relu_is_refused_before_a_max(value):
         DeconvNet(move)
 
 
+def _zero_padded_max(x):
+    return F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 3, 2)
+
+
+def _view_written_in_place(x):
+    x[:, :2].sub_(5)
+    return _zero_padded_max(x)
+
+
+def _entries_set_below_zero(x):
+    x[:, 0] = -5.0
+    return _zero_padded_max(x)
+
+
+def _base_negated_under_its_view(x):
+    view = x.view(x.shape)
+    x.mul_(-1)
+    return _zero_padded_max(view)
+
+
+# A ReLU's output written in place after it was made: entries below zero, which zeros beside
+# them outdo.
+WRITTEN_AFTER_A_RELU = {
+    "sub_": lambda x: _zero_padded_max(x.sub_(1)),
+    "add_ through an unsqueezed view": lambda x: _zero_padded_max(x.unsqueeze(0).add_(-2)[0]),
+    "a view written in place": _view_written_in_place,
+    "entries set below zero": _entries_set_below_zero,
+    "the base negated under its view": _base_negated_under_its_view,
+}
+
+
+@pytest.mark.parametrize("name", WRITTEN_AFTER_A_RELU)
+def test_zeros_beside_a_relu_written_below_zero_in_place_are_refused_before_a_max(name):
+    move = Moved(WRITTEN_AFTER_A_RELU[name]).eval()
+    with pytest.raises(DeconvNetError, match="max_pool2d across a map and constants"):
+        DeconvNet(move)
+
+
+def test_zeros_beside_a_relu_written_in_place_are_refused_when_built_for_inference():
+    # Inference tensors keep no version that would tell the write in place.
+    move = Moved(WRITTEN_AFTER_A_RELU["sub_"]).eval()
+    with torch.inference_mode(), pytest.raises(DeconvNetError, match="across a map and const"):
+        DeconvNet(move)
+
+
 @pytest.mark.parametrize("name", ["LocalResponseNorm", "softmax", "a gate", "GroupNorm"])
 def test_ops_without_a_treatment_pass_their_gradient_when_opted_in(name):
     model = _stack(REFUSED[name][0])
