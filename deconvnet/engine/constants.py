@@ -199,9 +199,7 @@ class Beside:
             return None
         if name in _PADS and isinstance(out, torch.Tensor):
             padded = _padded(name, args, kwargs, out.dim(), self._is_nonnegative(args[0]))
-            if padded or kept:
-                return None if kept is None else kept | padded
-            return False
+            return None if kept is None else kept | padded or False
         same = len(args) == 2 and args[0] is args[1] and kwargs.get("alpha", 1) == 1
         if name in _DIFFERENCES and same:
             return None  # x - x: zeros wherever a max reads them

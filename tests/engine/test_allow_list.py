@@ -467,6 +467,42 @@ def test_zeros_beside_a_relu_written_in_place_are_refused_when_built_for_inferen
         DeconvNet(move)
 
 
+def _zeros_between_columns(x):
+    # x - 0.5 has negative entries; every other column of the result is 0.
+    return torch.stack([x - 0.5, torch.zeros_like(x)], -1).flatten(-2)
+
+
+def _first_row_set_to_one(x):
+    y = x - 0.5
+    y[:, :, 0] = 1.0
+    return y
+
+
+# Paddings that add no constants a max can take (none wide, -inf, copies of the map's own
+# entries) before a max across the constants the map already holds.
+PADDINGS_KEEP_CONSTANTS = {
+    "a padding of width 0": lambda x: F.max_pool2d(
+        F.pad(_zeros_between_columns(x), (0, 0)), (1, 2)
+    ),
+    "a padding of -inf": lambda x: F.max_pool2d(
+        F.pad(_zeros_between_columns(x), (2, 2), value=-float("inf")), (1, 2)
+    ),
+    "a reflection": lambda x: F.max_pool2d(
+        F.pad(_zeros_between_columns(x), (2, 2, 0, 0), mode="reflect"), (1, 2)
+    ),
+    "a replication": lambda x: F.max_pool2d(
+        F.pad(_first_row_set_to_one(x), (1, 1, 1, 1), mode="replicate"), 3, 1
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PADDINGS_KEEP_CONSTANTS)
+def test_a_padding_keeps_the_constants_a_map_holds_before_a_max(name):
+    move = Moved(PADDINGS_KEEP_CONSTANTS[name]).eval()
+    with pytest.raises(DeconvNetError, match="max_pool2d across a map and constants"):
+        DeconvNet(move)
+
+
 @pytest.mark.parametrize("name", ["LocalResponseNorm", "softmax", "a gate", "GroupNorm"])
 def test_ops_without_a_treatment_pass_their_gradient_when_opted_in(name):
     model = _stack(REFUSED[name][0])
