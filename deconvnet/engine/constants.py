@@ -241,7 +241,9 @@ def _padded(
 ) -> frozenset[int]:
     """The dimensions that a padding writes constants along, where they can win a max (over a
     ``nonnegative`` map, a padding of 0 or less cannot)."""
-    given = dict(zip(("pad", "mode", "value"), args[1:], strict=False))
+    # F.pad(x, pad, mode, value); constant_pad_nd(x, pad, value).
+    keys = ("pad", "mode", "value") if name == "pad" else ("pad", "value")
+    given = dict(zip(keys, args[1:], strict=False))
     given.update(kwargs)
     if name == "pad" and given.get("mode", "constant") != "constant":
         return frozenset()  # reflect, replicate, circular: copies of the map's own entries

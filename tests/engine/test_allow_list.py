@@ -405,6 +405,9 @@ PADDINGS_NO_MAX_CAN_PASS = {
     "zeros stacked beside a ReLU's output": lambda x: torch.stack(
         [x, torch.zeros_like(x)], -1
     ).amax(-1),
+    "-inf given to constant_pad_nd by position": lambda x: F.max_pool2d(
+        torch.constant_pad_nd(x - 0.5, (1, 1, 1, 1), -float("inf")), 3, 2
+    ),
 }
 
 
@@ -420,6 +423,14 @@ def test_a_padding_above_zero_after_a_relu_is_refused_before_a_max(value):
     move = Moved(lambda x: F.max_pool2d(F.pad(x, (1, 1, 1, 1), value=value), 3, 2)).eval()
     with pytest.raises(DeconvNetError, match="max_pool2d across a map and constants"):
         DeconvNet(move)
+
+
+@pytest.mark.parametrize("value", [0.5, 1.0])
+def test_a_padding_above_zero_given_by_position_after_a_relu_is_refused_before_a_max(value):
+    # constant_pad_nd(x, pad, value): its value comes where F.pad's mode does.
+    move = Moved(lambda x: F.max_pool2d(torch.constant_pad_nd(x, (1, 1, 1, 1), value), 3, 2))
+    with pytest.raises(DeconvNetError, match="max_pool2d across a map and constants"):
+        DeconvNet(move.eval())
 
 
 def _zero_padded_max(x):
