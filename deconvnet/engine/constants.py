@@ -98,8 +98,14 @@ class Beside:
     def of(self, value) -> Dims | bool:
         """The dimensions along which constants sit beside the entries of map ``value`` (None:
         any), or False when it has none."""
-        held = self._held.get(id(value)) if isinstance(value, torch.Tensor) else None
-        return held[1] if held is not None and held[0]() is value else False
+        if not isinstance(value, torch.Tensor):
+            return False
+        held = self._held.get(id(value))
+        if held is not None and held[0]() is value:
+            return held[1]
+        # A view made before constants were written into the tensor it views holds them too.
+        base = self._held.get(id(value._base)) if value._base is not None else None
+        return None if base is not None and base[0]() is value._base else False
 
     def across(self, name: str, args: tuple, kwargs: dict, value) -> bool:
         """Whether the pool ``name`` takes its max across constants beside the map ``value``."""
@@ -133,6 +139,9 @@ class Beside:
         for tensor in made if isinstance(made, list | tuple) else [made]:
             if isinstance(tensor, torch.Tensor):
                 self._held[id(tensor)] = (weakref.ref(tensor), beside)
+                if _in_place(name) and tensor._base is not None:
+                    # Written through a view: the tensor it views, and its other views, too.
+                    self._held[id(tensor._base)] = (weakref.ref(tensor._base), None)
 
     def _unreached(self, func, name, args, kwargs, out) -> Dims | bool:
         """The dimensions along which a product of a map with constants has entries that no
@@ -215,6 +224,11 @@ class Beside:
         if name in _ELEMENTWISE or name in _RECTIFIES:
             return kept
         return None if treatment in ("shape", "linear") else False
+
+
+def _in_place(name: str) -> bool:
+    """Whether op ``name`` writes its first argument in place (``x[i] = c``, ``x.mul_(0)``)."""
+    return name == "__setitem__" or name.startswith("__i") or name[-1:] == "_" != name[:1]
 
 
 # Whether a weight has a zero filter, by the weight's id, with the version it was read at: a

@@ -433,6 +433,50 @@ def test_a_padding_above_zero_given_by_position_after_a_relu_is_refused_before_a
         DeconvNet(move.eval())
 
 
+def _row_set_under_an_earlier_view(x):
+    x = x - 0.5
+    view = x.view(x.shape)
+    x[:, :, 0] = 1.0
+    return F.max_pool2d(view, 3, 1, 1)
+
+
+def _row_set_through_a_view(x):
+    x = x - 0.5
+    x[:, :2][:, :, 0] = 1.0
+    return F.max_pool2d(x, 3, 1, 1)
+
+
+def _zeros_written_into_a_stack_under_its_view(x):
+    x = x - 0.5
+    pairs = torch.stack([x, x], -1)
+    columns = pairs.flatten(-2)
+    pairs[..., 1] = 0.0
+    return F.max_pool2d(columns, (1, 2))
+
+
+def _map_written_into_zeros_under_their_view(x):
+    zeros = torch.zeros(x.shape[0], 8, *x.shape[2:])
+    pairs = zeros.view(x.shape[0], 2, 4, *x.shape[2:])
+    zeros[:, :4] = x - 0.5
+    return pairs.amax(1)
+
+
+# Constants written in place into a map that a view shares: the view holds them too.
+WRITTEN_UNDER_A_VIEW = {
+    "a row set to 1 under an earlier view": (_row_set_under_an_earlier_view, "max_pool2d"),
+    "a row set to 1 through a view": (_row_set_through_a_view, "max_pool2d"),
+    "zeros written into a stack": (_zeros_written_into_a_stack_under_its_view, "max_pool2d"),
+    "a map written into zeros": (_map_written_into_zeros_under_their_view, "amax"),
+}
+
+
+@pytest.mark.parametrize("name", WRITTEN_UNDER_A_VIEW)
+def test_constants_written_in_place_are_seen_by_every_view_before_a_max(name):
+    move, pool = WRITTEN_UNDER_A_VIEW[name]
+    with pytest.raises(DeconvNetError, match=f"{pool} across a map and constants"):
+        DeconvNet(Moved(move).eval())
+
+
 def _zero_padded_max(x):
     return F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 3, 2)
 
