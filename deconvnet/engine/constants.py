@@ -21,6 +21,7 @@ known.
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from collections.abc import Callable
 
@@ -118,7 +119,9 @@ class Beside:
             dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
             if dim is None or dim == () or dim == []:
                 return True
-            dims = [d % value.dim() for d in ([dim] if isinstance(dim, int) else dim)]
+            # A dimension may come as anything with __index__ (a 0-d integer tensor).
+            given = dim if isinstance(dim, list | tuple) else [dim]
+            dims = [operator.index(d) % value.dim() for d in given]
         return beside is None or bool(beside.intersection(dims))
 
     def note(self, func: Callable, name: str, treatment: str | None, args, kwargs, inputs, out):

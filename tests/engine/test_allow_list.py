@@ -470,6 +470,14 @@ WRITTEN_UNDER_A_VIEW = {
 }
 
 
+def test_a_max_over_zeros_beside_a_map_along_a_dimension_given_as_a_tensor_is_refused():
+    def move(x):
+        return torch.stack([x - 0.5, torch.zeros_like(x)]).max(dim=torch.tensor(0)).values
+
+    with pytest.raises(DeconvNetError, match="max across a map and constants"):
+        DeconvNet(Moved(move).eval())
+
+
 @pytest.mark.parametrize("name", WRITTEN_UNDER_A_VIEW)
 def test_constants_written_in_place_are_seen_by_every_view_before_a_max(name):
     move, pool = WRITTEN_UNDER_A_VIEW[name]
