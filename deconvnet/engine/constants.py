@@ -21,6 +21,7 @@ known.
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from collections.abc import Callable
 
@@ -72,9 +73,11 @@ class Beside:
     def __init__(self, is_map: Callable[[object], bool]) -> None:
         self.is_map = is_map
         self._held: dict[int, tuple[weakref.ref, Dims]] = {}
-        # Maps no entry of which is negative (a rectification's output): a constant of 0 or
-        # less beside them never wins a max over them, which stays a pool.
-        self._nonnegative: dict[int, weakref.ref] = {}
+        # Maps no entry of which is negative (a rectification's output), with the version they
+        # were noted at: a constant of 0 or less beside them never wins a max over them, which
+        # stays a pool. A write in place since (to the map, its base or a view: they share one
+        # version) may have put negative entries there.
+        self._nonnegative: dict[int, tuple[weakref.ref, int]] = {}
 
     def rectified(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """Note that ``out`` rectifies the map ``x``: it keeps ``x``'s constants, and no entry
@@ -85,18 +88,25 @@ class Beside:
             self._held[id(out)] = (weakref.ref(out), beside)
 
     def _note_nonnegative(self, value) -> None:
-        if isinstance(value, torch.Tensor):
-            self._nonnegative[id(value)] = weakref.ref(value)
+        # An inference tensor has no version to tell a write in place by: not noted.
+        if isinstance(value, torch.Tensor) and not value.is_inference():
+            self._nonnegative[id(value)] = (weakref.ref(value), value._version)
 
     def _is_nonnegative(self, value) -> bool:
         held = self._nonnegative.get(id(value)) if isinstance(value, torch.Tensor) else None
-        return held is not None and held() is value
+        return held is not None and held[0]() is value and held[1] == value._version
 
     def of(self, value) -> Dims | bool:
         """The dimensions along which constants sit beside the entries of map ``value`` (None:
         any), or False when it has none."""
-        held = self._held.get(id(value)) if isinstance(value, torch.Tensor) else None
-        return held[1] if held is not None and held[0]() is value else False
+        if not isinstance(value, torch.Tensor):
+            return False
+        held = self._held.get(id(value))
+        if held is not None and held[0]() is value:
+            return held[1]
+        # A view made before constants were written into the tensor it views holds them too.
+        base = self._held.get(id(value._base)) if value._base is not None else None
+        return None if base is not None and base[0]() is value._base else False
 
     def across(self, name: str, args: tuple, kwargs: dict, value) -> bool:
         """Whether the pool ``name`` takes its max across constants beside the map ``value``."""
@@ -109,7 +119,9 @@ class Beside:
             dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
             if dim is None or dim == () or dim == []:
                 return True
-            dims = [d % value.dim() for d in ([dim] if isinstance(dim, int) else dim)]
+            # A dimension may come as anything with __index__ (a 0-d integer tensor).
+            given = dim if isinstance(dim, list | tuple) else [dim]
+            dims = [operator.index(d) % value.dim() for d in given]
         return beside is None or bool(beside.intersection(dims))
 
     def note(self, func: Callable, name: str, treatment: str | None, args, kwargs, inputs, out):
@@ -130,6 +142,9 @@ class Beside:
         for tensor in made if isinstance(made, list | tuple) else [made]:
             if isinstance(tensor, torch.Tensor):
                 self._held[id(tensor)] = (weakref.ref(tensor), beside)
+                if _in_place(name) and tensor._base is not None:
+                    # Written through a view: the tensor it views, and its other views, too.
+                    self._held[id(tensor._base)] = (weakref.ref(tensor._base), None)
 
     def _unreached(self, func, name, args, kwargs, out) -> Dims | bool:
         """The dimensions along which a product of a map with constants has entries that no
@@ -196,9 +211,7 @@ class Beside:
             return None
         if name in _PADS and isinstance(out, torch.Tensor):
             padded = _padded(name, args, kwargs, out.dim(), self._is_nonnegative(args[0]))
-            if padded or kept:
-                return None if kept is None else kept | padded
-            return False
+            return None if kept is None else kept | padded or False
         same = len(args) == 2 and args[0] is args[1] and kwargs.get("alpha", 1) == 1
         if name in _DIFFERENCES and same:
             return None  # x - x: zeros wherever a max reads them
@@ -214,6 +227,11 @@ class Beside:
         if name in _ELEMENTWISE or name in _RECTIFIES:
             return kept
         return None if treatment in ("shape", "linear") else False
+
+
+def _in_place(name: str) -> bool:
+    """Whether op ``name`` writes its first argument in place (``x[i] = c``, ``x.mul_(0)``)."""
+    return name == "__setitem__" or name.startswith("__i") or name[-1:] == "_" != name[:1]
 
 
 # Whether a weight has a zero filter, by the weight's id, with the version it was read at: a
@@ -240,7 +258,9 @@ def _padded(
 ) -> frozenset[int]:
     """The dimensions that a padding writes constants along, where they can win a max (over a
     ``nonnegative`` map, a padding of 0 or less cannot)."""
-    given = dict(zip(("pad", "mode", "value"), args[1:], strict=False))
+    # F.pad(x, pad, mode, value); constant_pad_nd(x, pad, value).
+    keys = ("pad", "mode", "value") if name == "pad" else ("pad", "value")
+    given = dict(zip(keys, args[1:], strict=False))
     given.update(kwargs)
     if name == "pad" and given.get("mode", "constant") != "constant":
         return frozenset()  # reflect, replicate, circular: copies of the map's own entries

@@ -463,8 +463,14 @@ class Check:
         return held[1] if held is not None and held[0]() is value else None
 
     def is_map(self, value) -> bool:
-        held = self._maps.get(id(value)) if isinstance(value, torch.Tensor) else None
-        return held is not None and held() is value
+        if not isinstance(value, torch.Tensor):
+            return False
+        held = self._maps.get(id(value))
+        if held is not None and held() is value:
+            return True
+        # A view of a tensor a map was written into, made before the write, reads the map.
+        base = self._maps.get(id(value._base)) if value._base is not None else None
+        return base is not None and base() is value._base
 
     def mark(self, value) -> None:
         for tensor in flatten([value]):
@@ -561,4 +567,4 @@ class Check:
                     self._pooled[id(tensor)] = (weakref.ref(tensor), pooled)
         self.beside.note(func, name, TREATMENTS.get(name), args, kwargs, inputs, out)
         if name == "__setitem__" and self.beside.of(args[0]) is not False:
-            self.mark(args[0])
+            self.mark([args[0], args[0]._base])

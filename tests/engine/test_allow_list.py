@@ -424,6 +424,9 @@ PADDINGS_NO_MAX_CAN_PASS = {
     "zeros stacked beside a ReLU's output": lambda x: torch.stack(
         [x, torch.zeros_like(x)], -1
     ).amax(-1),
+    "-inf given to constant_pad_nd by position": lambda x: F.max_pool2d(
+        torch.constant_pad_nd(x - 0.5, (1, 1, 1, 1), -float("inf")), 3, 2
+    ),
 }
 
 
@@ -437,6 +440,147 @@ def test_a_max_over_a_padding_no_max_can_pass_is_a_pool(name):
 @pytest.mark.parametrize("value", [0.5, 1.0])
 def test_a_padding_above_zero_after_a_relu_is_refused_before_a_max(value):
     move = Moved(lambda x: F.max_pool2d(F.pad(x, (1, 1, 1, 1), value=value), 3, 2)).eval()
+    with pytest.raises(DeconvNetError, match="max_pool2d across a map and constants"):
+        DeconvNet(move)
+
+
+@pytest.mark.parametrize("value", [0.5, 1.0])
+def test_a_padding_above_zero_given_by_position_after_a_relu_is_refused_before_a_max(value):
+    # constant_pad_nd(x, pad, value): its value comes where F.pad's mode does.
+    move = Moved(lambda x: F.max_pool2d(torch.constant_pad_nd(x, (1, 1, 1, 1), value), 3, 2))
+    with pytest.raises(DeconvNetError, match="max_pool2d across a map and constants"):
+        DeconvNet(move.eval())
+
+
+def _row_set_under_an_earlier_view(x):
+    x = x - 0.5
+    view = x.view(x.shape)
+    x[:, :, 0] = 1.0
+    return F.max_pool2d(view, 3, 1, 1)
+
+
+def _row_set_through_a_view(x):
+    x = x - 0.5
+    x[:, :2][:, :, 0] = 1.0
+    return F.max_pool2d(x, 3, 1, 1)
+
+
+def _zeros_written_into_a_stack_under_its_view(x):
+    x = x - 0.5
+    pairs = torch.stack([x, x], -1)
+    columns = pairs.flatten(-2)
+    pairs[..., 1] = 0.0
+    return F.max_pool2d(columns, (1, 2))
+
+
+def _map_written_into_zeros_under_their_view(x):
+    zeros = torch.zeros(x.shape[0], 8, *x.shape[2:])
+    pairs = zeros.view(x.shape[0], 2, 4, *x.shape[2:])
+    zeros[:, :4] = x - 0.5
+    return pairs.amax(1)
+
+
+# Constants written in place into a map that a view shares: the view holds them too.
+WRITTEN_UNDER_A_VIEW = {
+    "a row set to 1 under an earlier view": (_row_set_under_an_earlier_view, "max_pool2d"),
+    "a row set to 1 through a view": (_row_set_through_a_view, "max_pool2d"),
+    "zeros written into a stack": (_zeros_written_into_a_stack_under_its_view, "max_pool2d"),
+    "a map written into zeros": (_map_written_into_zeros_under_their_view, "amax"),
+}
+
+
+def test_a_max_over_zeros_beside_a_map_along_a_dimension_given_as_a_tensor_is_refused():
+    def move(x):
+        return torch.stack([x - 0.5, torch.zeros_like(x)]).max(dim=torch.tensor(0)).values
+
+    with pytest.raises(DeconvNetError, match="max across a map and constants"):
+        DeconvNet(Moved(move).eval())
+
+
+@pytest.mark.parametrize("name", WRITTEN_UNDER_A_VIEW)
+def test_constants_written_in_place_are_seen_by_every_view_before_a_max(name):
+    move, pool = WRITTEN_UNDER_A_VIEW[name]
+    with pytest.raises(DeconvNetError, match=f"{pool} across a map and constants"):
+        DeconvNet(Moved(move).eval())
+
+
+def _zero_padded_max(x):
+    return F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 3, 2)
+
+
+def _view_written_in_place(x):
+    x[:, :2].sub_(5)
+    return _zero_padded_max(x)
+
+
+def _entries_set_below_zero(x):
+    x[:, 0] = -5.0
+    return _zero_padded_max(x)
+
+
+def _base_negated_under_its_view(x):
+    view = x.view(x.shape)
+    x.mul_(-1)
+    return _zero_padded_max(view)
+
+
+# A ReLU's output written in place after it was made: entries below zero, which zeros beside
+# them outdo.
+WRITTEN_AFTER_A_RELU = {
+    "sub_": lambda x: _zero_padded_max(x.sub_(1)),
+    "add_ through an unsqueezed view": lambda x: _zero_padded_max(x.unsqueeze(0).add_(-2)[0]),
+    "a view written in place": _view_written_in_place,
+    "entries set below zero": _entries_set_below_zero,
+    "the base negated under its view": _base_negated_under_its_view,
+}
+
+
+@pytest.mark.parametrize("name", WRITTEN_AFTER_A_RELU)
+def test_zeros_beside_a_relu_written_below_zero_in_place_are_refused_before_a_max(name):
+    move = Moved(WRITTEN_AFTER_A_RELU[name]).eval()
+    with pytest.raises(DeconvNetError, match="max_pool2d across a map and constants"):
+        DeconvNet(move)
+
+
+def test_zeros_beside_a_relu_written_in_place_are_refused_when_built_for_inference():
+    # Inference tensors keep no version that would tell the write in place.
+    move = Moved(WRITTEN_AFTER_A_RELU["sub_"]).eval()
+    with torch.inference_mode(), pytest.raises(DeconvNetError, match="across a map and const"):
+        DeconvNet(move)
+
+
+def _zeros_between_columns(x):
+    # x - 0.5 has negative entries; every other column of the result is 0.
+    return torch.stack([x - 0.5, torch.zeros_like(x)], -1).flatten(-2)
+
+
+def _first_row_set_to_one(x):
+    y = x - 0.5
+    y[:, :, 0] = 1.0
+    return y
+
+
+# Paddings that add no constants a max can take (none wide, -inf, copies of the map's own
+# entries) before a max across the constants the map already holds.
+PADDINGS_KEEP_CONSTANTS = {
+    "a padding of width 0": lambda x: F.max_pool2d(
+        F.pad(_zeros_between_columns(x), (0, 0)), (1, 2)
+    ),
+    "a padding of -inf": lambda x: F.max_pool2d(
+        F.pad(_zeros_between_columns(x), (2, 2), value=-float("inf")), (1, 2)
+    ),
+    "a reflection": lambda x: F.max_pool2d(
+        F.pad(_zeros_between_columns(x), (2, 2, 0, 0), mode="reflect"), (1, 2)
+    ),
+    "a replication": lambda x: F.max_pool2d(
+        F.pad(_first_row_set_to_one(x), (1, 1, 1, 1), mode="replicate"), 3, 1
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PADDINGS_KEEP_CONSTANTS)
+def test_a_padding_keeps_the_constants_a_map_holds_before_a_max(name):
+    move = Moved(PADDINGS_KEEP_CONSTANTS[name]).eval()
     with pytest.raises(DeconvNetError, match="max_pool2d across a map and constants"):
         DeconvNet(move)
 
