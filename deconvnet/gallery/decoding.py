@@ -222,8 +222,11 @@ class IdleBatches:
                 yield collate([reading.take(i) for i in range(start, stop)])
         finally:
             reading.close()
+            # A thread ends after the image it reads; one the system does not run (at idle
+            # priority, on busy cores) is not waited for: it ends on its own, its image unused.
+            deadline = time.monotonic() + max(1.0, 2 * reading.slowest)
             for worker in workers:
-                worker.join(timeout=10.0)
+                worker.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 class _IdleReading:
