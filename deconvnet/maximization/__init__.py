@@ -19,6 +19,7 @@ target's image does not depend on the others it was batched with.
 from __future__ import annotations
 
 import io
+import logging
 import zlib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -40,6 +41,8 @@ from deconvnet.maximization.parameterization import (
 )
 from deconvnet.maximization.transforms import draw_transforms, transform
 from deconvnet.selection import Target
+
+logger = logging.getLogger("deconvnet")
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -240,6 +243,17 @@ def maximize(
             )
             index = torch.tensor(members)
             images[index], objective[index], activation[index] = (t.cpu() for t in found)
+    for target, value, reached in zip(targets, activation, objective[:, -1], strict=True):
+        if value == 0 and reached < 0:
+            # The rectifier's input rose but stayed below 0: the unit never fired.
+            logger.warning(
+                "%s stays at 0 on the image found: the value before its rectifier rose to %.3g "
+                "in %d steps but never above 0, so the image shows what raises the unit, not "
+                "an image it responds to (try more steps)",
+                target,
+                float(reached),
+                steps,
+            )
     return Maximization(images, targets, objective, activation, parameterization, seed)
 
 

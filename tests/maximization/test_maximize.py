@@ -99,17 +99,23 @@ def test_final_activation_is_an_independent_forward_of_the_image(parameterizatio
     torch.testing.assert_close(result.activation, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_channel_dead_at_the_start_still_rises():
+def test_a_channel_dead_at_the_start_still_rises(caplog):
     """A bias that keeps the channel negative everywhere changes nothing of the optimization:
-    the value before the rectifier is maximized, whose gradient the bias does not enter."""
+    the value before the rectifier is maximized, whose gradient the bias does not enter. That
+    the unit never fired is said."""
     alive = maximize(tiny_stack(), "conv2:2", steps=20, size=SIZE)
+    assert not caplog.records
     model = tiny_stack()
     with torch.no_grad():
         shift = 20.0 + model[3].bias[2].item()
         model[3].bias[2] = -20.0  # negative everywhere for any image in [0, 1]
     start = maximize(model, "conv2:2", steps=1, size=SIZE)
     assert start.activation.item() == 0  # rectified to zero: no gradient through the ReLU
+    caplog.clear()
     dead = maximize(model, "conv2:2", steps=20, size=SIZE)
+    [record] = caplog.records
+    assert record.getMessage().startswith("conv2:2 stays at 0 on the image found")
+    assert dead.activation.item() == 0
     assert dead.objective[0, -1] > dead.objective[0, 0]
     torch.testing.assert_close(dead.images, alive.images)
     torch.testing.assert_close(dead.objective, alive.objective - shift)
