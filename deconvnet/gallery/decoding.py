@@ -175,7 +175,7 @@ class ThreadedBatches:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-class IdleBatches:
+class IdleBatches(ThreadedBatches):
     """``collate`` batches of a dataset decoded beside the caller by ``threads`` threads at the
     system's idle priority, in order; what they have not decoded when the caller asks for a
     batch, the caller decodes itself.
@@ -198,14 +198,8 @@ class IdleBatches:
         ahead: int = 2,
         patience: float = 2.0,
     ) -> None:
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.threads = threads
-        self.ahead = ahead
+        super().__init__(dataset, batch_size, threads, ahead)
         self.patience = patience
-
-    def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, str]]]]:
         reading = _IdleReading(self.dataset, self.patience)
