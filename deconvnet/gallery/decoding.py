@@ -213,6 +213,9 @@ class IdleBatches(ThreadedBatches):
             for start in range(0, len(self.dataset), self.batch_size):
                 stop = min(start + self.batch_size, len(self.dataset))
                 reading.allow(stop + self.ahead * self.batch_size)
+                # What no thread has begun first, so that those they hold have time to finish.
+                for i in range(start, stop):
+                    reading.read_if_left(i)
                 yield collate([reading.take(i) for i in range(start, stop)])
         finally:
             reading.close()
@@ -269,6 +272,14 @@ class _IdleReading:
                     if self.state[i] == self._BUSY:
                         self.state[i] = self._TODO
                     self.changed.notify_all()
+
+    def read_if_left(self, i: int) -> None:
+        """Read item ``i`` here if no thread has begun it."""
+        with self.changed:
+            if self.state[i] != self._TODO:
+                return
+            self.state[i] = self._BUSY
+        self._read(i)
 
     def take(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         """Item ``i``, read by a thread or, if none has it by now, by the caller."""

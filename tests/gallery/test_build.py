@@ -22,6 +22,7 @@ from helpers import UNREADABLE, WEIGHTS, kill, wait_for_file
 from PIL import Image
 
 from deconvnet import DeconvNet
+from deconvnet.gallery import decoding
 from deconvnet.gallery.build import (
     BACKGROUND,
     GREY,
@@ -194,6 +195,9 @@ def test_projections_take_the_crops_the_scan_kept(net, folder, reference, tmp_pa
     monkeypatch.setattr(
         Preprocessing, "load", lambda self, path: read.append(path) or load(self, path)
     )
+    # Threads at idle priority that the system holds up (a loaded machine) have their image
+    # read by the scan itself, a second time: decoding between forward passes reads each once.
+    monkeypatch.setattr(decoding, "IDLE_PRIORITY", False)
     options = dict(model=net, batch_size=4, workers=0, progress=False)
     make_gallery(folder, LAYERS, CHANNELS, out=tmp_path / "kept", **options)
     state = ScanState.load(state_path(tmp_path / "kept"))
