@@ -184,9 +184,10 @@ class IdleBatches(ThreadedBatches):
     regions' threads wait for each other). Threads at idle priority decode there and give the
     core back the moment the forward pass wants it, so decoding beside the pass no longer slows
     it down, as decoding at the same priority does. An idle thread may not run at all while
-    other programs keep the cores busy: the caller never waits for an image one of them holds
-    longer than ``patience`` times the slowest decoding so far (one second before any), and then
-    decodes that image itself; the first of the two (equal) results is kept. The threads stay
+    other programs keep the cores busy: the caller first decodes the batch's images no thread
+    has begun, then waits for an image one of them holds no longer than ``patience`` times the
+    slowest decoding so far (a quarter second at the least), and then decodes that image itself;
+    the first of the two (equal) results is kept. The threads stay
     at most ``ahead`` batches in front of the one asked for.
     """
 
@@ -287,7 +288,8 @@ class _IdleReading:
             if self.state[i] == self._TODO:
                 self.state[i] = self._BUSY
             elif self.state[i] == self._BUSY:
-                wait = self.patience * self.slowest if self.slowest else 1.0
+                # Decoding times vary from image to image: a quarter second at the least.
+                wait = max(self.patience * self.slowest, 0.25)
                 self.changed.wait_for(lambda: self.state[i] != self._BUSY, wait)
         if self.state[i] != self._DONE:
             self._read(i)
