@@ -12,24 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from deconvnet.engine.names import flatten, op_names
 from deconvnet.errors import DeconvNetError
-
-
-def op_names(*groups: str) -> set[str]:
-    """The op names of space-separated ``groups``, as one set."""
-    return {name for group in groups for name in group.split()}
-
-
-def flatten(values) -> list:
-    """``values`` with every nested list or tuple opened, in order."""
-    found = []
-    for value in values:
-        if isinstance(value, list | tuple):
-            found.extend(flatten(value))
-        else:
-            found.append(value)
-    return found
-
 
 # Ops along a dimension: (position of the dimension argument, its default). ``_EVERY``: without
 # one, the op acts on the tensor flattened, the batch with the rest.

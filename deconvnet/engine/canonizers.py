@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from deconvnet.engine.kernels import Kernels
 from deconvnet.engine.ops import Check, Rectifications
 from deconvnet.engine.rules import rule_named
 
@@ -131,7 +132,8 @@ class Rectifiers(TorchFunctionMode):
     With ``source``, the pass's input, every op that reads a map of the pass is checked against
     the engine's table (``deconvnet.engine.ops``): one it has no treatment for is reported to
     ``other(kind, path)``, ``where()`` saying which module is running (the engine's hooks keep
-    that), and its plain gradient goes through.
+    that), and its plain gradient goes through; ``kernels``, the engine's cache of what is read
+    from weights, spares reading them again at each checked pass.
     """
 
     def __init__(
@@ -140,13 +142,14 @@ class Rectifiers(TorchFunctionMode):
         where: Callable[[], str] = lambda: "",
         other: Callable[[str, str], None] | None = None,
         source: torch.Tensor | None = None,
+        kernels: Kernels | None = None,
     ) -> None:
         super().__init__()
         self.box = box
         self.where = where
         self.other = other
         self.rectifications = Rectifications()
-        self.check = None if source is None else Check(source, self.rectifications)
+        self.check = None if source is None else Check(source, self.rectifications, kernels)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -22,46 +22,39 @@ from __future__ import annotations
 
 import math
 import operator
-import weakref
 from collections.abc import Callable
 
 import torch
 
-from deconvnet.engine.batch import op_names
+from deconvnet.engine.kernels import Kernels
+from deconvnet.engine.marks import Marks
+from deconvnet.engine.names import (
+    ALPHA_DROPOUTS,
+    ASSEMBLIES,
+    COPIES,
+    DIFFERENCES,
+    DROPOUTS,
+    FACTORS,
+    FILTERS,
+    MATRICES,
+    MAX_POOLS,
+    NEGATIONS,
+    PADS,
+    QUOTIENTS,
+    RECTIFIERS,
+    SUMS,
+    TRANSPOSED,
+    op_names,
+    written_in_place,
+)
 
-_ASSEMBLES = op_names("cat concat concatenate stack hstack vstack")
 # Ops that keep every entry where it was, so that constants stay beside the same entries.
-_ELEMENTWISE = op_names(
-    "add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub subtract neg",
-    "neg_ negative __neg__ __pos__ positive mul mul_ __mul__ __imul__ __rmul__ multiply div",
-    "div_ __truediv__ __itruediv__ __div__ true_divide divide clone contiguous to float double",
-    "half bfloat16 type type_as cpu cuda identity dropout dropout1d dropout2d dropout3d",
-    "batch_norm alpha_dropout feature_alpha_dropout",
-)
-_RECTIFIES = op_names(
-    "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clamp_min clamp_min_ clip clip_",
-    "threshold threshold_ _threshold",
-)
-# A sum of two maps hides the constants of one behind the other's entries.
-_SUMS = op_names(
-    "add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub subtract"
-)
-_DIFFERENCES = op_names("sub sub_ __sub__ __isub__ __rsub__ rsub subtract")
-_FACTORS = op_names("mul mul_ __mul__ __imul__ __rmul__ multiply")
-_PADS = op_names("pad constant_pad_nd")
+_ELEMENTWISE = op_names(SUMS, NEGATIONS, FACTORS, QUOTIENTS, COPIES, DROPOUTS, "batch_norm")
 # Ops after which a map with no negative entry still has none, besides the shape ops.
-_KEEPS_SIGN = op_names(
-    "clone contiguous to float double half bfloat16 type type_as cpu cuda identity dropout",
-    "dropout1d dropout2d dropout3d max_pool1d max_pool2d max_pool3d max_pool1d_with_indices",
-    "max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d",
-    "adaptive_max_pool3d",
-)
+_KEEPS_SIGN = op_names(COPIES, DROPOUTS - ALPHA_DROPOUTS, MAX_POOLS)
 # Ops whose every output entry is a sum over many input entries: constants do not survive them,
 # but a zero filter, or a zero row of a matrix, makes some of their own.
-_FILTERS = op_names("conv1d conv2d conv3d linear")
-_TRANSPOSED = op_names("conv_transpose1d conv_transpose2d conv_transpose3d")
-_MATRICES = op_names("matmul __matmul__ mm bmm addmm einsum tensordot")
-_MIXES = _FILTERS | _TRANSPOSED | _MATRICES
+_MIXES = FILTERS | TRANSPOSED | MATRICES
 
 Dims = frozenset[int] | None  # the dimensions along which constants sit; None: any
 
@@ -70,14 +63,15 @@ class Beside:
     """The maps of one forward pass with constants beside their entries, by the dimensions
     along which they sit; ``is_map`` says what derives from the input."""
 
-    def __init__(self, is_map: Callable[[object], bool]) -> None:
+    def __init__(self, is_map: Callable[[object], bool], kernels: Kernels) -> None:
         self.is_map = is_map
-        self._held: dict[int, tuple[weakref.ref, Dims]] = {}
+        self._kernels = kernels  # the engine's: which weights have a zero filter
+        self._held: Marks[Dims] = Marks()
         # Maps no entry of which is negative (a rectification's output), with the version they
         # were noted at: a constant of 0 or less beside them never wins a max over them, which
         # stays a pool. A write in place since (to the map, its base or a view: they share one
         # version) may have put negative entries there.
-        self._nonnegative: dict[int, tuple[weakref.ref, int]] = {}
+        self._nonnegative: Marks[int] = Marks()
 
     def rectified(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """Note that ``out`` rectifies the map ``x``: it keeps ``x``'s constants, and no entry
@@ -85,28 +79,23 @@ class Beside:
         self._note_nonnegative(out)
         beside = self.of(x)
         if beside is not False:
-            self._held[id(out)] = (weakref.ref(out), beside)
+            self._held[out] = beside
 
     def _note_nonnegative(self, value) -> None:
         # An inference tensor has no version to tell a write in place by: not noted.
         if isinstance(value, torch.Tensor) and not value.is_inference():
-            self._nonnegative[id(value)] = (weakref.ref(value), value._version)
+            self._nonnegative[value] = value._version
 
     def _is_nonnegative(self, value) -> bool:
-        held = self._nonnegative.get(id(value)) if isinstance(value, torch.Tensor) else None
-        return held is not None and held[0]() is value and held[1] == value._version
+        return value in self._nonnegative and self._nonnegative[value] == value._version
 
     def of(self, value) -> Dims | bool:
         """The dimensions along which constants sit beside the entries of map ``value`` (None:
         any), or False when it has none."""
-        if not isinstance(value, torch.Tensor):
-            return False
-        held = self._held.get(id(value))
-        if held is not None and held[0]() is value:
-            return held[1]
+        if value in self._held:
+            return self._held[value]
         # A view made before constants were written into the tensor it views holds them too.
-        base = self._held.get(id(value._base)) if value._base is not None else None
-        return None if base is not None and base[0]() is value._base else False
+        return None if self._held.viewed(value) else False
 
     def across(self, name: str, args: tuple, kwargs: dict, value) -> bool:
         """Whether the pool ``name`` takes its max across constants beside the map ``value``."""
@@ -141,21 +130,21 @@ class Beside:
         made = args[0] if name == "__setitem__" else out
         for tensor in made if isinstance(made, list | tuple) else [made]:
             if isinstance(tensor, torch.Tensor):
-                self._held[id(tensor)] = (weakref.ref(tensor), beside)
-                if _in_place(name) and tensor._base is not None:
+                self._held[tensor] = beside
+                if written_in_place(func, args, kwargs) is not None and tensor._base is not None:
                     # Written through a view: the tensor it views, and its other views, too.
-                    self._held[id(tensor._base)] = (weakref.ref(tensor._base), None)
+                    self._held[tensor._base] = None
 
     def _unreached(self, func, name, args, kwargs, out) -> Dims | bool:
         """The dimensions along which a product of a map with constants has entries that no
         entry of the map reaches (a zero filter: its bias; a zero row of a matrix: 0)."""
         if out.device.type == "meta":
             return False  # no values to read: a pass for shapes alone
-        if name in _FILTERS | _TRANSPOSED:
+        if name in FILTERS | TRANSPOSED:
             weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
             if not isinstance(weight, torch.Tensor) or self.is_map(weight):
                 return False
-            if not _has_zero_filter(weight, name in _TRANSPOSED):
+            if not self._has_zero_filter(weight, name in TRANSPOSED):
                 return False
             return frozenset({out.dim() - 1 if name == "linear" else 1})
         # A generator of its own: the user's random state is not the check's to advance.
@@ -169,6 +158,17 @@ class Beside:
         if not isinstance(first, torch.Tensor):
             return False
         return None if bool(first.eq(second).any()) else False
+
+    def _has_zero_filter(self, weight: torch.Tensor, transposed: bool) -> bool:
+        """Whether a conv's or linear layer's ``weight`` has a filter of zeros (an output channel
+        of a transposed conv's weight, its second dimension); read once per weight while it is
+        unchanged, since a checked pass reads every conv of the model."""
+
+        def read() -> bool:
+            units = weight.detach().transpose(0, 1) if transposed else weight.detach()
+            return bool(units.flatten(1).eq(0).all(1).any())
+
+        return self._kernels.get((weight, "zero filter", transposed), read)
 
     def _drawn(self, value, generator: torch.Generator):
         """``value`` with every map in it replaced by random numbers of its shape."""
@@ -193,7 +193,7 @@ class Beside:
         tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
         held = [self.of(v) for v in tensors]
         kept = None if None in held else frozenset().union(*(h for h in held if h))
-        if name in _ASSEMBLES and isinstance(out, torch.Tensor):
+        if name in ASSEMBLIES and isinstance(out, torch.Tensor):
             if all(self.is_map(v) for v in tensors) and all(h is False for h in held):
                 return False
             if all(h is False for h in held) and self._below(tensors):
@@ -209,48 +209,25 @@ class Beside:
             return None  # a fixed condition choosing constants for some entries
         if name == "__setitem__" and len(args) == 3 and not all(map(self.is_map, args[::2])):
             return None
-        if name in _PADS and isinstance(out, torch.Tensor):
+        if name in PADS and isinstance(out, torch.Tensor):
             padded = _padded(name, args, kwargs, out.dim(), self._is_nonnegative(args[0]))
             return None if kept is None else kept | padded or False
         same = len(args) == 2 and args[0] is args[1] and kwargs.get("alpha", 1) == 1
-        if name in _DIFFERENCES and same:
+        if name in DIFFERENCES and same:
             return None  # x - x: zeros wherever a max reads them
-        if name in _FACTORS and isinstance(out, torch.Tensor):
+        if name in FACTORS and isinstance(out, torch.Tensor):
             zeros = [_zeros_along(v, out.dim()) for v in args[:2] if not self.is_map(v)]
             if any(z is not False for z in zeros) and kept is not None:
                 return None if None in zeros else kept.union(*(z for z in zeros if z))
         if all(h is False for h in held) or treatment == "pool":
             return False  # a max consumes them, or refuses them (Check)
-        if name in _SUMS and len(tensors) > 1 and all(map(self.is_map, tensors)):
+        if name in SUMS and len(tensors) > 1 and all(map(self.is_map, tensors)):
+            # A sum of two maps hides the constants of one behind the other's entries.
             common = [frozenset(range(out.dim())) if h is None else h or frozenset() for h in held]
             return common[0].intersection(*common[1:]) or False
-        if name in _ELEMENTWISE or name in _RECTIFIES:
+        if name in _ELEMENTWISE or name in RECTIFIERS:
             return kept
         return None if treatment in ("shape", "linear") else False
-
-
-def _in_place(name: str) -> bool:
-    """Whether op ``name`` writes its first argument in place (``x[i] = c``, ``x.mul_(0)``)."""
-    return name == "__setitem__" or name.startswith("__i") or name[-1:] == "_" != name[:1]
-
-
-# Whether a weight has a zero filter, by the weight's id, with the version it was read at: a
-# checked pass reads every conv of the model, and their weights change only when trained.
-_ZERO_FILTERS: dict[int, tuple[weakref.ref, int, bool, bool]] = {}
-
-
-def _has_zero_filter(weight: torch.Tensor, transposed: bool) -> bool:
-    """Whether a conv's or linear layer's ``weight`` has a filter of zeros (an output channel
-    of a transposed conv's weight, its second dimension)."""
-    key = id(weight)
-    known = _ZERO_FILTERS.get(key)
-    if known is not None and known[0]() is weight and known[1:3] == (weight._version, transposed):
-        return known[3]
-    units = weight.detach().transpose(0, 1) if transposed else weight.detach()
-    found = bool(units.flatten(1).eq(0).all(1).any())
-    held = weakref.ref(weight, lambda _: _ZERO_FILTERS.pop(key, None))
-    _ZERO_FILTERS[key] = (held, weight._version, transposed, found)
-    return found
 
 
 def _padded(

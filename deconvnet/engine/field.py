@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from deconvnet.engine.ops import aliases, keeps_positions, written_in_place
+from deconvnet.engine.marks import Marks, aliases
+from deconvnet.engine.names import written_in_place
+from deconvnet.engine.ops import keeps_positions
 from deconvnet.engine.receptive_field import ReceptiveField
 
 Field = ReceptiveField | None  # None: the whole image
@@ -116,20 +118,14 @@ class FieldTracer(TorchFunctionMode):
 
     def __init__(self, image: torch.Tensor) -> None:
         super().__init__()
-        self._fields: dict[int, tuple[torch.Tensor, Field]] = {id(image): (image, IMAGE)}
+        self._fields: Marks[Field] = Marks()
+        self._fields[image] = IMAGE
 
     def field(self, tensor: torch.Tensor) -> Field:
-        held = self._fields.get(id(tensor))
-        return None if held is None or held[0] is not tensor else held[1]
+        return self._fields.get(tensor)
 
     def _known(self, tensors: Iterator) -> list[tuple[torch.Tensor, Field]]:
-        known = []
-        for t in tensors:
-            if isinstance(t, torch.Tensor):
-                held = self._fields.get(id(t))
-                if held is not None and held[0] is t:
-                    known.append(held)
-        return known
+        return [(t, self._fields[t]) for t in tensors if t in self._fields]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -141,9 +137,8 @@ class FieldTracer(TorchFunctionMode):
         written = written_in_place(func, args, kwargs)
         if written is not None and self._known([written]):
             # So may a position of a map that shares memory with a view written in place.
-            held = (tensor for tensor, _ in list(self._fields.values()))
-            for tensor in aliases(written, held):
-                self._fields[id(tensor)] = (tensor, None)
+            for tensor in aliases(written, self._fields.tensors()):
+                self._fields[tensor] = None
         if not made or not isinstance(made[0], torch.Tensor):
             return out
         leaves, _ = tree_flatten((args, kwargs))
@@ -152,10 +147,7 @@ class FieldTracer(TorchFunctionMode):
             return out
         for tensor in made:
             if isinstance(tensor, torch.Tensor):
-                self._fields[id(tensor)] = (
-                    tensor,
-                    self._field_of(func, args, kwargs, tensor, inputs),
-                )
+                self._fields[tensor] = self._field_of(func, args, kwargs, tensor, inputs)
         return out
 
     def _field_of(self, func, args, kwargs, first: torch.Tensor, inputs) -> Field:

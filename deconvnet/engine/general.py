@@ -411,7 +411,8 @@ class GraphDeconvNet(Engine):
         if watching_all:
             handles += [module.register_forward_pre_hook(before) for module in watched]
         where = lambda: running[-1][0] if running else ""  # noqa: E731
-        mode = tape or Rectifiers(box, where, other, source=x if other is not None else None)
+        source = x if other is not None else None
+        mode = tape or Rectifiers(box, where, other, source=source, kernels=self._kernels)
         order = getattr(self, "_order", None)
         if order is not None:
             hook = in_order(order, path_of)

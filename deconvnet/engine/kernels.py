@@ -2,20 +2,25 @@
 
 Both engines go down with kernels derived from the convs' own: phase kernels of strided convs
 (``deconvnet.engine.inverse.phase_kernels``), and in the general engine transposed 1x1 kernels,
-BatchNorm's per-channel scales and the kernels they fold into. Making them on every pass costs
-a copy of the weights each time; ``Kernels`` makes each once and finds it again for as long as
-the tensors it was made from are the same tensors, unchanged.
+BatchNorm's per-channel scales and the kernels they fold into; the general engine's checks
+also ask whether a weight has a filter of zeros (``deconvnet.engine.constants``). Making them on
+every pass costs a copy of the weights each time; ``Kernels`` makes each once and finds it again
+for as long as the tensors it was made from are the same tensors, unchanged.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import torch
 
 # Entries kept at most: a caller that makes new models pass after pass starts afresh rather
 # than keeping kernels for every one of them.
 LIMIT = 1024
+
+Made = TypeVar("Made")
 
 
 class Kernels:
@@ -24,20 +29,19 @@ class Kernels:
     storage (``module.double()``, ``.to(device)`` and ``weight.data = ...`` swap a parameter's
     storage without touching its version counter).
 
-    An entry holds the tensors it was made from and their storages of then, so that no other
-    tensor or storage can take their ids or addresses while it lives; it is replaced when its
-    tensors change, so a model updated in place keeps one entry per kernel."""
+    An entry holds the storages its tensors had then, so that no other storage can take their
+    addresses while it lives, and goes when one of its tensors is freed: a weight made anew at
+    each forward pass (``nn.utils.parametrize``, weight norm) leaves no entry behind. An entry
+    is replaced when its tensors change, so a model updated in place keeps one per kernel."""
 
     def __init__(self) -> None:
-        # (tensors' ids, other parts) -> (their versions and addresses, what is held, kernel)
-        self._made: dict[tuple, tuple[tuple, tuple, torch.Tensor]] = {}
+        # (tensors' ids, other parts) -> (their versions and addresses, what is held, made)
+        self._made: dict[tuple, tuple[tuple, tuple, object]] = {}
 
     def __len__(self) -> int:
         return len(self._made)
 
-    def get(
-        self, made_from: tuple[torch.Tensor | Hashable, ...], make: Callable[[], torch.Tensor]
-    ) -> torch.Tensor:
+    def get(self, made_from: tuple[torch.Tensor | Hashable, ...], make: Callable[[], Made]) -> Made:
         tensors = [part for part in made_from if isinstance(part, torch.Tensor)]
         slot = tuple(id(part) if isinstance(part, torch.Tensor) else part for part in made_from)
         state = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
@@ -46,7 +50,10 @@ class Kernels:
             return found[2]
         if found is None and len(self._made) >= LIMIT:
             self._made.clear()
-        held = (made_from, [t.detach() for t in tensors])
-        made = make()
-        self._made[slot] = (state, held, made)
-        return made
+        made = self._made
+        # The callbacks hold the table, not the cache: an engine freed frees its kernels.
+        forget = lambda _: made.pop(slot, None)  # noqa: E731
+        held = ([weakref.ref(t, forget) for t in tensors], [t.detach() for t in tensors])
+        kernel = make()
+        self._made[slot] = (state, held, kernel)
+        return kernel

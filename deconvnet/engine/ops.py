@@ -71,14 +71,30 @@ from collections.abc import Callable
 
 import torch
 
-from deconvnet.engine.batch import (
-    REDUCTIONS,
-    AcrossImages,
-    across_images,
+from deconvnet.engine.batch import REDUCTIONS, AcrossImages, across_images
+from deconvnet.engine.constants import Beside
+from deconvnet.engine.kernels import Kernels
+from deconvnet.engine.marks import Marks
+from deconvnet.engine.names import (
+    ABOVE,
+    BELOW,
+    COMPARISONS,
+    COPIES,
+    DROPOUTS,
+    FACTORS,
+    FILTERS,
+    MATRICES,
+    MAX_POOLS,
+    NEGATIONS,
+    PADS,
+    QUOTIENTS,
+    RECTIFIERS,
+    SUMS,
+    TRANSPOSED,
     flatten,
+    name_of,
     op_names,
 )
-from deconvnet.engine.constants import Beside
 
 RECTIFIER, LINEAR, POOL, SHAPE, INSPECTION, CONSTANT = (
     "rectifier",
@@ -94,33 +110,28 @@ RECTIFIER, LINEAR, POOL, SHAPE, INSPECTION, CONSTANT = (
 # alike; ``x.shape`` is the getter ``shape``).
 TREATMENTS: dict[str, str] = {
     **dict.fromkeys(
-        op_names(
-            "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clamp_min clamp_min_ clip clip_",
-            "threshold threshold_ _threshold maximum fmax where",
-        ),
+        op_names(RECTIFIERS, "maximum fmax where"),
         RECTIFIER,
     ),
     **dict.fromkeys(
         op_names(
-            "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear",
-            "batch_norm add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__",
-            "rsub subtract neg neg_ negative __neg__ __pos__ positive mul mul_ __mul__ __imul__",
-            "__rmul__ multiply div div_ __truediv__ __itruediv__ __div__ true_divide divide",
-            "sum mean cumsum avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d",
+            FILTERS,
+            TRANSPOSED,
+            MATRICES,
+            SUMS,
+            NEGATIONS,
+            FACTORS,
+            QUOTIENTS,
+            PADS,
+            DROPOUTS,
+            "batch_norm sum mean cumsum avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d",
             "adaptive_avg_pool2d adaptive_avg_pool3d interpolate upsample upsample_nearest",
-            "upsample_bilinear pad constant_pad_nd matmul __matmul__ mm bmm addmm einsum",
-            "tensordot dropout dropout1d dropout2d dropout3d alpha_dropout",
-            "feature_alpha_dropout",
+            "upsample_bilinear",
         ),
         LINEAR,
     ),
     **dict.fromkeys(
-        op_names(
-            "max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices",
-            "max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d",
-            "adaptive_max_pool3d adaptive_max_pool1d_with_indices",
-            "adaptive_max_pool2d_with_indices max amax",
-        ),
+        op_names(MAX_POOLS, "max amax"),
         POOL,
     ),
     **dict.fromkeys(
@@ -130,8 +141,8 @@ TREATMENTS: dict[str, str] = {
             "flipud roll rot90 transpose transpose_ swapaxes swapdims t permute movedim moveaxis",
             "view view_as reshape reshape_as flatten unflatten squeeze squeeze_ unsqueeze",
             "unsqueeze_ expand expand_as repeat tile broadcast_to pixel_shuffle pixel_unshuffle",
-            "channel_shuffle native_channel_shuffle clone contiguous to float double half",
-            "bfloat16 type type_as cpu cuda T mT H mH real identity __setitem__",
+            "channel_shuffle native_channel_shuffle T mT H mH real __setitem__",
+            COPIES,
         ),
         SHAPE,
     ),
@@ -140,10 +151,10 @@ TREATMENTS: dict[str, str] = {
             "size dim ndimension numel nelement __len__ shape dtype device ndim is_cuda",
             "requires_grad layout is_leaf grad_fn names is_contiguous stride storage_offset",
             "is_floating_point is_complex element_size data_ptr __format__ __repr__ item",
-            "tolist __bool__ __int__ __float__ __index__ any all isfinite isnan isinf gt ge",
-            "lt le eq ne __gt__ __ge__ __lt__ __le__ __eq__ __ne__ requires_grad_ retain_grad",
-            "is_nonzero equal allclose argmax argmin itemsize nbytes is_meta is_nested is_sparse",
-            "is_quantized is_mkldnn is_inference is_signed",
+            "tolist __bool__ __int__ __float__ __index__ any all isfinite isnan isinf",
+            "requires_grad_ retain_grad is_nonzero equal allclose argmax argmin itemsize nbytes",
+            "is_meta is_nested is_sparse is_quantized is_mkldnn is_inference is_signed",
+            COMPARISONS,
         ),
         INSPECTION,
     ),
@@ -193,59 +204,21 @@ FRIENDLY = {
 # Ops whose output at a position reads their inputs at that position alone, so that it sees
 # the union of what they see there (deconvnet.engine.field); no op that moves pixels.
 _PER_POSITION = op_names(
-    "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clamp_min clamp_min_ clip clip_",
-    "threshold threshold_ _threshold maximum fmax where batch_norm add add_ __add__ __iadd__",
-    "__radd__ sub sub_ __sub__ __isub__ __rsub__ rsub subtract neg neg_ negative __neg__",
-    "__pos__ positive mul mul_ __mul__ __imul__ __rmul__ multiply div div_ __truediv__",
-    "__itruediv__ __div__ true_divide divide dropout dropout1d dropout2d dropout3d",
-    "alpha_dropout feature_alpha_dropout clone contiguous to float double half bfloat16 type",
-    "type_as cpu cuda identity gt ge lt le eq ne __gt__ __ge__ __lt__ __le__ __eq__ __ne__",
-    "channel_shuffle native_channel_shuffle",
+    RECTIFIERS,
+    SUMS,
+    NEGATIONS,
+    FACTORS,
+    QUOTIENTS,
+    DROPOUTS,
+    COPIES,
+    COMPARISONS,
+    "maximum fmax where batch_norm channel_shuffle native_channel_shuffle",
     # Elementwise ops with no rule still keep positions (when let through by opt-in).
     "gelu silu hardswish hardsigmoid mish elu selu celu leaky_relu prelu rrelu softplus",
     "logsigmoid softsign sigmoid sigmoid_ tanh tanh_ exp log pow __pow__ abs sqrt rsqrt",
 )
 # Along the channel dimension (1 of (N, C, H, W)) or the batch, these keep positions too.
 _ALONG_A_DIM = op_names("cat concat concatenate chunk split split_with_sizes narrow unbind")
-
-
-def name_of(func: Callable) -> str:
-    """The name torch dispatches ``func`` under: ``flip`` for ``torch.flip`` and
-    ``Tensor.flip``, ``shape`` for the getter of ``x.shape``."""
-    name = getattr(func, "__name__", None) or type(func).__name__
-    if name == "__get__":
-        owner = getattr(func, "__self__", None)
-        name = getattr(owner, "__name__", name)
-    return name
-
-
-_IN_PLACE = op_names(
-    "__iadd__ __isub__ __imul__ __itruediv__ __idiv__ __ifloordiv__ __imod__ __ipow__ __iand__",
-    "__ior__ __ixor__ __ilshift__ __irshift__ __imatmul__ __setitem__",
-)
-
-
-def written_in_place(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """The tensor ``func`` writes in place (``x.add_(y)``, ``x += y``, ``x[i] = y``,
-    ``F.relu(x, inplace=True)``), or None."""
-    if not args or not isinstance(args[0], torch.Tensor):
-        return None
-    name = name_of(func)
-    trailing = name.endswith("_") and not name.startswith("_")
-    return args[0] if trailing or name in _IN_PLACE or kwargs.get("inplace") is True else None
-
-
-def aliases(written: torch.Tensor, tensors) -> list[torch.Tensor]:
-    """Those of ``tensors``, other than ``written``, that are views of the same tensor as it
-    (or that tensor itself): writing ``written`` in place changes them too."""
-    root = written._base if written._base is not None else written
-    return [
-        tensor
-        for tensor in tensors
-        if tensor is not None
-        and tensor is not written
-        and (tensor._base if tensor._base is not None else tensor) is root
-    ]
 
 
 def keeps_positions(func: Callable, args: tuple, kwargs: dict) -> bool:
@@ -333,15 +306,14 @@ class Rectifications:
 
     def __init__(self) -> None:
         # Masks of a map's positive entries (x > 0) or of the others (x <= 0), by the mask.
-        self._masks: dict[int, tuple[weakref.ref, weakref.ref, bool]] = {}
+        # (a weak reference to the map, whether the mask marks its positive entries)
+        self._masks: Marks[tuple[weakref.ref, bool]] = Marks()
 
     def mask_source(self, mask, positive: bool = True) -> torch.Tensor | None:
         """The map ``x`` whose ``x > 0`` ``mask`` is (``positive``; else whose ``x <= 0``), or
         None."""
-        held = self._masks.get(id(mask)) if isinstance(mask, torch.Tensor) else None
-        if held is None or held[0]() is not mask or held[2] != positive:
-            return None
-        return held[1]()
+        held = self._masks.get(mask)
+        return held[0]() if held is not None and held[1] == positive else None
 
     def observe(self, func: Callable, args: tuple, kwargs: dict, out) -> None:
         """Remember ``out`` when it is ``x > 0`` or ``x <= 0`` (``>=`` and ``<`` alike, either
@@ -350,18 +322,18 @@ class Rectifications:
             return
         name = name_of(func)
         source, positive = None, True
-        if name in _ABOVE | _BELOW and len(args) == 2:
+        if name in ABOVE | BELOW and len(args) == 2:
             if _zero(args[1], args[0]):
-                source, positive = args[0], name in _ABOVE
+                source, positive = args[0], name in ABOVE
             elif _zero(args[0], args[1]):  # 0 < x is x > 0
-                source, positive = args[1], name in _BELOW
+                source, positive = args[1], name in BELOW
         elif name in ("float", "to", "type_as", "half", "double", "type") and args:
             for positive in (True, False):
                 source = self.mask_source(args[0], positive)
                 if source is not None:
                     break
         if isinstance(source, torch.Tensor):
-            self._masks[id(out)] = (weakref.ref(out), weakref.ref(source), positive)
+            self._masks[out] = (weakref.ref(source), positive)
 
     def read(self, func: Callable, args: tuple, kwargs: dict):
         """``(x, inplace, top)`` when ``func(*args, **kwargs)`` rectifies ``x``, else None."""
@@ -423,23 +395,13 @@ class Rectifications:
 
 
 _READS = op_names(
-    "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clip clip_ clamp_min clamp_min_",
-    "threshold _threshold threshold_ maximum fmax max where mul __mul__ __rmul__ multiply",
-    "masked_fill masked_fill_",
+    RECTIFIERS, "maximum fmax max where mul __mul__ __rmul__ multiply masked_fill masked_fill_"
 )
-# Comparisons with 0 that mark a map's positive entries (x > 0), or the others (x <= 0).
-_ABOVE = op_names("gt ge __gt__ __ge__ greater greater_equal")
-_BELOW = op_names("lt le __lt__ __le__ less less_equal")
 
 
 # --- the check: every op that reads a map, against the table ----------------------------------
 
-_PRODUCTS = op_names(
-    "mul mul_ __mul__ __imul__ __rmul__ multiply matmul __matmul__ mm bmm addmm einsum tensordot",
-    "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear",
-)
-_QUOTIENTS = op_names("div div_ __truediv__ __itruediv__ __div__ true_divide divide")
-_DROPOUTS = op_names("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout")
+_PRODUCTS = op_names(FACTORS, MATRICES, FILTERS, TRANSPOSED)
 
 
 class Check:
@@ -448,34 +410,30 @@ class Check:
     or one that acts across the images of a batch (an ``AcrossImages``); ``note`` marks what an
     op made from a map as a map."""
 
-    def __init__(self, x: torch.Tensor, rectifications: Rectifications) -> None:
+    def __init__(
+        self, x: torch.Tensor, rectifications: Rectifications, kernels: Kernels | None = None
+    ) -> None:
         self.rectifications = rectifications
-        self._maps: dict[int, weakref.ref] = {id(x): weakref.ref(x)}
+        self._maps: Marks[bool] = Marks()
+        self._maps[x] = True
         # Maps that hold a reduction of a map over every dimension (x.sum()), by the reduction:
         # a Python condition may read one; a map combined with one mixes the batch.
-        self._pooled: dict[int, tuple[weakref.ref, str]] = {}
+        self._pooled: Marks[str] = Marks()
         # Maps with constants beside their entries (a map stacked with zeros, padded): a max
         # across them is a rectification, no pool.
-        self.beside = Beside(self.is_map)
+        self.beside = Beside(self.is_map, Kernels() if kernels is None else kernels)
 
     def _pooled_by(self, value) -> str | None:
-        held = self._pooled.get(id(value)) if isinstance(value, torch.Tensor) else None
-        return held[1] if held is not None and held[0]() is value else None
+        return self._pooled.get(value)
 
     def is_map(self, value) -> bool:
-        if not isinstance(value, torch.Tensor):
-            return False
-        held = self._maps.get(id(value))
-        if held is not None and held() is value:
-            return True
         # A view of a tensor a map was written into, made before the write, reads the map.
-        base = self._maps.get(id(value._base)) if value._base is not None else None
-        return base is not None and base() is value._base
+        return value in self._maps or self._maps.viewed(value)
 
     def mark(self, value) -> None:
         for tensor in flatten([value]):
             if isinstance(tensor, torch.Tensor):
-                self._maps[id(tensor)] = weakref.ref(tensor)
+                self._maps[tensor] = True
 
     def rectified(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """Mark ``out``, a rectification of the map ``x``, as a map with no negative entry."""
@@ -520,12 +478,12 @@ class Check:
             return f"{name} in a form that is no ReLU"
         if name in _PRODUCTS and len(operands) > 1:
             return f"a product of two maps ({name}: a gate)"
-        if name in _QUOTIENTS and len(args) > 1 and self.is_map(args[1]):
+        if name in QUOTIENTS and len(args) > 1 and self.is_map(args[1]):
             return f"a division by a map ({name})"
         if name == "batch_norm":
             training = kwargs.get("training", args[5] if len(args) > 5 else False)
             return "BatchNorm with batch statistics" if training else None
-        if name in _DROPOUTS:
+        if name in DROPOUTS:
             training = kwargs.get("training", args[2] if len(args) > 2 else True)
             p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
             return f"{name} in training mode" if training and p else None
@@ -564,7 +522,7 @@ class Check:
         if pooled is not None:
             for tensor in flatten([out]):
                 if isinstance(tensor, torch.Tensor):
-                    self._pooled[id(tensor)] = (weakref.ref(tensor), pooled)
+                    self._pooled[tensor] = pooled
         self.beside.note(func, name, TREATMENTS.get(name), args, kwargs, inputs, out)
         if name == "__setitem__" and self.beside.of(args[0]) is not False:
             self.mark([args[0], args[0]._base])

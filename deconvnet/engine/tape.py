@@ -26,7 +26,6 @@ A map is known by the tensor object: an in-place op makes that tensor a new map.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +35,9 @@ from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
 from deconvnet.engine.canonizers import RuleBox
-from deconvnet.engine.ops import Rectifications, aliases, written_in_place
+from deconvnet.engine.marks import Marks, aliases
+from deconvnet.engine.names import written_in_place
+from deconvnet.engine.ops import Rectifications
 
 # What a map is made by (the names of deconvnet.engine.walk's steps).
 LEAF, CONV, BATCH_NORM, MAX_POOL, AVG_POOL = "leaf", "conv", "batch_norm", "max_pool", "avg_pool"
@@ -65,20 +66,16 @@ class Tape(TorchFunctionMode):
         self.box = box
         self.rectifications = Rectifications()
         self.made: list[Made] = []
-        # Maps by tensor id, with a weak reference that tells a live tensor from a new one that
-        # took a dead one's id: the tape keeps no activation alive.
-        self._index: dict[int, tuple[int, weakref.ref]] = {}
+        # Each map's index on the tape; the tape keeps no activation alive.
+        self._index: Marks[int] = Marks()
         self._note(x, Made(LEAF, [], {}, tuple(x.shape)))
 
     def index_of(self, tensor: torch.Tensor) -> int | None:
         """The tape index of the map ``tensor`` holds now, or None."""
-        found = self._index.get(id(tensor))
-        if found is None or found[1]() is not tensor:
-            return None
-        return found[0]
+        return self._index.get(tensor)
 
     def _note(self, tensor: torch.Tensor, made: Made) -> None:
-        self._index[id(tensor)] = (len(self.made), weakref.ref(tensor))
+        self._index[tensor] = len(self.made)
         self.made.append(made)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -88,8 +85,7 @@ class Tape(TorchFunctionMode):
         if written is not None and self.index_of(written) is not None:
             # A view written in place changes the maps it shares memory with, which the walk
             # would read as they were (y after v = y[..., 1:]; v += ...).
-            held = (ref() for _, ref in list(self._index.values()))
-            for tensor in aliases(written, held):
+            for tensor in aliases(written, self._index.tensors()):
                 self._note(tensor, Made(OPAQUE, [], {}, tuple(tensor.shape)))
         return out
 

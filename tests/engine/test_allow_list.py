@@ -213,6 +213,12 @@ RELUS = {
     "x.masked_fill_(x <= 0, 0) on a copy": lambda: Op(
         lambda x: (y := x.clone()).masked_fill_(y <= 0, 0.0)
     ),
+    "torch.where(torch.greater(x, 0), x, 0)": lambda: Op(
+        lambda x: torch.where(torch.greater(x, 0), x, 0)
+    ),
+    "x.masked_fill(torch.less_equal(x, 0), 0)": lambda: Op(
+        lambda x: x.masked_fill(torch.less_equal(x, 0), 0)
+    ),
 }
 
 
@@ -947,5 +953,13 @@ def test_a_filter_zeroed_after_an_engine_was_made_is_seen_by_the_next():
     DeconvNet(model)  # a maxout over real filters is a pool
     with torch.no_grad():
         model.act1.conv.weight[6:].zero_()
+    with pytest.raises(DeconvNetError, match="amax across a map and constants"):
+        DeconvNet(model)
+    # A filter of zeros swapped in through .data: the same tensor, the same version.
+    model = _stack(Maxout)
+    DeconvNet(model)
+    zeroed = model.act1.conv.weight.detach().clone()
+    zeroed[6:] = 0
+    model.act1.conv.weight.data = zeroed
     with pytest.raises(DeconvNetError, match="amax across a map and constants"):
         DeconvNet(model)

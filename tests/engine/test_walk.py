@@ -232,3 +232,28 @@ def test_a_replaced_parameter_is_seen(resnet):
         assert not torch.allclose(after.reconstruction, before.reconstruction)
     finally:
         conv.weight = saved
+
+
+def test_weights_made_anew_at_each_pass_leave_no_kernels_behind():
+    # Weight norm recomputes each conv's weight at each forward pass: a kernel kept for each
+    # would hold a copy of the model's weights per pass.
+    model = seeded(
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3),
+            nn.ReLU(),
+        )
+    )
+    for index in (0, 3):
+        nn.utils.parametrizations.weight_norm(model[index])
+    net = GraphDeconvNet(model, input_size=(37, 41))
+    x = random_images((37, 41), seed=3)
+    first = net.project(x, "4:2")
+    kept = len(net._kernels)
+    for _ in range(3):
+        again = net.project(x, "4:2")
+        torch.testing.assert_close(again.reconstruction, first.reconstruction)
+    assert len(net._kernels) <= kept
+    _assert_reference(net, x, "4", again, "deconvnet")
