@@ -26,35 +26,26 @@ from collections.abc import Callable
 
 import torch
 
+from deconvnet.engine import names
 from deconvnet.engine.kernels import Kernels
 from deconvnet.engine.marks import Marks
-from deconvnet.engine.names import (
-    ALPHA_DROPOUTS,
-    ASSEMBLIES,
-    COPIES,
-    DIFFERENCES,
-    DROPOUTS,
-    FACTORS,
-    FILTERS,
-    MATRICES,
-    MAX_POOLS,
-    NEGATIONS,
-    PADS,
-    QUOTIENTS,
-    RECTIFIERS,
-    SUMS,
-    TRANSPOSED,
-    op_names,
-    written_in_place,
-)
+from deconvnet.engine.names import op_names, written_in_place
 
 # Ops that keep every entry where it was, so that constants stay beside the same entries.
-_ELEMENTWISE = op_names(SUMS, NEGATIONS, FACTORS, QUOTIENTS, COPIES, DROPOUTS, "batch_norm")
+_ELEMENTWISE = op_names(
+    names.SUMS,
+    names.NEGATIONS,
+    names.FACTORS,
+    names.QUOTIENTS,
+    names.COPIES,
+    names.DROPOUTS,
+    "batch_norm",
+)
 # Ops after which a map with no negative entry still has none, besides the shape ops.
-_KEEPS_SIGN = op_names(COPIES, DROPOUTS - ALPHA_DROPOUTS, MAX_POOLS)
+_KEEPS_SIGN = op_names(names.COPIES, names.DROPOUTS - names.ALPHA_DROPOUTS, names.MAX_POOLS)
 # Ops whose every output entry is a sum over many input entries: constants do not survive them,
 # but a zero filter, or a zero row of a matrix, makes some of their own.
-_MIXES = FILTERS | TRANSPOSED | MATRICES
+_MIXES = names.FILTERS | names.TRANSPOSED | names.MATRICES
 
 Dims = frozenset[int] | None  # the dimensions along which constants sit; None: any
 
@@ -140,11 +131,11 @@ class Beside:
         entry of the map reaches (a zero filter: its bias; a zero row of a matrix: 0)."""
         if out.device.type == "meta":
             return False  # no values to read: a pass for shapes alone
-        if name in FILTERS | TRANSPOSED:
+        if name in names.FILTERS | names.TRANSPOSED:
             weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
             if not isinstance(weight, torch.Tensor) or self.is_map(weight):
                 return False
-            if not self._has_zero_filter(weight, name in TRANSPOSED):
+            if not self._has_zero_filter(weight, name in names.TRANSPOSED):
                 return False
             return frozenset({out.dim() - 1 if name == "linear" else 1})
         # A generator of its own: the user's random state is not the check's to advance.
@@ -193,7 +184,7 @@ class Beside:
         tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
         held = [self.of(v) for v in tensors]
         kept = None if None in held else frozenset().union(*(h for h in held if h))
-        if name in ASSEMBLIES and isinstance(out, torch.Tensor):
+        if name in names.ASSEMBLIES and isinstance(out, torch.Tensor):
             if all(self.is_map(v) for v in tensors) and all(h is False for h in held):
                 return False
             if all(h is False for h in held) and self._below(tensors):
@@ -209,23 +200,23 @@ class Beside:
             return None  # a fixed condition choosing constants for some entries
         if name == "__setitem__" and len(args) == 3 and not all(map(self.is_map, args[::2])):
             return None
-        if name in PADS and isinstance(out, torch.Tensor):
+        if name in names.PADS and isinstance(out, torch.Tensor):
             padded = _padded(name, args, kwargs, out.dim(), self._is_nonnegative(args[0]))
             return None if kept is None else kept | padded or False
         same = len(args) == 2 and args[0] is args[1] and kwargs.get("alpha", 1) == 1
-        if name in DIFFERENCES and same:
+        if name in names.DIFFERENCES and same:
             return None  # x - x: zeros wherever a max reads them
-        if name in FACTORS and isinstance(out, torch.Tensor):
+        if name in names.FACTORS and isinstance(out, torch.Tensor):
             zeros = [_zeros_along(v, out.dim()) for v in args[:2] if not self.is_map(v)]
             if any(z is not False for z in zeros) and kept is not None:
                 return None if None in zeros else kept.union(*(z for z in zeros if z))
         if all(h is False for h in held) or treatment == "pool":
             return False  # a max consumes them, or refuses them (Check)
-        if name in SUMS and len(tensors) > 1 and all(map(self.is_map, tensors)):
+        if name in names.SUMS and len(tensors) > 1 and all(map(self.is_map, tensors)):
             # A sum of two maps hides the constants of one behind the other's entries.
             common = [frozenset(range(out.dim())) if h is None else h or frozenset() for h in held]
             return common[0].intersection(*common[1:]) or False
-        if name in _ELEMENTWISE or name in RECTIFIERS:
+        if name in _ELEMENTWISE or name in names.RECTIFIERS:
             return kept
         return None if treatment in ("shape", "linear") else False
 
