@@ -37,7 +37,7 @@ from deconvnet.analysis.readout import (
     layer_names,
 )
 from deconvnet.engine.base import Engine
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.images import IMAGENET_MEAN, IMAGENET_STD, preprocessing
 
 if TYPE_CHECKING:
@@ -219,6 +219,7 @@ def correspondence(
     """The Delta table for ``images`` (name -> RGB image) and their ``parts`` (image name ->
     {part: box}), at ``layers`` (default: ``default_layers``). ``size`` is the preprocessing
     (``deconvnet.images.preprocessing``); every image must come out the same size."""
+    repeats, seed = check_int(repeats, "repeats"), check_int(seed, "the seed")
     if repeats < 1:
         raise DeconvNetError(f"repeats must be at least 1, got {repeats}")
     names, boxes = match_parts(parts, images)
