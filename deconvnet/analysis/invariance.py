@@ -283,6 +283,8 @@ def invariance(
         raise DeconvNetError("invariance takes images of shape (N, 3, H, W)")
     check_values(kind, values, tuple(x.shape[-2:]))
     count = x.shape[0]
+    if isinstance(names, str):
+        names = [names]
     names = list(names) if names is not None else [f"image {i}" for i in range(count)]
     if len(names) != count:
         raise DeconvNetError(f"{len(names)} names for {count} images")

@@ -134,7 +134,10 @@ def penultimate(net: Engine, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def layer_names(net: Engine, layers: Sequence[str]) -> list[str]:
-    """Canonical names (``features.11`` -> ``conv5``); ``penultimate`` is checked to exist."""
+    """Canonical names (``features.11`` -> ``conv5``); ``penultimate`` is checked to exist. One
+    name given as a string is that name, not its letters."""
+    if isinstance(layers, str):
+        layers = [layers]
     names = []
     for layer in layers:
         if str(layer).strip() == PENULTIMATE:

@@ -269,3 +269,13 @@ def test_invariance_refuses_a_target_class_that_is_not_an_integer(net, target):
 def test_correspondence_refuses_numbers_of_the_wrong_kind(net, options, named):
     with pytest.raises(DeconvNetError, match=named):
         correspondence(net, {}, {}, ["conv1"], **options)
+
+
+def test_one_name_given_as_a_string_is_one_name_not_its_letters(net, checkpoints, mixed):
+    x = torch.zeros(2, 3, 64, 64)
+    result = invariance(net, x, "translate", [0, 5], "conv1", classify=False)
+    assert result.layers == ["conv1"]
+    with pytest.raises(DeconvNetError, match="names"):
+        invariance(net, x, "translate", [0, 5], ["conv1"], classify=False, names="ab")
+    one = feature_evolution(str(checkpoints[0]), mixed, "conv1", [0])
+    assert one.checkpoints == [str(checkpoints[0])] and one.layers == ["conv1"]
