@@ -551,7 +551,7 @@ def _too_big(limit: int) -> HTTPException:
 
 def _percentile(value: float) -> float:
     if not 0 < value <= 100:
-        raise DeconvNetError(f"percentile {value:g} is out of range (valid: 0 < p <= 100)")
+        raise DeconvNetError(f"percentile {value:.15g} is out of range (valid: 0 < p <= 100)")
     return value
 
 

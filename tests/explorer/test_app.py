@@ -265,6 +265,13 @@ def test_other_mistakes_are_4xx_never_500(client, uploaded):
     assert client.post("/api/images", files={"other": ("a.png", b"x")}).status_code == 400
 
 
+def test_a_percentile_just_past_100_is_named_as_given(client, uploaded):
+    # It was "percentile 100 is out of range": six digits said a valid value was refused.
+    path = f"/api/images/{uploaded['image']}/projection?layer=conv5&channel=1"
+    response = client.get(path + "&percentile=100.0000001")
+    assert response.status_code == 400 and "100.0000001" in response.json()["detail"]
+
+
 def test_uploads_over_the_limit_get_413(client):
     big = b"\xff" * 2_100_000
     assert client.post("/api/images?name=big.jpg", content=big).status_code == 413

@@ -92,11 +92,12 @@ def one_error_line(result) -> str:
     return lines[-1]
 
 
-@pytest.mark.parametrize("value", ["inf", "1e30", "4097"])
+@pytest.mark.parametrize("value", ["inf", "1e30", "4097", "4096.0000001"])
 def test_serve_refuses_an_upload_limit_past_its_bound_in_one_line(value, monkeypatch):
     # inf was an OverflowError's traceback; 1e30 MiB a limit that limits nothing.
     result, calls = serve("--max-upload-mb", value, monkeypatch=monkeypatch)
     assert "--max-upload-mb" in one_error_line(result) and "at most 4096" in result.stderr
+    assert value in result.stderr or value == "1e30"  # as given, not rounded to 6 digits
     assert calls == []
 
 
