@@ -442,6 +442,13 @@ def gallery_tile(layer: str, channel: int, serving: ServedDep) -> dict:
     found = serving.gallery.tiles(name, channel)
     if found is None:
         raise HTTPException(404, f"the gallery has no tile of {name}:{channel}")
+    if not (serving.gallery.root / found["tile"]).is_file():
+        # The manifest lists it, but the folder changed since the server read it.
+        raise HTTPException(
+            404,
+            f"the gallery's tile {found['tile']} is missing from {serving.gallery.root} "
+            "(moved or deleted since the server started?); restart the server with --gallery",
+        )
     record = next(d for d in serving.gallery.manifest["layers"] if d.get("name") == name)
     # The channel's view in the gallery's atlas (its layer's page), if that page is there.
     atlas = "page" in record and (serving.gallery.root / record["page"]).is_file()

@@ -351,6 +351,24 @@ def test_gallery_files_cannot_reach_outside_their_folder(model, tmp_path):
             assert b"outside the gallery" not in body and b"root:" not in body, path
 
 
+def test_a_tile_missing_from_the_gallery_folder_is_404_not_a_dead_link(model, tmp_path):
+    # The manifest's word was taken: a deleted or moved folder, or a tile never written, was
+    # answered 200 with a URL that then failed.
+    import shutil
+
+    from deconvnet.explorer.compute import read_gallery
+
+    folder = make_gallery_folder(tmp_path)
+    client = TestClient(create_app(Explorer(DeconvNet(model)), read_gallery(folder)))
+    assert client.get("/api/gallery/conv5/3").status_code == 200
+    listed_not_written = client.get("/api/gallery/conv5/4")  # c0004.png was never written
+    assert listed_not_written.status_code == 404
+    assert "conv5/c0004.png" in listed_not_written.json()["detail"]
+    shutil.rmtree(folder)
+    response = client.get("/api/gallery/conv5/3")
+    assert response.status_code == 404 and "conv5/c0003.png" in response.json()["detail"]
+
+
 def test_concurrent_clients_get_the_sequential_results(model):
     """Uploads (forward passes with hooks) and projections from 8 threads at once equal the
     same requests made one at a time."""

@@ -383,7 +383,10 @@ def test_serve_with_an_odd_manifest_is_one_line(tmp_path, monkeypatch):
 
 
 def test_a_good_manifest_is_served(tmp_path, explorer):
-    gallery = read_gallery(manifest_folder(tmp_path))
+    folder = manifest_folder(tmp_path)
+    (folder / "conv5").mkdir()
+    (folder / "conv5" / "c0003.png").write_bytes(b"a tile")  # what the manifest lists is there
+    gallery = read_gallery(folder)
     with TestClient(create_app(explorer, gallery)) as client:
         layers = {layer["name"]: layer for layer in client.get("/api/model").json()["layers"]}
         assert layers["conv5"]["gallery_channels"] == [3]
