@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 Box = tuple[int, int, int, int]
 REPEATS = 10
+# Each draw is a forward pass of every image for each part: more would run for days on a CPU.
+MAX_REPEATS = 1000
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,11 @@ def correspondence(
     repeats, seed = check_int(repeats, "repeats"), check_int(seed, "the seed")
     if repeats < 1:
         raise DeconvNetError(f"repeats must be at least 1, got {repeats}")
+    if repeats > MAX_REPEATS:
+        raise DeconvNetError(
+            f"repeats must be at most {MAX_REPEATS} (a forward pass of every image each), "
+            f"got {repeats}"
+        )
     names, boxes = match_parts(parts, images)
     chosen = layer_names(net, layers if layers is not None else default_layers(net))
     prepare = preprocessing(size)

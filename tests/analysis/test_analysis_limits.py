@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +270,14 @@ def test_invariance_refuses_a_target_class_that_is_not_an_integer(net, target):
 def test_correspondence_refuses_numbers_of_the_wrong_kind(net, options, named):
     with pytest.raises(DeconvNetError, match=named):
         correspondence(net, {}, {}, ["conv1"], **options)
+
+
+def test_more_repeats_than_the_bound_are_refused_before_any_work(net):
+    # Each draw is a forward pass of every image per part: 10^6 ran for days without a word.
+    start = time.perf_counter()
+    with pytest.raises(DeconvNetError, match=r"repeats must be at most 1000 \(.*\), got 1000000"):
+        correspondence(net, {}, {}, ["conv1"], repeats=10**6)
+    assert time.perf_counter() - start < 1
 
 
 def test_one_name_given_as_a_string_is_one_name_not_its_letters(net, checkpoints, mixed):
