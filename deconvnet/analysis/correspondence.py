@@ -129,7 +129,8 @@ def read_parts(path: str | os.PathLike[str]) -> dict[str, dict[str, Box]]:
     if not path.is_file():
         raise DeconvNetError(f"parts file {path}: no such file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte order mark (Windows editors write one) is not JSON.
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DeconvNetError(f"parts file {path} is not readable JSON ({error})") from None
     if not isinstance(data, dict) or not data:

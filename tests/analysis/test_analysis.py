@@ -198,6 +198,13 @@ def test_parts_files_are_checked(tmp_path):
         read_parts(path)
 
 
+def test_a_parts_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    # Windows' Notepad writes one; the file was refused as "not readable JSON".
+    path = tmp_path / "parts.json"
+    path.write_text('{"a.png": {"eye": [0, 0, 10, 10]}}', encoding="utf-8-sig")
+    assert read_parts(path) == {"a.png": {"eye": (0, 0, 10, 10)}}
+
+
 # --- feature evolution -------------------------------------------------------------------------
 
 
