@@ -43,6 +43,7 @@ from deconvnet.explorer.compute import (
     encode_maps,
     reconstruction_png,
 )
+from deconvnet.explorer.head import HeadAsGet
 from deconvnet.explorer.origin import SameOriginOnly
 from deconvnet.explorer.query import OneValueEach
 from deconvnet.figures import PERCENTILE
@@ -157,7 +158,9 @@ def create_app(
     )
     app.state.explorer = explorer
     app.state.served = Served(explorer, gallery, max_upload, _gallery_matches(explorer, gallery))
-    # The last added runs first: the Host check, the Origin check, then the query's.
+    # The last added runs first: the Host check, the Origin check, then the query's; a HEAD
+    # request is a GET from there on.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(OneValueEach)
     app.add_middleware(SameOriginOnly)
     if allowed_hosts is not None:

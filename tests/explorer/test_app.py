@@ -272,6 +272,16 @@ def test_a_percentile_just_past_100_is_named_as_given(client, uploaded):
     assert response.status_code == 400 and "100.0000001" in response.json()["detail"]
 
 
+def test_head_is_answered_as_get_without_the_body(client, uploaded):
+    # It was 405 on every route but the static files: curl -I on the page said it was not there.
+    for path in ["/", "/api/model", uploaded["url"]]:
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b"" and head.headers["content-length"] == str(len(get.content))
+        assert head.headers["content-type"] == get.headers["content-type"]
+    assert client.head("/api/images/0123456789abcdef").status_code == 404
+
+
 def test_uploads_over_the_limit_get_413(client):
     big = b"\xff" * 2_100_000
     assert client.post("/api/images?name=big.jpg", content=big).status_code == 413
