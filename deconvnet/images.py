@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2 as transforms
 
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, check_int
 
 # torchvision's ImageNet statistics, which AlexNet's and VGG's weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -85,10 +85,15 @@ def load_image(path: str | os.PathLike[str], *, draft: int | None = None) -> Ima
     Raises
     ------
     DeconvNetError
-        If the path is missing, unreadable, a directory, a named pipe, device or socket (refused
-        before opening), not an image, truncated or corrupt, a possible decompression bomb, or
-        smaller than ``MIN_SIDE`` (16) pixels on a side.
+        If ``path`` is not a str or PathLike; if the path is missing, unreadable, a directory, a
+        named pipe, device or socket (refused before opening), not an image, truncated or
+        corrupt, a possible decompression bomb, or smaller than ``MIN_SIDE`` (16) pixels on a
+        side.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise DeconvNetError(
+            f"load_image takes a file path (str or pathlib.Path), got {type(path).__name__}"
+        )
     path = Path(path)
     try:
         kind = stat.S_IFMT(os.stat(path).st_mode)
@@ -212,7 +217,7 @@ def preprocess(image: Image.Image, size: int | None = None) -> torch.Tensor:
     Parameters
     ----------
     image : PIL.Image.Image
-        An RGB image, e.g. from ``load_image``.
+        An image, e.g. from ``load_image``; any other mode is converted as ``to_rgb`` does.
     size : int | None
         As for ``preprocessing``: ``None`` for the 224x224 centre crop, else the shorter side.
 
@@ -224,11 +229,16 @@ def preprocess(image: Image.Image, size: int | None = None) -> torch.Tensor:
     Raises
     ------
     DeconvNetError
-        If ``size`` is out of range or would make the image's longer side too long
-        (``check_size``).
+        If ``image`` is not a PIL image, or ``size`` is not an integer, is out of range or would
+        make the image's longer side too long (``check_size``).
     """
+    if not isinstance(image, Image.Image):
+        raise DeconvNetError(
+            f"preprocess takes a PIL image, got {type(image).__name__}; read a file with "
+            "deconvnet.images.load_image (or PIL.Image.fromarray for an array)"
+        )
     check_size(size, image.size)
-    return preprocessing(size)(image).unsqueeze(0)
+    return preprocessing(size)(to_rgb(image)).unsqueeze(0)
 
 
 def check_size(
@@ -259,11 +269,12 @@ def check_size(
     Raises
     ------
     DeconvNetError
-        If ``size`` is outside ``MIN_SIDE..MAX_SIZE``, or the resized longer side would exceed
-        ``MAX_SIDE``; the message says the largest size that fits.
+        If ``size`` is not an integer or is outside ``MIN_SIDE..MAX_SIZE``, or the resized
+        longer side would exceed ``MAX_SIDE``; the message says the largest size that fits.
     """
     if size is None:
         return
+    size = check_int(size, option)
     if not MIN_SIDE <= size <= MAX_SIZE:
         advice = f"at least {MIN_SIDE}" if size < MIN_SIDE else f"at most {MAX_SIZE}"
         raise DeconvNetError(

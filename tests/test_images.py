@@ -469,3 +469,33 @@ def test_visualize_of_a_named_pipe_is_one_line_and_status_2(tmp_path):
         f"error: {fifo} is a named pipe (FIFO), not a regular file; expected an image file"
     ]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "CMYK", "I", "F", "1", "L"])
+def test_preprocess_takes_any_mode_as_load_image_would_read_it(mode):
+    # A PIL image a notebook made (not from load_image) was normalized as 4 or 2 channels (an
+    # error) or, in modes I, F and 1, from its raw values: pixels of 400 and more, silently.
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    assert torch.equal(preprocess(image, 32), preprocess(to_rgb(image), 32))
+
+
+@pytest.mark.parametrize(
+    "given", [np.zeros((40, 48, 3), np.uint8), torch.zeros(3, 40, 48), "photo.png"]
+)
+def test_preprocess_refuses_what_is_not_a_pil_image(given):
+    with pytest.raises(DeconvNetError, match="load_image"):
+        preprocess(given, 32)
+
+
+@pytest.mark.parametrize("size", [64.5, "64", 64.0])
+def test_a_size_that_is_not_an_integer_is_refused(size):
+    image = Image.new("RGB", (40, 48))
+    with pytest.raises(DeconvNetError, match="size must be an integer"):
+        preprocess(image, size)
+
+
+@pytest.mark.parametrize("path", [b"photo.png", 0])
+def test_load_image_refuses_what_is_not_a_path(path):
+    with pytest.raises(DeconvNetError, match="file path"):
+        load_image(path)

@@ -37,14 +37,17 @@ from deconvnet.analysis.readout import (
     layer_names,
 )
 from deconvnet.engine.base import Engine
-from deconvnet.errors import DeconvNetError
-from deconvnet.images import IMAGENET_MEAN, IMAGENET_STD, preprocessing
+from deconvnet.errors import DeconvNetError, check_int
+from deconvnet.images import IMAGENET_MEAN, IMAGENET_STD, preprocessing, to_rgb
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 Box = tuple[int, int, int, int]
+SIDES = ("top", "left", "bottom", "right")
 REPEATS = 10
+# Each draw is a forward pass of every image for each part: more would run for days on a CPU.
+MAX_REPEATS = 1000
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ def read_parts(path: str | os.PathLike[str]) -> dict[str, dict[str, Box]]:
     if not path.is_file():
         raise DeconvNetError(f"parts file {path}: no such file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte order mark (Windows editors write one) is not JSON.
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DeconvNetError(f"parts file {path} is not readable JSON ({error})") from None
     if not isinstance(data, dict) or not data:
@@ -187,7 +191,16 @@ def match_parts(
         for part in names:
             if part not in boxes:
                 raise DeconvNetError(f"the parts file has no box {part!r} for {image}")
-            top, left, bottom, right = boxes[part]
+            box = tuple(boxes[part])
+            if len(box) != 4:
+                raise DeconvNetError(
+                    f"{image}: box {part} must be [top, left, bottom, right], got {list(box)}"
+                )
+            top, left, bottom, right = (
+                check_int(v, f"{image}: box {part}'s {side}")
+                for v, side in zip(box, SIDES, strict=True)
+            )
+            boxes[part] = (top, left, bottom, right)
             width, height = picture.size
             if not (0 <= top < bottom <= height and 0 <= left < right <= width):
                 raise DeconvNetError(
@@ -216,11 +229,31 @@ def correspondence(
     size: int | None = None,
     fill: float | Sequence[float] | torch.Tensor = 0.0,
 ) -> Correspondence:
-    """The Delta table for ``images`` (name -> RGB image) and their ``parts`` (image name ->
-    {part: box}), at ``layers`` (default: ``default_layers``). ``size`` is the preprocessing
-    (``deconvnet.images.preprocessing``); every image must come out the same size."""
+    """The Delta table for ``images`` (name -> PIL image, in any mode: converted as ``to_rgb``
+    does) and their ``parts`` (image name -> {part: box}), at ``layers`` (default:
+    ``default_layers``). ``size`` is the preprocessing (``deconvnet.images.preprocessing``);
+    every image must come out the same size."""
+    repeats, seed = check_int(repeats, "repeats"), check_int(seed, "the seed")
     if repeats < 1:
         raise DeconvNetError(f"repeats must be at least 1, got {repeats}")
+    if repeats > MAX_REPEATS:
+        raise DeconvNetError(
+            f"repeats must be at most {MAX_REPEATS} (a forward pass of every image each), "
+            f"got {repeats}"
+        )
+    if not isinstance(images, Mapping):
+        raise DeconvNetError(
+            "correspondence's images must map names to PIL images, such as "
+            f"{{'dog1.jpg': load_image('dog1.jpg')}}; got {type(images).__name__}"
+        )
+    for name, image in images.items():
+        if not isinstance(image, Image.Image):
+            raise DeconvNetError(
+                f"image {name!r} is {type(image).__name__}, not a PIL image; read files with "
+                "deconvnet.images.load_image"
+            )
+    # Any mode, as load_image would have read it (transparency on white, 16 bits scaled).
+    images = {name: to_rgb(image) for name, image in images.items()}
     names, boxes = match_parts(parts, images)
     chosen = layer_names(net, layers if layers is not None else default_layers(net))
     prepare = preprocessing(size)

@@ -157,6 +157,11 @@ def feature_evolution(
         image files, or one where none of the images can be read. Unreadable files among
         readable ones are skipped, with a warning on the ``deconvnet`` logger naming them.
     """
+    # One checkpoint or layer given alone is that one, not the letters of its name.
+    if isinstance(checkpoints, str | os.PathLike):
+        checkpoints = [checkpoints]
+    if isinstance(layers, str):
+        layers = [layers]
     if not checkpoints:
         raise DeconvNetError("give at least one checkpoint")
     load = model_loader(model) if isinstance(model, str) else model

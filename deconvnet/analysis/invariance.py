@@ -35,6 +35,7 @@ from deconvnet.analysis.readout import (
     PENULTIMATE,
     check_class,
     check_classify,
+    class_indices,
     class_names,
     classifier_available,
     feature_vectors,
@@ -282,20 +283,21 @@ def invariance(
         raise DeconvNetError("invariance takes images of shape (N, 3, H, W)")
     check_values(kind, values, tuple(x.shape[-2:]))
     count = x.shape[0]
+    if isinstance(names, str):
+        names = [names]
     names = list(names) if names is not None else [f"image {i}" for i in range(count)]
     if len(names) != count:
         raise DeconvNetError(f"{len(names)} names for {count} images")
     chosen = layer_names(net, layers if layers is not None else default_layers(net))
     colour = fill_value(fill, x.shape[1])
     classify, no_classifier = check_classify(net, classify, target_class)
+    given = class_indices(target_class)
 
     with torch.no_grad():
         reference, clean = _measure(net, x, chosen, classify)
         targets = None
         if classify:
-            wanted = torch.as_tensor(
-                target_class if target_class is not None else clean.argmax(dim=1)
-            ).flatten()
+            wanted = torch.as_tensor(given if given is not None else clean.argmax(dim=1)).flatten()
             if wanted.numel() == 1:
                 wanted = wanted.expand(count)
             if wanted.numel() != count:

@@ -38,7 +38,7 @@ from deconvnet.analysis.readout import (
 from deconvnet.engine.base import Engine
 from deconvnet.engine.projection import Projection
 from deconvnet.engine.receptive_field import step
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, check_int
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -155,6 +155,11 @@ def occlusion_sensitivity(
     """
     if method not in METHODS:
         raise DeconvNetError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    patch = check_int(patch, "the occluder patch")
+    stride = check_int(stride, "the occluder stride")
+    batch_size = check_int(batch_size, "the batch size")
+    if target_class is not None:
+        target_class = check_int(target_class, "the target class")
     if batch_size < 1:
         raise DeconvNetError(f"batch size must be at least 1, got {batch_size}")
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from deconvnet.engine.base import Engine
-from deconvnet.errors import DeconvNetError
+from deconvnet.errors import DeconvNetError, check_int
 
 PENULTIMATE = "penultimate"
 
@@ -43,6 +43,8 @@ def check_classify(net: Engine, classify: bool | None, target_class) -> tuple[bo
     model has a classifier), and when it does not, why (its result's ``no_classifier``):
     ``classifier_available``'s reason, or that they were not asked for. Asking for them, or for
     a ``target_class``, without a classifier is an error that says why."""
+    if classify is not None and not isinstance(classify, bool):
+        raise DeconvNetError(f"classify must be True, False or None, got {classify!r}")
     available, why = classifier_available(net)
     if classify is None:
         classify = available
@@ -65,8 +67,20 @@ def class_names(count: int) -> list[str]:
 
 def check_class(target: int | None, count: int) -> None:
     """Raise unless ``target`` is None or a class index in ``0..count-1``."""
-    if target is not None and not 0 <= int(target) < count:
+    if target is not None and not 0 <= check_int(target, "the target class") < count:
         raise DeconvNetError(f"class {target} is out of range (valid: 0..{count - 1})")
+
+
+def class_indices(target) -> list[int] | None:
+    """``target`` (None, one class index, or one per image as a sequence, tensor or array) as a
+    list of ints; a float such as 3.7 or a bool raises ``DeconvNetError`` rather than being
+    truncated to a class the user did not name."""
+    if target is None:
+        return None
+    if hasattr(target, "tolist") and getattr(target, "ndim", 0) > 0:
+        target = target.flatten().tolist()
+    items = list(target) if isinstance(target, list | tuple) else [target]
+    return [check_int(item, "the target class") for item in items]
 
 
 def probabilities(net: Engine, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +134,10 @@ def penultimate(net: Engine, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def layer_names(net: Engine, layers: Sequence[str]) -> list[str]:
-    """Canonical names (``features.11`` -> ``conv5``); ``penultimate`` is checked to exist."""
+    """Canonical names (``features.11`` -> ``conv5``); ``penultimate`` is checked to exist. One
+    name given as a string is that name, not its letters."""
+    if isinstance(layers, str):
+        layers = [layers]
     names = []
     for layer in layers:
         if str(layer).strip() == PENULTIMATE:

@@ -287,7 +287,9 @@ def check_percentile(percentile: float) -> None:
         If it is out of range.
     """
     if not 0 < percentile <= 100:
-        raise DeconvNetError(f"--percentile {percentile:g} is out of range (valid: 0 < p <= 100)")
+        raise DeconvNetError(
+            f"--percentile {percentile:.15g} is out of range (valid: 0 < p <= 100)"
+        )
 
 
 def check_out(out: Path) -> None:

@@ -75,7 +75,7 @@ def serve(
     with reporting(quiet=True):
         if not max_upload_mb <= MAX_UPLOAD_MB:
             raise DeconvNetError(
-                f"--max-upload-mb {max_upload_mb:g} is too large (at most {MAX_UPLOAD_MB})"
+                f"--max-upload-mb {max_upload_mb:.15g} is too large (at most {MAX_UPLOAD_MB})"
             )
         uvicorn = require_server()
         explorer = build_app(

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -30,10 +30,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
-from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deconvnet.engine.rules import RULES
 from deconvnet.errors import DeconvNetError
@@ -45,6 +43,8 @@ from deconvnet.explorer.compute import (
     encode_maps,
     reconstruction_png,
 )
+from deconvnet.explorer.head import HeadAsGet
+from deconvnet.explorer.origin import SameOriginOnly
 from deconvnet.explorer.query import OneValueEach
 from deconvnet.figures import PERCENTILE
 from deconvnet.gallery.atlas import channel_page
@@ -158,7 +158,9 @@ def create_app(
     )
     app.state.explorer = explorer
     app.state.served = Served(explorer, gallery, max_upload, _gallery_matches(explorer, gallery))
-    # The last added runs first: the Host check, the Origin check, then the query's.
+    # The last added runs first: the Host check, the Origin check, then the query's; a HEAD
+    # request is a GET from there on.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(OneValueEach)
     app.add_middleware(SameOriginOnly)
     if allowed_hosts is not None:
@@ -443,6 +445,13 @@ def gallery_tile(layer: str, channel: int, serving: ServedDep) -> dict:
     found = serving.gallery.tiles(name, channel)
     if found is None:
         raise HTTPException(404, f"the gallery has no tile of {name}:{channel}")
+    if not (serving.gallery.root / found["tile"]).is_file():
+        # The manifest lists it, but the folder changed since the server read it.
+        raise HTTPException(
+            404,
+            f"the gallery's tile {found['tile']} is missing from {serving.gallery.root} "
+            "(moved or deleted since the server started?); restart the server with --gallery",
+        )
     record = next(d for d in serving.gallery.manifest["layers"] if d.get("name") == name)
     # The channel's view in the gallery's atlas (its layer's page), if that page is there.
     atlas = "page" in record and (serving.gallery.root / record["page"]).is_file()
@@ -458,64 +467,6 @@ page_routes = APIRouter(include_in_schema=False)
 @page_routes.get("/")
 def page() -> FileResponse:
     return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
-
-
-# --- the Origin check -------------------------------------------------------------------------
-
-_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
-
-
-class SameOriginOnly:
-    """ASGI middleware: refuse (403) a request that a page of another origin made.
-
-    Browsers send ``Origin`` with every cross-origin request and every POST, so a request
-    whose ``Origin`` is not this server's own scheme, host and port (the ``Host`` it was sent
-    to, so any name the server answers works for its own page) comes from another site. A
-    POST without ``Origin`` is refused too when ``Sec-Fetch-Site`` says another site sent it.
-    Requests without either header (curl, scripts) and plain navigations to the page pass.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = Headers(scope=scope)
-            origin = headers.get("origin")
-            foreign = (
-                origin is not None
-                and not _same_origin(origin, scope.get("scheme", "http"), headers.get("host", ""))
-            ) or (
-                origin is None
-                and scope["method"] not in _SAFE_METHODS
-                and headers.get("sec-fetch-site") in ("cross-site", "same-site")
-            )
-            if foreign:
-                response = JSONResponse(
-                    {"detail": f"refused: a page of another origin ({origin}) sent this request"},
-                    status_code=403,
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _same_origin(origin: str, scheme: str, host: str) -> bool:
-    """Whether ``origin`` (``scheme://host[:port]``) is this server, reached as ``host``."""
-    try:
-        parts = urlsplit(origin.strip())
-    except ValueError:
-        return False
-    if parts.scheme.lower() != scheme or not parts.netloc or parts.path not in ("", "/"):
-        return False
-    return _netloc(parts.netloc, scheme) == _netloc(host, scheme)
-
-
-def _netloc(netloc: str, scheme: str) -> str:
-    """``host:port`` in lower case, with the scheme's default port when none is given."""
-    host, port = re.fullmatch(r"(.*?)(?::(\d+))?", netloc.strip().lower()).groups()
-    return f"{host}:{port or _DEFAULT_PORTS.get(scheme, '')}"
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -551,7 +502,7 @@ def _too_big(limit: int) -> HTTPException:
 
 def _percentile(value: float) -> float:
     if not 0 < value <= 100:
-        raise DeconvNetError(f"percentile {value:g} is out of range (valid: 0 < p <= 100)")
+        raise DeconvNetError(f"percentile {value:.15g} is out of range (valid: 0 < p <= 100)")
     return value
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import zlib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -204,8 +205,10 @@ def maximize(
             f"{', '.join(PARAMETERIZATIONS)}"
         )
     rate = LEARNING_RATES[parameterization] if learning_rate is None else float(learning_rate)
-    if not rate > 0:
-        raise DeconvNetError(f"learning_rate must be positive, got {learning_rate!r}")
+    if not 0 < rate < math.inf:
+        raise DeconvNetError(
+            f"learning_rate must be a positive, finite number, got {learning_rate!r}"
+        )
     training = [name for name, m in net.model.named_modules() if m.training]
     if training:
         raise DeconvNetError(

@@ -18,7 +18,7 @@ from deconvnet import DeconvNet, DeconvNetError
 from deconvnet.analysis import correspondence, feature_evolution, invariance, read_parts
 from deconvnet.analysis.correspondence import match_parts, sign_disagreements
 from deconvnet.analysis.invariance import default_layers, steps, transform
-from deconvnet.images import IMAGENET_MEAN, preprocess, preprocessing
+from deconvnet.images import IMAGENET_MEAN, preprocess, preprocessing, to_rgb
 from deconvnet.models.loading import load_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -196,6 +196,39 @@ def test_parts_files_are_checked(tmp_path):
     path.write_text("{not json")
     with pytest.raises(DeconvNetError, match="not readable JSON"):
         read_parts(path)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "F"])
+def test_correspondence_takes_any_pil_mode_as_load_image_would_read_it(random_net, mode):
+    # A notebook's own Image.open(...) in these modes was a RuntimeError about tensor sizes.
+    images = {"a.png": picture((40, 30)), "b.png": picture((40, 30), seed=1)}
+    parts = {"a.png": {"eye": [0, 0, 10, 10]}, "b.png": {"eye": [20, 10, 30, 20]}}
+    converted = {**images, "a.png": images["a.png"].convert(mode)}
+    rgb = {**images, "a.png": to_rgb(converted["a.png"])}
+    one = correspondence(random_net, converted, parts, ["conv1"], repeats=2, size=32)
+    other = correspondence(random_net, rgb, parts, ["conv1"], repeats=2, size=32)
+    assert torch.equal(one.delta, other.delta) and torch.equal(one.random_mean, other.random_mean)
+
+
+def test_correspondence_refuses_images_and_boxes_of_the_wrong_kind(random_net):
+    images = {"a.png": picture((40, 30)), "b.png": picture((40, 30), seed=1)}
+    parts = {"a.png": {"eye": [0, 0, 10, 10]}, "b.png": {"eye": [20, 10, 30, 20]}}
+    for given, bad, message in [
+        (list(images.values()), parts, "map names to PIL images"),
+        ({**images, "a.png": np.zeros((30, 40, 3), np.uint8)}, parts, "not a PIL image"),
+        ({**images, "a.png": "a.png"}, parts, "load_image"),
+        (images, {**parts, "b.png": {"eye": (20.5, 10, 30, 20)}}, "must be an integer"),
+        (images, {**parts, "b.png": {"eye": (20, 10, 30)}}, r"\[top, left, bottom, right\]"),
+    ]:
+        with pytest.raises(DeconvNetError, match=message):
+            correspondence(random_net, given, bad, ["conv1"], repeats=1, size=32)
+
+
+def test_a_parts_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    # Windows' Notepad writes one; the file was refused as "not readable JSON".
+    path = tmp_path / "parts.json"
+    path.write_text('{"a.png": {"eye": [0, 0, 10, 10]}}', encoding="utf-8-sig")
+    assert read_parts(path) == {"a.png": {"eye": (0, 0, 10, 10)}}
 
 
 # --- feature evolution -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from helpers import one_line_error, run_command
 from PIL import Image
 
 from deconvnet import DeconvNet, load_model
+from deconvnet.analysis.correspondence import correspondence
 from deconvnet.analysis.evolution import feature_evolution
 from deconvnet.analysis.invariance import MAX_STEPS, check_values, invariance, steps, transform
 from deconvnet.analysis.occlusion import occlusion_sensitivity
@@ -230,3 +232,59 @@ def test_a_checkpoint_that_is_a_folder_says_so(tmp_path):
         read_checkpoint(tmp_path)
     with pytest.raises(DeconvNetError, match="no such file"):
         read_checkpoint(tmp_path / "missing.pth")
+
+
+# --- arguments of the wrong kind ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"patch": 32.5}, "patch"),
+        ({"patch": True}, "patch"),
+        ({"stride": "8"}, "stride"),
+        ({"batch_size": 2.5}, "batch size"),
+        ({"target_class": 3.7}, "target class"),
+        ({"target_class": True}, "target class"),
+        ({"classify": "no"}, "classify"),
+    ],
+)
+def test_occlusion_refuses_numbers_of_the_wrong_kind(net, options, named):
+    # A float class index or patch was truncated (3.7 read as class 3), a bool read as 1.
+    x = torch.zeros(1, 3, 64, 64)
+    with pytest.raises(DeconvNetError, match=named):
+        occlusion_sensitivity(net, x, "conv1", **{"patch": 32, "stride": 32, **options})
+
+
+@pytest.mark.parametrize("target", [2.5, [1.5], True])
+def test_invariance_refuses_a_target_class_that_is_not_an_integer(net, target):
+    with pytest.raises(DeconvNetError, match="target class"):
+        invariance(
+            net, torch.zeros(1, 3, 64, 64), "translate", [0, 5], ["conv1"], target_class=target
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "named"), [({"repeats": 1.5}, "repeats"), ({"seed": 0.5}, "seed")]
+)
+def test_correspondence_refuses_numbers_of_the_wrong_kind(net, options, named):
+    with pytest.raises(DeconvNetError, match=named):
+        correspondence(net, {}, {}, ["conv1"], **options)
+
+
+def test_more_repeats_than_the_bound_are_refused_before_any_work(net):
+    # Each draw is a forward pass of every image per part: 10^6 ran for days without a word.
+    start = time.perf_counter()
+    with pytest.raises(DeconvNetError, match=r"repeats must be at most 1000 \(.*\), got 1000000"):
+        correspondence(net, {}, {}, ["conv1"], repeats=10**6)
+    assert time.perf_counter() - start < 1
+
+
+def test_one_name_given_as_a_string_is_one_name_not_its_letters(net, checkpoints, mixed):
+    x = torch.zeros(2, 3, 64, 64)
+    result = invariance(net, x, "translate", [0, 5], "conv1", classify=False)
+    assert result.layers == ["conv1"]
+    with pytest.raises(DeconvNetError, match="names"):
+        invariance(net, x, "translate", [0, 5], ["conv1"], classify=False, names="ab")
+    one = feature_evolution(str(checkpoints[0]), mixed, "conv1", [0])
+    assert one.checkpoints == [str(checkpoints[0])] and one.layers == ["conv1"]

@@ -19,8 +19,10 @@ from deconvnet.cli.options import (
     LayerOption,
     Network,
     Output,
+    check_percentile,
     option_groups,
 )
+from deconvnet.errors import DeconvNetError
 
 COMMANDS = sorted(
     command.name
@@ -146,3 +148,9 @@ def test_a_group_whose_option_has_the_name_of_another_parameter_is_refused():
 
     with pytest.raises(TypeError, match="size"):
         option_groups(command)
+
+
+def test_a_percentile_just_past_100_is_named_as_given():
+    # It was "--percentile 100 is out of range": six digits said a valid value was refused.
+    with pytest.raises(DeconvNetError, match=r"--percentile 100\.0000001 is out of range"):
+        check_percentile(100.0000001)

@@ -265,6 +265,23 @@ def test_other_mistakes_are_4xx_never_500(client, uploaded):
     assert client.post("/api/images", files={"other": ("a.png", b"x")}).status_code == 400
 
 
+def test_a_percentile_just_past_100_is_named_as_given(client, uploaded):
+    # It was "percentile 100 is out of range": six digits said a valid value was refused.
+    path = f"/api/images/{uploaded['image']}/projection?layer=conv5&channel=1"
+    response = client.get(path + "&percentile=100.0000001")
+    assert response.status_code == 400 and "100.0000001" in response.json()["detail"]
+
+
+def test_head_is_answered_as_get_without_the_body(client, uploaded):
+    # It was 405 on every route but the static files: curl -I on the page said it was not there.
+    for path in ["/", "/api/model", uploaded["url"]]:
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b"" and head.headers["content-length"] == str(len(get.content))
+        assert head.headers["content-type"] == get.headers["content-type"]
+    assert client.head("/api/images/0123456789abcdef").status_code == 404
+
+
 def test_uploads_over_the_limit_get_413(client):
     big = b"\xff" * 2_100_000
     assert client.post("/api/images?name=big.jpg", content=big).status_code == 413
@@ -342,6 +359,24 @@ def test_gallery_files_cannot_reach_outside_their_folder(model, tmp_path):
             status, body = raw_get(base, path)
             assert status in (400, 404), (path, status)
             assert b"outside the gallery" not in body and b"root:" not in body, path
+
+
+def test_a_tile_missing_from_the_gallery_folder_is_404_not_a_dead_link(model, tmp_path):
+    # The manifest's word was taken: a deleted or moved folder, or a tile never written, was
+    # answered 200 with a URL that then failed.
+    import shutil
+
+    from deconvnet.explorer.compute import read_gallery
+
+    folder = make_gallery_folder(tmp_path)
+    client = TestClient(create_app(Explorer(DeconvNet(model)), read_gallery(folder)))
+    assert client.get("/api/gallery/conv5/3").status_code == 200
+    listed_not_written = client.get("/api/gallery/conv5/4")  # c0004.png was never written
+    assert listed_not_written.status_code == 404
+    assert "conv5/c0004.png" in listed_not_written.json()["detail"]
+    shutil.rmtree(folder)
+    response = client.get("/api/gallery/conv5/3")
+    assert response.status_code == 404 and "conv5/c0003.png" in response.json()["detail"]
 
 
 def test_concurrent_clients_get_the_sequential_results(model):

@@ -92,11 +92,12 @@ def one_error_line(result) -> str:
     return lines[-1]
 
 
-@pytest.mark.parametrize("value", ["inf", "1e30", "4097"])
+@pytest.mark.parametrize("value", ["inf", "1e30", "4097", "4096.0000001"])
 def test_serve_refuses_an_upload_limit_past_its_bound_in_one_line(value, monkeypatch):
     # inf was an OverflowError's traceback; 1e30 MiB a limit that limits nothing.
     result, calls = serve("--max-upload-mb", value, monkeypatch=monkeypatch)
     assert "--max-upload-mb" in one_error_line(result) and "at most 4096" in result.stderr
+    assert value in result.stderr or value == "1e30"  # as given, not rounded to 6 digits
     assert calls == []
 
 
@@ -382,7 +383,10 @@ def test_serve_with_an_odd_manifest_is_one_line(tmp_path, monkeypatch):
 
 
 def test_a_good_manifest_is_served(tmp_path, explorer):
-    gallery = read_gallery(manifest_folder(tmp_path))
+    folder = manifest_folder(tmp_path)
+    (folder / "conv5").mkdir()
+    (folder / "conv5" / "c0003.png").write_bytes(b"a tile")  # what the manifest lists is there
+    gallery = read_gallery(folder)
     with TestClient(create_app(explorer, gallery)) as client:
         layers = {layer["name"]: layer for layer in client.get("/api/model").json()["layers"]}
         assert layers["conv5"]["gallery_channels"] == [3]

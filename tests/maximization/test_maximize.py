@@ -191,6 +191,7 @@ def test_bad_targets_are_one_line_user_errors(net, targets):
         {"size": (8, 8, 8)},
         {"parameterization": "pixels"},
         {"learning_rate": -1.0},
+        {"learning_rate": float("inf")},  # was taken: every image and activation NaN
         {"batch": 0},
         {"seed": 1.5},
     ],
