@@ -32,6 +32,7 @@ from deconvnet.errors import DeconvNetError
 from deconvnet.files import cannot_write
 from deconvnet.gallery.crops import Crops
 from deconvnet.gallery.decoding import DEFAULT_WORKERS
+from deconvnet.gallery.listing import layer_folder
 from deconvnet.gallery.maximized import (
     Optimization,
     as_optimization,
@@ -41,7 +42,7 @@ from deconvnet.gallery.maximized import (
     missing,
     steps_needed,
 )
-from deconvnet.gallery.output import claim, gallery_manifest, sweep_stale
+from deconvnet.gallery.output import claim, gallery_manifest, layer_folders, sweep_stale
 from deconvnet.gallery.pages import write_gallery_files
 from deconvnet.gallery.projections import (
     GREY,
@@ -452,12 +453,7 @@ def render_gallery(
         raise DeconvNetError(f"none of the {state.listing[0]} images could be read ({first})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    previous = gallery_manifest(out) or {}
-    old_layers = {
-        layer["name"]
-        for layer in previous.get("layers", [])
-        if isinstance(layer, dict) and isinstance(layer.get("name"), str)
-    }
+    old_folders = layer_folders(gallery_manifest(out))
     cells = project_top(
         net,
         state,
@@ -480,14 +476,14 @@ def render_gallery(
         for store in cells.values():
             store.close()
     drawn = {
-        name: {
+        layer_folder(name): {
             Path(file(name, c)).name
             for c in state.channels[name]
             for file in (tile_name, maximized_name)
         }
         for name in state.layers
     }
-    sweep_stale(out, {n for n in old_layers if "/" not in n and not n.startswith(".")}, drawn)
+    sweep_stale(out, old_folders, drawn)
     skipped = [
         {"image": state.image_path(i), "reason": reason} for i, reason in state.skipped.items()
     ]

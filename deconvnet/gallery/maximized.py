@@ -24,6 +24,7 @@ from PIL import Image, PngImagePlugin
 from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.files import write_atomic
+from deconvnet.gallery.listing import layer_folder
 from deconvnet.maximization import BATCH, OPTIMIZER, SIZE, STEPS, maximize
 from deconvnet.maximization.parameterization import LEARNING_RATES
 
@@ -65,7 +66,7 @@ class Maximized:
 
 def maximized_name(layer: str, channel: int) -> str:
     """The image's path relative to the gallery, beside the channel's tile."""
-    return f"{layer}/c{channel:04d}-maximized.png"
+    return f"{layer_folder(layer)}/c{channel:04d}-maximized.png"
 
 
 def as_optimization(maximize_: bool | Optimization) -> Optimization | None:
