@@ -36,6 +36,7 @@ from deconvnet.gallery.listing import layer_folder
 from deconvnet.gallery.maximized import (
     Optimization,
     as_optimization,
+    check_optimization,
     find_maximized,
     maximize_missing,
     maximized_name,
@@ -207,10 +208,10 @@ def make_gallery(
     gallery, only the images it lacks are made.
     """
     check_rule(rule)
-    as_optimization(maximize)
+    how = as_optimization(maximize)
     out, net, layers = _start_scan(folder, layers, out, model, weights, device, resume, overwrite)
     with process_group(net.device) as (rank, world), ExitStack() as stack:
-        check_request(net, layers, channels, top, (rank, world))
+        check_optimization(net, check_request(net, layers, channels, top, (rank, world)), how)
         problem = None
         try:
             stack.enter_context(
@@ -337,7 +338,7 @@ def merge_gallery(
     unless ``overwrite``. ``maximize``: also optimize each channel's image, as
     ``render_gallery`` does (a shard's scan makes none: this is where they are made)."""
     check_rule(rule)
-    as_optimization(maximize)
+    how = as_optimization(maximize)
     if not states:
         raise DeconvNetError("nothing to merge: give the scan state file of every shard")
     merged = merge_states([ScanState.load(path) for path in states])
@@ -347,6 +348,7 @@ def merge_gallery(
     out = Path(out) if out is not None else Path(states[0]).parent
     net = load_net(model, weights, device)
     _check_weights(merged, net)
+    check_optimization(net, merged.channels, how)
     with claim(out, overwrite=overwrite, shard=None, gallery=True), _writing(out):
         logger.info("weights: %s", weights_source(net.model))
         merged.save(state_path(out))
@@ -448,6 +450,7 @@ def render_gallery(
             f"the scan is unfinished ({state.cursor} of {state.shard_size} images); resume it"
         )
     _check_weights(state, net)
+    check_optimization(net, state.channels, how)
     if state.scanned == 0:
         first = next(iter(state.skipped.values()), "")
         raise DeconvNetError(f"none of the {state.listing[0]} images could be read ({first})")
