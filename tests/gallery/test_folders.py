@@ -176,6 +176,29 @@ def test_resume_refuses_a_folder_whose_files_were_replaced(net, small, tmp_path)
         make_gallery(small, out=out, model=net, resume=True, **OPTIONS)
 
 
+def test_images_rewritten_while_the_scan_reads_the_folder_are_refused(
+    net, small, tmp_path, monkeypatch
+):
+    from deconvnet.gallery.decoding import ImageFiles
+
+    real, read = ImageFiles.__getitem__, []
+
+    def rewriting(self, i):
+        read.append(i)
+        if len(read) == 3:  # the first images are read: every file is replaced by another
+            for path in sorted(small.iterdir()):
+                shutil.copy(small / "img00.jpg" if path.name != "img00.jpg" else small
+                            / "dup-a.png", path.with_name(path.name + ".new"))  # fmt: skip
+                os.replace(path.with_name(path.name + ".new"), path)
+        return real(self, i)
+
+    monkeypatch.setattr(ImageFiles, "__getitem__", rewriting)
+    options = {**OPTIONS, "batch_size": 1}
+    with pytest.raises(DeconvNetError, match="changed while the scan read"):
+        make_gallery(small, out=tmp_path / "out", model=net, **options)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 # --- 6 and 7: earlier work is never lost or mixed in ------------------------------------------
 
 
