@@ -25,13 +25,13 @@ from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.files import write_atomic
 from deconvnet.gallery.listing import layer_folder
+from deconvnet.images import MAX_SIDE
 from deconvnet.maximization import (
     BATCH,
     MAX_STEPS,
     OPTIMIZER,
     SIZE,
     STEPS,
-    _check_size,
     check_targets,
     maximize,
 )
@@ -113,7 +113,9 @@ def check_optimization(
             f"unknown parameterization {how.parameterization!r}; choose one of "
             f"{', '.join(PARAMETERIZATIONS)}"
         )
-    size = _check_size(how.size)
+    if how.size > MAX_SIDE:  # the limit of any input; a size too small reaches no layer
+        raise DeconvNetError(f"maximize size must be at most {MAX_SIDE}, got {how.size}")
+    size = (how.size, how.size)
     training = [name for name, m in net.model.named_modules() if m.training]
     if training:
         raise DeconvNetError(
