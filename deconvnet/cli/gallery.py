@@ -140,11 +140,15 @@ def gallery(
         skipped = f", {len(state.skipped)} unreadable skipped" if state.skipped else ""
         if state.left_out:
             skipped += f", {len(state.left_out)} folders left out"
+        then = (
+            f"When every shard is done, run deconvnet gallery-merge with the {part[1]} states "
+            f"({Path(out) / f'scan-state-*-of-{part[1]}.pt'})"
+            if part[1] > 1  # a split in one is the whole scan, which the gallery goes on from
+            else "Its gallery: the same command without --shard, with --resume"
+        )
         typer.echo(
             f"shard {part[0]}/{part[1]}: {plural(state.scanned, 'image')} scanned{skipped}; "
-            "state in "
-            f"{state_path(out, part)}. When every shard is done, run deconvnet gallery-merge "
-            f"with the {part[1]} states ({Path(out) / f'scan-state-*-of-{part[1]}.pt'})"
+            f"state in {state_path(out, part)}. {then}"
         )
     elif result is not None:  # None on the other ranks of a torchrun job
         _summary(result)

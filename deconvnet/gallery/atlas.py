@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from deconvnet.gallery.listing import layer_folder
 from deconvnet.gallery.markup import href, text
 from deconvnet.gallery.tiles import TileLayout, tile_name
 
@@ -54,7 +55,7 @@ def layer_grid(
     out: Path,
 ) -> list[str]:
     """The grid of ``layer``'s channels, each a card linking to its view."""
-    here = out / layer["name"]
+    here = out / layer_folder(layer["name"])
     lines = ['<div id="grid" class="grid">']
     for channel in layer["channels"]:
         image = maximized.get(channel)
@@ -107,7 +108,7 @@ def channel_view(
 ) -> list[str]:
     """The section ``#c<channel>`` of the layer page: the channel's view. ``histogram``: the
     channel's counts of per-image maxima in equal bins from 0 to the given top."""
-    here = out / layer["name"]
+    here = out / layer_folder(layer["name"])
     name = text(layer["name"])
     channels = list(layer["channels"])
     at = channels.index(channel)

@@ -32,16 +32,18 @@ from deconvnet.errors import DeconvNetError
 from deconvnet.files import cannot_write
 from deconvnet.gallery.crops import Crops
 from deconvnet.gallery.decoding import DEFAULT_WORKERS
+from deconvnet.gallery.listing import layer_folder
 from deconvnet.gallery.maximized import (
     Optimization,
     as_optimization,
+    check_optimization,
     find_maximized,
     maximize_missing,
     maximized_name,
     missing,
     steps_needed,
 )
-from deconvnet.gallery.output import claim, gallery_manifest, sweep_stale
+from deconvnet.gallery.output import claim, gallery_manifest, layer_folders, sweep_stale
 from deconvnet.gallery.pages import write_gallery_files
 from deconvnet.gallery.projections import (
     GREY,
@@ -206,10 +208,10 @@ def make_gallery(
     gallery, only the images it lacks are made.
     """
     check_rule(rule)
-    as_optimization(maximize)
+    how = as_optimization(maximize)
     out, net, layers = _start_scan(folder, layers, out, model, weights, device, resume, overwrite)
     with process_group(net.device) as (rank, world), ExitStack() as stack:
-        check_request(net, layers, channels, top, (rank, world))
+        check_optimization(net, check_request(net, layers, channels, top, (rank, world)), how)
         problem = None
         try:
             stack.enter_context(
@@ -336,7 +338,7 @@ def merge_gallery(
     unless ``overwrite``. ``maximize``: also optimize each channel's image, as
     ``render_gallery`` does (a shard's scan makes none: this is where they are made)."""
     check_rule(rule)
-    as_optimization(maximize)
+    how = as_optimization(maximize)
     if not states:
         raise DeconvNetError("nothing to merge: give the scan state file of every shard")
     merged = merge_states([ScanState.load(path) for path in states])
@@ -346,6 +348,7 @@ def merge_gallery(
     out = Path(out) if out is not None else Path(states[0]).parent
     net = load_net(model, weights, device)
     _check_weights(merged, net)
+    check_optimization(net, merged.channels, how)
     with claim(out, overwrite=overwrite, shard=None, gallery=True), _writing(out):
         logger.info("weights: %s", weights_source(net.model))
         merged.save(state_path(out))
@@ -447,17 +450,13 @@ def render_gallery(
             f"the scan is unfinished ({state.cursor} of {state.shard_size} images); resume it"
         )
     _check_weights(state, net)
+    check_optimization(net, state.channels, how)
     if state.scanned == 0:
         first = next(iter(state.skipped.values()), "")
         raise DeconvNetError(f"none of the {state.listing[0]} images could be read ({first})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    previous = gallery_manifest(out) or {}
-    old_layers = {
-        layer["name"]
-        for layer in previous.get("layers", [])
-        if isinstance(layer, dict) and isinstance(layer.get("name"), str)
-    }
+    old_folders = layer_folders(gallery_manifest(out))
     cells = project_top(
         net,
         state,
@@ -480,14 +479,14 @@ def render_gallery(
         for store in cells.values():
             store.close()
     drawn = {
-        name: {
+        layer_folder(name): {
             Path(file(name, c)).name
             for c in state.channels[name]
             for file in (tile_name, maximized_name)
         }
         for name in state.layers
     }
-    sweep_stale(out, {n for n in old_layers if "/" not in n and not n.startswith(".")}, drawn)
+    sweep_stale(out, old_folders, drawn)
     skipped = [
         {"image": state.image_path(i), "reason": reason} for i, reason in state.skipped.items()
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,32 @@ def gallery_marker(
             pass
     states = sorted(name for name in names if _is_state_name(name))
     return f"a deconvnet scan ({states[0]})" if states else None
+
+
+# What a layer's folder name keeps as it is: characters no path or URL reads otherwise.
+_PLAIN = frozenset(string.ascii_letters + string.digits + "._-")
+# The gallery's own files beside its layer folders (``gallery.output`` describes them all).
+OWN_FILES = (GALLERY_MANIFEST, "index.html", "atlas.css", "atlas.js")
+
+
+def layer_folder(name: str) -> str:
+    """The folder of a layer's tiles, sheet, page and optimized images in its gallery.
+
+    A module's name is any string without a dot (``/abs``, ``a#b``) and a path of them may
+    spell a file of the gallery (``index.html``): so every character but ``A-Za-z0-9._-`` is
+    written ``~XX`` (its UTF-8 bytes), and so is the first where the name would begin with a dot
+    or be a file of the gallery's own. Each name has its own folder, one component inside the
+    gallery, linked without quoting; AlexNet's, VGG's and ResNet's stages keep their names.
+    """
+    folder = "".join(
+        c if c in _PLAIN else "".join(f"~{b:02X}" for b in c.encode("utf-8", "surrogateescape"))
+        for c in name
+    )
+    if not folder:
+        return "~"  # no name makes it: each ~ of the others is followed by two digits
+    if folder.startswith(".") or folder in OWN_FILES or _is_state_name(folder):
+        folder = f"~{ord(folder[0]):02X}{folder[1:]}"
+    return folder
 
 
 def _is_state_name(name: str) -> bool:
@@ -182,7 +209,7 @@ def _inside_gallery(folder: Path) -> Path | None:
         if GALLERY_FORMAT_PREFIX not in data[:4096]:
             continue
         try:
-            layers = {layer["name"] for layer in json.loads(data)["layers"]}
+            layers = {layer_folder(layer["name"]) for layer in json.loads(data)["layers"]}
         except (ValueError, KeyError, TypeError):
             continue
         if folder.relative_to(above).parts[0] in layers:

@@ -24,8 +24,19 @@ from PIL import Image, PngImagePlugin
 from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.files import write_atomic
-from deconvnet.maximization import BATCH, OPTIMIZER, SIZE, STEPS, maximize
-from deconvnet.maximization.parameterization import LEARNING_RATES
+from deconvnet.gallery.listing import layer_folder
+from deconvnet.images import MAX_SIDE
+from deconvnet.maximization import (
+    BATCH,
+    MAX_STEPS,
+    OPTIMIZER,
+    SIZE,
+    STEPS,
+    check_targets,
+    maximize,
+)
+from deconvnet.maximization.parameterization import LEARNING_RATES, PARAMETERIZATIONS
+from deconvnet.selection import Target
 
 logger = logging.getLogger("deconvnet")
 
@@ -65,7 +76,7 @@ class Maximized:
 
 def maximized_name(layer: str, channel: int) -> str:
     """The image's path relative to the gallery, beside the channel's tile."""
-    return f"{layer}/c{channel:04d}-maximized.png"
+    return f"{layer_folder(layer)}/c{channel:04d}-maximized.png"
 
 
 def as_optimization(maximize_: bool | Optimization) -> Optimization | None:
@@ -78,6 +89,40 @@ def as_optimization(maximize_: bool | Optimization) -> Optimization | None:
     if not isinstance(maximize_, bool):
         raise DeconvNetError(f"maximize is True, False or an Optimization, got {maximize_!r}")
     return Optimization() if maximize_ else None
+
+
+def check_optimization(
+    net: Engine, channels: dict[str, Sequence[int]], how: Optimization | None
+) -> None:
+    """Refuse what ``maximize`` would refuse of ``how`` for ``channels`` (layer -> channels) of
+    ``net``, before a gallery's scan rather than after it.
+
+    Raises
+    ------
+    DeconvNetError
+        For settings out of range, a model in training mode, or a layer an image of ``how.size``
+        does not reach.
+    """
+    if how is None:
+        return
+    check_int(how.seed, "seed")
+    if how.steps > MAX_STEPS:
+        raise DeconvNetError(f"maximize steps must be at most {MAX_STEPS}, got {how.steps}")
+    if how.parameterization not in PARAMETERIZATIONS:
+        raise DeconvNetError(
+            f"unknown parameterization {how.parameterization!r}; choose one of "
+            f"{', '.join(PARAMETERIZATIONS)}"
+        )
+    if how.size > MAX_SIDE:  # the limit of any input; a size too small reaches no layer
+        raise DeconvNetError(f"maximize size must be at most {MAX_SIDE}, got {how.size}")
+    size = (how.size, how.size)
+    training = [name for name, m in net.model.named_modules() if m.training]
+    if training:
+        raise DeconvNetError(
+            f"the model is in training mode ({training[0] or 'the model'}), which maximize "
+            "refuses; call model.eval() first, or leave out maximize"
+        )
+    check_targets(net, [Target(layer, numbers[0]) for layer, numbers in channels.items()], size)
 
 
 def _record(layer: str, channel: int, how: Optimization | None, weights: str) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from deconvnet.errors import DeconvNetError
 from deconvnet.files import locked, remove_temporaries, writable_folder
-from deconvnet.gallery.listing import GALLERY_FORMAT_PREFIX, GALLERY_MANIFEST
+from deconvnet.gallery.listing import GALLERY_FORMAT_PREFIX, GALLERY_MANIFEST, layer_folder
 from deconvnet.gallery.state import ScanState, state_path
 
 # A channel's tile, and its optimized image (``gallery.maximized``).
@@ -122,18 +122,27 @@ def _held(out: Path, shard: tuple[int, int] | None, gallery: bool) -> str:
     return " and ".join(found)
 
 
+def layer_folders(manifest: dict | None) -> set[str]:
+    """The layer folders a gallery's ``manifest`` names: each layer's ``layer_folder``, and
+    the folder its page is in (a gallery drawn before names were made folders), where that is
+    one component inside the gallery."""
+    folders = set()
+    for layer in (manifest or {}).get("layers", []):
+        if isinstance(layer, dict) and isinstance(layer.get("name"), str):
+            folders.add(layer_folder(layer["name"]))
+            folder, _, page = str(layer.get("page")).partition("/")
+            if page == "index.html":
+                folders.add(folder)
+    return {name for name in folders if name and "\\" not in name and not name.startswith(".")}
+
+
 def _gallery_layers(out: Path, states: list[Path]) -> set[str]:
-    """Names of the layer folders the gallery (and scans) in ``out`` may have drawn into."""
-    names = set()
-    manifest = gallery_manifest(out)
-    if manifest is not None:
-        for layer in manifest.get("layers", []):
-            if isinstance(layer, dict) and isinstance(layer.get("name"), str):
-                names.add(layer["name"])
+    """The layer folders the gallery (and scans) in ``out`` may have drawn into."""
+    folders = layer_folders(gallery_manifest(out))
     for path in states:
         with suppress(DeconvNetError):  # a damaged state is removed all the same
-            names.update(ScanState.load(path).layers)
-    return {name for name in names if name and "/" not in name and not name.startswith(".")}
+            folders.update(layer_folder(name) for name in ScanState.load(path).layers)
+    return folders
 
 
 def clear(
@@ -176,10 +185,10 @@ def sweep_layer(folder: Path, keep: set[str], keep_pages: bool = True) -> None:
         folder.rmdir()
 
 
-def sweep_stale(out: Path, old_layers: set[str], tiles: dict[str, set[str]]) -> None:
-    """After drawing ``tiles`` (layer -> tile file names): delete every other tile in those
-    layers' folders, and the folders of ``old_layers`` that this gallery no longer has."""
-    for name in old_layers | set(tiles):
+def sweep_stale(out: Path, old_folders: set[str], tiles: dict[str, set[str]]) -> None:
+    """After drawing ``tiles`` (layer folder -> tile file names): delete every other tile in
+    those folders, and the layer folders ``old_folders`` that this gallery no longer has."""
+    for name in old_folders | set(tiles):
         sweep_layer(out / name, tiles.get(name, set()), keep_pages=name in tiles)
 
 

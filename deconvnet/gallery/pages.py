@@ -11,6 +11,7 @@ from pathlib import Path
 from deconvnet.files import write_text_atomic
 from deconvnet.gallery.assets import ASSETS
 from deconvnet.gallery.atlas import channel_page, channel_view, index_json, layer_grid
+from deconvnet.gallery.listing import layer_folder
 from deconvnet.gallery.markup import href, text
 from deconvnet.gallery.maximized import Maximized
 
@@ -113,7 +114,7 @@ def layer_html(
     ``entries``: the manifest's records of this layer; ``maximized``: channel -> the manifest's
     ``{"path", "activation"}`` of its optimized image, for the channels that have one."""
     maximized = maximized or {}
-    here = out / layer["name"]
+    here = out / layer_folder(layer["name"])
     names = [item["name"] for item in layers]
     at = names.index(layer["name"])
     nav = [f'<a href="{href(out / "index.html", here)}">all layers</a>']

@@ -125,7 +125,26 @@ def scan(
                 save()
                 saved = state.cursor
     save()
+    _check_unchanged(listing, state)
     return state
+
+
+def _check_unchanged(listing: Listing, state: ScanState) -> None:
+    """The images a finished scan ranks must still be the files the listing found: one
+    rewritten after it was read would be shown by its crop beside a link to another picture."""
+    for index in state.referenced():
+        if index in state.skipped or not listing.stats:
+            continue
+        try:
+            info = os.stat(listing.path(index))
+            now = (info.st_size, info.st_mtime_ns)
+        except OSError:
+            now = None
+        if now != listing.stats[index]:
+            raise DeconvNetError(
+                f"{listing.path(index)} changed while the scan read the folder (its size or "
+                "modification time); scan again when the folder is still (--overwrite)"
+            )
 
 
 def scan_folder(

@@ -274,7 +274,7 @@ class ScanState:
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise DeconvNetError(f"not a deconvnet scan state (expected format {FORMAT})")
         layers = payload["layers"]
-        return cls(
+        state = cls(
             root=payload["root"],
             listing=(int(payload["listing"][0]), str(payload["listing"][1])),
             weights=payload["weights"],
@@ -301,6 +301,46 @@ class ScanState:
                 else None
             ),
         )
+        problem = state._inconsistency()
+        if problem:
+            raise DeconvNetError(
+                f"a damaged scan state ({problem}); delete it, or pass --overwrite, and scan again"
+            )
+        return state
+
+    def _inconsistency(self) -> str:
+        """What in a loaded state cannot be (a file edited or damaged), in words; "" if nothing:
+        checked before its counts reach a page or its indices a listing."""
+        files = self.listing[0]
+        index, count = self.shard
+        if not (files >= 0 and 1 <= self.top <= MAX_TOP and 0 <= index < count):
+            return f"{files} files, top {self.top}, shard {index}/{count}"
+        if not 0 <= self.cursor <= self.shard_size:
+            return f"cursor {self.cursor} of a shard of {self.shard_size} images"
+        if self.scanned + len(self.skipped) != self.cursor:
+            return (
+                f"{self.scanned} images read and {len(self.skipped)} skipped, but the cursor "
+                f"at {self.cursor}"
+            )
+        if any(not 0 <= i < files for i in [*self.skipped, *self.paths]):
+            return f"an image index outside the listing of {files} files"
+        for name, topk in self.layers.items():
+            channels, (height, width) = self.channels[name], self.map_sizes[name]
+            shape = (len(channels), self.top)
+            if channels != sorted(set(channels)) or any(c < 0 for c in channels):
+                return f"{name}'s channels {channels}"
+            if any(tuple(t.shape) != shape for t in (topk.values, topk.image, topk.position)):
+                return f"{name}'s top-k is not {shape[0]} channels by {shape[1]}"
+            if ((topk.image < -1) | (topk.image >= files)).any():
+                return f"{name}'s top-k names an image outside the listing of {files} files"
+            if ((topk.position < 0) | (topk.position >= height * width)).any():
+                return f"{name}'s top-k names a unit outside its {height}x{width} map"
+            if self.maxima is not None and tuple(self.maxima[name].counts.shape) != (
+                len(channels),
+                BINS,
+            ):
+                return f"{name}'s histogram of maxima is not {len(channels)} channels by {BINS}"
+        return ""
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the state atomically: a kill at any moment leaves the old file or the new one."""

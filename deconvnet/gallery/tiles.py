@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from deconvnet.engine.base import Engine
 from deconvnet.files import write_atomic
+from deconvnet.gallery.listing import layer_folder
 from deconvnet.gallery.projections import GREY, PERCENTILE, Cells
 from deconvnet.gallery.state import INPUT_SIZE, ScanState
 
@@ -78,7 +79,8 @@ def cell_scale(field: tuple[int, int]) -> int:
 
 
 def tile_name(name: str, channel: int) -> str:
-    return f"{name}/c{channel:04d}.png"
+    """A channel's tile, relative to the gallery: ``conv5/c0012.png`` (``layer_folder``)."""
+    return f"{layer_folder(name)}/c{channel:04d}.png"
 
 
 def write_layer(
@@ -115,7 +117,7 @@ def write_layer(
         while pending:
             thumbs.append(pending.popleft().result())
             advance(1)
-    sheet = f"{name}/sheet.png"
+    sheet = f"{layer_folder(name)}/sheet.png"
     save_png(out / sheet, _sheet(name, state.channels[name], thumbs, state.top))
     histogram = None if state.maxima is None else state.maxima[name]
     return {
@@ -125,7 +127,7 @@ def write_layer(
         "receptive_field": list(field),
         "cell_scale": scale,
         "sheet": sheet,
-        "page": f"{name}/index.html",
+        "page": f"{layer_folder(name)}/index.html",
         # Each channel's counts go to its own record of the manifest (one line each).
         "maxima": None
         if histogram is None

@@ -12,10 +12,11 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+import torch
 from PIL import Image
 
 import deconvnet.gallery.maximized as maximized_module
-from deconvnet import DeconvNet
+from deconvnet import DeconvNet, DeconvNetError
 from deconvnet.gallery.build import make_gallery
 from deconvnet.gallery.maximized import KEY, Optimization, maximized_name
 from deconvnet.gallery.state import BINS
@@ -258,3 +259,37 @@ def test_a_gallery_without_optimized_images_shows_each_channels_strongest_patch(
     entries = {e["channel"] for e in _manifest(out)["entries"]}
     assert page.count('class="patch"') == len(entries & {0, 1, 2, 3})
     assert "url('c0000.png')" in page or 0 not in entries
+
+
+class _Trained(torch.nn.Module):
+    """A network left in training mode, as a user's factory may return it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 5, stride=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x))
+
+
+@pytest.mark.parametrize(
+    "model, how, message",
+    [
+        ("net", Optimization(steps=2, size=64, parameterization="bogus"), "parameterization"),
+        ("net", Optimization(steps=2, size=5), "too small to reach conv1"),
+        ("net", Optimization(steps=10**9, size=64), "steps must be at most"),
+        ("net", Optimization(steps=2, size=10**6), "size must be at most"),
+        ("net", Optimization(steps=2, size=64, seed="x"), "seed must be an integer"),
+        ("net", Optimization(steps=2, size=8), "too small to reach conv5"),
+        ("trained", QUICK, "training mode"),
+    ],
+)
+def test_what_maximize_refuses_is_refused_before_the_scan(
+    net, folder, tmp_path, model, how, message
+):
+    model = net if model == "net" else DeconvNet(_Trained())
+    layers = LAYERS if model is net else ["conv"]
+    out = tmp_path / "gallery"
+    with pytest.raises(DeconvNetError, match=message):
+        make_gallery(folder, layers, "0-1", out=out, model=model, maximize=how, **OPTIONS)
+    assert not out.exists()

@@ -548,3 +548,62 @@ def test_a_gallery_of_a_layer_that_sees_the_whole_image_shows_the_whole_crop(fol
     assert len(result.entries) == 4
     with Image.open(tmp_path / "pool" / "c0001.png") as tile:
         assert min(tile.size) >= INPUT_SIZE[0]  # whole crops, not fields of 2**30 pixels
+
+
+class _Named(torch.nn.Module):
+    """Modules whose names read as paths: an absolute one, one a URL cuts at ``#``, and one
+    whose module path is a file of the gallery's own (``index.html``)."""
+
+    def __init__(self, absolute: str) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential()
+        self.body.add_module(absolute, torch.nn.Conv2d(3, 4, 5, stride=2))
+        self.body.add_module("a#b %2F", torch.nn.Conv2d(4, 4, 3))
+        self.index = torch.nn.Sequential()
+        self.index.add_module("html", torch.nn.Conv2d(4, 4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.index(torch.relu(self.body(x)))
+
+
+def test_layer_names_that_read_as_paths_stay_one_folder_inside_the_gallery(folder, tmp_path):
+    outside = tmp_path / "outside"
+    assert "." not in str(outside)  # a module's name cannot hold a dot
+    torch.manual_seed(0)
+    net = DeconvNet(_Named(str(outside)).eval())
+    layers = [f"body.{outside}", "body.a#b %2F", "index.html"]
+    out = tmp_path / "gallery"
+    make_gallery(folder, layers, "0-1", top=2, out=out, model=net, workers=0, progress=False)
+    assert not outside.exists()
+    manifest = _manifest(out)
+    assert (out / "index.html").is_file()
+    index = json.loads(
+        (out / "index.html").read_text().split('type="application/json">')[1].split("</script>")[0]
+    )
+    folders = set()
+    for layer, listed in zip(manifest["layers"], index["layers"], strict=True):
+        page = out / layer["page"]
+        assert page.is_file() and page.parent.parent == out, layer["page"]
+        folders.add(page.parent.name)
+        for key in ("sheet",):
+            assert (out / layer[key]).parent == page.parent
+        # The search's script joins the page to the root as it is: it must be its URL.
+        assert unquote(listed["page"]) == layer["page"] and "#" not in listed["page"]
+    assert len(folders) == 3
+    for entry in manifest["entries"]:
+        assert (out / entry["tile"]).parent.parent == out
+    # Overwriting the gallery deletes every file it made, in those folders too.
+    make_gallery(
+        folder,
+        ["index.html"],
+        0,
+        top=2,
+        out=out,
+        model=net,
+        workers=0,
+        overwrite=True,
+        progress=False,
+    )
+    assert {p.name for p in out.iterdir() if p.is_dir()} == {
+        Path(_manifest(out)["layers"][0]["page"]).parent.name
+    }

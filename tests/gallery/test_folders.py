@@ -176,6 +176,29 @@ def test_resume_refuses_a_folder_whose_files_were_replaced(net, small, tmp_path)
         make_gallery(small, out=out, model=net, resume=True, **OPTIONS)
 
 
+def test_images_rewritten_while_the_scan_reads_the_folder_are_refused(
+    net, small, tmp_path, monkeypatch
+):
+    from deconvnet.gallery.decoding import ImageFiles
+
+    real, read = ImageFiles.__getitem__, []
+
+    def rewriting(self, i):
+        read.append(i)
+        if len(read) == 3:  # the first images are read: every file is replaced by another
+            for path in sorted(small.iterdir()):
+                shutil.copy(small / "img00.jpg" if path.name != "img00.jpg" else small
+                            / "dup-a.png", path.with_name(path.name + ".new"))  # fmt: skip
+                os.replace(path.with_name(path.name + ".new"), path)
+        return real(self, i)
+
+    monkeypatch.setattr(ImageFiles, "__getitem__", rewriting)
+    options = {**OPTIONS, "batch_size": 1}
+    with pytest.raises(DeconvNetError, match="changed while the scan read"):
+        make_gallery(small, out=tmp_path / "out", model=net, **options)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 # --- 6 and 7: earlier work is never lost or mixed in ------------------------------------------
 
 
@@ -517,3 +540,24 @@ def test_gallery_takes_random_weights_and_says_which_weights_it_used(cli, small,
     assert result.exit_code == 0 and f"weights: {weights}" in result.stderr
     assert json.loads((tmp_path / "f" / "manifest.json").read_text())["weights"] == str(weights)
     _one_line_error(cli("gallery", small, "--out", tmp_path / "x", "--layers", ","), "no layer")
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_shards_report_says_how_to_make_the_gallery(cli, small, weights, tmp_path, count):
+    out = tmp_path / "out"
+    args = ["--weights", weights, "--layers", "conv1", "--channels", "0", "--top", "1"]
+    args += ["--workers", "0", "--no-progress"]
+    for index in range(count):
+        result = cli("gallery", small, "--out", out, "--shard", f"{index}/{count}", *args)
+        assert result.exit_code == 0, result.output
+    if count > 1:
+        pattern = result.stdout.rsplit("(", 1)[1].split(")")[0]
+        states = sorted(out.glob(Path(pattern).name))
+        assert states == sorted(out.glob("scan-state*.pt")) and len(states) == count, pattern
+        made = cli(
+            "gallery-merge", *states, "--weights", weights, "--workers", "0", "--no-progress"
+        )
+    else:
+        assert "without --shard, with --resume" in result.stdout, result.stdout
+        made = cli("gallery", small, "--out", out, "--resume", *args)
+    assert made.exit_code == 0 and (out / "manifest.json").is_file(), made.output

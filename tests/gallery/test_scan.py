@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -399,3 +400,28 @@ def test_bad_options_are_errors_before_any_work(net, folder, tmp_path):
             scan_folder(net, folder, out=tmp_path, progress=False, **kwargs)
     with pytest.raises(DeconvNetError, match="batch size"):
         scan_folder(net, folder, ["conv1"], out=tmp_path, batch_size=0, progress=False)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda p: p.update(cursor=-3),  # would scan only the last images, then call it unfinished
+        lambda p: p.update(cursor=p["cursor"] + 1),
+        lambda p: p.update(scanned=10**6),  # a gallery of "1000000 images scanned"
+        lambda p: p.update(skipped=[[10**6, "gone"]]),
+        lambda p: p.update(paths=[[-5, "x.png"]]),
+        lambda p: p["layers"]["conv2"]["image"].__setitem__((0, 0), 10**6),
+        lambda p: p["layers"]["conv2"]["position"].__setitem__((0, 0), -1),
+        lambda p: p["layers"]["conv2"].update(values=torch.zeros(2, 2)),
+        lambda p: p["layers"]["conv2"].update(maxima=torch.zeros(3, 3, dtype=torch.long)),
+        lambda p: p["layers"]["conv2"].update(channels=torch.tensor([3, 1])),
+        lambda p: p.update(top=0),
+        lambda p: p.update(shard=[2, 2]),
+    ],
+)
+def test_an_edited_scan_state_is_refused_as_damaged(reference, tmp_path, edit):
+    payload = copy.deepcopy(reference.to_payload())  # the payload holds the state's tensors
+    edit(payload)
+    torch.save(payload, tmp_path / "s.pt")
+    with pytest.raises(DeconvNetError, match="damaged scan state"):
+        ScanState.load(tmp_path / "s.pt")
