@@ -249,7 +249,9 @@ def check_size(
     option: str = "size",
 ) -> None:
     """Refuse a preprocessing ``size`` (the shorter side after resizing) that is out of range,
-    or that would stretch an image of ``image`` = ``(W, H)`` pixels past ``MAX_SIDE``.
+    or that would stretch an image of ``image`` = ``(W, H)`` pixels past ``MAX_SIDE``: the
+    default's resize too (shorter side 256, before its crop), so that a strip of 100000x16
+    pixels is refused rather than resized to 1600000x256 (1.2 GB, minutes) for a 224 crop.
 
     One check for every place an image is resized to a size a user chose (``visualize``,
     ``serve``, the analyses), so that all of them refuse the same inputs with the same words.
@@ -257,8 +259,7 @@ def check_size(
     Parameters
     ----------
     size
-        The shorter side in pixels, or None for the default (shorter side 256, crop 224),
-        which is always accepted.
+        The shorter side in pixels, or None for the default (shorter side 256, crop 224).
     image
         The image's ``(W, H)`` (PIL's ``Image.size``); None checks ``size`` alone.
     name
@@ -270,9 +271,12 @@ def check_size(
     ------
     DeconvNetError
         If ``size`` is not an integer or is outside ``MIN_SIDE..MAX_SIZE``, or the resized
-        longer side would exceed ``MAX_SIDE``; the message says the largest size that fits.
+        longer side would exceed ``MAX_SIDE``; the message says the largest size that fits, or
+        for the default how long the image may be.
     """
     if size is None:
+        if image is not None:
+            _check_default_resize(image, name)
         return
     size = check_int(size, option)
     if not MIN_SIDE <= size <= MAX_SIZE:
@@ -291,6 +295,19 @@ def check_size(
             f"{name} is {width}x{height} pixels: with {option} {size} its longer side would be "
             f"{longer}, over the limit of {MAX_SIDE}; use {option} "
             f"{max(MIN_SIDE, MAX_SIDE * short // long)} or less"
+        )
+
+
+def _check_default_resize(image: tuple[int, int], name: str) -> None:
+    width, height = image
+    short, long = sorted((width, height))
+    resize = preprocessing().resize_size[0]
+    longer = round(long * resize / short)
+    if longer > MAX_SIDE:
+        raise DeconvNetError(
+            f"{name} is {width}x{height} pixels: resized to {resize} on its shorter side for the "
+            f"centre crop, its longer side would be {longer}, over the limit of {MAX_SIDE}; crop "
+            f"it to at most {MAX_SIDE * short // resize} pixels on its longer side"
         )
 
 

@@ -253,6 +253,15 @@ def test_a_size_below_the_minimum_raises():
         preprocess(Image.fromarray(_pixels()), size=MIN_SIDE - 1)
 
 
+def test_the_default_crop_refuses_an_image_its_resize_would_stretch_past_the_limit():
+    # Shorter side 256 for the 224 crop: 100 pixels high, at most 1600 wide (longer side 4096).
+    assert preprocess(Image.new("RGB", (1600, 100))).shape == (1, 3, 224, 224)
+    with pytest.raises(DeconvNetError, match=r"1601x100 pixels: .* would be 4099, over the limit"):
+        preprocess(Image.new("RGB", (1601, 100)))
+    with pytest.raises(DeconvNetError, match="at most 256 pixels on its longer side"):
+        preprocess(Image.new("RGB", (16, 100_000)))
+
+
 def test_unnormalize_inverts_the_normalization():
     pixels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)

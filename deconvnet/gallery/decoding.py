@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
 
 from deconvnet.errors import DeconvNetError
-from deconvnet.images import load_image, preprocessing
+from deconvnet.images import check_size, load_image, preprocessing
 
 
 def _cores() -> int:
@@ -76,7 +76,9 @@ class Preprocessing:
 
     def load(self, path: str | os.PathLike[str]) -> torch.Tensor:
         """Read and crop one image file: ``(H, W, 3)`` uint8 pixels."""
-        return self.crop(load_image(path, draft=self.resize_size[0] if self.fast else None))
+        image = load_image(path, draft=self.resize_size[0] if self.fast else None)
+        check_size(None, image.size, name=str(path))
+        return self.crop(image)
 
     def crop(self, image) -> torch.Tensor:
         """An RGB ``PIL.Image`` as its resized, centre-cropped ``(H, W, 3)`` uint8 pixels."""

@@ -216,6 +216,18 @@ def test_a_named_pipe_in_a_folder_is_skipped_with_its_reason(folder, tmp_path):
     ]
 
 
+def test_a_strip_the_crop_would_stretch_past_the_limit_is_skipped_with_its_reason(tmp_path):
+    # 100000x16 pixels, a few kB: resized to 256 high for the crop it would be 1.2 GB.
+    Image.new("RGB", (100_000, 16), (120, 30, 200)).save(tmp_path / "strip.png")
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(tmp_path / "photo.png")
+    for fast in (False, True):
+        files = ImageFiles(str(tmp_path), [(0, "strip.png"), (1, "photo.png")], fast=fast)
+        index, pixels, reason = files[0]
+        assert index == 0 and pixels is None
+        assert "100000x16 pixels" in reason and "over the limit of 4096" in reason
+        assert files[1][1].shape == (224, 224, 3)
+
+
 # --- exact decoding is torchvision's ----------------------------------------------------------
 
 
