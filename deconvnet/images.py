@@ -274,41 +274,33 @@ def check_size(
         longer side would exceed ``MAX_SIDE``; the message says the largest size that fits, or
         for the default how long the image may be.
     """
-    if size is None:
-        if image is not None:
-            _check_default_resize(image, name)
-        return
-    size = check_int(size, option)
-    if not MIN_SIDE <= size <= MAX_SIZE:
-        advice = f"at least {MIN_SIDE}" if size < MIN_SIDE else f"at most {MAX_SIZE}"
-        raise DeconvNetError(
-            f"{option} {size} is out of range (valid: {MIN_SIDE}..{MAX_SIZE} pixels for the "
-            f"shorter side); use {advice}"
-        )
+    if size is not None:
+        size = check_int(size, option)
+        if not MIN_SIDE <= size <= MAX_SIZE:
+            advice = f"at least {MIN_SIDE}" if size < MIN_SIDE else f"at most {MAX_SIZE}"
+            raise DeconvNetError(
+                f"{option} {size} is out of range (valid: {MIN_SIDE}..{MAX_SIZE} pixels for the "
+                f"shorter side); use {advice}"
+            )
     if image is None:
         return
     width, height = image
     short, long = sorted((width, height))
-    longer = round(long * size / short)
-    if longer > MAX_SIDE:
-        raise DeconvNetError(
-            f"{name} is {width}x{height} pixels: with {option} {size} its longer side would be "
-            f"{longer}, over the limit of {MAX_SIDE}; use {option} "
-            f"{max(MIN_SIDE, MAX_SIDE * short // long)} or less"
-        )
-
-
-def _check_default_resize(image: tuple[int, int], name: str) -> None:
-    width, height = image
-    short, long = sorted((width, height))
-    resize = preprocessing().resize_size[0]
+    resize = preprocessing().resize_size[0] if size is None else size
     longer = round(long * resize / short)
-    if longer > MAX_SIDE:
+    if longer <= MAX_SIDE:
+        return
+    if size is None:
         raise DeconvNetError(
             f"{name} is {width}x{height} pixels: resized to {resize} on its shorter side for the "
             f"centre crop, its longer side would be {longer}, over the limit of {MAX_SIDE}; crop "
             f"it to at most {MAX_SIDE * short // resize} pixels on its longer side"
         )
+    raise DeconvNetError(
+        f"{name} is {width}x{height} pixels: with {option} {size} its longer side would be "
+        f"{longer}, over the limit of {MAX_SIDE}; use {option} "
+        f"{max(MIN_SIDE, MAX_SIDE * short // long)} or less"
+    )
 
 
 def unnormalize(x: torch.Tensor) -> torch.Tensor:

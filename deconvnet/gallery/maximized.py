@@ -25,17 +25,15 @@ from deconvnet.engine.base import Engine
 from deconvnet.errors import DeconvNetError, check_int
 from deconvnet.files import write_atomic
 from deconvnet.gallery.listing import layer_folder
-from deconvnet.images import MAX_SIDE
 from deconvnet.maximization import (
     BATCH,
-    MAX_STEPS,
     OPTIMIZER,
     SIZE,
     STEPS,
-    check_targets,
+    check_settings,
     maximize,
 )
-from deconvnet.maximization.parameterization import LEARNING_RATES, PARAMETERIZATIONS
+from deconvnet.maximization.parameterization import LEARNING_RATES
 from deconvnet.selection import Target
 
 logger = logging.getLogger("deconvnet")
@@ -105,24 +103,10 @@ def check_optimization(
     """
     if how is None:
         return
-    check_int(how.seed, "seed")
-    if how.steps > MAX_STEPS:
-        raise DeconvNetError(f"maximize steps must be at most {MAX_STEPS}, got {how.steps}")
-    if how.parameterization not in PARAMETERIZATIONS:
-        raise DeconvNetError(
-            f"unknown parameterization {how.parameterization!r}; choose one of "
-            f"{', '.join(PARAMETERIZATIONS)}"
-        )
-    if how.size > MAX_SIDE:  # the limit of any input; a size too small reaches no layer
-        raise DeconvNetError(f"maximize size must be at most {MAX_SIDE}, got {how.size}")
-    size = (how.size, how.size)
-    training = [name for name, m in net.model.named_modules() if m.training]
-    if training:
-        raise DeconvNetError(
-            f"the model is in training mode ({training[0] or 'the model'}), which maximize "
-            "refuses; call model.eval() first, or leave out maximize"
-        )
-    check_targets(net, [Target(layer, numbers[0]) for layer, numbers in channels.items()], size)
+    targets = [Target(layer, numbers[0]) for layer, numbers in channels.items()]
+    check_settings(
+        net, targets, how.steps, how.size, how.seed, how.parameterization, None, how.batch
+    )
 
 
 def _record(layer: str, channel: int, how: Optimization | None, weights: str) -> dict:

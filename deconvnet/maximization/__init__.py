@@ -189,33 +189,9 @@ def maximize(
     if isinstance(targets, str | Target):
         targets = [targets]
     targets = tuple(Target.parse(t) for t in targets)
-    if not targets:
-        raise DeconvNetError("no targets: give one such as 'conv5:12', or a list of them")
-    steps = check_int(steps, "steps")
-    batch = check_int(batch, "batch")
-    seed = check_int(seed, "seed")
-    if steps < 1 or batch < 1:
-        raise DeconvNetError(f"steps and batch must be at least 1, got {steps} and {batch}")
-    if steps > MAX_STEPS:
-        raise DeconvNetError(f"steps must be at most {MAX_STEPS}, got {steps}")
-    size = _check_size(size)
-    if parameterization not in PARAMETERIZATIONS:
-        raise DeconvNetError(
-            f"unknown parameterization {parameterization!r}; choose one of "
-            f"{', '.join(PARAMETERIZATIONS)}"
-        )
-    rate = LEARNING_RATES[parameterization] if learning_rate is None else float(learning_rate)
-    if not 0 < rate < math.inf:
-        raise DeconvNetError(
-            f"learning_rate must be a positive, finite number, got {learning_rate!r}"
-        )
-    training = [name for name, m in net.model.named_modules() if m.training]
-    if training:
-        raise DeconvNetError(
-            f"the model is in training mode ({training[0] or 'the model'}); call model.eval() "
-            "first (deconvnet never changes your model)"
-        )
-    check_targets(net, targets, size)
+    steps, size, seed, rate, batch = check_settings(
+        net, targets, steps, size, seed, parameterization, learning_rate, batch
+    )
 
     # One batch per chunk of targets of one layer; the results go back in the given order.
     by_layer: dict[str, list[int]] = {}
@@ -315,6 +291,61 @@ def target_generator(target: Target, seed: int) -> torch.Generator:
     target itself, so it does not depend on the other targets."""
     key = zlib.crc32(f"{seed}/{target}".encode())
     return torch.Generator().manual_seed(key)
+
+
+def check_settings(
+    net: Engine,
+    targets: Sequence[Target],
+    steps: int,
+    size: int | tuple[int, int],
+    seed: int,
+    parameterization: str,
+    learning_rate: float | None,
+    batch: int,
+) -> tuple[int, tuple[int, int], int, float, int]:
+    """Refuse what ``maximize`` refuses, before its first step (or a gallery's scan): the
+    parameters are ``maximize``'s.
+
+    Returns
+    -------
+    tuple
+        ``(steps, (H, W), seed, learning rate, batch)``, checked.
+
+    Raises
+    ------
+    DeconvNetError
+        For no targets, a target ``check_targets`` refuses (an image of ``size`` that does not
+        reach its layer), numbers out of range, an unknown parameterization, a model in
+        training mode.
+    """
+    if not targets:
+        raise DeconvNetError("no targets: give one such as 'conv5:12', or a list of them")
+    steps = check_int(steps, "steps")
+    batch = check_int(batch, "batch")
+    seed = check_int(seed, "seed")
+    if steps < 1 or batch < 1:
+        raise DeconvNetError(f"steps and batch must be at least 1, got {steps} and {batch}")
+    if steps > MAX_STEPS:
+        raise DeconvNetError(f"steps must be at most {MAX_STEPS}, got {steps}")
+    size = _check_size(size)
+    if parameterization not in PARAMETERIZATIONS:
+        raise DeconvNetError(
+            f"unknown parameterization {parameterization!r}; choose one of "
+            f"{', '.join(PARAMETERIZATIONS)}"
+        )
+    rate = LEARNING_RATES[parameterization] if learning_rate is None else float(learning_rate)
+    if not 0 < rate < math.inf:
+        raise DeconvNetError(
+            f"learning_rate must be a positive, finite number, got {learning_rate!r}"
+        )
+    training = [name for name, m in net.model.named_modules() if m.training]
+    if training:
+        raise DeconvNetError(
+            f"the model is in training mode ({training[0] or 'the model'}); call model.eval() "
+            "first (deconvnet never changes your model)"
+        )
+    check_targets(net, targets, size)
+    return steps, size, seed, rate, batch
 
 
 def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -276,9 +276,9 @@ class _Trained(torch.nn.Module):
     "model, how, message",
     [
         ("net", Optimization(steps=2, size=64, parameterization="bogus"), "parameterization"),
-        ("net", Optimization(steps=2, size=5), "too small to reach conv1"),
+        ("net", Optimization(steps=2, size=5), "size must be at least 8 pixels"),
         ("net", Optimization(steps=10**9, size=64), "steps must be at most"),
-        ("net", Optimization(steps=2, size=10**6), "size must be at most"),
+        ("net", Optimization(steps=2, size=10**6), "too large \\(at most 4096 pixels"),
         ("net", Optimization(steps=2, size=64, seed="x"), "seed must be an integer"),
         ("net", Optimization(steps=2, size=8), "too small to reach conv5"),
         ("trained", QUICK, "training mode"),
