@@ -120,6 +120,14 @@ def channel_view(
     if at + 1 < len(channels):
         nav.append(f'<a href="#{channel_anchor(channels[at + 1])}">next: {channels[at + 1]}</a>')
     tile = href(out / tile_name(layer["name"], channel), here)
+    if entries:
+        shown = (
+            f"The {len(entries)} strongest activations, one per image, best first: projections "
+            "on the left (mid-grey is zero), their receptive fields in the 224x224 crop on the "
+            "right."
+        )
+    else:
+        shown = f"No image of the {scanned} scanned made this channel fire: nothing to project."
     lines = [
         f'<section class="channel" id="{channel_anchor(channel)}">',
         f"<nav>{' | '.join(nav)}</nav>",
@@ -128,9 +136,7 @@ def channel_view(
         '<figure class="panel">',
         f'<img class="tile" src="{tile}" loading="lazy" alt="{name} channel {channel}: top '
         f'activations">',
-        f"<figcaption>The {len(entries)} strongest activations, one per image, best first: "
-        "projections on the left (mid-grey is zero), their receptive fields in the 224x224 crop "
-        "on the right.</figcaption>",
+        f"<figcaption>{shown}</figcaption>",
         "</figure>",
         "</div>",
         '<div class="row">',
@@ -143,6 +149,13 @@ def channel_view(
             f"<figcaption>Optimized to drive the channel's mean hardest; it reaches "
             f"{maximized['activation']:.4g}.</figcaption>",
         ]
+        if maximized["activation"] == 0:
+            # maximize says so in its log; the page is what a reader of the atlas sees.
+            lines[-1] = (
+                "<figcaption>Optimized to drive the channel's mean hardest, it stays at 0: the "
+                "unit never fired, and the image shows what raises the value before its "
+                "rectifier, not an image the unit responds to.</figcaption>"
+            )
     else:
         lines.append(
             "<figcaption>No optimized image: make it with <code>deconvnet gallery ... --resume "

@@ -17,6 +17,7 @@ from PIL import Image
 
 import deconvnet.gallery.maximized as maximized_module
 from deconvnet import DeconvNet, DeconvNetError
+from deconvnet.gallery.atlas import channel_view
 from deconvnet.gallery.build import make_gallery
 from deconvnet.gallery.maximized import KEY, Optimization, maximized_name
 from deconvnet.gallery.state import BINS
@@ -293,3 +294,14 @@ def test_what_maximize_refuses_is_refused_before_the_scan(
     with pytest.raises(DeconvNetError, match=message):
         make_gallery(folder, layers, "0-1", out=out, model=model, maximize=how, **OPTIONS)
     assert not out.exists()
+
+
+def test_a_channel_that_never_fired_says_so_in_its_view(tmp_path):
+    layer = {"name": "conv5", "channels": [3], "receptive_field": [163, 163]}
+    maximized = {"path": "conv5/c0003-maximized.png", "activation": 0.0}
+    view = "".join(channel_view(layer, 3, [], maximized, 1.0, 40, tmp_path))
+    assert "No image of the 40 scanned made this channel fire" in view
+    assert "The 0 strongest" not in view
+    assert "it stays at 0: the unit never fired" in view
+    fired = {"path": "conv5/c0003-maximized.png", "activation": 2.5}
+    assert "it reaches 2.5." in "".join(channel_view(layer, 3, [], fired, 1.0, 40, tmp_path))
