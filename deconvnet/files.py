@@ -97,6 +97,11 @@ def writable_folder(folder: str | os.PathLike[str], option: str = "--out") -> bo
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise DeconvNetError(f"{option} {folder} is a file, not a folder; give a folder")
+    if folder.is_symlink() and not folder.exists():
+        raise DeconvNetError(
+            f"{option} {folder} is a link to {os.readlink(folder)}, which does not exist; make "
+            "that folder, or give another"
+        )
     for parent in folder.parents:
         if parent.exists() and not parent.is_dir():
             raise DeconvNetError(f"{option} {folder} cannot be made: {parent} is a file")
