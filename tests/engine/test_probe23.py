@@ -1,0 +1,114 @@
+"""Cases a hostile probe of the engines found, each answered correctly (against the autograd
+oracle, ``helpers.reference_projection``) or refused with a one-line DeconvNetError.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import Moved, autograd_projection, check_against_reference
+from torch import nn
+
+from deconvnet import DeconvNet
+from deconvnet.engine.rules import RULES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+aten = torch.ops.aten
+
+
+def _images(size: tuple[int, int] = (17, 23), seed: int = 0, count: int = 2) -> torch.Tensor:
+    return torch.randn(count, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def _moved(move, seed: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return Moved(move).eval()
+
+
+# Channels of Moved's r2 that fire on _images() with seed 3.
+TARGETS = ["r2:0", "r2:2", "r2:4"]
+
+
+# --- weights written behind autograd's back, between two projections ---------------------------
+
+
+class Strided(nn.Module):
+    """A strided conv, BatchNorm, a 1x1 conv: every kernel the walk keeps between passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 5, stride=2, padding=2)
+        self.bn = nn.BatchNorm2d(6)
+        self.r1 = nn.ReLU()
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.c2 = nn.Conv2d(6, 6, 1)
+        self.r2 = nn.ReLU()
+
+    def forward(self, x):
+        return self.r2(self.c2(self.pool(self.r1(self.bn(self.c1(x))))))
+
+
+def _strided() -> nn.Module:
+    torch.manual_seed(0)
+    model = Strided().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2)
+    return model
+
+
+WRITES = {
+    "conv weight .data": lambda m: m.c1.weight.data.mul_(-1.5),
+    "1x1 conv weight .data": lambda m: m.c2.weight.data.mul_(-1.5),
+    "BatchNorm weight .data": lambda m: m.bn.weight.data.mul_(1.7),
+    "BatchNorm variance .data": lambda m: m.bn.running_var.data.mul_(0.25),
+    "conv weight through numpy": lambda m: m.c1.weight.detach().numpy().__imul__(-1.5),
+}
+
+
+@pytest.mark.parametrize("name", WRITES)
+def test_kernels_follow_weights_written_behind_autograds_back(name):
+    model, x = _strided(), _images((33, 35))
+    net = DeconvNet(model)
+    for target in ("r2:0", "r2:2"):
+        net.project(x, target)
+    WRITES[name](model)
+    check_against_reference(model, net, x, ["r2:2"])
+
+
+def _plain() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 5, stride=2, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(6, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+    ).eval()
+
+
+@pytest.mark.parametrize("write", ["data", "numpy"])
+def test_the_plain_engines_kernels_follow_weights_written_behind_autograds_back(write):
+    model, x = _plain(), _images((40, 44))
+    net = DeconvNet(model)
+    net.project(x, "conv2:2")
+    weight = model[0].weight
+    if write == "data":
+        weight.data.mul_(-1.5)
+    else:
+        weight.detach().numpy().__imul__(-1.5)
+    for rule in RULES:
+        result = net.project(x, "conv2:2", rule)
+        expected = autograd_projection(
+            model,
+            x,
+            net.layer("conv2").index,
+            result.image_index,
+            result.channel,
+            result.position,
+            result.activation,
+            rule,
+        )
+        error = (result.reconstruction - expected).abs().max() / expected.abs().max()
+        assert error < 1e-5, f"{rule}: relative error {error:.2e}"
