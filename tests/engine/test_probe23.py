@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import Moved, autograd_projection, check_against_reference
 from torch import nn
 
-from deconvnet import DeconvNet
+from deconvnet import DeconvNet, DeconvNetError
 from deconvnet.engine.rules import RULES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,3 +113,48 @@ def test_the_plain_engines_kernels_follow_weights_written_behind_autograds_back(
         )
         error = (result.reconstruction - expected).abs().max() / expected.abs().max()
         assert error < 1e-5, f"{rule}: relative error {error:.2e}"
+
+
+# --- constants beside a map, kept by a pool along other dimensions ------------------------------
+
+
+def _halves(y):
+    return y.view(y.shape[0], 2, y.shape[1] // 2, *y.shape[2:])
+
+
+POOLED_BESIDE_CONSTANTS = {
+    "max_pool2d of kernel 1": lambda x: _halves(
+        F.max_pool2d(torch.cat([x - 0.3, torch.zeros_like(x)], 1), 1)
+    ).amax(1),
+    "max_pool2d of kernel 2": lambda x: _halves(
+        F.max_pool2d(torch.cat([x - 0.3, torch.zeros_like(x)], 1), 2)
+    ).amax(1),
+    "adaptive_max_pool2d": lambda x: _halves(
+        F.adaptive_max_pool2d(torch.cat([x - 0.3, torch.zeros_like(x)], 1), (5, 7))
+    ).amax(1),
+    "amax over the columns, kept": lambda x: _halves(
+        torch.cat([x - 0.3, torch.zeros_like(x)], 1).amax(3, keepdim=True)
+    ).amax(1),
+    "amax over the columns, dropped": lambda x: (
+        torch.stack([x - 0.3, torch.zeros_like(x)], 1).amax(-1).amax(1).unsqueeze(-1)
+    ),
+    "max over the rows": lambda x: (
+        torch.stack([x - 0.3, torch.zeros_like(x)], -1).max(2).values.amax(-1).unsqueeze(2)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", POOLED_BESIDE_CONSTANTS)
+def test_constants_beside_a_map_outlive_a_pool_along_other_dimensions(name):
+    with pytest.raises(DeconvNetError, match="across a map and constants"):
+        DeconvNet(_moved(POOLED_BESIDE_CONSTANTS[name]))
+
+
+def test_a_pool_of_a_map_beside_constants_along_other_dimensions_still_passes():
+    # The pool itself reads no constant: it is a pool, and goes down to its switches.
+    def move(x):
+        y = F.max_pool2d(torch.cat([x - 0.3, torch.zeros_like(x)], 1), 3, 1, 1)
+        return y[:, :4] + y[:, 4:]
+
+    model = _moved(move)
+    check_against_reference(model, DeconvNet(model), _images(), TARGETS)
