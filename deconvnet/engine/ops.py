@@ -22,7 +22,9 @@ plain gradient (``other_nonlinearities="gradient"``).
   and constants beside them (`stack([x, zeros_like(x)]).amax(0)`,
   `F.pad(x.unsqueeze(-1), (0, 1)).amax(-1)`, a product with zeros: a ReLU by another name, that
   unpooling would take down as the plain gradient's; a max pool over a border of zeros, a ReLU
-  at the edges: ``deconvnet.engine.constants``). A padding of `-inf` never wins a max: a pool.
+  at the edges: ``deconvnet.engine.constants``; constants a pool or max along other dimensions
+  kept beside the map, too). A padding of `-inf` never wins a max: a pool. An `argmax` or
+  `argmin` across a map and constants is refused alike (a max chosen by hand, then `gather`).
 - **shape**, going down by autograd's transpose (exact: each output unit is one input unit):
   `cat`, `stack`, slicing, `chunk`, `split`, `narrow`, `select`, `index_select`, `gather`,
   `flip`, `roll`, `rot90`, `transpose`, `permute`, `view`, `reshape`, `flatten`, `squeeze`,
@@ -489,7 +491,8 @@ class Check:
             return f"{name} in training mode" if training and p else None
         if name in ("max", "amax") and len(args) > 1 and len(operands) > 1:
             return f"{name} of two maps"
-        if treatment == POOL and any(self.beside.across(name, args, kwargs, v) for v in operands):
+        pools = treatment == POOL or name in ("argmax", "argmin")  # a max chosen by hand
+        if pools and any(self.beside.across(name, args, kwargs, v) for v in operands):
             # max(stack([x, 0]), 0) is a ReLU; unpooled to its switches, it would go down as
             # the plain gradient's ReLU whatever the rule.
             return (

@@ -158,3 +158,31 @@ def test_a_pool_of_a_map_beside_constants_along_other_dimensions_still_passes():
 
     model = _moved(move)
     check_against_reference(model, DeconvNet(model), _images(), TARGETS)
+
+
+# --- an argmax across a map and constants: a max by hand ----------------------------------------
+
+
+def _argmax_gathered(x):
+    y = torch.cat([x - 0.5, torch.zeros_like(x)], 1)
+    return y.gather(1, y.argmax(1, keepdim=True)).expand(-1, 4, -1, -1).contiguous()
+
+
+def _argmin_taken(x):
+    y = torch.stack([0.5 - x, torch.zeros_like(x)], -1)
+    return -torch.take_along_dim(y, y.argmin(-1, keepdim=True), -1).squeeze(-1)
+
+
+@pytest.mark.parametrize("move", [_argmax_gathered, _argmin_taken])
+def test_an_argmax_across_a_map_and_constants_is_refused(move):
+    with pytest.raises(DeconvNetError, match="across a map and constants"):
+        DeconvNet(_moved(move))
+
+
+def test_an_argmax_over_a_map_alone_is_a_pool():
+    def move(x):
+        y = x - 0.5
+        return y.gather(1, y.argmax(1, keepdim=True)).expand(-1, 4, -1, -1).contiguous()
+
+    model = _moved(move)
+    check_against_reference(model, DeconvNet(model), _images(), TARGETS)
