@@ -38,7 +38,9 @@ plain gradient (``other_nonlinearities="gradient"``).
   (a factor, or a mask that indexes a map: `y[y < 0] = 0`), `max(x, other)` unless `other` is 0,
   LocalResponseNorm, GroupNorm, InstanceNorm, LayerNorm, `F.normalize`, BatchNorm with batch
   statistics, dropout in training mode, `detach`, `numpy()` and `tolist()` of a map, an op
-  writing into `out=`.
+  writing into `out=`, any op under `torch.vmap` or another `torch.func` transform (its tensors
+  are no maps the check can follow, nor tell a batch mixed by: refused for a batch even with
+  the opt-in).
 
 **Images of a batch.** The way down reads each image's own row of one pass, so an op on a map
 that acts across the batch (dimension 0: `flip(0)`, `flipud`, `roll(1, 0)`, `x[[1, 0]]`, `x[1:]`,
@@ -403,6 +405,15 @@ _READS = op_names(
 
 # --- the check: every op that reads a map, against the table ----------------------------------
 
+
+def _transformed(value) -> bool:
+    """Whether ``value`` is a tensor that ``torch.vmap`` or another ``torch.func`` transform
+    wraps (what ops see inside the function transformed)."""
+    return isinstance(value, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(
+        value
+    )
+
+
 _PRODUCTS = op_names(FACTORS, MATRICES, FILTERS, TRANSPOSED)
 
 
@@ -446,7 +457,13 @@ class Check:
         """What to call the op when it reads a map and has no treatment here, else None; an
         ``AcrossImages`` when it acts across the images of a batch (refused for more than one
         image only)."""
-        operands = [v for v in flatten([*args, *kwargs.values()]) if self.is_map(v)]
+        values = flatten([*args, *kwargs.values()])
+        if any(map(_transformed, values)):
+            # Its tensors are no maps of the pass: neither what it computes nor whether it
+            # mixes the images of a batch can be checked.
+            kind = f"{name_of(func)} under torch.vmap (or another torch.func transform)"
+            return AcrossImages(kind, kind)
+        operands = [v for v in values if self.is_map(v)]
         if not operands:
             return None
         name = name_of(func)

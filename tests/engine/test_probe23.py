@@ -186,3 +186,31 @@ def test_an_argmax_over_a_map_alone_is_a_pool():
 
     model = _moved(move)
     check_against_reference(model, DeconvNet(model), _images(), TARGETS)
+
+
+# --- ops under torch.vmap: the check must see them ----------------------------------------------
+
+UNDER_VMAP = {
+    "GELU": lambda x: torch.vmap(F.gelu)(x),
+    "a gate": lambda x: torch.vmap(lambda t: t * torch.sigmoid(t))(x),
+    "a max over zeros": lambda x: torch.vmap(
+        lambda t: torch.stack([t - 0.5, torch.zeros_like(t)]).amax(0)
+    )(x),
+    "a sum over the images": lambda x: torch.vmap(
+        lambda t: t.sum(0, keepdim=True).expand_as(t), in_dims=1, out_dims=1
+    )(x),
+    "a pool": lambda x: torch.vmap(lambda t: F.max_pool2d(t, 3, 1, 1))(x),
+}
+
+
+@pytest.mark.parametrize("name", UNDER_VMAP)
+def test_ops_under_vmap_are_refused_by_name(name):
+    with pytest.raises(DeconvNetError, match="vmap"):
+        DeconvNet(_moved(UNDER_VMAP[name]))
+
+
+def test_ops_under_vmap_are_refused_for_a_batch_even_with_the_opt_in():
+    net = DeconvNet(_moved(UNDER_VMAP["GELU"]), other_nonlinearities="gradient")
+    net.project(_images()[:1], "r2:0")
+    with pytest.raises(DeconvNetError, match="vmap"):
+        net.project(_images(), "r2:0")
