@@ -37,10 +37,10 @@ plain gradient (``other_nonlinearities="gradient"``).
   `abs`, a product or quotient of two maps (a gate, attention), a comparison used as a gate
   (a factor, or a mask that indexes a map: `y[y < 0] = 0`), `max(x, other)` unless `other` is 0,
   LocalResponseNorm, GroupNorm, InstanceNorm, LayerNorm, `F.normalize`, BatchNorm with batch
-  statistics, dropout in training mode, `detach`, `numpy()` and `tolist()` of a map, an op
-  writing into `out=`, any op under `torch.vmap` or another `torch.func` transform (its tensors
-  are no maps the check can follow, nor tell a batch mixed by: refused for a batch even with
-  the opt-in).
+  statistics, dropout in training mode, `detach`, `numpy()` and `tolist()` of a map, a constant
+  made from a map's values (`x.new_tensor(x)`, `full_like(x, x.amax())`), an op writing into
+  `out=`, any op under `torch.vmap` or another `torch.func` transform (its tensors are no maps
+  the check can follow, nor tell a batch mixed by: refused for a batch even with the opt-in).
 
 **Images of a batch.** The way down reads each image's own row of one pass, so an op on a map
 that acts across the batch (dimension 0: `flip(0)`, `flipud`, `roll(1, 0)`, `x[[1, 0]]`, `x[1:]`,
@@ -488,6 +488,8 @@ class Check:
             return FRIENDLY.get(name, name)
         if kwargs.get("out") is not None:
             return f"{name} with out= (autograd does not follow it)"
+        if treatment == CONSTANT and any(map(self.is_map, flatten([*args[1:], *kwargs.values()]))):
+            return f"{name} of a map's values (a constant the way down cannot follow)"
         if name == "tolist" and operands[0].numel() > 1:
             return "tolist of a map (its values leave what the way down can follow)"
         if treatment == RECTIFIER:

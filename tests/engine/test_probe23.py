@@ -214,3 +214,18 @@ def test_ops_under_vmap_are_refused_for_a_batch_even_with_the_opt_in():
     net.project(_images()[:1], "r2:0")
     with pytest.raises(DeconvNetError, match="vmap"):
         net.project(_images(), "r2:0")
+
+
+# --- a constant made from a map's values: a graph cut --------------------------------------------
+
+CONSTANTS_OF_A_MAP = {
+    "new_tensor": lambda x: x * x.new_tensor(x > 0.5),
+    "new_full": lambda x: x + x.new_full(x.shape, x.mean()),
+    "full_like": lambda x: x + torch.full_like(x, x.amax()),
+}
+
+
+@pytest.mark.parametrize("name", CONSTANTS_OF_A_MAP)
+def test_a_constant_made_from_a_maps_values_is_refused(name):
+    with pytest.raises(DeconvNetError, match=f"{name} of a map's values"):
+        DeconvNet(_moved(CONSTANTS_OF_A_MAP[name]))
