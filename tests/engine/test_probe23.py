@@ -229,3 +229,17 @@ CONSTANTS_OF_A_MAP = {
 def test_a_constant_made_from_a_maps_values_is_refused(name):
     with pytest.raises(DeconvNetError, match=f"{name} of a map's values"):
         DeconvNet(_moved(CONSTANTS_OF_A_MAP[name]))
+
+
+# --- ops called by their ATen overload ----------------------------------------------------------
+
+
+def test_ops_called_by_their_aten_overload_are_the_ops():
+    written = _moved(lambda x: aten.relu.default(aten.max_pool2d.default(x - 0.5, [3, 3], [1, 1])))
+    reference = _moved(lambda x: F.relu(F.max_pool2d(x - 0.5, 3, 1)))
+    check_against_reference(reference, DeconvNet(written), _images(), TARGETS)
+
+
+def test_an_op_with_no_rule_called_by_its_aten_overload_is_refused_by_its_name():
+    with pytest.raises(DeconvNetError, match="GELU at move"):
+        DeconvNet(_moved(lambda x: aten.gelu.default(x)))
