@@ -243,3 +243,18 @@ def test_ops_called_by_their_aten_overload_are_the_ops():
 def test_an_op_with_no_rule_called_by_its_aten_overload_is_refused_by_its_name():
     with pytest.raises(DeconvNetError, match="GELU at move"):
         DeconvNet(_moved(lambda x: aten.gelu.default(x)))
+
+
+# --- a constant shaped like a map mixes no images -----------------------------------------------
+
+SHAPED_LIKE_A_MAP = {
+    "expand_as": lambda x: x + torch.linspace(-0.1, 0.1, 4).view(1, 4, 1, 1).expand_as(x),
+    "reshape_as": lambda x: x + torch.linspace(0, 1, x.numel()).reshape_as(x),
+    "view_as": lambda x: x + torch.linspace(0, 1, x.numel()).view_as(x),
+}
+
+
+@pytest.mark.parametrize("name", SHAPED_LIKE_A_MAP)
+def test_a_constant_shaped_like_a_map_passes_for_a_batch(name):
+    model = _moved(SHAPED_LIKE_A_MAP[name])
+    check_against_reference(model, DeconvNet(model), _images(), TARGETS)
