@@ -5,8 +5,10 @@ so a unit goes down by autograd's backward from a seed holding its one activatio
 sees its receptive field (``deconvnet.engine.field``): when that is a small part of the image,
 its projection is computed exactly on a crop, aligned to the unit's total stride, so that every
 map's grid coincides with the whole image's, and clipped to the image, so that zero padding
-falls where it falls for the whole image. Units whose field covers most of the image go down
-from the record's own pass, in batches (``is_grads_batched``), in "rounds" of one unit per image.
+falls where it falls for the whole image; a unit whose value on its crop is not its value on
+the image (a forward that reads the input's size as a value) goes down on the image. Units
+whose field covers most of the image go down from the record's own pass, in batches
+(``is_grads_batched``), in "rounds" of one unit per image.
 """
 
 from __future__ import annotations
@@ -81,12 +83,17 @@ def down_by_autograd(
     for t, crop in enumerate(crops):
         if crop is not None:
             by_size.setdefault(crop[2:], []).append(t)
+    # A forward that reads the input's size as a value (x * W, a constant made from x.shape)
+    # computes otherwise on a crop: its units go down on the image.
+    elsewhere = []
     for size, members in by_size.items():
         per_batch = 1 if one_crop_a_pass else max(1, budget // (size[0] * size[1]))
         for start in range(0, len(members), per_batch):
             part = members[start : start + per_batch]
             chosen = [crops[t] for t in part]
-            _down_on_crops(images, field, units, part, chosen, run, result)
+            elsewhere += _down_on_crops(images, field, units, part, chosen, run, result)
+    if elsewhere:
+        _down_from_record(inputs, tapped, box, units, elsewhere, rule, result, budget)
     return result
 
 
@@ -177,8 +184,9 @@ def _down_from_record(inputs, tapped, box, units, members, rule, result, budget)
         result[rows] = grads[round_of[here] - start, image_of[here]]
 
 
-def _down_on_crops(images, found, units, members, crops, run, result) -> None:
-    """Units of ``members`` down on their crops of the image, one batched pass."""
+def _down_on_crops(images, found, units, members, crops, run, result) -> list[int]:
+    """Units of ``members`` down on their crops of the image, one batched pass; returns those
+    whose value on their crop is not their value on the image (left undone)."""
     pieces = [
         images[image, :, top : top + h, left : left + w]
         for image, (top, left, h, w) in zip(units.image[members].tolist(), crops, strict=True)
@@ -187,11 +195,20 @@ def _down_on_crops(images, found, units, members, crops, run, result) -> None:
     with torch.enable_grad():
         tapped = run(inputs)
     seeds = torch.zeros_like(tapped)
+    unlike = []
     for b, (t, (top, left, _, _)) in enumerate(zip(members, crops, strict=True)):
         y = int(units.position[t, 0]) - top // found.stride[0]
         x = int(units.position[t, 1]) - left // found.stride[1]
-        seeds[b, units.channel[t], y, x] = units.activation[t]
+        value = units.activation[t]
+        if not torch.isclose(tapped[b, units.channel[t], y, x].detach(), value, 1e-4, 1e-6):
+            unlike.append(t)
+            continue
+        seeds[b, units.channel[t], y, x] = value
+    if len(unlike) == len(members):
+        return unlike
     (grads,) = torch.autograd.grad(tapped, inputs, seeds, allow_unused=True)
     _reached(grads)
     for b, (t, (top, left, h, w)) in enumerate(zip(members, crops, strict=True)):
-        result[t, :, top : top + h, left : left + w] = grads[b]
+        if t not in unlike:
+            result[t, :, top : top + h, left : left + w] = grads[b]
+    return unlike

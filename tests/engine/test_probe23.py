@@ -258,3 +258,18 @@ SHAPED_LIKE_A_MAP = {
 def test_a_constant_shaped_like_a_map_passes_for_a_batch(name):
     model = _moved(SHAPED_LIKE_A_MAP[name])
     check_against_reference(model, DeconvNet(model), _images(), TARGETS)
+
+
+# --- a forward that reads the input's size as a value: a crop computes otherwise ---------------
+
+SIZE_AS_A_VALUE = {
+    "a factor": lambda x: x * (x.shape[-1] / 10.0),
+    "a constant factor": lambda x: x * torch.tensor(x.shape[-1] / 10.0),
+    "a threshold": lambda x: F.relu(x - x.shape[-1] / 40.0),
+}
+
+
+@pytest.mark.parametrize("name", SIZE_AS_A_VALUE)
+def test_a_forward_that_reads_the_input_size_as_a_value_goes_down_on_the_image(name):
+    model = _moved(SIZE_AS_A_VALUE[name])
+    check_against_reference(model, DeconvNet(model), _images(), ["r2:0", "r2:2"])
