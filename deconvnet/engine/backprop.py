@@ -73,6 +73,18 @@ def down_by_autograd(
     torch.Tensor
         ``(T, 3, H, W)``, each unit's projection, zero outside its receptive field.
     """
+    with torch.inference_mode(False):  # a projection asked for under inference_mode
+        return _down(images, inputs, tapped, box, field, units, rule, run, budget, one_crop_a_pass)
+
+
+def autograd_leaf(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the leaf of a pass under autograd, even under ``torch.inference_mode``: a copy of
+    an inference tensor, which autograd cannot record."""
+    with torch.inference_mode(False):
+        return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+
+
+def _down(images, inputs, tapped, box, field, units, rule, run, budget, one_crop_a_pass):
     count, (height, width) = len(units.channel), images.shape[-2:]
     result = images.new_zeros(count, images.shape[1], height, width)
     crops = crops_of(field, units.position.tolist(), (height, width))

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from deconvnet.engine.backprop import down_by_autograd
+from deconvnet.engine.backprop import autograd_leaf, down_by_autograd
 from deconvnet.engine.base import Descent, Engine, Floors, Maxima, channel_maxima
 from deconvnet.engine.batch import AcrossImages, refuse_across_images
 from deconvnet.engine.canonizers import Rectifiers, RuleBox, call_names, private_view
@@ -476,7 +476,7 @@ class GraphDeconvNet(Engine):
                 record.output = tapped[layer.index]
                 return record
         # A layer above an op the walk does not know: the way down goes by autograd.
-        record.inputs = x.detach().requires_grad_(True)
+        record.inputs = autograd_leaf(x)
         # A forward that mixes a batch only when it holds several images (x[[1, 0]] if N == 2)
         # hides it from the probe's one image: a batch's own pass is checked too.
         across: list[str] = []
@@ -485,7 +485,7 @@ class GraphDeconvNet(Engine):
             if isinstance(kind, AcrossImages):
                 across.append(_across_at(kind, path))
 
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             tapped = self._run(record.inputs, wanted, box, other=other if len(x) > 1 else None)
         if across:
             refuse_across_images(across[0])

@@ -273,3 +273,21 @@ SIZE_AS_A_VALUE = {
 def test_a_forward_that_reads_the_input_size_as_a_value_goes_down_on_the_image(name):
     model = _moved(SIZE_AS_A_VALUE[name])
     check_against_reference(model, DeconvNet(model), _images(), ["r2:0", "r2:2"])
+
+
+# --- a projection under torch.inference_mode ----------------------------------------------------
+
+
+@pytest.mark.parametrize("way", ["walk", "autograd"])
+def test_a_projection_under_inference_mode_is_the_same(way):
+    flip = (lambda x: x) if way == "walk" else (lambda x: x.flip(3))
+    model = _moved(lambda x: F.max_pool2d(flip(x), 3, 2, 1))
+    net, x = DeconvNet(model), _images()
+    with torch.inference_mode():
+        inside = net.project(x, "r2:0")
+        made_inside = x.clone()
+    outside = net.project(x, "r2:0")
+    torch.testing.assert_close(inside.reconstruction, outside.reconstruction)
+    torch.testing.assert_close(
+        net.project(made_inside, "r2:0").reconstruction, inside.reconstruction
+    )
