@@ -9,7 +9,9 @@ one image batch, and only for passes that call the model's modules in the probe'
 - a ``forward`` that needs more than one input is refused before the probe;
 - a probe pass that fails (a network made for one input size) says to set ``input_size``;
 - a pass whose calls differ from the probe's (a Python ``if`` on the input's values, a branch on
-  its size) is stopped at the first call that differs: a layer name would mean another call.
+  its size) is stopped at the first call that differs: a layer name would mean another call;
+- a pass after a module's settings changed (a conv's stride or padding, a pool's kernel,
+  BatchNorm's eps) is refused, in both engines: they read them once, when built (``Settings``).
 """
 
 from __future__ import annotations
@@ -125,3 +127,38 @@ def in_order(order: list[str], path_of: dict[int, str]) -> Callable:
             )
 
     return hook
+
+
+# The kinds of value a stock module's setting holds (a stride, an eps, a padding mode).
+_SETTING = (int, float, str, bool, tuple, type(None))
+
+
+class Settings:
+    """The settings of a model's stock modules (``torch.nn``'s: a conv's stride and padding, a
+    pool's kernel, BatchNorm's eps), as they were when an engine was built; ``check`` refuses a
+    model whose settings have changed since, which the engine's layers, receptive fields and
+    kernels no longer describe."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._held = self._read()
+
+    def _read(self) -> dict[str, object]:
+        found = {}
+        for path, module in self.model.named_modules():
+            if not type(module).__module__.startswith("torch.nn."):
+                continue
+            for key, value in vars(module).items():
+                if key[0] != "_" and key != "training" and isinstance(value, _SETTING):
+                    found[f"{path}.{key}" if path else key] = value
+        return found
+
+    def check(self) -> None:
+        """Raise when a setting has changed since the engine was built."""
+        now = self._read()
+        changed = [key for key, value in self._held.items() if now.get(key, now) != value]
+        if changed:
+            raise DeconvNetError(
+                f"the model's {changed[0]} changed since this DeconvNet was built, which read it "
+                "once: build a new DeconvNet for the model as it is now"
+            )

@@ -291,3 +291,33 @@ def test_a_projection_under_inference_mode_is_the_same(way):
     torch.testing.assert_close(
         net.project(made_inside, "r2:0").reconstruction, inside.reconstruction
     )
+
+
+# --- module settings changed after the engine was built -----------------------------------------
+
+SETTINGS = {
+    "a conv's stride": lambda m: setattr(m.c1, "stride", (1, 1)),
+    "a conv's padding": lambda m: setattr(m.c1, "padding", (0, 0)),
+    "a pool's kernel": lambda m: setattr(m.pool, "kernel_size", 2),
+    "BatchNorm's eps": lambda m: setattr(m.bn, "eps", 1.0),
+}
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_settings_changed_after_the_engine_was_built_are_refused(name):
+    model, x = _strided(), _images((33, 35))
+    net = DeconvNet(model)
+    net.project(x, "r2:1")
+    SETTINGS[name](model)
+    with pytest.raises(DeconvNetError, match="changed since"):
+        net.project(x, "r2:1")
+
+
+@pytest.mark.parametrize("module, setting", [(0, "stride"), (3, "padding")])
+def test_the_plain_engine_refuses_settings_changed_after_it_was_built(module, setting):
+    model, x = _plain(), _images((40, 44))
+    net = DeconvNet(model)
+    net.project(x, "conv2:2")
+    setattr(model[module], setting, (1, 1) if setting == "stride" else (0, 0))
+    with pytest.raises(DeconvNetError, match="changed since"):
+        net.project(x, "conv2:2")
