@@ -10,6 +10,8 @@ one image batch, and only for passes that call the model's modules in the probe'
 - a probe pass that fails (a network made for one input size) says to set ``input_size``;
 - a pass whose calls differ from the probe's (a Python ``if`` on the input's values, a branch on
   its size) is stopped at the first call that differs: a layer name would mean another call;
+- every pass under autograd is checked as the probe pass was: a forward that picks its ops by
+  its input (GELU below some size) shows them there (``Reported``);
 - a pass after a module's settings changed (a conv's stride or padding, a pool's kernel,
   BatchNorm's eps) is refused, in both engines: they read them once, when built (``Settings``).
 """
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from deconvnet.engine.batch import AcrossImages
 from deconvnet.errors import DeconvNetError
 
 
@@ -162,3 +165,39 @@ class Settings:
                 f"the model's {changed[0]} changed since this DeconvNet was built, which read it "
                 "once: build a new DeconvNet for the model as it is now"
             )
+
+
+# Where a refusal says an op ran when no module of the model was running.
+OWN_FORWARD = "(the model's own forward)"
+
+
+class Reported:
+    """What a checked pass reported (``Rectifiers``'s ``other(kind, path)``): the ops with no
+    treatment, by where they ran, and the ops that act across the images of a batch."""
+
+    def __init__(self) -> None:
+        self.others: dict[str, set[str]] = {}
+        self.across: list[str] = []  # "module: op ...", in the order they ran
+
+    def __call__(self, kind: str, path: str) -> None:
+        if isinstance(kind, AcrossImages):
+            self.across.append(f"{path or OWN_FORWARD}: {kind}")
+            if kind.also is None:
+                return
+            kind = kind.also
+        self.others.setdefault(kind, set()).add(path or OWN_FORWARD)
+
+    def refuse_others(self, other_nonlinearities: str | None) -> None:
+        """Refuse the ops with no treatment, unless the user let their gradient through."""
+        if self.others and other_nonlinearities is None:
+            found = "; ".join(f"{kind} at {_some(sorted(p))}" for kind, p in self.others.items())
+            raise DeconvNetError(
+                f"the model has ops with no deconvnet rule: {found}. Pass "
+                "other_nonlinearities='gradient' to let their plain gradient through (the result "
+                "is then no longer a pure deconvnet)"
+            )
+
+
+def _some(paths: list[str], shown: int = 6) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more

@@ -321,3 +321,28 @@ def test_the_plain_engine_refuses_settings_changed_after_it_was_built(module, se
     setattr(model[module], setting, (1, 1) if setting == "stride" else (0, 0))
     with pytest.raises(DeconvNetError, match="changed since"):
         net.project(x, "conv2:2")
+
+
+# --- ops a forward picks by the input's size: the probe's zero image never sees them ------------
+
+BY_SIZE = {
+    "GELU": (lambda x: F.gelu(x) if x.shape[-1] < 100 else F.relu(x), "GELU at move"),
+    "a gate": (lambda x: x * torch.sigmoid(x) if x.shape[-1] < 100 else x, "sigmoid at move"),
+    "a max over a zero padding": (
+        lambda x: (
+            F.max_pool2d(F.pad(x - 0.5, (1, 1, 1, 1)), 3, 1)
+            if x.shape[-1] < 100
+            else F.max_pool2d(x - 0.5, 3, 1, 1)
+        ),
+        "max_pool2d across a map and constants",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BY_SIZE)
+def test_ops_a_forward_picks_by_the_input_size_are_refused_on_its_pass(name):
+    move, refusal = BY_SIZE[name]
+    net = DeconvNet(_moved(move))
+    for x in (_images(), _images()[:1]):
+        with pytest.raises(DeconvNetError, match=refusal):
+            net.project(x, "r2:0")
