@@ -3,8 +3,9 @@
 The general engine (``deconvnet.engine.general``) goes down a network by autograd's transpose of
 each op, with the rule at every rectification. That is the deconvnet only where autograd's
 transpose is the paper's step: so an op that reads a map of the forward pass passes only if it is
-in this list; any other is refused by name at the probe pass, unless the user opts in to its
-plain gradient (``other_nonlinearities="gradient"``).
+in this list; any other is refused by name at the probe pass (and at every pass under autograd,
+for a forward that picks its ops by its input), unless the user opts in to its plain gradient
+(``other_nonlinearities="gradient"``).
 
 - **rectifier**, going down by the rule (deconvnet, guided or gradient): `relu`, `relu_`,
   `nn.ReLU`, `relu6`, `hardtanh(0, 6)`; ReLUs written by hand: `clamp(min=0)` (`max=6`:
