@@ -225,6 +225,7 @@ CONSTANTS_OF_A_MAP = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:To copy construct from a tensor")
 @pytest.mark.parametrize("name", CONSTANTS_OF_A_MAP)
 def test_a_constant_made_from_a_maps_values_is_refused(name):
     with pytest.raises(DeconvNetError, match=f"{name} of a map's values"):
