@@ -5,8 +5,10 @@ so a unit goes down by autograd's backward from a seed holding its one activatio
 sees its receptive field (``deconvnet.engine.field``): when that is a small part of the image,
 its projection is computed exactly on a crop, aligned to the unit's total stride, so that every
 map's grid coincides with the whole image's, and clipped to the image, so that zero padding
-falls where it falls for the whole image. Units whose field covers most of the image go down
-from the record's own pass, in batches (``is_grads_batched``), in "rounds" of one unit per image.
+falls where it falls for the whole image; a unit whose value on its crop is not its value on
+the image (a forward that reads the input's size as a value) goes down on the image. Units
+whose field covers most of the image go down from the record's own pass, in batches
+(``is_grads_batched``), in "rounds" of one unit per image.
 """
 
 from __future__ import annotations
@@ -71,6 +73,18 @@ def down_by_autograd(
     torch.Tensor
         ``(T, 3, H, W)``, each unit's projection, zero outside its receptive field.
     """
+    with torch.inference_mode(False):  # a projection asked for under inference_mode
+        return _down(images, inputs, tapped, box, field, units, rule, run, budget, one_crop_a_pass)
+
+
+def autograd_leaf(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the leaf of a pass under autograd, even under ``torch.inference_mode``: a copy of
+    an inference tensor, which autograd cannot record."""
+    with torch.inference_mode(False):
+        return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+
+
+def _down(images, inputs, tapped, box, field, units, rule, run, budget, one_crop_a_pass):
     count, (height, width) = len(units.channel), images.shape[-2:]
     result = images.new_zeros(count, images.shape[1], height, width)
     crops = crops_of(field, units.position.tolist(), (height, width))
@@ -81,12 +95,17 @@ def down_by_autograd(
     for t, crop in enumerate(crops):
         if crop is not None:
             by_size.setdefault(crop[2:], []).append(t)
+    # A forward that reads the input's size as a value (x * W, a constant made from x.shape)
+    # computes otherwise on a crop: its units go down on the image.
+    elsewhere = []
     for size, members in by_size.items():
         per_batch = 1 if one_crop_a_pass else max(1, budget // (size[0] * size[1]))
         for start in range(0, len(members), per_batch):
             part = members[start : start + per_batch]
             chosen = [crops[t] for t in part]
-            _down_on_crops(images, field, units, part, chosen, run, result)
+            elsewhere += _down_on_crops(images, field, units, part, chosen, run, result)
+    if elsewhere:
+        _down_from_record(inputs, tapped, box, units, elsewhere, rule, result, budget)
     return result
 
 
@@ -177,8 +196,9 @@ def _down_from_record(inputs, tapped, box, units, members, rule, result, budget)
         result[rows] = grads[round_of[here] - start, image_of[here]]
 
 
-def _down_on_crops(images, found, units, members, crops, run, result) -> None:
-    """Units of ``members`` down on their crops of the image, one batched pass."""
+def _down_on_crops(images, found, units, members, crops, run, result) -> list[int]:
+    """Units of ``members`` down on their crops of the image, one batched pass; returns those
+    whose value on their crop is not their value on the image (left undone)."""
     pieces = [
         images[image, :, top : top + h, left : left + w]
         for image, (top, left, h, w) in zip(units.image[members].tolist(), crops, strict=True)
@@ -187,11 +207,20 @@ def _down_on_crops(images, found, units, members, crops, run, result) -> None:
     with torch.enable_grad():
         tapped = run(inputs)
     seeds = torch.zeros_like(tapped)
+    unlike = []
     for b, (t, (top, left, _, _)) in enumerate(zip(members, crops, strict=True)):
         y = int(units.position[t, 0]) - top // found.stride[0]
         x = int(units.position[t, 1]) - left // found.stride[1]
-        seeds[b, units.channel[t], y, x] = units.activation[t]
+        value = units.activation[t]
+        if not torch.isclose(tapped[b, units.channel[t], y, x].detach(), value, 1e-4, 1e-6):
+            unlike.append(t)
+            continue
+        seeds[b, units.channel[t], y, x] = value
+    if len(unlike) == len(members):
+        return unlike
     (grads,) = torch.autograd.grad(tapped, inputs, seeds, allow_unused=True)
     _reached(grads)
     for b, (t, (top, left, h, w)) in enumerate(zip(members, crops, strict=True)):
-        result[t, :, top : top + h, left : left + w] = grads[b]
+        if t not in unlike:
+            result[t, :, top : top + h, left : left + w] = grads[b]
+    return unlike

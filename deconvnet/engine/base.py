@@ -21,6 +21,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from deconvnet.engine.checks import Settings
 from deconvnet.engine.heap import LIBC, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD_MAX
 from deconvnet.engine.layers import Layer
 from deconvnet.engine.projection import Projection
@@ -125,6 +126,7 @@ class Engine(ABC):
     def __init__(self, model: nn.Module, features: nn.Module) -> None:
         self.model = model
         self.features = features
+        self._settings = Settings(model)
         self.layers: list[Layer] = []
         self._first_conv = next((m for m in features.modules() if isinstance(m, nn.Conv2d)), None)
         if self._first_conv is None:
@@ -242,6 +244,7 @@ class Engine(ABC):
             raise DeconvNetError(f"keep takes a list of layers, got {keep!r}: write [{keep!r}]")
         kept = [self.layer(name).index for name in keep]
         self._check_input(x, entry)
+        self._settings.check()
         return self._forward(x, entry, chosen, kept)
 
     @abstractmethod

@@ -157,6 +157,8 @@ def across_images(name: str, args: tuple, kwargs: dict, is_map: Callable) -> str
         return f"{name} along dim 0" if 0 in _dims(value, ndim) else None
     if ndim == 0:
         return None
+    if name in ("expand_as", "reshape_as", "view_as") and not is_map(first):
+        return None  # a constant given a map's shape: the map is read for its shape alone
     if name in ("unsqueeze", "unsqueeze_"):
         # The images then lie along dim 1, where no op here is taken as acting across them.
         dim = _dims(kwargs.get("dim", args[1] if len(args) > 1 else None), ndim + 1)

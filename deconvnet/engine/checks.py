@@ -9,7 +9,11 @@ one image batch, and only for passes that call the model's modules in the probe'
 - a ``forward`` that needs more than one input is refused before the probe;
 - a probe pass that fails (a network made for one input size) says to set ``input_size``;
 - a pass whose calls differ from the probe's (a Python ``if`` on the input's values, a branch on
-  its size) is stopped at the first call that differs: a layer name would mean another call.
+  its size) is stopped at the first call that differs: a layer name would mean another call;
+- every pass under autograd is checked as the probe pass was: a forward that picks its ops by
+  its input (GELU below some size) shows them there (``Reported``);
+- a pass after a module's settings changed (a conv's stride or padding, a pool's kernel,
+  BatchNorm's eps) is refused, in both engines: they read them once, when built (``Settings``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from deconvnet.engine.batch import AcrossImages
 from deconvnet.errors import DeconvNetError
 
 
@@ -125,3 +130,74 @@ def in_order(order: list[str], path_of: dict[int, str]) -> Callable:
             )
 
     return hook
+
+
+# The kinds of value a stock module's setting holds (a stride, an eps, a padding mode).
+_SETTING = (int, float, str, bool, tuple, type(None))
+
+
+class Settings:
+    """The settings of a model's stock modules (``torch.nn``'s: a conv's stride and padding, a
+    pool's kernel, BatchNorm's eps), as they were when an engine was built; ``check`` refuses a
+    model whose settings have changed since, which the engine's layers, receptive fields and
+    kernels no longer describe."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._held = self._read()
+
+    def _read(self) -> dict[str, object]:
+        found = {}
+        for path, module in self.model.named_modules():
+            if not type(module).__module__.startswith("torch.nn."):
+                continue
+            for key, value in vars(module).items():
+                if key[0] != "_" and key != "training" and isinstance(value, _SETTING):
+                    found[f"{path}.{key}" if path else key] = value
+        return found
+
+    def check(self) -> None:
+        """Raise when a setting has changed since the engine was built."""
+        now = self._read()
+        changed = [key for key, value in self._held.items() if now.get(key, now) != value]
+        if changed:
+            raise DeconvNetError(
+                f"the model's {changed[0]} changed since this DeconvNet was built, which read it "
+                "once: build a new DeconvNet for the model as it is now"
+            )
+
+
+# Where a refusal says an op ran when no module of the model was running.
+OWN_FORWARD = "(the model's own forward)"
+
+
+class Reported:
+    """What a checked pass reported (``Rectifiers``'s ``other(kind, path)``): the ops with no
+    treatment, by where they ran, and the ops that act across the images of a batch."""
+
+    def __init__(self) -> None:
+        self.others: dict[str, set[str]] = {}
+        self.across: list[str] = []  # "module: op ...", in the order they ran
+
+    def __call__(self, kind: str, path: str) -> None:
+        if isinstance(kind, AcrossImages):
+            self.across.append(f"{path or OWN_FORWARD}: {kind}")
+            if kind.also is None:
+                return
+            kind = kind.also
+        self.others.setdefault(kind, set()).add(path or OWN_FORWARD)
+
+    def refuse_others(self, other_nonlinearities: str | None) -> None:
+        """Refuse the ops with no treatment, unless the user let their gradient through."""
+        if self.others and other_nonlinearities is None:
+            found = "; ".join(f"{kind} at {_some(sorted(p))}" for kind, p in self.others.items())
+            raise DeconvNetError(
+                f"the model has ops with no deconvnet rule: {found}. Pass "
+                "other_nonlinearities='gradient' to let their plain gradient through (the result "
+                "is then no longer a pure deconvnet)"
+            )
+
+
+def _some(paths: list[str], shown: int = 6) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more

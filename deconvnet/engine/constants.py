@@ -12,7 +12,8 @@ no constant.
 ``Beside`` follows which maps hold constants, and along which dimensions, from the ops that put
 them there (an assembly with constants, a fixed condition, a write, a constant padding, a factor
 of zeros, ``x - x``, a product whose zero filter or zero matrix row no entry of the map reaches)
-through the ops that keep them (elementwise ops, rectifiers, affine maps per channel, paddings);
+through the ops that keep them (elementwise ops, rectifiers, affine maps per channel, paddings,
+a pool or a max along other dimensions);
 a sum of two maps keeps only the constants both hold, an op that mixes entries (a conv, a product
 with a matrix) leaves none of them, and any other leaves constants along dimensions no longer
 known.
@@ -210,8 +211,11 @@ class Beside:
             zeros = [_zeros_along(v, out.dim()) for v in args[:2] if not self.is_map(v)]
             if any(z is not False for z in zeros) and kept is not None:
                 return None if None in zeros else kept.union(*(z for z in zeros if z))
-        if all(h is False for h in held) or treatment == "pool":
-            return False  # a max consumes them, or refuses them (Check)
+        if all(h is False for h in held):
+            return False
+        if treatment == "pool":
+            # A max across them is refused (Check); one along other dimensions keeps them.
+            return _pooled(name, args, kwargs, kept, tensors[0].dim())
         if name in names.SUMS and len(tensors) > 1 and all(map(self.is_map, tensors)):
             # A sum of two maps hides the constants of one behind the other's entries.
             common = [frozenset(range(out.dim())) if h is None else h or frozenset() for h in held]
@@ -238,6 +242,23 @@ def _padded(
         return frozenset()
     pad = given.get("pad", ())
     return frozenset(dims - 1 - i // 2 for i, amount in enumerate(pad) if amount > 0)
+
+
+def _pooled(name: str, args: tuple, kwargs: dict, kept: Dims, dims: int) -> Dims | bool:
+    """The dimensions of a max's output along which constants held along ``kept`` of its input
+    (of ``dims`` dimensions) still sit: a pool keeps every dimension, a max over some without
+    ``keepdim`` drops them."""
+    if kept is None or name.startswith(("max_pool", "adaptive_max_pool")):
+        return kept
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    if dim is None or dim == () or dim == []:
+        return False  # over every dimension: no map beside which they sit is left
+    keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+    if keepdim:
+        return kept
+    reduced = {operator.index(d) % dims for d in (dim if isinstance(dim, list | tuple) else [dim])}
+    left = frozenset(d - sum(r < d for r in reduced) for d in kept if d not in reduced)
+    return left or False
 
 
 def _zeros_along(factor, dims: int) -> Dims | bool:

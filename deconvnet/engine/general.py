@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from deconvnet.engine.backprop import down_by_autograd
+from deconvnet.engine.backprop import autograd_leaf, down_by_autograd
 from deconvnet.engine.base import Descent, Engine, Floors, Maxima, channel_maxima
-from deconvnet.engine.batch import AcrossImages, refuse_across_images
+from deconvnet.engine.batch import refuse_across_images
 from deconvnet.engine.canonizers import Rectifiers, RuleBox, call_names, private_view
-from deconvnet.engine.checks import checked_model, in_order, passing, probing
+from deconvnet.engine.checks import Reported, checked_model, in_order, passing, probing
 from deconvnet.engine.field import Field, FieldTracer
 from deconvnet.engine.kernels import Kernels
 from deconvnet.engine.layers import (
@@ -91,20 +91,6 @@ def _signature(modules: list[nn.Module]) -> tuple:
         )
         for module in modules
     )
-
-
-# Where a refusal says an op ran when no module of the model was running.
-OWN_FORWARD = "(the model's own forward)"
-
-
-def _across_at(kind: str, path: str) -> str:
-    """An ``AcrossImages`` refusal with where it ran: ``module: op ...``."""
-    return f"{path or OWN_FORWARD}: {kind}"
-
-
-def _some(paths: list[str], shown: int = 6) -> str:
-    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
-    return ", ".join(paths[:shown]) + more
 
 
 class _Stop(Exception):
@@ -176,30 +162,14 @@ class GraphDeconvNet(Engine):
 
     def _probe(self, input_size: tuple[int, int], style: str | None) -> None:
         x = torch.zeros(1, self.in_channels, *input_size, device=self.device, dtype=self._dtype)
-        others: dict[str, set[str]] = {}
-        across: list[str] = []
+        reported = Reported()
         trace: list[list] = []
-
-        def other(kind: str, path: str) -> None:
-            if isinstance(kind, AcrossImages):
-                across.append(_across_at(kind, path))
-                if kind.also is None:
-                    return
-                kind = kind.also
-            others.setdefault(kind, set()).add(path or OWN_FORWARD)
-
         tracer = FieldTracer(x)
         with torch.no_grad(), tracer, probing(self.model, input_size):
-            self._run(x, set(), RuleBox(), other=other, trace=trace)
-        if others and self.other_nonlinearities is None:
-            found = "; ".join(f"{kind} at {_some(sorted(p))}" for kind, p in others.items())
-            raise DeconvNetError(
-                f"the model has ops with no deconvnet rule: {found}. Pass "
-                "other_nonlinearities='gradient' to let their plain gradient through (the result "
-                "is then no longer a pure deconvnet)"
-            )
+            self._run(x, set(), RuleBox(), other=reported, trace=trace)
+        reported.refuse_others(self.other_nonlinearities)
         # A pass at N=1 sees every op: one that mixes a batch's images is refused for N > 1.
-        self._across_images = across[0] if across else None
+        self._across_images = reported.across[0] if reported.across else None
         # The calls the layers are named by: a pass that calls modules in another order would
         # name other calls, and is refused (_run).
         self._order = [path for path, _ in trace]
@@ -476,19 +446,15 @@ class GraphDeconvNet(Engine):
                 record.output = tapped[layer.index]
                 return record
         # A layer above an op the walk does not know: the way down goes by autograd.
-        record.inputs = x.detach().requires_grad_(True)
-        # A forward that mixes a batch only when it holds several images (x[[1, 0]] if N == 2)
-        # hides it from the probe's one image: a batch's own pass is checked too.
-        across: list[str] = []
-
-        def other(kind: str, path: str) -> None:
-            if isinstance(kind, AcrossImages):
-                across.append(_across_at(kind, path))
-
-        with torch.enable_grad():
-            tapped = self._run(record.inputs, wanted, box, other=other if len(x) > 1 else None)
-        if across:
-            refuse_across_images(across[0])
+        record.inputs = autograd_leaf(x)
+        # A forward that picks its ops by its input (x[[1, 0]] if N == 2, GELU below some size)
+        # hides them from the probe's one zero image: each pass is checked too.
+        reported = Reported()
+        with torch.inference_mode(False), torch.enable_grad():
+            tapped = self._run(record.inputs, wanted, box, other=reported)
+        if reported.across and len(x) > 1:
+            refuse_across_images(reported.across[0])
+        reported.refuse_others(self.other_nonlinearities)
         record.tapped = tapped
         record.maps = {index: tapped[index].detach() for index in kept}
         record.output = tapped[layer.index].detach()

@@ -27,12 +27,14 @@ class Kernels:
     """``get(made_from, make)``: ``make()``, kept for as long as each tensor in ``made_from``
     is the same tensor holding the same data: same object, same in-place version counter, same
     storage (``module.double()``, ``.to(device)`` and ``weight.data = ...`` swap a parameter's
-    storage without touching its version counter).
+    storage without touching its version counter), same values (``weight.data.mul_(2)`` and a
+    write through ``weight.numpy()`` change them without touching either).
 
-    An entry holds the storages its tensors had then, so that no other storage can take their
-    addresses while it lives, and goes when one of its tensors is freed: a weight made anew at
-    each forward pass (``nn.utils.parametrize``, weight norm) leaves no entry behind. An entry
-    is replaced when its tensors change, so a model updated in place keeps one per kernel."""
+    An entry holds a copy of the values its tensors had then, which each ``get`` compares (a
+    storage that takes a freed one's address finds the kernel only where it holds the same
+    values), and goes when one of its tensors is freed: a weight made anew at each forward pass
+    (``nn.utils.parametrize``, weight norm) leaves no entry behind. An entry is replaced when
+    its tensors change, so a model updated in place keeps one per kernel."""
 
     def __init__(self) -> None:
         # (tensors' ids, other parts) -> (their versions and addresses, what is held, made)
@@ -46,14 +48,14 @@ class Kernels:
         slot = tuple(id(part) if isinstance(part, torch.Tensor) else part for part in made_from)
         state = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
         found = self._made.get(slot)
-        if found is not None and found[0] == state:
+        if found is not None and found[0] == state and all(map(torch.equal, found[1][1], tensors)):
             return found[2]
         if found is None and len(self._made) >= LIMIT:
             self._made.clear()
         made = self._made
         # The callbacks hold the table, not the cache: an engine freed frees its kernels.
         forget = lambda _: made.pop(slot, None)  # noqa: E731
-        held = ([weakref.ref(t, forget) for t in tensors], [t.detach() for t in tensors])
+        held = ([weakref.ref(t, forget) for t in tensors], [t.detach().clone() for t in tensors])
         kernel = make()
         self._made[slot] = (state, held, kernel)
         return kernel

@@ -1,9 +1,9 @@
 """Torch's ops by the names they dispatch under, in the groups the general engine's checks use.
 
-``torch.flip``, ``Tensor.flip`` and ``x.flip`` all dispatch under ``flip`` (``name_of``), so the
-engine's table (``deconvnet.engine.ops``), its checks of constants beside a map
-(``deconvnet.engine.constants``) and of moving pixels (``deconvnet.engine.field``) name ops by
-these groups, each defined here once.
+``torch.flip``, ``Tensor.flip``, ``x.flip`` and ``torch.ops.aten.flip.default`` all dispatch
+under ``flip`` (``name_of``), so the engine's table (``deconvnet.engine.ops``), its checks of
+constants beside a map (``deconvnet.engine.constants``) and of moving pixels
+(``deconvnet.engine.field``) name ops by these groups, each defined here once.
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ def flatten(values) -> list:
 
 
 def name_of(func: Callable) -> str:
-    """The name torch dispatches ``func`` under: ``flip`` for ``torch.flip`` and
-    ``Tensor.flip``, ``shape`` for the getter of ``x.shape``."""
+    """The name torch dispatches ``func`` under: ``flip`` for ``torch.flip``, ``Tensor.flip``
+    and the ATen overload ``torch.ops.aten.flip.default``, ``shape`` for the getter of
+    ``x.shape``."""
+    if isinstance(func, torch._ops.OpOverload):
+        return func.overloadpacket.__name__
     name = getattr(func, "__name__", None) or type(func).__name__
     if name == "__get__":
         owner = getattr(func, "__self__", None)

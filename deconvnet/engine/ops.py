@@ -3,8 +3,9 @@
 The general engine (``deconvnet.engine.general``) goes down a network by autograd's transpose of
 each op, with the rule at every rectification. That is the deconvnet only where autograd's
 transpose is the paper's step: so an op that reads a map of the forward pass passes only if it is
-in this list; any other is refused by name at the probe pass, unless the user opts in to its
-plain gradient (``other_nonlinearities="gradient"``).
+in this list; any other is refused by name at the probe pass (and at every pass under autograd,
+for a forward that picks its ops by its input), unless the user opts in to its plain gradient
+(``other_nonlinearities="gradient"``).
 
 - **rectifier**, going down by the rule (deconvnet, guided or gradient): `relu`, `relu_`,
   `nn.ReLU`, `relu6`, `hardtanh(0, 6)`; ReLUs written by hand: `clamp(min=0)` (`max=6`:
@@ -22,7 +23,9 @@ plain gradient (``other_nonlinearities="gradient"``).
   and constants beside them (`stack([x, zeros_like(x)]).amax(0)`,
   `F.pad(x.unsqueeze(-1), (0, 1)).amax(-1)`, a product with zeros: a ReLU by another name, that
   unpooling would take down as the plain gradient's; a max pool over a border of zeros, a ReLU
-  at the edges: ``deconvnet.engine.constants``). A padding of `-inf` never wins a max: a pool.
+  at the edges: ``deconvnet.engine.constants``; constants a pool or max along other dimensions
+  kept beside the map, too). A padding of `-inf` never wins a max: a pool. An `argmax` or
+  `argmin` across a map and constants is refused alike (a max chosen by hand, then `gather`).
 - **shape**, going down by autograd's transpose (exact: each output unit is one input unit):
   `cat`, `stack`, slicing, `chunk`, `split`, `narrow`, `select`, `index_select`, `gather`,
   `flip`, `roll`, `rot90`, `transpose`, `permute`, `view`, `reshape`, `flatten`, `squeeze`,
@@ -35,8 +38,10 @@ plain gradient (``other_nonlinearities="gradient"``).
   `abs`, a product or quotient of two maps (a gate, attention), a comparison used as a gate
   (a factor, or a mask that indexes a map: `y[y < 0] = 0`), `max(x, other)` unless `other` is 0,
   LocalResponseNorm, GroupNorm, InstanceNorm, LayerNorm, `F.normalize`, BatchNorm with batch
-  statistics, dropout in training mode, `detach`, `numpy()` and `tolist()` of a map, an op
-  writing into `out=`.
+  statistics, dropout in training mode, `detach`, `numpy()` and `tolist()` of a map, a constant
+  made from a map's values (`x.new_tensor(x)`, `full_like(x, x.amax())`), an op writing into
+  `out=`, any op under `torch.vmap` or another `torch.func` transform (its tensors are no maps
+  the check can follow, nor tell a batch mixed by: refused for a batch even with the opt-in).
 
 **Images of a batch.** The way down reads each image's own row of one pass, so an op on a map
 that acts across the batch (dimension 0: `flip(0)`, `flipud`, `roll(1, 0)`, `x[[1, 0]]`, `x[1:]`,
@@ -401,6 +406,15 @@ _READS = op_names(
 
 # --- the check: every op that reads a map, against the table ----------------------------------
 
+
+def _transformed(value) -> bool:
+    """Whether ``value`` is a tensor that ``torch.vmap`` or another ``torch.func`` transform
+    wraps (what ops see inside the function transformed)."""
+    return isinstance(value, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(
+        value
+    )
+
+
 _PRODUCTS = op_names(FACTORS, MATRICES, FILTERS, TRANSPOSED)
 
 
@@ -444,7 +458,13 @@ class Check:
         """What to call the op when it reads a map and has no treatment here, else None; an
         ``AcrossImages`` when it acts across the images of a batch (refused for more than one
         image only)."""
-        operands = [v for v in flatten([*args, *kwargs.values()]) if self.is_map(v)]
+        values = flatten([*args, *kwargs.values()])
+        if any(map(_transformed, values)):
+            # Its tensors are no maps of the pass: neither what it computes nor whether it
+            # mixes the images of a batch can be checked.
+            kind = f"{name_of(func)} under torch.vmap (or another torch.func transform)"
+            return AcrossImages(kind, kind)
+        operands = [v for v in values if self.is_map(v)]
         if not operands:
             return None
         name = name_of(func)
@@ -469,6 +489,8 @@ class Check:
             return FRIENDLY.get(name, name)
         if kwargs.get("out") is not None:
             return f"{name} with out= (autograd does not follow it)"
+        if treatment == CONSTANT and any(map(self.is_map, flatten([*args[1:], *kwargs.values()]))):
+            return f"{name} of a map's values (a constant the way down cannot follow)"
         if name == "tolist" and operands[0].numel() > 1:
             return "tolist of a map (its values leave what the way down can follow)"
         if treatment == RECTIFIER:
@@ -489,7 +511,8 @@ class Check:
             return f"{name} in training mode" if training and p else None
         if name in ("max", "amax") and len(args) > 1 and len(operands) > 1:
             return f"{name} of two maps"
-        if treatment == POOL and any(self.beside.across(name, args, kwargs, v) for v in operands):
+        pools = treatment == POOL or name in ("argmax", "argmin")  # a max chosen by hand
+        if pools and any(self.beside.across(name, args, kwargs, v) for v in operands):
             # max(stack([x, 0]), 0) is a ReLU; unpooled to its switches, it would go down as
             # the plain gradient's ReLU whatever the rule.
             return (
