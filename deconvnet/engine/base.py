@@ -306,6 +306,13 @@ class Engine(ABC):
             raise DeconvNetError(
                 f"the input is on {x.device} but the model is on {self.device}; move one of them"
             )
+        if x.is_meta:
+            # A model made on the meta device has layers and shapes (``layers`` lists them) but
+            # no values to project with.
+            raise DeconvNetError(
+                "the model and the input are on the meta device, which holds no values: give "
+                "the model weights first (model.to_empty(device='cpu'), then load_state_dict)"
+            )
         # A sum carries any NaN or inf: one cheap reduction, and the exact (slower) test only
         # when it is not finite, which huge but finite values alone could also cause.
         if not math.isfinite(x.sum().item()) and not torch.isfinite(x).all():

@@ -885,6 +885,21 @@ def test_torchscript_is_refused():
         DeconvNet(torch.jit.script(Residual().eval()))
 
 
+@pytest.mark.parametrize(
+    "build",
+    [lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2)), Residual],
+    ids=["plain", "general"],
+)
+def test_a_projection_on_the_meta_device_is_refused_in_one_line(build):
+    # Made under torch.device("meta") to load weights later, a model has layers and shapes
+    # (the engine is made) but no values to project with.
+    with torch.device("meta"):
+        net = DeconvNet(build().eval())
+        x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(DeconvNetError, match=r"on the meta device, which holds no values"):
+        net.project(x, net.layers[-1].name)
+
+
 # --- 7: fixed-size and two-input networks ---------------------------------------------------------
 
 
