@@ -94,16 +94,8 @@ class Beside:
         beside = self.of(value)
         if beside is False:
             return False
-        if name.startswith(("max_pool", "adaptive_max_pool")):
-            dims = range(value.dim() - int(name.split("_pool")[1][0]), value.dim())
-        else:
-            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-            if dim is None or dim == () or dim == []:
-                return True
-            # A dimension may come as anything with __index__ (a 0-d integer tensor).
-            given = dim if isinstance(dim, list | tuple) else [dim]
-            dims = [operator.index(d) % value.dim() for d in given]
-        return beside is None or bool(beside.intersection(dims))
+        dims = _max_dims(name, args, kwargs, value.dim())
+        return dims is None or beside is None or bool(beside & dims)
 
     def note(self, func: Callable, name: str, treatment: str | None, args, kwargs, inputs, out):
         """Remember the constants that op ``func`` (``name``, of ``treatment`` in the engine's
@@ -244,19 +236,31 @@ def _padded(
     return frozenset(dims - 1 - i // 2 for i, amount in enumerate(pad) if amount > 0)
 
 
+def _max_dims(name: str, args: tuple, kwargs: dict, ndim: int) -> frozenset[int] | None:
+    """The dimensions along which the max or max pool ``name`` takes its max, on an input of
+    ``ndim`` dimensions (None: every dimension)."""
+    if name.startswith(("max_pool", "adaptive_max_pool")):
+        return frozenset(range(ndim - int(name.split("_pool")[1][0]), ndim))
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    if dim is None or dim == () or dim == []:
+        return None
+    # A dimension may come as anything with __index__ (a 0-d integer tensor).
+    given = dim if isinstance(dim, list | tuple) else [dim]
+    return frozenset(operator.index(d) % ndim for d in given)
+
+
 def _pooled(name: str, args: tuple, kwargs: dict, kept: Dims, dims: int) -> Dims | bool:
     """The dimensions of a max's output along which constants held along ``kept`` of its input
     (of ``dims`` dimensions) still sit: a pool keeps every dimension, a max over some without
     ``keepdim`` drops them."""
     if kept is None or name.startswith(("max_pool", "adaptive_max_pool")):
         return kept
-    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-    if dim is None or dim == () or dim == []:
+    reduced = _max_dims(name, args, kwargs, dims)
+    if reduced is None:
         return False  # over every dimension: no map beside which they sit is left
     keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
     if keepdim:
         return kept
-    reduced = {operator.index(d) % dims for d in (dim if isinstance(dim, list | tuple) else [dim])}
     left = frozenset(d - sum(r < d for r in reduced) for d in kept if d not in reduced)
     return left or False
 

@@ -50,10 +50,8 @@ RECTIFIERS = op_names(
     "relu relu_ relu6 hardtanh hardtanh_ clamp clamp_ clamp_min clamp_min_ clip clip_",
     "threshold threshold_ _threshold",
 )
-SUMS = op_names(
-    "add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub subtract"
-)
 DIFFERENCES = op_names("sub sub_ __sub__ __isub__ __rsub__ rsub subtract")
+SUMS = op_names("add add_ __add__ __iadd__ __radd__", DIFFERENCES)
 NEGATIONS = op_names("neg neg_ negative __neg__ __pos__ positive")
 FACTORS = op_names("mul mul_ __mul__ __imul__ __rmul__ multiply")
 QUOTIENTS = op_names("div div_ __truediv__ __itruediv__ __div__ true_divide divide")
