@@ -28,14 +28,21 @@ lint: $(STAMP)
 test-data: $(STAMP)
 	$(BIN)/python tests/sample_data.py
 
+# The suite in parallel workers (pytest-xdist), one per core and at most four; each worker keeps
+# its test modules whole (their module-scoped models, servers and browser are made once) and
+# takes its share of the cores' torch threads (tests/conftest.py). `PYTEST_WORKERS=0` runs it
+# in one process.
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadscope
+
 test: lint test-data chromium docs
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # The suite with PyTorch's and oneDNN's instruction sets forced down (AVX2; none beyond SSE4.1):
 # other kernels round differently, and the tests must hold on any CPU, not only this one's.
 test-isa: test-data chromium
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest
-	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(BIN)/python -m pytest
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PYTEST)
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(PYTEST)
 
 # The documentation site, from docs/ into site/; offline (no plugin fetches anything), and
 # --strict turns every warning (a broken link, an undocumented parameter's type) into an error.

@@ -4,6 +4,7 @@ says so, it never skips or downloads."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -99,6 +100,16 @@ def folder(tmp_path_factory) -> Path:
 
 # The fixtures that load the real ImageNet conv weights: a test using one is marked real_weights.
 REAL_WEIGHTS = {"alexnet", "vgg16", "alexnet_weights_file", "net"}
+
+
+def pytest_configure(config):
+    # Under pytest-xdist (``make test`` runs ``-n auto``) each worker is a process of its own, and
+    # torch would start one thread per core in each: share the cores among the workers instead,
+    # so that two workers on 2 cores do not run four threads that wait on each other at every
+    # small op. A run without workers keeps torch's default.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
 
 def pytest_collection_modifyitems(config, items):
