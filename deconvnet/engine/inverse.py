@@ -116,43 +116,35 @@ def transposed_conv(
 
 
 def transposed_conv1x1(
-    signal: torch.Tensor,
-    weight: torch.Tensor,
-    kernel: torch.Tensor | None = None,
-    add_to: torch.Tensor | None = None,
+    signal: torch.Tensor, weight: torch.Tensor, add_to: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The transposed conv of a 1x1 conv of stride 1 and one group: ``signal`` ``(N, C_out, h,
     w)`` -> ``(N, C_in, h, w)``, the transposed weight matrix ``weight`` ``(C_out, C_in, 1, 1)``
-    applied at every position. ``kernel`` may hold its transpose ``(C_in, C_out, 1, 1)``,
-    contiguous (the weights of a conv are transposed once, not on every pass). ``add_to``, a
-    contiguous ``(1, C_in, h, w)`` for one image: returned plus the result, summed within the
-    matrix product (a residual sum on the way down), itself unchanged.
+    applied at every position. ``add_to``, a contiguous ``(1, C_in, h, w)`` for one image:
+    returned plus the result, summed within the matrix product (a residual sum on the way down),
+    itself unchanged.
 
     PyTorch's CPU conv2d (oneDNN on NCHW maps) reorders the maps into its blocked layout and
     back on every call; as a matrix product per image the same sums ran 1.2-2x faster on
-    ResNet-50's 1x1 convs (2 threads), and a layer4 projection about 10% faster. Only for many
-    small maps (a sweep's windows of a few pixels), one conv for all of them is faster still.
+    ResNet-50's 1x1 convs (2 threads), and a layer4 projection about 10% faster. The weights are
+    read as they are, never copied: a copy made once and kept would have to be compared with the
+    weights at every pass (``deconvnet.engine.kernels``), which costs more than the product.
     """
     n, c_out, h, w = signal.shape
-    if kernel is None:
-        kernel = transposed_kernel1x1(weight)
-    if n > 1 and h * w < 64:
-        return F.conv2d(signal, kernel)
-    # W^T as its own array: as a transposed view, the product of a few pixels (layer4's windows)
-    # ran 2.5-3x slower.
-    matrix = kernel.reshape(kernel.shape[0], c_out)
+    matrix = weight.reshape(c_out, -1)
     flat = signal.reshape(n, c_out, h * w)
-    if n > 1:
-        return torch.matmul(matrix, flat).view(n, -1, h, w)
-    if add_to is not None:
-        return torch.addmm(add_to.reshape(-1, h * w), matrix, flat[0]).view(1, -1, h, w)
-    return torch.mm(matrix, flat[0]).view(1, -1, h, w)
-
-
-def transposed_kernel1x1(weight: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv's kernel ``(C_out, C_in, 1, 1)`` as that of its transpose ``(C_in, C_out, 1,
-    1)``, contiguous (``transposed_conv1x1``'s ``kernel``)."""
-    return weight.transpose(0, 1).contiguous()
+    if h * w < 64:
+        # Few pixels (a window high in the network): the pixels as rows times W, which reads W
+        # in its own order; W^T as a transposed view ran 2-3x slower for 4 to 9 pixels.
+        if n == 1 and add_to is not None:
+            below = add_to.reshape(-1, h * w).t()
+            rows = torch.addmm(below, flat[0].t(), matrix)
+        else:
+            rows = torch.matmul(flat.transpose(1, 2), matrix)
+        return rows.transpose(-1, -2).contiguous().view(n, -1, h, w)
+    if n == 1 and add_to is not None:
+        return torch.addmm(add_to.reshape(-1, h * w), matrix.t(), flat[0]).view(1, -1, h, w)
+    return torch.matmul(matrix.t(), flat).view(n, -1, h, w)
 
 
 def gemm_sized(signal: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -1,11 +1,13 @@
 """Kernels made from a model's weights, kept while those weights are unchanged.
 
-Both engines go down with kernels derived from the convs' own: phase kernels of strided convs
-(``deconvnet.engine.inverse.phase_kernels``), and in the general engine transposed 1x1 kernels,
-BatchNorm's per-channel scales and the kernels they fold into; the general engine's checks
-also ask whether a weight has a filter of zeros (``deconvnet.engine.constants``). Making them on
-every pass costs a copy of the weights each time; ``Kernels`` makes each once and finds it again
-for as long as the tensors it was made from are the same tensors, unchanged.
+Both engines go down a strided conv to few channels (the image's) with its phase kernels
+(``deconvnet.engine.inverse.phase_kernels``); the general engine's checks also ask whether a
+weight has a filter of zeros (``deconvnet.engine.constants``). ``Kernels`` makes each once and
+finds it again for as long as the tensors it was made from are the same tensors, unchanged.
+Whether they are is read from their values at every ``get`` (a write through ``weight.data``
+changes nothing else), which costs a read of the weights and a copy of them in memory: worth it
+for small weights only. The large kernels of a network's upper layers are read as they are at
+each pass (``deconvnet.engine.walk``) rather than kept.
 """
 
 from __future__ import annotations

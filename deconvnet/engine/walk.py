@@ -34,7 +34,6 @@ from deconvnet.engine.inverse import (
     gemm_sized,
     phase_kernels,
     transposed_conv1x1,
-    transposed_kernel1x1,
     unpool,
 )
 from deconvnet.engine.kernels import Kernels
@@ -162,9 +161,10 @@ class Walk:
     def _conv(self, step: Step, signal: Signal, into: list[Signal] | None = None) -> Signal:
         """The way down a conv. ``into``: the signals its input map holds so far, of which one
         may be taken and returned summed with this one."""
-        args, values = step.args, signal.values
+        args = step.args
         weight, stride, padding = args["weight"], args["stride"], args["padding"]
         dilation, groups, bound = args["dilation"], args["groups"], args["input_bound"]
+        values, weight = _scaled(signal, weight, args.get("scale"))
         whole = _is_whole(signal, step.bound)
         below = [
             (top * stride[0] - padding[0], left * stride[1] - padding[1])
@@ -178,14 +178,13 @@ class Walk:
         # channels (the image's 3) runs as the stride-1 convolution of its phases
         # (inverse.phase_kernels; 2.5x faster for the stem).
         if plain and weight.shape[-2:] == (1, 1):
-            kernel = self._cached(weight, "transposed", transposed_kernel1x1)
             if whole and padding == (0, 0) and stride == (1, 1) and into:
                 # A residual sum's other branch, summed within the product: one pass less.
                 partner = _take_whole(into, (len(signal.origin), weight.shape[1], *bound))
                 if partner is not None:
-                    projected = transposed_conv1x1(values, weight, kernel, partner.values)
+                    projected = transposed_conv1x1(values, weight, partner.values)
                     return Signal(projected, partner.origin, True)
-            projected = transposed_conv1x1(values, weight, kernel)
+            projected = transposed_conv1x1(values, weight)
             if whole and padding == (0, 0):
                 # Whole maps: the strided grid of the input map, the rest of it zero.
                 return Signal(projected, [(0, 0)] * len(signal.origin), True, stride)
@@ -266,23 +265,29 @@ class Walk:
         return self._kernels.get((weight, what), lambda: make(weight))
 
 
-def _scaled(kernels: Kernels, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """A conv's kernels ``(C_out, ...)`` times a per-output-channel ``scale`` ``(C_out, 1, 1)``
-    (a cached one), kept while both are unchanged."""
-    return kernels.get((weight, scale), lambda: weight * scale.view(-1, 1, 1, 1))
+def _scaled(
+    signal: Signal, weight: torch.Tensor, scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The signal ``(T, C_out, h, w)`` and the kernels ``(C_out, ...)`` of a conv's way down, one
+    of them multiplied by ``scale`` ``(C_out, 1, 1)``, the BatchNorm folded into the conv (None:
+    none), whichever of the two is smaller: each pass reads the weights as they are, and a
+    signal of a few pixels high in a network is scaled rather than a copy of its large kernels
+    made."""
+    values = signal.values
+    if scale is None:
+        return values, weight
+    if values.numel() <= weight.numel():
+        return (values.mul_(scale) if signal.owned else values * scale), weight
+    return values, weight * scale.view(-1, 1, 1, 1)
 
 
-def _batch_norm_scale(kernels: Kernels, args: dict) -> torch.Tensor:
-    """BatchNorm's per-channel scale ``(C, 1, 1)``, kept while its statistics are unchanged."""
-    variance, weight, eps = args["variance"], args["weight"], args["eps"]
-
-    def make() -> torch.Tensor:
-        scale = torch.rsqrt(variance + eps)
-        if weight is not None:
-            scale = scale * weight
-        return scale.detach().view(-1, 1, 1)
-
-    return kernels.get((variance, weight, eps), make)
+def _batch_norm_scale(args: dict) -> torch.Tensor:
+    """BatchNorm's per-channel scale ``(C, 1, 1)`` from its statistics as they are now (a few
+    values per channel: reading them costs less than keeping them and checking them unchanged)."""
+    scale = torch.rsqrt(args["variance"] + args["eps"])
+    if args["weight"] is not None:
+        scale = scale * args["weight"]
+    return scale.detach().view(-1, 1, 1)
 
 
 # --- windows -------------------------------------------------------------------------------
@@ -476,17 +481,17 @@ def prepare(tape: Tape, root: int | None, kernels: Kernels) -> Walk | None:
         ]
         kind, args = entry.kind, entry.args
         if kind == BATCH_NORM:
-            scale = _batch_norm_scale(kernels, args)
+            scale = _batch_norm_scale(args)
             source = entry.inputs[0]
             if made[source].kind == CONV and consumers[source] == 1:
-                # BatchNorm right after the conv it alone reads: its scale goes into the conv's
-                # kernels (cached), and the way down skips a pass over the map.
+                # BatchNorm right after the conv it alone reads: its scale goes with the conv's
+                # way down (``_scaled``), which skips a pass over the map.
                 folded[source] = scale
                 kind, args = COPY, {}
             else:
                 args = {"scale": scale}
         elif kind == CONV and index in folded:
-            args = {**args, "weight": _scaled(kernels, args["weight"], folded[index])}
+            args = {**args, "scale": folded[index]}
         steps.append(Step(kind, tuple(entry.shape[-2:]), sends, args))
     steps[0].args = {**steps[0].args, "channels": made[root].shape[1]}
     return Walk(steps, kernels)

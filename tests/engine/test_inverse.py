@@ -185,7 +185,8 @@ def test_full_transposed_conv_shortcuts_equal_the_transposed_conv(batch, size, k
 
 
 @pytest.mark.parametrize(
-    ("batch", "size"), [(1, (7, 7)), (1, (1, 1)), (3, (9, 9)), (3, (2, 3)), (2, (56, 20))]
+    ("batch", "size"),
+    [(1, (7, 7)), (1, (1, 1)), (1, (12, 10)), (3, (9, 9)), (3, (2, 3)), (2, (56, 20))],
 )
 def test_transposed_conv1x1_is_the_transposed_weight_matrix(batch, size):
     # One matrix product per image, or for many small maps one conv: both are W^T at each pixel.
@@ -193,8 +194,13 @@ def test_transposed_conv1x1_is_the_transposed_weight_matrix(batch, size):
     grad = _seeded(batch, 6, *size, seed=16)
     expected = F.conv_transpose2d(grad, weight)
     torch.testing.assert_close(transposed_conv1x1(grad, weight), expected)
-    kernel = weight.transpose(0, 1).contiguous()
-    torch.testing.assert_close(transposed_conv1x1(grad, weight, kernel), expected)
+    if batch == 1:
+        # A residual sum's other branch, added within the product, itself unchanged.
+        other = _seeded(1, 4, *size, seed=18)
+        kept = other.clone()
+        summed = transposed_conv1x1(grad, weight, add_to=other)
+        torch.testing.assert_close(summed, expected + other)
+        assert torch.equal(other, kept)
     # A channel slice of a wider map (as a concatenation's way down hands it over).
     wide = _seeded(batch, 9, *size, seed=17)
     torch.testing.assert_close(
