@@ -23,9 +23,12 @@ for a forward that picks its ops by its input), unless the user opts in to its p
   and constants beside them (`stack([x, zeros_like(x)]).amax(0)`,
   `F.pad(x.unsqueeze(-1), (0, 1)).amax(-1)`, a product with zeros: a ReLU by another name, that
   unpooling would take down as the plain gradient's; a max pool over a border of zeros, a ReLU
-  at the edges: ``deconvnet.engine.constants``; constants a pool or max along other dimensions
-  kept beside the map, too). A padding of `-inf` never wins a max: a pool. An `argmax` or
-  `argmin` across a map and constants is refused alike (a max chosen by hand, then `gather`).
+  at the edges: ``deconvnet.engine.constants``; so is a conv's border that only its padding
+  reaches, or only zero taps of a filter (`Conv2d(k=1, padding=1)`, a padding beyond the
+  kernel's reach: the bias alone there), and the entries a transposed conv whose stride outruns
+  its kernel never writes; constants a pool or max along other dimensions kept beside the map,
+  too). A padding of `-inf` never wins a max: a pool. An `argmax` or `argmin` across a map and
+  constants is refused alike (a max chosen by hand, then `gather`).
 - **shape**, going down by autograd's transpose (exact: each output unit is one input unit):
   `cat`, `stack`, slicing, `chunk`, `split`, `narrow`, `select`, `index_select`, `gather`,
   `flip`, `roll`, `rot90`, `transpose`, `permute`, `view`, `reshape`, `flatten`, `squeeze`,

@@ -1,0 +1,153 @@
+"""Architectures as users write them, probed unit by unit against the autograd oracle
+(``helpers.reference_projection``): what the probe found, each answered correctly or refused
+with a one-line DeconvNetError that names the op.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import check_against_reference
+from torch import nn
+
+from deconvnet import DeconvNet, DeconvNetError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ACROSS_CONSTANTS = "across a map and constants"
+
+
+def _images(size: tuple[int, int] = (14, 16), seed: int = 0, count: int = 2) -> torch.Tensor:
+    return torch.randn(count, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def _firing(model: nn.Module, x: torch.Tensor, path: str, count: int = 2) -> list[str]:
+    """Targets ``path:c`` for the first ``count`` channels of module ``path`` that fire in every
+    image of ``x`` (a channel dead in one has nothing to project there)."""
+    seen = []
+    handle = model.get_submodule(path).register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    alive = (seen[0].flatten(2).amax(2) > 0).all(0).nonzero().flatten().tolist()
+    assert len(alive) >= count, f"{path}: {alive} fire"
+    return [f"{path}:{c}" for c in alive[:count]]
+
+
+# --- a border of the bias alone, beside a map, under a max pool ---------------------------------
+
+
+class Bordered(nn.Module):
+    """conv, ReLU, ``middle`` (no rectification after it), max pool, conv, ReLU."""
+
+    def __init__(self, middle: nn.Module, pool: nn.Module | None = None) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.r1 = nn.ReLU()
+        self.middle = middle
+        self.pool = pool or nn.MaxPool2d(2)
+        self.c3 = nn.Conv2d(4, 5, 3, padding=1)
+        self.r3 = nn.ReLU()
+
+    def forward(self, x):
+        return self.r3(self.c3(self.pool(self.middle(self.r1(self.c1(x))))))
+
+
+def _taps_in_rows(rows: slice, padding: int = 1) -> nn.Conv2d:
+    conv = nn.Conv2d(4, 4, 3, padding=padding)
+    with torch.no_grad():
+        mask = torch.zeros(3, 3)
+        mask[rows] = 1
+        conv.weight.mul_(mask)
+    return conv
+
+
+BORDERS = {
+    "a padding beyond the kernel's reach": lambda: nn.Conv2d(4, 4, 3, padding=3),
+    "a 1x1 conv with a padding": lambda: nn.Conv2d(4, 4, 1, padding=1),
+    "a filter whose taps miss the border": lambda: _taps_in_rows(slice(0, 1)),
+    "a transposed conv whose stride outruns its kernel": lambda: nn.ConvTranspose2d(
+        4, 4, 1, stride=2
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BORDERS)
+def test_a_border_of_the_bias_alone_under_a_max_pool_is_refused(name):
+    """A conv output entry that only padding zeros (or zero taps) reach holds its bias alone: a
+    constant beside the map, as ``F.pad`` then ``max_pool2d`` puts one, which is refused: a
+    max of a map and a constant is a ReLU by another name, that unpooling would take down as
+    the plain gradient's whatever the rule."""
+    torch.manual_seed(0)
+    model = Bordered(BORDERS[name]()).eval()
+    with pytest.raises(DeconvNetError, match=ACROSS_CONSTANTS) as error:
+        DeconvNet(model)
+    assert "\n" not in str(error.value)
+    torch.manual_seed(0)
+    pooled = Bordered(BORDERS[name](), nn.AdaptiveMaxPool2d(3)).eval()
+    with pytest.raises(DeconvNetError, match="adaptive_max_pool2d " + ACROSS_CONSTANTS):
+        DeconvNet(pooled)
+
+
+@pytest.mark.parametrize(
+    "middle",
+    [
+        lambda: nn.Conv2d(4, 4, 3, padding=2),  # reaches the border: a map there
+        lambda: nn.Conv2d(4, 4, 3, padding=4, dilation=2),
+        lambda: _taps_in_rows(slice(0, 2)),  # the middle row reaches row 0
+        lambda: nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1),
+        lambda: nn.ConvTranspose2d(4, 4, 2, stride=2),
+    ],
+)
+def test_a_conv_whose_every_entry_the_map_reaches_still_passes(middle):
+    torch.manual_seed(0)
+    model, x = Bordered(middle()).eval(), _images()
+    check_against_reference(model, DeconvNet(model), x, _firing(model, x, "r3"), boxes=True)
+
+
+class PaddedBySize(nn.Module):
+    """A conv padded by the input's size: within its reach for the probe's 224 pixels, beyond it
+    for a small image (a border of the bias alone, then a max pool)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.r1 = nn.ReLU()
+        self.c2 = nn.Conv2d(4, 4, 3)
+        self.c3 = nn.Conv2d(4, 5, 3, padding=1)
+        self.r3 = nn.ReLU()
+
+    def forward(self, x):
+        padding = 1 if x.shape[-1] > 100 else 3
+        h = F.conv2d(self.r1(self.c1(x)), self.c2.weight, self.c2.bias, padding=padding)
+        return self.r3(self.c3(F.max_pool2d(h, 2)))
+
+
+def test_a_padding_beyond_the_reach_on_a_later_pass_is_refused_there():
+    """The pass that walks the tape by hand (no autograd, no checks) leaves such a conv to a
+    checked pass, which refuses it."""
+    torch.manual_seed(0)
+    net = DeconvNet(PaddedBySize().eval())
+    net.project(_images((120, 124), count=1), "r3:0")  # within the reach: walked
+    with pytest.raises(DeconvNetError, match=ACROSS_CONSTANTS):
+        net.project(_images(), "r3:0")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the walk (engine.walk, engine.kernels) does not ask engine.constants again when a "
+    "conv's weights change between calls",
+)
+def test_taps_that_miss_the_border_after_the_weights_changed_are_refused():
+    torch.manual_seed(0)
+    model = Bordered(nn.Conv2d(4, 4, 3, padding=1)).eval()
+    net = DeconvNet(model)
+    x = _images()
+    net.project(x, "r3:0")
+    with torch.no_grad():
+        model.middle.weight[1, :, 1:, :] = 0  # filter 1 reads nothing of the map at row 0
+    with pytest.raises(DeconvNetError, match=ACROSS_CONSTANTS):
+        DeconvNet(model)  # as a new engine says
+    with pytest.raises(DeconvNetError, match=ACROSS_CONSTANTS):
+        net.project(x, "r3:0")
