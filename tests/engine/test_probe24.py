@@ -12,6 +12,7 @@ from helpers import check_against_reference
 from torch import nn
 
 from deconvnet import DeconvNet, DeconvNetError
+from deconvnet.engine.general import GraphDeconvNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,3 +152,29 @@ def test_taps_that_miss_the_border_after_the_weights_changed_are_refused():
         DeconvNet(model)  # as a new engine says
     with pytest.raises(DeconvNetError, match=ACROSS_CONSTANTS):
         net.project(x, "r3:0")
+
+
+# --- a plain Sequential padded otherwise ---------------------------------------------------------
+
+PADDED = {
+    "reflect": dict(padding=1, padding_mode="reflect"),
+    "replicate": dict(padding=1, padding_mode="replicate"),
+    "circular": dict(padding=(1, 2), padding_mode="circular"),
+    "same, an even kernel": dict(kernel_size=4, padding="same"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("name", PADDED)
+def test_a_plain_sequential_padded_otherwise_goes_down_by_autograd(name):
+    """The windowed engine has no step for these paddings; the general engine goes down through
+    them by autograd, exactly, as it does for the same stack inside a module of the user's."""
+    settings = {"kernel_size": 3, **PADDED[name]}
+    torch.manual_seed(0)
+    stack = nn.Sequential(
+        nn.Conv2d(3, 5, **settings), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(5, 4, 3), nn.ReLU()
+    ).eval()
+    net, x = DeconvNet(stack), _images((15, 17))
+    assert isinstance(net, GraphDeconvNet)
+    targets = _firing(stack, x, "4") + _firing(stack, x, "1", 1)
+    check_against_reference(stack, net, x, targets, boxes=True)
