@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from helpers import check_against_reference
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import weight_norm
 
 from deconvnet import DeconvNet, DeconvNetError
 from deconvnet.engine.general import GraphDeconvNet
@@ -178,3 +180,56 @@ def test_a_plain_sequential_padded_otherwise_goes_down_by_autograd(name):
     assert isinstance(net, GraphDeconvNet)
     targets = _firing(stack, x, "4") + _firing(stack, x, "1", 1)
     check_against_reference(stack, net, x, targets, boxes=True)
+
+
+# --- parametrizations -----------------------------------------------------------------------------
+
+
+class Symmetric(nn.Module):
+    def forward(self, weight):
+        return (weight + weight.flip(-1, -2)) / 2
+
+
+class Parametrized(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 5, 3, padding=1)
+        self.r1 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.c2 = nn.Conv2d(5, 4, 3)
+        self.r2 = nn.ReLU()
+
+    def forward(self, x):
+        return self.r2(self.c2(self.pool(self.r1(self.c1(x)))))
+
+
+def test_a_parametrization_of_a_weight_is_no_layer():
+    """The modules that make a weight (weight norm, a parametrization of the user's) return no
+    map of the image: they are not offered as layers, and naming one says it is unknown."""
+    torch.manual_seed(0)
+    model = Parametrized().eval()
+    weight_norm(model.c1)
+    parametrize.register_parametrization(model.c2, "weight", Symmetric())
+    net, x = DeconvNet(model), _images()
+    assert [layer.name for layer in net.layers] == ["c1", "r1", "pool", "c2", "r2"]
+    with pytest.raises(DeconvNetError, match=r"c1\.parametrizations\.weight is called on"):
+        net.project(x, "c1.parametrizations.weight:0")
+    targets = _firing(model, x, "r2") + _firing(model, x, "r1", 1)
+    check_against_reference(model, net, x, targets, boxes=True)
+
+
+class ReadTwice(Parametrized):
+    """Reads its conv's weight once more in the forward: two calls of the parametrization."""
+
+    def forward(self, x):
+        return super().forward(x) + 0 * self.c1.weight.sum()
+
+
+def test_a_parametrization_read_twice_a_pass_is_no_layer_either():
+    torch.manual_seed(0)
+    model = ReadTwice().eval()
+    weight_norm(model.c1)
+    net = DeconvNet(model)
+    assert "c1.parametrizations.weight" not in [layer.name for layer in net.layers]
+    with pytest.raises(DeconvNetError, match="is called on the model's weights alone"):
+        net.layer("c1.parametrizations.weight")
