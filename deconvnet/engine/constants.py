@@ -12,11 +12,11 @@ no constant.
 ``Beside`` follows which maps hold constants, and along which dimensions, from the ops that put them
 there (an assembly with constants, a fixed condition, a write, a constant padding, a factor of
 zeros, ``x - x``, a product whose zero filter or zero matrix row no entry of the map reaches, a
-conv's border that only its padding reaches, the gaps a transposed conv leaves) through the ops that
-keep them (elementwise ops, rectifiers, affine maps per channel, paddings, a pool or a max along
-other dimensions); a sum of two maps keeps only the constants both hold, an op that mixes entries (a
-conv, a product with a matrix) leaves none of them, and any other leaves constants along dimensions
-no longer known.
+conv's border that only its padding reaches, the gaps a transposed conv leaves, an unpooling's
+zeros) through the ops that keep them (elementwise ops, rectifiers, affine maps per channel,
+paddings, a pool or a max along other dimensions); a sum of two maps keeps only the constants both
+hold, an op that mixes entries (a conv, a product with a matrix) leaves none of them, and any other
+leaves constants along dimensions no longer known.
 """
 
 from __future__ import annotations
@@ -226,6 +226,13 @@ class Beside:
             return None  # a fixed condition choosing constants for some entries
         if name == "__setitem__" and len(args) == 3 and not all(map(self.is_map, args[::2])):
             return None
+        if name in names.MAX_UNPOOLS and isinstance(out, torch.Tensor):
+            # Zeros between the entries, along the dimensions it unpools: below a rectified
+            # map's entries they never win a max.
+            if all(h is False for h in held) and self._is_nonnegative(args[0]):
+                return False
+            spatial = frozenset(range(out.dim() - int(name[-2]), out.dim()))
+            return None if kept is None else kept | spatial
         if name in names.PADS and isinstance(out, torch.Tensor):
             padded = _padded(name, args, kwargs, out.dim(), self._is_nonnegative(args[0]))
             return None if kept is None else kept | padded or False

@@ -233,3 +233,53 @@ def test_a_parametrization_read_twice_a_pass_is_no_layer_either():
     assert "c1.parametrizations.weight" not in [layer.name for layer in net.layers]
     with pytest.raises(DeconvNetError, match="is called on the model's weights alone"):
         net.layer("c1.parametrizations.weight")
+
+
+# --- SegNet's unpooling to the encoder's switches -----------------------------------------------
+
+
+class SegNet(nn.Module):
+    """An encoder's max pool keeps its switches; the decoder unpools to them."""
+
+    def __init__(self, pool_after: bool = False, rectified: bool = True) -> None:
+        super().__init__()
+        self.pool_after, self.rectified = pool_after, rectified
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.r1 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.r2 = nn.ReLU()
+        self.unpool = nn.MaxUnpool2d(2)
+        self.c3 = nn.Conv2d(4, 5, 3, padding=1)
+        self.r3 = nn.ReLU()
+
+    def forward(self, x):
+        a = self.r1(self.c1(x))
+        pooled, switches = self.pool(a)
+        b = self.c2(pooled)
+        b = self.r2(b) if self.rectified else b
+        up = self.unpool(b, switches, output_size=a.shape[-2:])
+        if self.pool_after:
+            up = F.max_pool2d(up, 3, 1, 1)
+        return self.r3(self.c3(up))
+
+
+def test_an_unpooling_in_the_forward_goes_down_by_autograd():
+    """Each entry of an unpooled map is one entry of the map or 0: exact by autograd; the
+    pixels move, so a unit above it goes down on the whole image."""
+    torch.manual_seed(0)
+    model = SegNet().eval()
+    net, x = DeconvNet(model), _images((16, 21))
+    assert net.calls[net.layer("r3").index].field is None
+    targets = _firing(model, x, "r3") + _firing(model, x, "r2", 1)
+    check_against_reference(model, net, x, targets)
+
+
+def test_a_max_over_unpooled_zeros_beside_a_map_is_refused():
+    torch.manual_seed(0)
+    with pytest.raises(DeconvNetError, match="max_pool2d " + ACROSS_CONSTANTS):
+        DeconvNet(SegNet(pool_after=True, rectified=False).eval())
+    torch.manual_seed(0)
+    model = SegNet(pool_after=True).eval()  # zeros below a rectified map never win its max
+    x = _images((16, 21))
+    check_against_reference(model, DeconvNet(model), x, _firing(model, x, "r3"))
