@@ -156,15 +156,17 @@ class Beside:
         there is one no entry of the map reaches. Read once per weight, input size and
         geometry while the weight is unchanged."""
         source = args[0]
-        if not isinstance(source, torch.Tensor) or source.dim() < 3:
+        if not isinstance(source, torch.Tensor) or source.dim() < weight.dim() - 1:
             return False
+        # One image: the batch's first, or an unbatched input as it is.
+        image = source.shape[1:] if source.dim() == weight.dim() else source.shape
         rest = tuple(args[2:])
         geometry = repr((rest, sorted((k, v) for k, v in kwargs.items() if k != "weight")))
 
         def read() -> Dims | bool:
             # Counts of nonzero taps are whole numbers: a float of the weight's dtype holds 0
             # exactly, and no sum of ones is 0.
-            ones = torch.ones((1, *source.shape[1:]), dtype=weight.dtype, device=weight.device)
+            ones = torch.ones((1, *image), dtype=weight.dtype, device=weight.device)
             taps = weight.detach().ne(0).to(weight.dtype)
             given = {k: v for k, v in kwargs.items() if k not in ("weight", "bias", "input")}
             bias = (None,) if len(args) > 2 else ()
@@ -174,9 +176,7 @@ class Beside:
                 reached = func(ones, taps, *bias, *args[3:], **given).ne(0)
             return _varying(reached)
 
-        return self._kernels.get(
-            (weight, "unreached", func, tuple(source.shape[1:]), geometry), read
-        )
+        return self._kernels.get((weight, "unreached", func, tuple(image), geometry), read)
 
     def _has_zero_filter(self, weight: torch.Tensor) -> bool:
         """Whether a linear layer's ``weight`` has a row of zeros; read once per weight while it
