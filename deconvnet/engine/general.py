@@ -157,9 +157,41 @@ class GraphDeconvNet(Engine):
         self._kernels = Kernels()  # made from weights, for the way down (graph_inverse)
         self._walkable: dict[int, bool] = {}  # layers whose way down the tape walk knows
         self._views = threading.local()  # this thread's private view: see _view
-        self._probe(tuple(input_size), style)
+        try:
+            self._probe(tuple(input_size), style)
+        except DeconvNetError:
+            # The image's channels are read off the first Conv2d defined; a model that calls
+            # another first (a head defined before the stem) fails on a probe image of those.
+            first = self._first_called_conv(tuple(input_size))
+            if first is None or first.in_channels == self.in_channels:
+                raise
+            self._first_conv = first
+            self._probe(tuple(input_size), style)
 
     # --- the probe pass: layers, shapes, receptive fields -----------------------------------
+
+    def _first_called_conv(self, input_size: tuple[int, int]) -> nn.Conv2d | None:
+        """The model's Conv2d that the forward calls first (on a probe image, which may fail
+        there), or None when it calls none."""
+        view, path_of, _ = self._view()
+        called: list[nn.Module] = []
+
+        def first(module, args):
+            called.append(module)
+            raise _Stop
+
+        convs = [m for m in view.modules() if isinstance(m, nn.Conv2d)]
+        handles = [m.register_forward_pre_hook(first) for m in convs]
+        x = torch.zeros(1, self.in_channels, *input_size, device=self.device, dtype=self._dtype)
+        try:
+            with torch.no_grad():
+                view(x)
+        except Exception:  # _Stop, or the forward failing before any conv
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return self._original(path_of[id(called[0])]) if called else None
 
     def _probe(self, input_size: tuple[int, int], style: str | None) -> None:
         x = torch.zeros(1, self.in_channels, *input_size, device=self.device, dtype=self._dtype)

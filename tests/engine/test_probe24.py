@@ -109,6 +109,31 @@ def test_a_conv_whose_every_entry_the_map_reaches_still_passes(middle):
     check_against_reference(model, DeconvNet(model), x, _firing(model, x, "r3"), boxes=True)
 
 
+class PerImage(nn.Module):
+    """A conv called on each image alone (an unbatched (C, H, W) input), the images stacked."""
+
+    def __init__(self, padding: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.r1 = nn.ReLU()
+        self.c2 = nn.Conv2d(4, 4, 3, padding=padding)
+        self.c3 = nn.Conv2d(4, 5, 3, padding=1)
+        self.r3 = nn.ReLU()
+
+    def forward(self, x):
+        h = torch.stack([self.c2(image) for image in self.r1(self.c1(x))])
+        return self.r3(self.c3(F.max_pool2d(h, 2)))
+
+
+def test_a_conv_on_an_unbatched_image_is_read_as_one_image():
+    torch.manual_seed(0)
+    with pytest.raises(DeconvNetError, match=ACROSS_CONSTANTS):
+        DeconvNet(PerImage(padding=3).eval())
+    torch.manual_seed(0)
+    model, x = PerImage(padding=1).eval(), _images(count=1)
+    check_against_reference(model, DeconvNet(model), x, _firing(model, x, "r3"))
+
+
 class PaddedBySize(nn.Module):
     """A conv padded by the input's size: within its reach for the probe's 224 pixels, beyond it
     for a small image (a border of the bias alone, then a max pool)."""
@@ -283,3 +308,29 @@ def test_a_max_over_unpooled_zeros_beside_a_map_is_refused():
     model = SegNet(pool_after=True).eval()  # zeros below a rectified map never win its max
     x = _images((16, 21))
     check_against_reference(model, DeconvNet(model), x, _firing(model, x, "r3"))
+
+
+# --- the image's channels ------------------------------------------------------------------------
+
+
+class HeadFirst(nn.Module):
+    """Its head is defined before its stem: the first Conv2d defined is not the first called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(6, 5, 1)
+        self.r2 = nn.ReLU()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.r1 = nn.ReLU()
+
+    def forward(self, x):
+        return self.r2(self.head(F.max_pool2d(self.r1(self.stem(x)), 2)))
+
+
+def test_the_image_has_the_channels_of_the_first_conv_called():
+    torch.manual_seed(0)
+    model, x = HeadFirst().eval(), _images()
+    net = DeconvNet(model)
+    assert net.in_channels == 3
+    targets = _firing(model, x, "r2") + _firing(model, x, "r1", 1)
+    check_against_reference(model, net, x, targets, boxes=True)
