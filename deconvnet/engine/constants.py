@@ -132,7 +132,7 @@ class Beside:
                 if not self._has_zero_filter(weight):
                     return False
                 return frozenset({out.dim() - 1})
-            return self._unreached_by_filters(func, args, kwargs, weight)
+            return self._unreached_by_filters(func, name in names.TRANSPOSED, args, kwargs, weight)
         # A generator of its own: the user's random state is not the check's to advance.
         generator = torch.Generator(out.device).manual_seed(0)
         with torch.no_grad():
@@ -145,42 +145,52 @@ class Beside:
             return False
         return None if bool(first.eq(second).any()) else False
 
-    def _unreached_by_filters(self, func, args: tuple, kwargs: dict, weight) -> Dims | bool:
+    def _unreached_by_filters(
+        self, func, transposed: bool, args: tuple, kwargs: dict, weight: torch.Tensor
+    ) -> Dims | bool:
         """The dimensions along which a convolution's output (of ``func``, on the map
         ``args[0]``) has entries that only zeros of the padding or zero taps of the filter
         reach (so they hold the bias alone) beside entries that the map reaches: a zero filter
         (along the channels), a padding beyond the kernel's reach or a filter whose nonzero taps
         miss the border (along rows and columns: a border of constants, as ``F.pad`` makes), a
         transposed conv whose stride outruns its kernel (between the entries it writes). Read
-        from the conv of an image of ones by the filters' nonzero taps: an output entry of 0
-        there is one no entry of the map reaches. Read once per weight, input size and
-        geometry while the weight is unchanged."""
+        from the conv of an image of ones by where each filter has a nonzero tap: an output
+        entry of 0 there is one no entry of the map reaches. Read once per weight, input size
+        and geometry while the weight is unchanged."""
         source = args[0]
         if not isinstance(source, torch.Tensor) or source.dim() < weight.dim() - 1:
             return False
-        # One image: the batch's first, or an unbatched input as it is.
-        image = source.shape[1:] if source.dim() == weight.dim() else source.shape
-        rest = tuple(args[2:])
-        geometry = repr((rest, sorted((k, v) for k, v in kwargs.items() if k != "weight")))
+        names_of = _TRANSPOSED_SETTINGS if transposed else _SETTINGS
+        given = dict(zip(names_of, args[3:], strict=False))
+        given.update((k, v) for k, v in kwargs.items() if k not in ("input", "weight", "bias"))
+        if not transposed and not any(_as_tuple(given.get("padding", 0))):
+            # Unpadded, every entry reads the map at every tap: only a zero filter reads none.
+            return frozenset({1}) if self._has_zero_filter(weight) else False
+        # One image: the batch's first, or an unbatched input as it is; one channel of ones
+        # stands for all of them, each filter's taps gathered over its input channels.
+        spatial = source.shape[2:] if source.dim() == weight.dim() else source.shape[1:]
 
         def read() -> Dims | bool:
-            # Counts of nonzero taps are whole numbers: a float of the weight's dtype holds 0
-            # exactly, and no sum of ones is 0.
-            ones = torch.ones((1, *image), dtype=weight.dtype, device=weight.device)
-            taps = weight.detach().ne(0).to(weight.dtype)
-            given = {k: v for k, v in kwargs.items() if k not in ("weight", "bias", "input")}
-            bias = (None,) if len(args) > 2 else ()
-            if "bias" in kwargs:
-                given["bias"] = None
+            if transposed:
+                groups = given.get("groups", 1)
+                taps = weight.detach().ne(0).unflatten(0, (groups, -1)).any(1).flatten(0, 1)
+            else:
+                taps = weight.detach().ne(0).any(1)
+            # Counts of taps are whole numbers: a float of the weight's dtype holds 0 exactly,
+            # and no sum of ones is 0.
+            ones = torch.ones((1, 1, *spatial), dtype=weight.dtype, device=weight.device)
+            taps = taps.unsqueeze(0 if transposed else 1).to(weight.dtype)
             with torch.no_grad():
-                reached = func(ones, taps, *bias, *args[3:], **given).ne(0)
+                reached = func(ones, taps, None, **{**given, "groups": 1}).ne(0)
             return _varying(reached)
 
-        return self._kernels.get((weight, "unreached", func, tuple(image), geometry), read)
+        geometry = repr(sorted(given.items()))
+        return self._kernels.get((weight, "unreached", func, tuple(spatial), geometry), read)
 
     def _has_zero_filter(self, weight: torch.Tensor) -> bool:
-        """Whether a linear layer's ``weight`` has a row of zeros; read once per weight while it
-        is unchanged, since a checked pass reads every layer of the model."""
+        """Whether a conv's or linear layer's ``weight`` has a filter of zeros (a row, for a
+        linear layer); read once per weight while it is unchanged, since a checked pass reads
+        every layer of the model."""
 
         def read() -> bool:
             return bool(weight.detach().flatten(1).eq(0).all(1).any())
@@ -303,6 +313,18 @@ def _pooled(name: str, args: tuple, kwargs: dict, kept: Dims, dims: int) -> Dims
         return kept
     left = frozenset(d - sum(r < d for r in reduced) for d in kept if d not in reduced)
     return left or False
+
+
+# A conv's and a transposed conv's settings after the input, weight and bias, in order.
+_SETTINGS = ("stride", "padding", "dilation", "groups")
+_TRANSPOSED_SETTINGS = ("stride", "padding", "output_padding", "groups", "dilation")
+
+
+def _as_tuple(value) -> tuple:
+    """A setting given as a number, a sequence or a string (``padding="same"``) as a tuple."""
+    if isinstance(value, str):
+        return (value != "valid",)
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
 
 
 def _varying(reached: torch.Tensor) -> Dims | bool:

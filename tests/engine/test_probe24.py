@@ -73,6 +73,10 @@ BORDERS = {
     "a transposed conv whose stride outruns its kernel": lambda: nn.ConvTranspose2d(
         4, 4, 1, stride=2
     ),
+    "a grouped conv padded beyond its reach": lambda: nn.Conv2d(4, 4, 3, padding=3, groups=2),
+    "a grouped transposed conv whose stride outruns its kernel": lambda: nn.ConvTranspose2d(
+        4, 4, 1, stride=2, groups=2
+    ),
 }
 
 
@@ -101,6 +105,8 @@ def test_a_border_of_the_bias_alone_under_a_max_pool_is_refused(name):
         lambda: _taps_in_rows(slice(0, 2)),  # the middle row reaches row 0
         lambda: nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1),
         lambda: nn.ConvTranspose2d(4, 4, 2, stride=2),
+        lambda: nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2),
+        lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4),
     ],
 )
 def test_a_conv_whose_every_entry_the_map_reaches_still_passes(middle):
