@@ -41,7 +41,14 @@ from deconvnet.engine.backprop import autograd_leaf, down_by_autograd
 from deconvnet.engine.base import Descent, Engine, Floors, Maxima, channel_maxima
 from deconvnet.engine.batch import refuse_across_images
 from deconvnet.engine.canonizers import Rectifiers, RuleBox, call_names, private_view
-from deconvnet.engine.checks import Reported, checked_model, in_order, passing, probing
+from deconvnet.engine.checks import (
+    Reported,
+    checked_model,
+    first_conv_called,
+    in_order,
+    passing,
+    probing,
+)
 from deconvnet.engine.field import Field, FieldTracer
 from deconvnet.engine.kernels import Kernels
 from deconvnet.engine.layers import (
@@ -160,38 +167,16 @@ class GraphDeconvNet(Engine):
         try:
             self._probe(tuple(input_size), style)
         except DeconvNetError:
-            # The image's channels are read off the first Conv2d defined; a model that calls
-            # another first (a head defined before the stem) fails on a probe image of those.
-            first = self._first_called_conv(tuple(input_size))
+            # Channels read off the first Conv2d defined; the forward may call another first.
+            view, path_of, _ = self._view()
+            x = torch.zeros(1, self.in_channels, *input_size, dtype=self._dtype)
+            first = first_conv_called(view, x.to(self.device))
             if first is None or first.in_channels == self.in_channels:
                 raise
-            self._first_conv = first
+            self._first_conv = self._original(path_of[id(first)])
             self._probe(tuple(input_size), style)
 
     # --- the probe pass: layers, shapes, receptive fields -----------------------------------
-
-    def _first_called_conv(self, input_size: tuple[int, int]) -> nn.Conv2d | None:
-        """The model's Conv2d that the forward calls first (on a probe image, which may fail
-        there), or None when it calls none."""
-        view, path_of, _ = self._view()
-        called: list[nn.Module] = []
-
-        def first(module, args):
-            called.append(module)
-            raise _Stop
-
-        convs = [m for m in view.modules() if isinstance(m, nn.Conv2d)]
-        handles = [m.register_forward_pre_hook(first) for m in convs]
-        x = torch.zeros(1, self.in_channels, *input_size, device=self.device, dtype=self._dtype)
-        try:
-            with torch.no_grad():
-                view(x)
-        except Exception:  # _Stop, or the forward failing before any conv
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        return self._original(path_of[id(called[0])]) if called else None
 
     def _probe(self, input_size: tuple[int, int], style: str | None) -> None:
         x = torch.zeros(1, self.in_channels, *input_size, device=self.device, dtype=self._dtype)
@@ -213,8 +198,7 @@ class GraphDeconvNet(Engine):
         for (path, output, weighs), name in zip(trace, names, strict=True):
             number = numbers.get(path, 0)
             numbers[path] = number + 1
-            # A module called on the model's weights alone (a parametrization, a generator of
-            # kernels) that returns no map of the image is no layer: nothing of it goes down.
+            # A module called on the model's weights alone (a parametrization) makes no map.
             if path and isinstance(output, torch.Tensor) and output.dim() == 4:
                 if weighs and not tracer.made_from_image(output):
                     self._weighing.add(path)
@@ -266,9 +250,8 @@ class GraphDeconvNet(Engine):
             return self.layers[self._index[key]]
         if key in self._weighing:
             raise DeconvNetError(
-                f"{key} is called on the model's weights alone (a parametrization, say) and "
-                "returns no map of the image, so it has no units to project; `deconvnet layers` "
-                "lists the layers that do"
+                f"{key} is called on the model's weights alone (a parametrization, say): it makes "
+                "no map of the image to project; `deconvnet layers` lists the layers that do"
             )
         if key in self._reused:
             calls = self._reused[key]
