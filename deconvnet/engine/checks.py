@@ -22,6 +22,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 from deconvnet.engine.batch import AcrossImages
@@ -71,6 +72,32 @@ def _first_line(error: Exception) -> str:
     """The first line of ``error``'s message, or its type's name when it has none."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+class _Called(Exception):
+    """Raised by the first conv called, to stop the pass there."""
+
+
+def first_conv_called(view: nn.Module, x: torch.Tensor) -> nn.Conv2d | None:
+    """The Conv2d of ``view`` that its forward on ``x`` ``(1, C, H, W)`` calls first (the pass
+    stops there, or fails before any: None)."""
+    called: list[nn.Conv2d] = []
+
+    def first(module, args):
+        called.append(module)
+        raise _Called
+
+    convs = [m for m in view.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_pre_hook(first) for m in convs]
+    try:
+        with torch.no_grad():
+            view(x)
+    except Exception:  # _Called, or the forward failing before any conv
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return called[0] if called else None
 
 
 @contextmanager

@@ -9,14 +9,14 @@ then ``max_pool2d``) is a ReLU at the edges alike: refused, not guessed. A paddi
 (PyTorch's own pool padding, the "same" padding of ported TensorFlow models) never wins a max:
 no constant.
 
-``Beside`` follows which maps hold constants, and along which dimensions, from the ops that put
-them there (an assembly with constants, a fixed condition, a write, a constant padding, a factor
-of zeros, ``x - x``, a product whose zero filter or zero matrix row no entry of the map reaches)
-through the ops that keep them (elementwise ops, rectifiers, affine maps per channel, paddings,
-a pool or a max along other dimensions);
-a sum of two maps keeps only the constants both hold, an op that mixes entries (a conv, a product
-with a matrix) leaves none of them, and any other leaves constants along dimensions no longer
-known.
+``Beside`` follows which maps hold constants, and along which dimensions, from the ops that put them
+there (an assembly with constants, a fixed condition, a write, a constant padding, a factor of
+zeros, ``x - x``, a product whose zero filter or zero matrix row no entry of the map reaches, a
+conv's border that only its padding reaches, the gaps a transposed conv leaves, an unpooling's
+zeros) through the ops that keep them (elementwise ops, rectifiers, affine maps per channel,
+paddings, a pool or a max along other dimensions); a sum of two maps keeps only the constants both
+hold, an op that mixes entries (a conv, a product with a matrix) leaves none of them, and any other
+leaves constants along dimensions no longer known.
 """
 
 from __future__ import annotations
@@ -128,9 +128,11 @@ class Beside:
             weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
             if not isinstance(weight, torch.Tensor) or self.is_map(weight):
                 return False
-            if not self._has_zero_filter(weight, name in names.TRANSPOSED):
-                return False
-            return frozenset({out.dim() - 1 if name == "linear" else 1})
+            if name == "linear":
+                if not self._has_zero_filter(weight):
+                    return False
+                return frozenset({out.dim() - 1})
+            return self._unreached_by_filters(func, name in names.TRANSPOSED, args, kwargs, weight)
         # A generator of its own: the user's random state is not the check's to advance.
         generator = torch.Generator(out.device).manual_seed(0)
         with torch.no_grad():
@@ -143,16 +145,57 @@ class Beside:
             return False
         return None if bool(first.eq(second).any()) else False
 
-    def _has_zero_filter(self, weight: torch.Tensor, transposed: bool) -> bool:
-        """Whether a conv's or linear layer's ``weight`` has a filter of zeros (an output channel
-        of a transposed conv's weight, its second dimension); read once per weight while it is
-        unchanged, since a checked pass reads every conv of the model."""
+    def _unreached_by_filters(
+        self, func, transposed: bool, args: tuple, kwargs: dict, weight: torch.Tensor
+    ) -> Dims | bool:
+        """The dimensions along which a convolution's output (of ``func``, on the map
+        ``args[0]``) has entries that only zeros of the padding or zero taps of the filter
+        reach (so they hold the bias alone) beside entries that the map reaches: a zero filter
+        (along the channels), a padding beyond the kernel's reach or a filter whose nonzero taps
+        miss the border (along rows and columns: a border of constants, as ``F.pad`` makes), a
+        transposed conv whose stride outruns its kernel (between the entries it writes). Read
+        from the conv of an image of ones by where each filter has a nonzero tap: an output
+        entry of 0 there is one no entry of the map reaches. Read once per weight, input size
+        and geometry while the weight is unchanged."""
+        source = args[0]
+        if not isinstance(source, torch.Tensor) or source.dim() < weight.dim() - 1:
+            return False
+        names_of = _TRANSPOSED_SETTINGS if transposed else _SETTINGS
+        given = dict(zip(names_of, args[3:], strict=False))
+        given.update((k, v) for k, v in kwargs.items() if k not in ("input", "weight", "bias"))
+        if not transposed and not any(_as_tuple(given.get("padding", 0))):
+            # Unpadded, every entry reads the map at every tap: only a zero filter reads none.
+            return frozenset({1}) if self._has_zero_filter(weight) else False
+        # One image: the batch's first, or an unbatched input as it is; one channel of ones
+        # stands for all of them, each filter's taps gathered over its input channels.
+        spatial = source.shape[2:] if source.dim() == weight.dim() else source.shape[1:]
+
+        def read() -> Dims | bool:
+            if transposed:
+                groups = given.get("groups", 1)
+                taps = weight.detach().ne(0).unflatten(0, (groups, -1)).any(1).flatten(0, 1)
+            else:
+                taps = weight.detach().ne(0).any(1)
+            # Counts of taps are whole numbers: a float of the weight's dtype holds 0 exactly,
+            # and no sum of ones is 0.
+            ones = torch.ones((1, 1, *spatial), dtype=weight.dtype, device=weight.device)
+            taps = taps.unsqueeze(0 if transposed else 1).to(weight.dtype)
+            with torch.no_grad():
+                reached = func(ones, taps, None, **{**given, "groups": 1}).ne(0)
+            return _varying(reached)
+
+        geometry = repr(sorted(given.items()))
+        return self._kernels.get((weight, "unreached", func, tuple(spatial), geometry), read)
+
+    def _has_zero_filter(self, weight: torch.Tensor) -> bool:
+        """Whether a conv's or linear layer's ``weight`` has a filter of zeros (a row, for a
+        linear layer); read once per weight while it is unchanged, since a checked pass reads
+        every layer of the model."""
 
         def read() -> bool:
-            units = weight.detach().transpose(0, 1) if transposed else weight.detach()
-            return bool(units.flatten(1).eq(0).all(1).any())
+            return bool(weight.detach().flatten(1).eq(0).all(1).any())
 
-        return self._kernels.get((weight, "zero filter", transposed), read)
+        return self._kernels.get((weight, "zero filter"), read)
 
     def _drawn(self, value, generator: torch.Generator):
         """``value`` with every map in it replaced by random numbers of its shape."""
@@ -193,6 +236,13 @@ class Beside:
             return None  # a fixed condition choosing constants for some entries
         if name == "__setitem__" and len(args) == 3 and not all(map(self.is_map, args[::2])):
             return None
+        if name in names.MAX_UNPOOLS and isinstance(out, torch.Tensor):
+            # Zeros between the entries, along the dimensions it unpools: below a rectified
+            # map's entries they never win a max.
+            if all(h is False for h in held) and self._is_nonnegative(args[0]):
+                return False
+            spatial = frozenset(range(out.dim() - int(name[-2]), out.dim()))
+            return None if kept is None else kept | spatial
         if name in names.PADS and isinstance(out, torch.Tensor):
             padded = _padded(name, args, kwargs, out.dim(), self._is_nonnegative(args[0]))
             return None if kept is None else kept | padded or False
@@ -263,6 +313,28 @@ def _pooled(name: str, args: tuple, kwargs: dict, kept: Dims, dims: int) -> Dims
         return kept
     left = frozenset(d - sum(r < d for r in reduced) for d in kept if d not in reduced)
     return left or False
+
+
+# A conv's and a transposed conv's settings after the input, weight and bias, in order.
+_SETTINGS = ("stride", "padding", "dilation", "groups")
+_TRANSPOSED_SETTINGS = ("stride", "padding", "output_padding", "groups", "dilation")
+
+
+def _as_tuple(value) -> tuple:
+    """A setting given as a number, a sequence or a string (``padding="same"``) as a tuple."""
+    if isinstance(value, str):
+        return (value != "valid",)
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
+
+
+def _varying(reached: torch.Tensor) -> Dims | bool:
+    """The dimensions of ``reached`` (a mask of the output entries a map reaches, batch
+    first) along which reached and unreached entries sit side by side, or False where none do
+    (every entry reached, or none)."""
+    found = frozenset(
+        d for d in range(1, reached.dim()) if bool((reached.any(d) & ~reached.all(d)).any())
+    )
+    return found or False
 
 
 def _zeros_along(factor, dims: int) -> Dims | bool:

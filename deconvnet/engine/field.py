@@ -124,6 +124,11 @@ class FieldTracer(TorchFunctionMode):
     def field(self, tensor: torch.Tensor) -> Field:
         return self._fields.get(tensor)
 
+    def made_from_image(self, tensor: torch.Tensor) -> bool:
+        """Whether the pass made ``tensor`` from the image: a map, not a weight (what a
+        parametrization of a conv's weight returns) nor a constant."""
+        return tensor in self._fields
+
     def _known(self, tensors: Iterator) -> list[tuple[torch.Tensor, Field]]:
         return [(t, self._fields[t]) for t in tensors if t in self._fields]
 

@@ -41,7 +41,14 @@ from deconvnet.engine.backprop import autograd_leaf, down_by_autograd
 from deconvnet.engine.base import Descent, Engine, Floors, Maxima, channel_maxima
 from deconvnet.engine.batch import refuse_across_images
 from deconvnet.engine.canonizers import Rectifiers, RuleBox, call_names, private_view
-from deconvnet.engine.checks import Reported, checked_model, in_order, passing, probing
+from deconvnet.engine.checks import (
+    Reported,
+    checked_model,
+    first_conv_called,
+    in_order,
+    passing,
+    probing,
+)
 from deconvnet.engine.field import Field, FieldTracer
 from deconvnet.engine.kernels import Kernels
 from deconvnet.engine.layers import (
@@ -52,6 +59,7 @@ from deconvnet.engine.layers import (
     name_layers,
     naming_style,
 )
+from deconvnet.engine.names import flatten
 from deconvnet.engine.receptive_field import WHOLE_IMAGE, ReceptiveField
 from deconvnet.engine.rules import Rule, check_rule
 from deconvnet.engine.tape import Binding, Tape, bind_modules
@@ -156,7 +164,17 @@ class GraphDeconvNet(Engine):
         self._kernels = Kernels()  # made from weights, for the way down (graph_inverse)
         self._walkable: dict[int, bool] = {}  # layers whose way down the tape walk knows
         self._views = threading.local()  # this thread's private view: see _view
-        self._probe(tuple(input_size), style)
+        try:
+            self._probe(tuple(input_size), style)
+        except DeconvNetError:
+            # Channels read off the first Conv2d defined; the forward may call another first.
+            view, path_of, _ = self._view()
+            x = torch.zeros(1, self.in_channels, *input_size, dtype=self._dtype)
+            first = first_conv_called(view, x.to(self.device))
+            if first is None or first.in_channels == self.in_channels:
+                raise
+            self._first_conv = self._original(path_of[id(first)])
+            self._probe(tuple(input_size), style)
 
     # --- the probe pass: layers, shapes, receptive fields -----------------------------------
 
@@ -172,14 +190,19 @@ class GraphDeconvNet(Engine):
         self._across_images = reported.across[0] if reported.across else None
         # The calls the layers are named by: a pass that calls modules in another order would
         # name other calls, and is refused (_run).
-        self._order = [path for path, _ in trace]
+        self._order = [path for path, *_ in trace]
         names = call_names(self._order)
         numbers: dict[str, int] = {}
         self.calls: list[Call] = []
-        for (path, output), name in zip(trace, names, strict=True):
+        self._weighing: set[str] = set()  # modules that make a weight, not a map
+        for (path, output, weighs), name in zip(trace, names, strict=True):
             number = numbers.get(path, 0)
             numbers[path] = number + 1
+            # A module called on the model's weights alone (a parametrization) makes no map.
             if path and isinstance(output, torch.Tensor) and output.dim() == 4:
+                if weighs and not tracer.made_from_image(output):
+                    self._weighing.add(path)
+                    continue
                 module, shape = self._original(path), tuple(output.shape[1:])
                 self.calls.append(Call(name, path, number, module, shape, tracer.field(output)))
         self._reused = {
@@ -225,6 +248,11 @@ class GraphDeconvNet(Engine):
         key = str(layer).strip()
         if key in self._index:
             return self.layers[self._index[key]]
+        if key in self._weighing:
+            raise DeconvNetError(
+                f"{key} is called on the model's weights alone (a parametrization, say): it makes "
+                "no map of the image to project; `deconvnet layers` lists the layers that do"
+            )
         if key in self._reused:
             calls = self._reused[key]
             raise DeconvNetError(
@@ -265,10 +293,10 @@ class GraphDeconvNet(Engine):
                 pass  # too small for some layer: those that ran are measured
             except DeconvNetError as error:
                 parted = error  # calls that part from the probe's: those before are measured
-            names = call_names([path for path, _ in trace])
+            names = call_names([path for path, *_ in trace])
             measured = {
                 name: tuple(output.shape[-2:])
-                for (_, output), name in zip(trace, names, strict=True)
+                for (_, output, _), name in zip(trace, names, strict=True)
                 if isinstance(output, torch.Tensor) and output.dim() == 4
             }
             for i, call in enumerate(self.calls):
@@ -341,16 +369,24 @@ class GraphDeconvNet(Engine):
     ) -> dict[int, torch.Tensor]:
         """Run the model's private view on ``x`` with the rule of ``box`` at every rectification,
         and return the maps of the calls ``wanted`` (copied as their modules returned them),
-        stopping once they are all there. ``trace`` gets ``[path, output]`` for every call, in
-        call order; ``other`` hears of nonlinearities without a rule. With a ``tape`` (of
+        stopping once they are all there. ``trace`` gets ``[path, output, weighs]`` for every
+        call, in call order (``weighs``: it was called on the model's parameters and buffers
+        alone); ``other`` hears of nonlinearities without a rule. With a ``tape`` (of
         ``x``, with ``box``), the tape notes the pass instead of autograd."""
         view, path_of, binding = self._view()
         running: list[list] = []
         counts: dict[str, int] = {}
         maps: dict[int, torch.Tensor] = {}
 
+        weights = (
+            {id(t) for t in (*view.parameters(), *view.buffers())} if trace is not None else set()
+        )
+
         def before(module, args):
-            entry = [path_of[id(module)], None]
+            weighs = trace is not None and all(
+                id(t) in weights for t in flatten(args) if isinstance(t, torch.Tensor)
+            )
+            entry = [path_of[id(module)], None, weighs]
             running.append(entry)
             if trace is not None:
                 trace.append(entry)

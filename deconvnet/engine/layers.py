@@ -119,13 +119,31 @@ def check_supported(features: nn.Sequential) -> None:
 def is_plain_stack(model: nn.Module) -> bool:
     """Whether ``model`` (or its ``.features``) is a stack of modules the windowed engine knows:
     conv, ReLU, max-pool and pass-through layers. Whether each one can be inverted as it is set
-    up (padding mode, training mode) is ``why_not_invertible``'s to say, with its reasons; a
-    module with a hook of the user's makes it no plain stack (the general engine follows hooks)."""
+    up (training mode, say) is ``why_not_invertible``'s to say, with its reasons; a module with
+    a hook of the user's, or a conv whose padding the windowed engine has no step for (another
+    padding mode than zeros, ``padding="same"`` with an even reach) makes it no plain stack: the
+    general engine follows hooks, and goes down through those paddings by autograd, exactly."""
     try:
         features = feature_stack(model)
     except DeconvNetError:
         return False
-    return all(kind_of(m) is not None and not has_foreign_hooks(m) for m in features)
+    return all(
+        kind_of(m) is not None and not has_foreign_hooks(m) and not _padded_otherwise(m)
+        for m in features
+    )
+
+
+def _padded_otherwise(module: nn.Module) -> bool:
+    """Whether ``module`` is a conv padded otherwise than by a border of zeros of the same width
+    on both sides (the windowed engine's transposed conv assumes that)."""
+    if not isinstance(module, CONV):
+        return False
+    if module.padding_mode != "zeros":
+        return True
+    kernel, dilation = module.kernel_size, module.dilation
+    return module.padding == "same" and any(
+        d * (k - 1) % 2 for d, k in zip(dilation, kernel, strict=True)
+    )
 
 
 def name_layers(

@@ -70,6 +70,8 @@ MAX_POOLS = op_names(
     "adaptive_max_pool1d_with_indices adaptive_max_pool2d_with_indices",
 )
 PADS = op_names("pad constant_pad_nd")
+# Each entry of a map put at its switch, zeros everywhere else (SegNet's decoder).
+MAX_UNPOOLS = op_names("max_unpool1d max_unpool2d max_unpool3d")
 ASSEMBLIES = op_names("cat concat concatenate stack hstack vstack")
 # Comparisons with 0 mark a map's positive entries (x > 0), or the others (x <= 0).
 ABOVE = op_names("gt ge __gt__ __ge__ greater greater_equal")

@@ -23,13 +23,18 @@ for a forward that picks its ops by its input), unless the user opts in to its p
   and constants beside them (`stack([x, zeros_like(x)]).amax(0)`,
   `F.pad(x.unsqueeze(-1), (0, 1)).amax(-1)`, a product with zeros: a ReLU by another name, that
   unpooling would take down as the plain gradient's; a max pool over a border of zeros, a ReLU
-  at the edges: ``deconvnet.engine.constants``; constants a pool or max along other dimensions
-  kept beside the map, too). A padding of `-inf` never wins a max: a pool. An `argmax` or
-  `argmin` across a map and constants is refused alike (a max chosen by hand, then `gather`).
+  at the edges: ``deconvnet.engine.constants``; so is a conv's border that only its padding
+  reaches, or only zero taps of a filter (`Conv2d(k=1, padding=1)`, a padding beyond the
+  kernel's reach: the bias alone there), the entries a transposed conv whose stride outruns its
+  kernel never writes, and an unpooled map's zeros beside an unrectified map; constants a pool
+  or max along other dimensions kept beside the map, too). A padding of `-inf` never wins a
+  max: a pool. An `argmax` or `argmin` across a map and constants is refused alike (a max
+  chosen by hand, then `gather`).
 - **shape**, going down by autograd's transpose (exact: each output unit is one input unit):
   `cat`, `stack`, slicing, `chunk`, `split`, `narrow`, `select`, `index_select`, `gather`,
   `flip`, `roll`, `rot90`, `transpose`, `permute`, `view`, `reshape`, `flatten`, `squeeze`,
-  `unsqueeze`, `expand`, `repeat`, `pixel_shuffle`, `channel_shuffle`, copies, dtype and
+  `unsqueeze`, `expand`, `repeat`, `pixel_shuffle`, `channel_shuffle`, `max_unpool1d/2d/3d`
+  (SegNet's unpooling to switches kept by a max pool; zeros elsewhere), copies, dtype and
   memory-format conversions.
 - **inspection**, nothing goes down: `shape`, `size`, `dim`, comparisons used as Python
   conditions, `item`, `*_like` constants.
@@ -61,8 +66,8 @@ lets their gradient through. BatchNorm in eval mode is no normalization of the d
 affine map per channel, and is linear.
 
 **Pixels that move.** A shape op that moves a map's pixels (``flip``, ``roll``, ``rot90``,
-a transpose of H and W, a permutation of columns, ``cumsum`` along W, an interpolation, a view
-of a map written in place: ``v = y[..., 1:]; v += ...`` changes ``y``) is
+a transpose of H and W, a permutation of columns, ``cumsum`` along W, an interpolation, an
+unpooling, a view of a map written in place: ``v = y[..., 1:]; v += ...`` changes ``y``) is
 exact by autograd, but a unit above it no longer sees one window of the image that moves with
 it: its receptive field is the whole image (``deconvnet.engine.field``), and it goes down on the
 whole image, by autograd.
@@ -90,6 +95,7 @@ from deconvnet.engine.names import (
     FILTERS,
     MATRICES,
     MAX_POOLS,
+    MAX_UNPOOLS,
     NEGATIONS,
     PADS,
     QUOTIENTS,
@@ -148,6 +154,7 @@ TREATMENTS: dict[str, str] = {
             "unsqueeze_ expand expand_as repeat tile broadcast_to pixel_shuffle pixel_unshuffle",
             "channel_shuffle native_channel_shuffle T mT H mH real __setitem__",
             COPIES,
+            MAX_UNPOOLS,
         ),
         SHAPE,
     ),

@@ -138,6 +138,11 @@ class Tape(TorchFunctionMode):
                 if any(r % 2 for r in reach):
                     return None
                 padding = (reach[0] // 2, reach[1] // 2)
+        if any(p > dilation[a] * (weight.shape[2 + a] - 1) for a, p in enumerate(_pair(padding))):
+            # A border that only the padding reaches holds the bias alone: constants beside the
+            # map, that a max pool above may read (deconvnet.engine.constants): checked passes
+            # look at them, and those run under autograd.
+            return None
         out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
         args = {
             "weight": weight,  # the parameter itself: kernel caches know it by identity
