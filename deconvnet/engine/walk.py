@@ -438,6 +438,48 @@ def _gather(signals: list[Signal], bound: tuple[int, int]) -> Signal:
 # --- preparing the walk ------------------------------------------------------------------------
 
 
+def _below_max_pools(made: list, seen: set[int]) -> set[int]:
+    """The convs among maps ``seen`` of a tape whose output a max pool reads, directly or
+    through ops that keep a border a border (BatchNorm, rectifications, sums, concatenations,
+    pools)."""
+    convs: set[int] = set()
+    stack = [made[index].inputs[0] for index in seen if made[index].kind == MAX_POOL]
+    visited: set[int] = set()
+    while stack:
+        index = stack.pop()
+        if index is None or index in visited:
+            continue
+        visited.add(index)
+        if made[index].kind == CONV:
+            convs.add(index)
+        elif made[index].kind in (ADD, AVG_POOL, BATCH_NORM, CAT, COPY, MAX_POOL, RECTIFY):
+            stack.extend(made[index].inputs)
+    return convs
+
+
+def _border_of_bias(args: dict, kernels: Kernels) -> bool:
+    """Whether a padded conv's output has entries that only its padding and zero taps reach
+    (its bias alone) beside entries the map reaches: a border of constants, which a max pool
+    above takes a max across (a rectification by another name: ``deconvnet.engine.constants``
+    refuses it on a checked pass). The probe pass saw the weights as they were; a write into
+    them since (filters whose taps miss the border) is seen here, from their values as they
+    are, kept while unchanged."""
+    if not any(args["padding"]):
+        return False
+    weight = args["weight"]
+
+    def read() -> bool:
+        taps = weight.detach().ne(0).any(1, keepdim=True).to(weight.dtype)
+        ones = weight.new_ones(1, 1, *args["input_bound"])
+        with torch.no_grad():
+            reached = F.conv2d(ones, taps, None, args["stride"], args["padding"], args["dilation"])
+        counts = reached[0].ne(0).flatten(1).sum(1)
+        return bool(((counts > 0) & (counts < counts.new_tensor(reached[0, 0].numel()))).any())
+
+    geometry = (args["stride"], args["padding"], args["dilation"], args["input_bound"])
+    return kernels.get((weight, "border of bias", geometry), read)
+
+
 def prepare(tape: Tape, root: int | None, kernels: Kernels) -> Walk | None:
     """The walk from map ``root`` of ``tape`` down to its input (map 0), or None when an op on
     the way is one the walk does not know (or ``root`` is None: no map of the tape).
@@ -459,6 +501,9 @@ def prepare(tape: Tape, root: int | None, kernels: Kernels) -> Walk | None:
                     stack.append(source)
     if 0 not in seen:
         return None  # the map does not depend on the input
+    if any(_border_of_bias(made[conv].args, kernels) for conv in _below_max_pools(made, seen)):
+        # Left to autograd, whose checked pass refuses it by name (deconvnet.engine.constants).
+        return None
     consumers = dict(waiting)
     # Each map after every map that sends it a signal.
     order, ready = [], [root]

@@ -168,11 +168,6 @@ def test_a_padding_beyond_the_reach_on_a_later_pass_is_refused_there():
         net.project(_images(), "r3:0")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the walk (engine.walk, engine.kernels) does not ask engine.constants again when a "
-    "conv's weights change between calls",
-)
 def test_taps_that_miss_the_border_after_the_weights_changed_are_refused():
     torch.manual_seed(0)
     model = Bordered(nn.Conv2d(4, 4, 3, padding=1)).eval()
