@@ -14,6 +14,15 @@ import os
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-from deconvnet.cli.main import app
-
 __all__ = ["app"]
+
+
+def __getattr__(name: str):
+    # The app is imported on first use, not with the package: ``python -m deconvnet.cli.gallery``
+    # (and ``torchrun -m``) imports this package first, and a package that had already imported
+    # the module runpy is about to run as __main__ draws runpy's RuntimeWarning.
+    if name == "app":
+        from deconvnet.cli.main import app
+
+        return app
+    raise AttributeError(f"module 'deconvnet.cli' has no attribute {name!r}")

@@ -61,7 +61,7 @@ def occlusion(
     out: OutOption = DEFAULT_OUT,
     quiet: QuietOption = False,
 ) -> None:
-    """Occlusion sensitivity (Zeiler & Fergus, Fig. 7): slide a grey square over the image and
+    """Occlusion sensitivity (Zeiler & Fergus, Figure 7): slide a grey square over the image and
     map how the strongest feature map and the class probabilities change."""
     with reporting(quiet):
         from deconvnet.analysis.occlusion import occlusion_sensitivity
@@ -142,7 +142,7 @@ def invariance(
     out: OutOption = DEFAULT_OUT,
     quiet: QuietOption = False,
 ) -> None:
-    """Invariance (Zeiler & Fergus, Fig. 5): feature distances and class probability as the
+    """Invariance (Zeiler & Fergus, Figure 5): feature distances and class probability as the
     images are translated, scaled or rotated."""
     with reporting(quiet):
         import torch
@@ -224,7 +224,7 @@ def correspondence(
     out: OutOption = DEFAULT_OUT,
     quiet: QuietOption = False,
 ) -> None:
-    """Correspondence (Zeiler & Fergus, Sec. 5): how consistently each layer reacts when the
+    """Correspondence (Zeiler & Fergus, Section 5): how consistently each layer reacts when the
     same part is hidden in different images, against random boxes."""
     with reporting(quiet):
         from deconvnet.analysis.correspondence import correspondence as measure
@@ -278,7 +278,7 @@ def evolution(
     out: OutOption = DEFAULT_OUT,
     quiet: QuietOption = False,
 ) -> None:
-    """Feature evolution (Zeiler & Fergus, Fig. 4): each channel's strongest activation over the
+    """Feature evolution (Zeiler & Fergus, Figure 4): each channel's strongest activation over the
     images, projected, checkpoint by checkpoint; a figure per layer."""
     with reporting(quiet):
         from deconvnet.analysis import evolution as analysis

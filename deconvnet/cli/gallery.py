@@ -101,7 +101,7 @@ def gallery(
     ] = False,
 ) -> None:
     """Top activations of every channel over a folder of images, projected beside their patches
-    (Zeiler & Fergus, Fig. 2): tiles, sheets, manifest.json and index.html."""
+    (Zeiler & Fergus, Figure 2): tiles, sheets, manifest.json and index.html."""
     out = out if out is not None else default_out(folder)
     options = dict(
         model=model,

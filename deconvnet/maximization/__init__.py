@@ -9,7 +9,7 @@ Fourier basis (``parameterization``) and each step sees it randomly jittered, sc
     from deconvnet import load_model
     from deconvnet.maximization import maximize
     result = maximize(load_model("alexnet"), ["conv5:12", "conv5:40@6,6"])
-    result.images        # (2, 3, 224, 224) RGB in [0, 1]
+    result.images        # (2, 3, 128, 128) RGB in [0, 1]: size=128 by default
     result.activation    # (2,) each target's value on its image
 
 Many targets are optimized as one batch; each has its own images, seeds and transforms, so a

@@ -12,7 +12,7 @@ CHECK = (
     "import os, sys\n"
     "import deconvnet\n"
     "assert 'torch' not in sys.modules, 'importing the package loaded torch'\n"
-    "import deconvnet.cli\n"
+    "from deconvnet.cli import app  # what the deconvnet command runs first\n"
     "print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)\n"
 )
 
