@@ -111,7 +111,9 @@ def rule_named(rule: str | Rule) -> Rule:
         return rule
     found = _ALL.get(rule) if isinstance(rule, str) else None
     if found is None:
-        raise DeconvNetError(f"unknown rule {rule!r}; valid rules are {', '.join(RULES)}")
+        near = rule.strip().lower() if isinstance(rule, str) else None
+        hint = f"did you mean {near}? (names are exact and lowercase); " if near in _ALL else ""
+        raise DeconvNetError(f"unknown rule {rule!r}; {hint}valid rules are {', '.join(RULES)}")
     return found
 
 

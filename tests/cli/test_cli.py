@@ -367,7 +367,10 @@ OPTION_ERRORS = {
     "unknown device": ("--device tpu", "unknown device 'tpu'; use cpu or cuda"),
     "unknown model": ("--model resnet500", "unknown model 'resnet500'; did you mean resnet50?"),
     "model name case": ("--model AlexNet", "unknown model 'AlexNet'; did you mean alexnet?"),
-    "rule name case": ("--rule GUIDED", "unknown rule 'GUIDED'; valid rules are deconvnet, guided"),
+    "rule name case": (
+        "--rule GUIDED",
+        "unknown rule 'GUIDED'; did you mean guided? (names are exact and lowercase); valid rules",
+    ),
     "layer name case": ("-t CONV5", "unknown layer 'CONV5'; did you mean conv5?"),
     "size too large": ("-s 100000", "--size 100000 is out of range (valid: 16..2048"),
     "size too small": ("-s 8", "--size 8 is out of range (valid: 16..2048"),
