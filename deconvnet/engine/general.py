@@ -161,7 +161,7 @@ class GraphDeconvNet(Engine):
         self.other_nonlinearities = other_nonlinearities
         self._paths = {id(m): name for name, m in model.named_modules()}
         self._map_sizes: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
-        self._kernels = Kernels()  # made from weights, for the way down (graph_inverse)
+        self._kernels = Kernels()  # made from weights, for the walk and the checks
         self._walkable: dict[int, bool] = {}  # layers whose way down the tape walk knows
         self._views = threading.local()  # this thread's private view: see _view
         try:

@@ -1,13 +1,14 @@
 """Kernels made from a model's weights, kept while those weights are unchanged.
 
 Both engines go down a strided conv to few channels (the image's) with its phase kernels
-(``deconvnet.engine.inverse.phase_kernels``); the general engine's checks also ask whether a
-weight has a filter of zeros (``deconvnet.engine.constants``). ``Kernels`` makes each once and
-finds it again for as long as the tensors it was made from are the same tensors, unchanged.
-Whether they are is read from their values at every ``get`` (a write through ``weight.data``
-changes nothing else), which costs a read of the weights and a copy of them in memory: worth it
-for small weights only. The large kernels of a network's upper layers are read as they are at
-each pass (``deconvnet.engine.walk``) rather than kept.
+(``deconvnet.engine.inverse.phase_kernels``); the general engine's checks ask of each conv
+whether it has a filter of zeros or a border its filters do not reach
+(``deconvnet.engine.constants``, and the walk of a conv under a max pool). ``Kernels`` makes
+each once and finds it again for as long as the tensors it was made from are the same tensors,
+unchanged. Whether they are is read from their values at every ``get`` (a write through
+``weight.data`` changes nothing else), which costs a read of the weights and a copy of them in
+memory, about what making the kernel again costs: the large kernels of the walk's way down are
+read from the weights as they are at each pass instead (``deconvnet.engine.walk``).
 """
 
 from __future__ import annotations
