@@ -166,26 +166,9 @@ class Beside:
         if not transposed and not any(_as_tuple(given.get("padding", 0))):
             # Unpadded, every entry reads the map at every tap: only a zero filter reads none.
             return frozenset({1}) if self._has_zero_filter(weight) else False
-        # One image: the batch's first, or an unbatched input as it is; one channel of ones
-        # stands for all of them, each filter's taps gathered over its input channels.
+        # One image: the batch's first, or an unbatched input as it is.
         spatial = source.shape[2:] if source.dim() == weight.dim() else source.shape[1:]
-
-        def read() -> Dims | bool:
-            if transposed:
-                groups = given.get("groups", 1)
-                taps = weight.detach().ne(0).unflatten(0, (groups, -1)).any(1).flatten(0, 1)
-            else:
-                taps = weight.detach().ne(0).any(1)
-            # Counts of taps are whole numbers: a float of the weight's dtype holds 0 exactly,
-            # and no sum of ones is 0.
-            ones = torch.ones((1, 1, *spatial), dtype=weight.dtype, device=weight.device)
-            taps = taps.unsqueeze(0 if transposed else 1).to(weight.dtype)
-            with torch.no_grad():
-                reached = func(ones, taps, None, **{**given, "groups": 1}).ne(0)
-            return _varying(reached)
-
-        geometry = repr(sorted(given.items()))
-        return self._kernels.get((weight, "unreached", func, tuple(spatial), geometry), read)
+        return unreached_by_filters(self._kernels, func, weight, spatial, given, transposed)
 
     def _has_zero_filter(self, weight: torch.Tensor) -> bool:
         """Whether a conv's or linear layer's ``weight`` has a filter of zeros (a row, for a
@@ -325,6 +308,63 @@ def _as_tuple(value) -> tuple:
     if isinstance(value, str):
         return (value != "valid",)
     return tuple(value) if isinstance(value, list | tuple) else (value,)
+
+
+def unreached_by_filters(
+    kernels: Kernels,
+    func: Callable,
+    weight: torch.Tensor,
+    spatial: tuple[int, ...],
+    settings: dict,
+    transposed: bool = False,
+) -> Dims | bool:
+    """The dimensions along which the output of conv ``func`` (``F.conv2d``,
+    ``F.conv_transpose2d``, ...) with ``weight`` and ``settings`` (stride, padding, ...) on a map
+    of size ``spatial`` has entries that only zeros of the padding or zero taps of the filters
+    reach (the bias alone) beside entries the map reaches: 1 for a zero filter, the spatial
+    dimensions for a border of constants; False where there are none. Read from the conv of
+    one channel of ones, standing for all of them, with each filter's nonzero taps gathered
+    over its input channels: an output entry of 0 is one no entry of the map reaches. Kept in
+    ``kernels`` while the weight is unchanged (its values included).
+
+    Parameters
+    ----------
+    kernels
+        The engine's cache of what it makes from weights.
+    func
+        The conv function the forward called.
+    weight
+        Its weight ``(C_out, C_in / groups, *kernel)`` (``(C_in, C_out / groups, *kernel)``
+        transposed).
+    spatial
+        The input map's size ``(H, W)`` (or as many dimensions as the conv has).
+    settings
+        The conv's keyword arguments but ``groups``' effect: stride, padding, dilation, ...
+    transposed
+        Whether ``func`` is a transposed conv.
+
+    Returns
+    -------
+    Dims | bool
+        The dimensions of the output ``(N, C, *spatial)`` along which they sit, or False.
+    """
+
+    def read() -> Dims | bool:
+        if transposed:
+            groups = settings.get("groups", 1)
+            taps = weight.detach().ne(0).unflatten(0, (groups, -1)).any(1).flatten(0, 1)
+        else:
+            taps = weight.detach().ne(0).any(1)
+        # Counts of taps are whole numbers: a float of the weight's dtype holds 0 exactly, and
+        # no sum of ones is 0.
+        ones = torch.ones((1, 1, *spatial), dtype=weight.dtype, device=weight.device)
+        taps = taps.unsqueeze(0 if transposed else 1).to(weight.dtype)
+        with torch.no_grad():
+            reached = func(ones, taps, None, **{**settings, "groups": 1}).ne(0)
+        return _varying(reached)
+
+    geometry = repr(sorted(settings.items()))
+    return kernels.get((weight, "unreached", func, tuple(spatial), geometry), read)
 
 
 def _varying(reached: torch.Tensor) -> Dims | bool:

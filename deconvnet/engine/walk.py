@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from deconvnet.engine.constants import unreached_by_filters
 from deconvnet.engine.inverse import (
     full_transposed_conv,
     gemm_sized,
@@ -459,25 +460,15 @@ def _below_max_pools(made: list, seen: set[int]) -> set[int]:
 
 def _border_of_bias(args: dict, kernels: Kernels) -> bool:
     """Whether a padded conv's output has entries that only its padding and zero taps reach
-    (its bias alone) beside entries the map reaches: a border of constants, which a max pool
-    above takes a max across (a rectification by another name: ``deconvnet.engine.constants``
-    refuses it on a checked pass). The probe pass saw the weights as they were; a write into
-    them since (filters whose taps miss the border) is seen here, from their values as they
-    are, kept while unchanged."""
+    (its bias alone) beside entries the map reaches, along rows or columns: a border of
+    constants, which a max pool above takes a max across (a rectification by another name,
+    refused on a checked pass: ``deconvnet.engine.constants``). The probe pass saw the weights
+    as they were; a write into them since (filters whose taps miss the border) is seen here."""
     if not any(args["padding"]):
         return False
-    weight = args["weight"]
-
-    def read() -> bool:
-        taps = weight.detach().ne(0).any(1, keepdim=True).to(weight.dtype)
-        ones = weight.new_ones(1, 1, *args["input_bound"])
-        with torch.no_grad():
-            reached = F.conv2d(ones, taps, None, args["stride"], args["padding"], args["dilation"])
-        counts = reached[0].ne(0).flatten(1).sum(1)
-        return bool(((counts > 0) & (counts < counts.new_tensor(reached[0, 0].numel()))).any())
-
-    geometry = (args["stride"], args["padding"], args["dilation"], args["input_bound"])
-    return kernels.get((weight, "border of bias", geometry), read)
+    settings = {key: args[key] for key in ("stride", "padding", "dilation")}
+    found = unreached_by_filters(kernels, F.conv2d, args["weight"], args["input_bound"], settings)
+    return found is not False and bool(found & {2, 3})
 
 
 def prepare(tape: Tape, root: int | None, kernels: Kernels) -> Walk | None:
