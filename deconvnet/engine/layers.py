@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from deconvnet.engine.receptive_field import same_padding
 from deconvnet.engine.switches import has_foreign_hooks
 from deconvnet.errors import DeconvNetError, a
 
@@ -140,10 +141,7 @@ def _padded_otherwise(module: nn.Module) -> bool:
         return False
     if module.padding_mode != "zeros":
         return True
-    kernel, dilation = module.kernel_size, module.dilation
-    return module.padding == "same" and any(
-        d * (k - 1) % 2 for d, k in zip(dilation, kernel, strict=True)
-    )
+    return module.padding == "same" and same_padding(module.kernel_size, module.dilation) is None
 
 
 def name_layers(

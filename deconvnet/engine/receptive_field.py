@@ -22,6 +22,16 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return (int(value[0]), int(value[1]))
 
 
+def same_padding(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...] | None:
+    """The padding on each side that ``padding="same"`` gives a conv of ``kernel`` and
+    ``dilation``: half its reach, ``dilation * (kernel - 1)``; None where a reach is odd
+    (PyTorch then pads one side more than the other, which no symmetric padding describes)."""
+    reach = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+    if any(r % 2 for r in reach):
+        return None
+    return tuple(r // 2 for r in reach)
+
+
 @dataclass(frozen=True)
 class Step:
     """How one module maps output positions to input positions, per axis (y, x)."""
@@ -38,15 +48,14 @@ def step(module: nn.Module) -> Step:
         dilation = _pair(module.dilation)
         stride = _pair(module.stride if module.stride is not None else module.kernel_size)
         padding = module.padding
-        if isinstance(padding, str):
-            if padding == "valid":
-                padding = (0, 0)
-            elif any(d * (k - 1) % 2 for d, k in zip(dilation, kernel, strict=True)):
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            padding = same_padding(kernel, dilation)
+            if padding is None:
                 raise DeconvNetError(
                     f"padding='same' with an even kernel is not supported: {module}"
                 )
-            else:
-                padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=True))
         extent = tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True))
         return Step(extent, stride, _pair(padding))
     return Step((1, 1), (1, 1), (0, 0))

@@ -38,6 +38,7 @@ from deconvnet.engine.canonizers import RuleBox
 from deconvnet.engine.marks import Marks, aliases
 from deconvnet.engine.names import written_in_place
 from deconvnet.engine.ops import Rectifications
+from deconvnet.engine.receptive_field import same_padding
 
 # What a map is made by (the names of deconvnet.engine.walk's steps).
 LEAF, CONV, BATCH_NORM, MAX_POOL, AVG_POOL = "leaf", "conv", "batch_norm", "max_pool", "avg_pool"
@@ -130,14 +131,12 @@ class Tape(TorchFunctionMode):
         source, dilation = self.index_of(x), _pair(dilation)
         if source is None or self.index_of(weight) is not None or x.dim() != 4:
             return None
-        if isinstance(padding, str):
-            if padding == "valid":
-                padding = 0
-            else:  # "same": even only where the kernel's reach is even
-                reach = [dilation[a] * (weight.shape[2 + a] - 1) for a in (0, 1)]
-                if any(r % 2 for r in reach):
-                    return None
-                padding = (reach[0] // 2, reach[1] // 2)
+        if padding == "valid":
+            padding = 0
+        elif padding == "same":
+            padding = same_padding(weight.shape[2:], dilation)
+            if padding is None:
+                return None
         if any(p > dilation[a] * (weight.shape[2 + a] - 1) for a, p in enumerate(_pair(padding))):
             # A border that only the padding reaches holds the bias alone: constants beside the
             # map, that a max pool above may read (deconvnet.engine.constants): checked passes
